@@ -1,0 +1,38 @@
+# Leadstream: `make run` and `make test` do everything on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+UV := $(VENV)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+
+.PHONY: install run test test-fast bench soak demo migrate lock clean
+
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "uv==0.13.9"
+
+$(VENV)/.installed: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --inexact --quiet
+	touch $@
+
+install: $(VENV)/.installed
+
+lock: $(UV)
+	$(UV) lock
+
+migrate: install
+	$(VENV)/bin/leadstream migrate
+
+run: install
+	$(VENV)/bin/leadstream run
+
+test: install
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: install
+	$(VENV)/bin/python -m pytest -q -x tests/unit $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,200 @@
+"""Capture routes: parse, call the service, shape the answer. No logic."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+
+from services.capture import service
+from services.capture.forms import Form
+from services.capture.schemas import FLAT_CONSENT, FLAT_UTM, Accepted, LeadIn
+from shared.errors import PROBLEM_JSON, ProblemError, field_errors
+from shared.runtime import Runtime
+from shared.web import require_json
+
+router = APIRouter(prefix="/v1", tags=["capture"])
+
+PROBLEM = {"content": {PROBLEM_JSON: {}}}
+ERRORS = {
+    413: {"description": "Body over 64 KiB", **PROBLEM},
+    415: {"description": "Wrong content type", **PROBLEM},
+    422: {"description": "Invalid fields, each named", **PROBLEM},
+    429: {"description": "Rate limited; see Retry-After", **PROBLEM},
+}
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def _limit_client(request: Request, runtime: Runtime) -> None:
+    await runtime.client_limit.check(client_address(request))
+
+
+async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: Request) -> service.Capture:
+    for attempt in (1, 2):
+        try:
+            async with runtime.db.unit_of_work() as session:
+                result = await service.capture_lead(
+                    session, lead, idempotency_key=idempotency_key, client_address=client_address(request),
+                    traceparent=request.headers.get("traceparent"),
+                )
+            break
+        except IntegrityError:
+            # A concurrent retry with the same Idempotency-Key committed first: answer with its id.
+            if attempt == 2 or not idempotency_key:
+                raise
+    if not result.duplicate:
+        runtime.relay.wake()
+    return result
+
+
+@router.post(
+    "/leads",
+    status_code=202,
+    response_model=Accepted,
+    summary="Capture a lead from a form or landing page",
+    description="Answers `202` once the lead is durably stored, even while Kafka is down. "
+    "Send `Idempotency-Key` to make retries safe: a retry returns the same `event_id` and publishes nothing new.",
+    dependencies=[Depends(require_json), Depends(_limit_client)],
+    responses=ERRORS | {409: {"description": "Idempotency-Key reused with another body", **PROBLEM}},
+)
+async def post_lead(
+    lead: LeadIn,
+    request: Request,
+    runtime: Runtime,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> Accepted:
+    result = await _capture(runtime, lead, idempotency_key, request)
+    return Accepted(event_id=result.event_id)
+
+
+def _form(runtime, form_id: str) -> Form:
+    form = runtime.forms.get(form_id)
+    if form is None:
+        raise ProblemError(404, f"No form with id {form_id!r} is declared in forms.yaml.")
+    return form
+
+
+def _cors_headers(form: Form, origin: str | None) -> dict[str, str]:
+    if origin and form.allows(origin):
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {"Vary": "Origin"}
+
+
+def _flat_to_lead(form: Form, submitted: dict[str, Any]) -> dict[str, Any]:
+    """Flat HTML-form names into the JSON shape; unknown inputs become custom ``fields``."""
+    known = set(LeadIn.model_fields) - {"utm", "consent", "fields"}
+    body: dict[str, Any] = {"utm": {}, "fields": {}}
+    consent: dict[str, Any] = {}
+    for name, value in submitted.items():
+        if name == form.honeypot:
+            continue
+        if value == "" and name != "email":
+            continue
+        if name in known:
+            body[name] = value
+        elif name in FLAT_UTM:
+            body["utm"][FLAT_UTM[name]] = value
+        elif name in FLAT_CONSENT:
+            consent[FLAT_CONSENT[name]] = value
+        elif name.startswith("fields[") and name.endswith("]"):
+            body["fields"][name[7:-1]] = value
+        else:
+            body["fields"][name] = value
+    if consent:
+        consent.setdefault("marketing", False)
+        if str(consent["marketing"]).lower() in ("on", "yes", "1", "true"):
+            consent["marketing"] = True
+        elif str(consent["marketing"]).lower() in ("off", "no", "0", "false"):
+            consent["marketing"] = False
+        body["consent"] = consent
+    return body
+
+
+def _flat_name(field: str) -> str:
+    for flat, nested in FLAT_UTM.items():
+        if field == f"utm.{nested}":
+            return flat
+    for flat, nested in FLAT_CONSENT.items():
+        if field == f"consent.{nested}":
+            return flat
+    return field
+
+
+def _wants_json(request: Request) -> bool:
+    return "application/json" in request.headers.get("accept", "")
+
+
+@router.options("/forms/{form_id}/submissions", include_in_schema=False)
+async def form_preflight(form_id: str, request: Request, runtime: Runtime) -> Response:
+    form = _form(runtime, form_id)
+    origin = request.headers.get("origin")
+    headers = _cors_headers(form, origin)
+    if "Access-Control-Allow-Origin" in headers:
+        headers |= {
+            "Access-Control-Allow-Methods": "POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type, Accept, Idempotency-Key",
+            "Access-Control-Max-Age": "600",
+        }
+    return Response(status_code=204, headers=headers)
+
+
+@router.post(
+    "/forms/{form_id}/submissions",
+    status_code=303,
+    summary="Submit a plain HTML form",
+    description=(
+        "Post a plain HTML `<form>` here (`application/x-www-form-urlencoded` or `multipart/form-data`) "
+        "with the lead's fields flat (`email`, `first_name`, `utm_source`, `consent_marketing`, …); "
+        "other inputs become custom `fields`. Browsers are sent `303` to the form's thank-you URL; "
+        "`Accept: application/json` gets `202` with the `event_id`.\n\n"
+        "```html\n<form method=\"post\" action=\"https://capture.example.com/v1/forms/demo-request/submissions\">\n"
+        "  <input name=\"email\" type=\"email\" required>\n  <input name=\"company\">\n"
+        "  <input name=\"website_url\" style=\"display:none\" tabindex=\"-1\" autocomplete=\"off\">\n"
+        "  <button>Book a demo</button>\n</form>\n```"
+    ),
+    responses=ERRORS | {
+        202: {"description": "Accepted (with `Accept: application/json`)", "model": Accepted},
+        303: {"description": "Accepted; redirect to the thank-you URL"},
+        404: {"description": "Unknown form", **PROBLEM},
+    },
+    dependencies=[Depends(_limit_client)],
+)
+async def post_form_submission(form_id: str, request: Request, runtime: Runtime) -> Response:
+    form = _form(runtime, form_id)
+    await runtime.form_limit.check(form_id)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise ProblemError(415, "Post the form as application/x-www-form-urlencoded or multipart/form-data.")
+    try:
+        raw = await request.form(max_files=0, max_fields=200)
+    except Exception as exc:  # noqa: BLE001 - a malformed body is the client's error
+        raise ProblemError(422, f"The form body could not be parsed: {exc}") from None
+    submitted = {k: v for k, v in raw.items() if isinstance(v, str)}
+    origin = request.headers.get("origin")
+    cors = _cors_headers(form, origin)
+    spam_reason = None
+    if form.honeypot and submitted.get(form.honeypot, "").strip():
+        spam_reason = f"honeypot field {form.honeypot!r} filled"
+    elif not form.allows(origin):
+        spam_reason = f"origin {origin!r} not allowed for form {form.id!r}"
+    if spam_reason:
+        async with runtime.db.unit_of_work() as session:
+            result = await service.record_spam(session, form, submitted, spam_reason, client_address(request))
+    else:
+        try:
+            lead = LeadIn.model_validate(_flat_to_lead(form, submitted))
+        except ValidationError as exc:
+            errors = [e | {"field": _flat_name(e["field"])} for e in field_errors(list(exc.errors()))]
+            raise ProblemError(422, "The form has invalid fields.", errors=errors,
+                               type_="https://leadstream.dev/problems/validation", headers=cors) from None
+        lead = service.apply_form(lead, form)
+        result = await _capture(runtime, lead, request.headers.get("idempotency-key"), request)
+    if _wants_json(request):
+        return JSONResponse(Accepted(event_id=result.event_id).model_dump(), status_code=202, headers=cors)
+    return RedirectResponse(form.thank_you_url, status_code=303, headers=cors)

@@ -1,0 +1,34 @@
+"""create_app(): the capture service (public REST ingest of form and landing-page leads)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.capture.api import router
+from services.capture.forms import load_forms
+from services.capture.models import CaptureOutbox
+from shared.ratelimit import RateLimit
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings, get_settings
+from shared.web import create_service_app
+
+
+class CaptureRuntime(ServiceRuntime):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "capture", CaptureOutbox)
+        self.forms = load_forms(settings.forms_file)
+        self.client_limit = RateLimit(settings.capture_rate_limit, "client address")
+        self.form_limit = RateLimit(settings.capture_form_rate_limit, "form")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    runtime = CaptureRuntime(settings or get_settings())
+    return create_service_app(
+        service="capture",
+        title="Leadstream capture",
+        description="Public ingest of website form and landing-page leads. Every accepted lead is stored "
+        "before `202` and published as `io.leadstream.lead.captured.v1` on `leads.captured`.",
+        routers=[router],
+        runtime=runtime,
+        ready_checks=runtime.ready_checks,
+    )

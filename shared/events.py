@@ -1,0 +1,316 @@
+"""CloudEvents 1.0 envelope (structured JSON mode) and the schemas of every Leadstream event.
+
+The whole event is the Kafka value, with the header ``content-type:
+application/cloudevents+json`` (CloudEvents Kafka protocol binding), keyed by the
+contact's normalised email.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONTENT_TYPE = "application/cloudevents+json"
+
+# topics
+LEADS_CAPTURED = "leads.captured"
+OUTREACH_TOUCHES = "outreach.touches"
+OPPORTUNITIES_QUALIFIED = "opportunities.qualified"
+PIPELINE_CHANGES = "pipeline.changes"
+TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES)
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+ALL_TOPICS = TOPICS + tuple(dlq_topic(t) for t in TOPICS)
+
+# event types
+LEAD_CAPTURED = "io.leadstream.lead.captured.v1"
+PROSPECT_ADDED = "io.leadstream.prospect.added.v1"
+TOUCH_RECORDED = "io.leadstream.touch.recorded.v1"
+OPPORTUNITY_QUALIFIED = "io.leadstream.opportunity.qualified.v1"
+STAGE_CHANGED = "io.leadstream.stage.changed.v1"
+
+FORM_TYPES = (
+    "demo_request", "contact_sales", "pricing", "trial_signup", "webinar",
+    "content_download", "newsletter", "event", "other",
+)
+FormType = Literal[
+    "demo_request", "contact_sales", "pricing", "trial_signup", "webinar",
+    "content_download", "newsletter", "event", "other",
+]
+INBOUND_CHANNELS = (
+    "organic_search", "paid_search", "organic_social", "paid_social", "email", "referral",
+    "direct", "event", "webinar", "content", "partner", "other",
+)
+OUTBOUND_CHANNELS = ("cold_email", "cold_call", "social", "video", "sms", "direct_mail", "event", "other")
+OutboundChannel = Literal["cold_email", "cold_call", "social", "video", "sms", "direct_mail", "event", "other"]
+OUTCOMES = (
+    "sent", "delivered", "opened", "clicked", "replied", "positive_reply", "negative_reply",
+    "bounced", "unsubscribed", "connected", "voicemail", "no_answer", "meeting_booked",
+    "not_interested",
+)
+Outcome = Literal[
+    "sent", "delivered", "opened", "clicked", "replied", "positive_reply", "negative_reply",
+    "bounced", "unsubscribed", "connected", "voicemail", "no_answer", "meeting_booked",
+    "not_interested",
+]
+STAGES = ("prospect", "lead", "mql", "sql", "opportunity", "customer", "lost", "disqualified", "nurture")
+Stage = Literal["prospect", "lead", "mql", "sql", "opportunity", "customer", "lost", "disqualified", "nurture"]
+Motion = Literal["inbound", "outbound", "blended"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _Data(BaseModel):
+    # Consumers accept what newer producers add (forward compatible); producers' own
+    # request schemas are the strict ones.
+    model_config = ConfigDict(extra="allow")
+
+
+class Utm(_Data):
+    source: str | None = None
+    medium: str | None = None
+    campaign: str | None = None
+    term: str | None = None
+    content: str | None = None
+
+
+class Consent(_Data):
+    marketing: bool | None = None
+    text: str | None = None
+
+
+class LeadCaptured(_Data):
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    title: str | None = None
+    phone: str | None = None
+    website: str | None = None
+    country: str | None = None
+    employees: int | None = None
+    industry: str | None = None
+    form_id: str | None = None
+    form_type: FormType | None = None
+    lead_magnet: str | None = None
+    page_url: str | None = None
+    referrer: str | None = None
+    utm: Utm = Field(default_factory=Utm)
+    consent: Consent | None = None
+    fields: dict[str, str] = Field(default_factory=dict)
+    occurred_at: datetime
+
+
+class ProspectAdded(_Data):
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    title: str | None = None
+    company: str | None = None
+    website: str | None = None
+    industry: str | None = None
+    employees: int | None = None
+    country: str | None = None
+    phone: str | None = None
+    linkedin_url: str | None = None
+    owner: str | None = None
+    list: str | None = None
+    source: str | None = None
+    tags: builtins.list[str] = Field(default_factory=builtins.list)
+    occurred_at: datetime
+
+
+class TouchRecorded(_Data):
+    email: str
+    channel: OutboundChannel
+    outcome: Outcome
+    rep: str | None = None
+    sequence: str | None = None
+    step: int | None = None
+    occurred_at: datetime
+    external_id: str | None = None
+    integration: str | None = None
+
+
+class ScoreReason(_Data):
+    rule: str
+    points: float
+
+
+class ScoreOut(_Data):
+    score: float
+    reasons: list[ScoreReason] = Field(default_factory=list)
+    grade: str | None = None
+
+
+class TouchOut(_Data):
+    motion: Literal["inbound", "outbound"]
+    channel: str
+    campaign: str | None = None
+    form_id: str | None = None
+    form_type: str | None = None
+    sequence: str | None = None
+    event_id: str | None = None
+    occurred_at: datetime
+
+
+class ContactOut(_Data):
+    id: str
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    title: str | None = None
+    phone: str | None = None
+    linkedin_url: str | None = None
+    owner: str | None = None
+
+
+class AccountOut(_Data):
+    domain: str | None = None
+    company: str | None = None
+    industry: str | None = None
+    employees: int | None = None
+    country: str | None = None
+    website: str | None = None
+
+
+class OpportunityQualified(_Data):
+    opportunity_id: str
+    contact: ContactOut
+    account: AccountOut
+    motion: Motion
+    first_touch: TouchOut | None = None
+    last_touch: TouchOut | None = None
+    fit: ScoreOut
+    engagement: ScoreOut
+    grade: str | None = None
+    policy_version: str
+    stage: Stage = "sql"
+    qualified_at: datetime
+    caused_by: list[str] = Field(default_factory=list)
+
+
+class StageChanged(_Data):
+    contact_id: str
+    email: str
+    opportunity_id: str | None = None
+    from_stage: Stage | None = None
+    to_stage: Stage
+    reason: str | None = None
+    amount: Decimal | None = None
+    changed_by: str
+    policy_version: str | None = None
+    cause_event_id: str | None = None
+    changed_at: datetime
+
+
+# type -> (topic, data schema): the one table producers and consumers agree on
+EVENT_TYPES: dict[str, tuple[str, type[BaseModel]]] = {
+    LEAD_CAPTURED: (LEADS_CAPTURED, LeadCaptured),
+    PROSPECT_ADDED: (OUTREACH_TOUCHES, ProspectAdded),
+    TOUCH_RECORDED: (OUTREACH_TOUCHES, TouchRecorded),
+    OPPORTUNITY_QUALIFIED: (OPPORTUNITIES_QUALIFIED, OpportunityQualified),
+    STAGE_CHANGED: (PIPELINE_CHANGES, StageChanged),
+}
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event; ``traceparent`` is the W3C distributed-tracing extension."""
+
+    model_config = ConfigDict(extra="allow")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=new_event_id, min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    time: datetime
+    subject: str | None = None
+    datacontenttype: str = "application/json"
+    traceparent: str | None = None
+    data: dict[str, Any]
+
+    @property
+    def topic(self) -> str:
+        return EVENT_TYPES[self.type][0]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    def parsed_data(self) -> BaseModel:
+        """The data validated against the schema of its type (``InvalidEvent`` if unknown or bad)."""
+        entry = EVENT_TYPES.get(self.type)
+        if entry is None:
+            raise InvalidEvent(f"unknown event type {self.type!r}")
+        try:
+            return entry[1].model_validate(self.data)
+        except ValidationError as exc:
+            raise InvalidEvent(f"invalid data for {self.type}: {_brief(exc)}") from exc
+
+
+class InvalidEvent(ValueError):
+    """A message that is not a valid event of a known type: it belongs in the dead-letter topic."""
+
+
+def _brief(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+
+
+def make_event(
+    type_: str,
+    data: BaseModel,
+    *,
+    source: str,
+    subject: str,
+    time: datetime | None = None,
+    event_id: str | None = None,
+    traceparent: str | None = None,
+) -> CloudEvent:
+    """Build the envelope of a fact; ``subject`` is the contact's normalised email."""
+    if type_ not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    return CloudEvent(
+        id=event_id or new_event_id(),
+        source=source,
+        type=type_,
+        time=time or utcnow(),
+        subject=subject,
+        traceparent=traceparent,
+        data=data.model_dump(mode="json", exclude_none=True),
+    )
+
+
+def parse_event(value: bytes | None) -> CloudEvent:
+    """Parse a Kafka value into a CloudEvent of a known type; ``InvalidEvent`` otherwise."""
+    if not value:
+        raise InvalidEvent("empty message value")
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"value is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidEvent("value is not a JSON object")
+    try:
+        event = CloudEvent.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidEvent(f"not a CloudEvents 1.0 event: {_brief(exc)}") from exc
+    if event.type not in EVENT_TYPES:
+        raise InvalidEvent(f"unknown event type {event.type!r}")
+    return event

@@ -1,0 +1,165 @@
+"""The Kafka adapter: one place that talks to aiokafka (producer, consumer, admin, topics)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from shared.events import ALL_TOPICS
+from shared.settings import Settings
+
+log = structlog.get_logger("kafka")
+
+TOPIC_ALREADY_EXISTS = 36
+
+Message = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """Options every client shares: bootstrap servers and, for managed Kafka, SSL/SASL."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        opts["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
+        opts["sasl_plain_username"] = settings.kafka_sasl_username
+        opts["sasl_plain_password"] = settings.kafka_sasl_password
+    return opts
+
+
+async def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS) -> None:
+    """Create every topic with its partition count before any client can auto-create it."""
+    admin = AIOKafkaAdminClient(request_timeout_ms=settings.kafka_request_timeout_ms, **connection_options(settings))
+    await admin.start()
+    try:
+        await _create_topics(admin, settings, topics)
+    finally:
+        await admin.close()
+
+
+async def _create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: tuple[str, ...]) -> None:
+    response = await admin.create_topics(
+        [NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor) for t in topics]
+    )
+    for topic_error in getattr(response, "topic_errors", []):
+        name, code = topic_error[0], topic_error[1]
+        if code not in (0, TOPIC_ALREADY_EXISTS):
+            raise RuntimeError(f"could not create topic {name}: error code {code}")
+
+
+class KafkaGateway:
+    """A started producer and admin client; what a service's outbox relay publishes through."""
+
+    def __init__(self, settings: Settings, client_id: str) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.producer: AIOKafkaProducer | None = None
+        self.admin: AIOKafkaAdminClient | None = None
+
+    async def start(self) -> None:
+        opts = connection_options(self.settings)
+        compression = None if self.settings.kafka_compression == "none" else self.settings.kafka_compression
+        self.producer = AIOKafkaProducer(
+            client_id=self.client_id,
+            acks="all",
+            # Tansu fails InitProducerId; consumers deduplicate by event id instead.
+            enable_idempotence=False,
+            compression_type=compression,
+            linger_ms=5,
+            max_batch_size=262144,
+            request_timeout_ms=self.settings.kafka_request_timeout_ms,
+            **opts,
+        )
+        self.admin = AIOKafkaAdminClient(
+            client_id=f"{self.client_id}-admin", request_timeout_ms=self.settings.kafka_request_timeout_ms, **opts
+        )
+        # Starting fails while the broker is away; keep the service up and retry lazily.
+        await self._start_clients()
+
+    async def _start_clients(self) -> None:
+        for client in (self.admin, self.producer):
+            try:
+                await asyncio.wait_for(client.start(), self.settings.kafka_request_timeout_ms / 1000)
+                client._leadstream_started = True  # noqa: SLF001
+            except Exception as exc:  # noqa: BLE001
+                log.warning("kafka client not started yet", client=type(client).__name__, error=repr(exc))
+
+    async def _ready(self) -> None:
+        if not getattr(self.producer, "_leadstream_started", False) or not getattr(
+            self.admin, "_leadstream_started", False
+        ):
+            await self._start_clients()
+            if not getattr(self.producer, "_leadstream_started", False):
+                raise ConnectionError("Kafka producer not connected")
+
+    async def stop(self) -> None:
+        for client in (self.producer, self.admin):
+            if client is not None and getattr(client, "_leadstream_started", False):
+                try:
+                    await asyncio.wait_for(client.stop() if client is self.producer else client.close(), 5)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    async def cluster_id(self) -> str:
+        """The broker cluster's id; a new id means a new (empty) embedded broker."""
+        await self._ready()
+        info = await asyncio.wait_for(self.admin.describe_cluster(), self.settings.kafka_request_timeout_ms / 1000)
+        return str(info.get("cluster_id"))
+
+    async def ensure_topics(self) -> None:
+        await self._ready()
+        await _create_topics(self.admin, self.settings, ALL_TOPICS)
+
+    async def send_many(self, messages: list[Message]) -> None:
+        """Send in order and wait for every acknowledgement; raises if any send failed."""
+        await self._ready()
+        futures = []
+        for topic, key, value, headers in messages:
+            futures.append(await self.producer.send(topic, value=value, key=key, headers=headers))
+        await asyncio.gather(*futures)
+
+    async def ping(self) -> None:
+        await self.cluster_id()
+
+
+def create_consumer(
+    settings: Settings,
+    topics: list[str],
+    *,
+    group_id: str | None,
+    client_id: str,
+    listener: ConsumerRebalanceListener | None = None,
+) -> AIOKafkaConsumer:
+    """A consumer with manual commits: offsets are committed only after the effect is stored."""
+    consumer = AIOKafkaConsumer(
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        max_poll_records=settings.consumer_batch_size,
+        request_timeout_ms=max(settings.kafka_request_timeout_ms, settings.kafka_session_timeout_ms + 2000),
+        **connection_options(settings),
+    )
+    if topics:
+        consumer.subscribe(topics, listener=listener) if listener else consumer.subscribe(topics)
+    return consumer
+
+
+__all__ = [
+    "ConsumerRebalanceListener",
+    "KafkaGateway",
+    "connection_options",
+    "create_consumer",
+    "ensure_topics",
+]

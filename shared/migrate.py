@@ -1,0 +1,79 @@
+"""Alembic, one migration environment per database (capture, outreach, pipeline store)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command, context
+from alembic.config import Config
+from sqlalchemy import MetaData, pool
+from sqlalchemy.ext.asyncio import async_engine_from_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MIGRATIONS: dict[str, Path] = {
+    "capture": ROOT / "services" / "capture" / "migrations",
+    "outreach": ROOT / "services" / "outreach" / "migrations",
+    "pipeline": ROOT / "shared" / "store" / "migrations",
+}
+
+
+def alembic_config(database: str, url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS[database]))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["database"] = database
+    return cfg
+
+
+def upgrade(database: str, url: str, revision: str = "head") -> None:
+    """Migrate one database to ``revision`` (blocking; call from a thread inside a loop)."""
+    command.upgrade(alembic_config(database, url), revision)
+
+
+async def aupgrade(database: str, url: str, revision: str = "head") -> None:
+    await asyncio.to_thread(upgrade, database, url, revision)
+
+
+def run_migrations(metadata: MetaData, database: str) -> None:
+    """Body of every ``migrations/env.py``: online migrations over the async engine."""
+    config = context.config
+    version_table = f"alembic_version_{database}"
+
+    def _run(connection) -> None:  # noqa: ANN001
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table=version_table,
+            render_as_batch=True,
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    if context.is_offline_mode():
+        context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata,
+                          version_table=version_table, literal_binds=True, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+    async def _online() -> None:
+        from shared.db import is_sqlite
+
+        url = config.get_main_option("sqlalchemy.url")
+        if is_sqlite(url):
+            from sqlalchemy.engine import make_url
+
+            path = make_url(url).database
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = async_engine_from_config(
+            config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
+        )
+        async with engine.connect() as conn:
+            await conn.run_sync(_run)
+        await engine.dispose()
+
+    asyncio.run(_online())

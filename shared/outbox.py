@@ -1,0 +1,211 @@
+"""The transactional outbox and its relay.
+
+A fact and its outgoing event are written in one transaction (``stage_event``); the
+relay publishes committed rows to Kafka in id order (so in order per key), marks them
+published only after the broker acknowledged them, keeps them for a retention window
+and, when it finds a new broker cluster (the embedded broker keeps messages in memory
+and comes back empty), publishes the retained rows again. Consumers deduplicate by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime, timedelta, timezone
+
+import structlog
+from prometheus_client import Counter, Gauge
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column
+
+from shared.events import CONTENT_TYPE, CloudEvent
+from shared.kafka import KafkaGateway
+
+log = structlog.get_logger("outbox")
+
+OUTBOX_DEPTH = Gauge("leadstream_outbox_depth", "Outbox rows not yet published", ["service"])
+OUTBOX_AGE = Gauge("leadstream_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row", ["service"])
+OUTBOX_PUBLISHED = Counter("leadstream_outbox_published_total", "Outbox rows published", ["service"])
+OUTBOX_ERRORS = Counter("leadstream_outbox_errors_total", "Relay publish failures", ["service"])
+OUTBOX_REPUBLISHED = Counter(
+    "leadstream_outbox_republished_total", "Rows re-published after a new broker cluster", ["service"]
+)
+
+
+class OutboxMixin:
+    """Columns of an outbox table; each service declares ``class Outbox(OutboxMixin, Base)``
+    with a ``__tablename__`` of its own (so all services may share one PostgreSQL database)."""
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    topic: Mapped[str] = mapped_column(String(200))
+    key: Mapped[str] = mapped_column(String(320))
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    published_cluster: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @declared_attr.directive
+    def __table_args__(cls):  # noqa: N805
+        return (Index(f"ix_{cls.__tablename__}_unpublished", "published_at", "id"),)
+
+
+def stage_event(session: AsyncSession, outbox_model: type[OutboxMixin], event: CloudEvent, key: str) -> None:
+    """Add the event to the outbox in the caller's transaction."""
+    session.add(
+        outbox_model(
+            event_id=event.id,
+            topic=event.topic,
+            key=key,
+            value=event.to_bytes(),
+            created_at=datetime.now(timezone.utc),
+            attempts=0,
+        )
+    )
+
+
+HEADERS = [("content-type", CONTENT_TYPE.encode())]
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows; one per process that writes an outbox."""
+
+    def __init__(self, db, outbox_model: type[OutboxMixin], kafka: KafkaGateway, settings, service: str) -> None:  # noqa: ANN001
+        self.db = db
+        self.model = outbox_model
+        self.kafka = kafka
+        self.settings = settings
+        self.service = service
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._cluster_id: str | None = None
+        self._cluster_checked = 0.0
+        self._housekept = 0.0
+        self._metrics_at = 0.0
+        self.published = 0
+
+    def wake(self) -> None:
+        """Tell the relay a commit added rows (saves the poll interval)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.service}")
+
+    async def stop(self, drain_timeout: float = 3.0) -> None:
+        """Stop after a last attempt to publish what is pending (bounded by ``drain_timeout``)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            try:
+                await asyncio.wait_for(self._task, drain_timeout)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                now = loop.time()
+                if self._cluster_id is None or now - self._cluster_checked > 5.0:
+                    await self._check_cluster()
+                    self._cluster_checked = loop.time()
+                sent = await self.publish_pending()
+                if now - self._housekept > 60.0:
+                    await self._housekeep()
+                    self._housekept = now
+                if now - self._metrics_at > 1.0:
+                    await self._update_metrics()
+                    self._metrics_at = now
+                backoff = 0.1
+                if self._stopping:
+                    return
+                if sent >= self.settings.outbox_batch_size:
+                    continue
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_interval_s)
+                except asyncio.TimeoutError:
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker or database is away: retry
+                OUTBOX_ERRORS.labels(self.service).inc()
+                log.warning("outbox relay failed, retrying", error=repr(exc), backoff_s=round(backoff, 2))
+                self._cluster_id = None  # re-check the cluster after any failure
+                if self._stopping:
+                    return
+                await asyncio.sleep(backoff * (1 + random.random() / 2))
+                backoff = min(backoff * 2, self.settings.outbox_max_backoff_s)
+
+    async def _check_cluster(self) -> None:
+        """Detect a broker that started anew and queue every retained row again."""
+        cluster_id = await self.kafka.cluster_id()
+        if cluster_id == self._cluster_id:
+            return
+        await self.kafka.ensure_topics()
+        async with self.db.unit_of_work() as session:
+            result = await session.execute(
+                update(self.model)
+                .where(self.model.published_at.is_not(None), self.model.published_cluster != cluster_id)
+                .values(published_at=None, published_cluster=None)
+            )
+        if result.rowcount:
+            OUTBOX_REPUBLISHED.labels(self.service).inc(result.rowcount)
+            log.warning("new broker cluster: re-publishing retained events", cluster_id=cluster_id, rows=result.rowcount)
+        self._cluster_id = cluster_id
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of pending rows in id order; returns how many were published."""
+        m = self.model
+        async with self.db.reader() as session:
+            rows = (
+                await session.execute(
+                    select(m.id, m.topic, m.key, m.value)
+                    .where(m.published_at.is_(None))
+                    .order_by(m.id)
+                    .limit(self.settings.outbox_batch_size)
+                )
+            ).all()
+        if not rows:
+            return 0
+        await self.kafka.send_many(
+            [(r.topic, r.key.encode(), r.value, HEADERS) for r in rows]
+        )
+        async with self.db.unit_of_work() as session:
+            await session.execute(
+                update(m)
+                .where(m.id.in_([r.id for r in rows]))
+                .values(published_at=datetime.now(timezone.utc), published_cluster=self._cluster_id)
+            )
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
+        self.published += len(rows)
+        return len(rows)
+
+    async def _housekeep(self) -> None:
+        cutoff = datetime.now(timezone.utc) - timedelta(hours=self.settings.outbox_retention_hours)
+        async with self.db.unit_of_work() as session:
+            await session.execute(
+                delete(self.model).where(self.model.published_at.is_not(None), self.model.published_at < cutoff)
+            )
+
+    async def _update_metrics(self) -> None:
+        m = self.model
+        async with self.db.reader() as session:
+            count, oldest = (
+                await session.execute(select(func.count(m.id), func.min(m.created_at)).where(m.published_at.is_(None)))
+            ).one()
+        OUTBOX_DEPTH.labels(self.service).set(count)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=timezone.utc)
+        OUTBOX_AGE.labels(self.service).set(
+            (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0
+        )

@@ -1,0 +1,48 @@
+"""The parts a service process builds once in its lifespan (bootstrap, not globals)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from shared.db import Database
+from shared.kafka import KafkaGateway
+from shared.outbox import OutboxMixin, OutboxRelay
+from shared.settings import SERVICE_DATABASE, Settings
+
+
+class ServiceRuntime:
+    """Database, Kafka gateway and outbox relay of one service process."""
+
+    def __init__(self, settings: Settings, service: str, outbox_model: type[OutboxMixin] | None = None) -> None:
+        self.settings = settings
+        self.service = service
+        self.db = Database(settings.database_url(service), pool_size=settings.database_pool_size)
+        self.kafka = KafkaGateway(settings, client_id=f"leadstream-{service}")
+        self.relay = OutboxRelay(self.db, outbox_model, self.kafka, settings, service) if outbox_model else None
+
+    @property
+    def database_name(self) -> str:
+        return SERVICE_DATABASE[self.service]
+
+    async def start(self) -> None:
+        await self.kafka.start()
+        if self.relay:
+            self.relay.start()
+
+    async def stop(self) -> None:
+        if self.relay:
+            await self.relay.stop()
+        await self.kafka.stop()
+        await self.db.dispose()
+
+    def ready_checks(self) -> dict[str, Any]:
+        return {"database": self.db.ping, "broker": self.kafka.ping}
+
+
+def get_runtime(request: Request) -> Any:
+    return request.app.state.runtime
+
+
+Runtime = Annotated[Any, Depends(get_runtime)]

@@ -1,0 +1,116 @@
+"""Settings of every Leadstream process, read from ``LEADSTREAM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["capture", "outreach", "qualification", "pipeline"]
+
+SERVICE_PORTS: dict[str, int] = {"capture": 8001, "outreach": 8002, "qualification": 8003, "pipeline": 8004}
+
+# qualification and pipeline share the pipeline store; capture and outreach own theirs.
+SERVICE_DATABASE: dict[str, str] = {
+    "capture": "capture",
+    "outreach": "outreach",
+    "qualification": "pipeline",
+    "pipeline": "pipeline",
+}
+
+EMBEDDED_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class Settings(BaseSettings):
+    """Everything a process needs; tests build their own instance instead of patching."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADSTREAM_", extra="ignore")
+
+    kafka_bootstrap_servers: str = EMBEDDED_BOOTSTRAP
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_partitions: int = Field(4, ge=1)
+    kafka_replication_factor: int = Field(1, ge=1)
+    kafka_session_timeout_ms: int = 3000
+    kafka_heartbeat_interval_ms: int = 1000
+    kafka_request_timeout_ms: int = 5000
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    kafka_consumer_group: str = "leadstream-qualification"
+
+    data_dir: Path = Path("./var")
+    config_dir: Path = Path("deploy/config")
+
+    capture_database_url: str | None = None
+    outreach_database_url: str | None = None
+    pipeline_database_url: str | None = None
+    database_pool_size: int = 10
+
+    capture_port: int = SERVICE_PORTS["capture"]
+    outreach_port: int = SERVICE_PORTS["outreach"]
+    qualification_port: int = SERVICE_PORTS["qualification"]
+    pipeline_port: int = SERVICE_PORTS["pipeline"]
+    host: str = "127.0.0.1"
+
+    capture_rate_limit: str = "100/minute"
+    capture_form_rate_limit: str = "1000/minute"
+    api_rate_limit: str = "6000/minute"
+
+    outbox_poll_interval_s: float = 0.2
+    outbox_batch_size: int = 500
+    outbox_retention_hours: float = 24.0
+    outbox_max_backoff_s: float = 10.0
+
+    consumer_batch_size: int = 200
+    dependency_thresholds_channel: float = 0.5
+    dependency_thresholds_campaign: float = 0.3
+    dependency_thresholds_motion: float = 0.8
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when the default address is used: ``make run`` starts Tansu there."""
+        return self.kafka_bootstrap_servers == EMBEDDED_BOOTSTRAP
+
+    def port_of(self, service: str) -> int:
+        return int(getattr(self, f"{service}_port"))
+
+    def database_url(self, service: str) -> str:
+        """The async SQLAlchemy URL of the database that ``service`` uses."""
+        db = SERVICE_DATABASE[service]
+        url = getattr(self, f"{db}_database_url")
+        if not url:
+            return f"sqlite+aiosqlite:///{(self.data_dir / f'{db}.db').as_posix()}"
+        return async_url(url)
+
+    @property
+    def forms_file(self) -> Path:
+        return self.config_dir / "forms.yaml"
+
+    @property
+    def scoring_file(self) -> Path:
+        return self.config_dir / "scoring.yaml"
+
+
+def async_url(url: str) -> str:
+    """Accept plain ``postgresql://`` and ``sqlite:///`` URLs and pick the async driver."""
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain):]
+    return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,184 @@
+"""Capture over HTTP (in-process app, real broker, real migrated database)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import func, select
+
+from services.capture.app import create_app
+from services.capture.models import CapturedLead, CaptureOutbox
+from shared.events import LEAD_CAPTURED, LEADS_CAPTURED
+from tests.support import eventually, read_topic, serve_app, make_settings
+
+DEMO = {
+    "email": "  Ada.Lovelace+demo@Analytical-Engines.co.uk ",
+    "first_name": "Ada",
+    "company": "Analytical Engines",
+    "title": "VP Engineering",
+    "employees": 250,
+    "form_type": "demo_request",
+    "utm": {"source": "google", "medium": "cpc", "campaign": "brand"},
+}
+
+
+@pytest.fixture
+async def capture(broker, database_factory, tmp_path):
+    url = await database_factory("capture")
+    settings = make_settings(broker.bootstrap, tmp_path, capture_database_url=url)
+    app = create_app(settings)
+    async with serve_app(app) as client:
+        client.runtime = app.state.runtime
+        yield client
+
+
+async def _published(client, event_id: str) -> bool:
+    async with client.runtime.db.reader() as s:
+        row = (await s.execute(select(CaptureOutbox.published_at).where(CaptureOutbox.event_id == event_id))).scalar_one()
+    return row is not None
+
+
+async def test_lead_is_stored_published_and_keyed_by_normalised_email(capture, broker):
+    response = await capture.post("/v1/leads", json=DEMO)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "accepted"
+    await eventually(lambda: _published(capture, body["event_id"]))
+    events = await read_topic(broker.bootstrap, LEADS_CAPTURED, expect=1, timeout=10, settle=0.2)
+    mine = [e for e in events if e.id == body["event_id"]]
+    assert len(mine) == 1
+    event = mine[0]
+    assert event.type == LEAD_CAPTURED
+    assert event.source == "/leadstream/capture"
+    assert event.subject == "ada.lovelace+demo@analytical-engines.co.uk"
+    assert event.data["email"] == "Ada.Lovelace+demo@Analytical-Engines.co.uk"  # kept as typed (trimmed)
+    assert event.data["utm"]["medium"] == "cpc"
+
+
+async def test_idempotent_retry_returns_same_event_and_stores_once(capture):
+    headers = {"Idempotency-Key": "retry-1"}
+    first = await capture.post("/v1/leads", json=DEMO, headers=headers)
+    again = await asyncio.gather(*(capture.post("/v1/leads", json=DEMO, headers=headers) for _ in range(5)))
+    assert {r.status_code for r in [first, *again]} == {202}
+    assert {r.json()["event_id"] for r in [first, *again]} == {first.json()["event_id"]}
+    async with capture.runtime.db.reader() as s:
+        assert (await s.execute(select(func.count()).select_from(CaptureOutbox))).scalar_one() == 1
+    other = await capture.post("/v1/leads", json=DEMO | {"first_name": "Augusta"}, headers=headers)
+    assert other.status_code == 409
+    assert other.headers["content-type"] == "application/problem+json"
+
+
+BAD_INPUTS = [
+    ({}, [("email", "missing")]),
+    ({"email": "not-an-email"}, [("email", "value_error")]),
+    ({"email": "a@b.co", "employees": -1}, [("employees", "greater_than_equal")]),
+    ({"email": "a@b.co", "form_type": "coffee"}, [("form_type", "literal_error")]),
+    ({"email": "a@b.co", "favourite_colour": "blue"}, [("favourite_colour", "extra_forbidden")]),
+    ({"email": "a@b.co", "utm": {"source": "x", "medium": 3}}, [("utm.medium", "string_type")]),
+    ({"email": "a@b.co", "utm": {"sauce": "x"}}, [("utm.sauce", "extra_forbidden")]),
+    ({"email": "a@b.co", "consent": {"text": "ok"}}, [("consent.marketing", "missing")]),
+    ({"email": "a@b.co", "fields": {"k": 1}}, [("fields.k", "string_type")]),
+    ({"email": "a@b.co", "occurred_at": "2999-01-01T00:00:00Z"}, [("occurred_at", "value_error")]),
+    ({"email": "a@b.co", "occurred_at": "yesterday"}, [("occurred_at", "datetime_from_date_parsing")]),
+    ({"email": "x" * 400 + "@b.co"}, [("email", "string_too_long")]),
+    ({"email": "a@b.co", "employees": "many", "title": 5}, [("employees", "int_parsing"), ("title", "string_type")]),
+]
+
+
+@pytest.mark.parametrize("body,expected", BAD_INPUTS)
+async def test_bad_input_is_422_naming_each_field(capture, body, expected):
+    response = await capture.post("/v1/leads", json=body)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == 422
+    assert sorted((e["field"], e["type"]) for e in problem["errors"]) == sorted(expected)
+
+
+async def test_malformed_json_wrong_type_and_oversize(capture):
+    malformed = await capture.post("/v1/leads", content=b'{"email": ', headers={"content-type": "application/json"})
+    assert malformed.status_code == 422
+    assert malformed.json()["errors"][0]["field"] == "body"
+    not_json = await capture.post("/v1/leads", content=b"email=a@b.co", headers={"content-type": "text/plain"})
+    assert not_json.status_code == 415
+    assert not_json.headers["content-type"] == "application/problem+json"
+    big = await capture.post("/v1/leads", json={"email": "a@b.co", "fields": {"x": "y" * 70_000}})
+    assert big.status_code == 413
+    array = await capture.post("/v1/leads", json=[DEMO])
+    assert array.status_code == 422
+    async with capture.runtime.db.reader() as s:
+        assert (await s.execute(select(func.count()).select_from(CapturedLead))).scalar_one() == 0
+
+
+async def test_html_form_redirects_browsers_and_answers_json(capture, broker):
+    form = {"email": "grace@navy.example.org", "company": "Navy", "utm_source": "newsletter", "utm_medium": "email",
+            "consent_marketing": "on", "favourite_language": "COBOL", "website_url": ""}
+    browser = await capture.post("/v1/forms/demo-request/submissions", data=form,
+                                 headers={"origin": "https://www.example.com"})
+    assert browser.status_code == 303
+    assert browser.headers["location"] == "https://www.example.com/thanks/demo"
+    assert browser.headers["access-control-allow-origin"] == "https://www.example.com"
+    api = await capture.post("/v1/forms/whitepaper-pipeline-2026/submissions", files={"email": (None, "g@navy.example.org")},
+                             headers={"accept": "application/json"})
+    assert api.status_code == 202
+    async with capture.runtime.db.reader() as s:
+        rows = (await s.execute(select(CapturedLead).order_by(CapturedLead.received_at))).scalars().all()
+    assert [r.form_type for r in rows] == ["demo_request", "content_download"]
+    assert rows[0].payload["utm"] == {"source": "newsletter", "medium": "email"}
+    assert rows[0].payload["fields"] == {"favourite_language": "COBOL"}
+    assert rows[0].payload["consent"]["marketing"] is True
+    assert rows[1].payload["lead_magnet"] == "state-of-b2b-pipeline-2026"
+
+
+async def test_spam_looks_like_success_and_is_never_published(capture):
+    honeypot = await capture.post("/v1/forms/demo-request/submissions",
+                                  data={"email": "bot@spam.example", "website_url": "http://buy.example"})
+    assert honeypot.status_code == 303
+    origin = await capture.post("/v1/forms/demo-request/submissions", data={"email": "x@evil.example"},
+                                headers={"origin": "https://evil.example", "accept": "application/json"})
+    assert origin.status_code == 202 and origin.json()["status"] == "accepted"
+    assert "access-control-allow-origin" not in origin.headers
+    async with capture.runtime.db.reader() as s:
+        rows = (await s.execute(select(CapturedLead.status, CapturedLead.spam_reason))).all()
+        outbox = (await s.execute(select(func.count()).select_from(CaptureOutbox))).scalar_one()
+    assert sorted(r.status for r in rows) == ["spam", "spam"]
+    assert all(r.spam_reason for r in rows)
+    assert outbox == 0
+
+
+async def test_form_errors(capture):
+    unknown = await capture.post("/v1/forms/nope/submissions", data={"email": "a@b.co"})
+    assert unknown.status_code == 404 and unknown.headers["content-type"] == "application/problem+json"
+    bad_email = await capture.post("/v1/forms/newsletter/submissions", data={"email": "nope", "utm_medium": "x" * 300})
+    assert bad_email.status_code == 422
+    assert sorted(e["field"] for e in bad_email.json()["errors"]) == ["email", "utm_medium"]
+    json_body = await capture.post("/v1/forms/newsletter/submissions", json={"email": "a@b.co"})
+    assert json_body.status_code == 415
+    preflight = await capture.options("/v1/forms/newsletter/submissions", headers={
+        "origin": "https://blog.example.com", "access-control-request-method": "POST"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "https://blog.example.com"
+    denied = await capture.options("/v1/forms/newsletter/submissions", headers={"origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in denied.headers
+
+
+async def test_operations_endpoints(capture):
+    assert (await capture.get("/healthz")).json()["status"] == "ok"
+    ready = await capture.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    metrics = await capture.get("/metrics")
+    assert "leadstream_outbox_depth" in metrics.text
+    assert (await capture.get("/openapi.json")).json()["paths"]["/v1/leads"]["post"]
+
+
+async def test_rate_limit_per_client_address(broker, database_factory, tmp_path):
+    url = await database_factory("capture")
+    settings = make_settings(broker.bootstrap, tmp_path, capture_database_url=url, capture_rate_limit="3/minute")
+    async with serve_app(create_app(settings)) as client:
+        codes = [(await client.post("/v1/leads", json={"email": f"u{i}@b.co"})).status_code for i in range(4)]
+        assert codes == [202, 202, 202, 429]
+        limited = await client.post("/v1/leads", json={"email": "z@b.co"})
+        assert limited.headers["content-type"] == "application/problem+json"
+        assert int(limited.headers["retry-after"]) >= 1

@@ -1,0 +1,178 @@
+"""Test helpers: real broker, real databases, real processes; every process stopped on every exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.broker import free_port
+from shared.events import CloudEvent, parse_event
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("LEADSTREAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_available() -> bool:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(POSTGRES_URL)
+    try:
+        with socket.create_connection((url.host or "127.0.0.1", url.port or 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def create_postgres_database() -> str:
+    """A fresh database on the test server; returns its asyncpg URL."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(POSTGRES_URL)
+    name = f"ls_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(host=base.host, port=base.port or 5432, user=base.username, database=base.database)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return base.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
+
+
+async def drop_postgres_database(url: str) -> None:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base, target = make_url(POSTGRES_URL), make_url(url)
+    conn = await asyncpg.connect(host=base.host, port=base.port or 5432, user=base.username, database=base.database)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def make_settings(bootstrap: str, data_dir: Path, **overrides) -> Settings:  # noqa: ANN003
+    values = dict(
+        kafka_bootstrap_servers=bootstrap,
+        data_dir=data_dir,
+        config_dir=ROOT / "deploy" / "config",
+        capture_rate_limit="off",
+        capture_form_rate_limit="off",
+        api_rate_limit="off",
+        outbox_poll_interval_s=0.05,
+        kafka_request_timeout_ms=3000,
+        log_json=False,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def serve_app(app) -> AsyncIterator[httpx.AsyncClient]:  # noqa: ANN001
+    """Run an app's lifespan and talk to it in-process (no port needed)."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5) -> list[CloudEvent]:
+    """Read a topic from the beginning until ``expect`` messages arrived (and ``settle`` s more)."""
+    return [parse_event(m.value) for m in await read_raw(bootstrap, topic, expect=expect, timeout=timeout, settle=settle)]
+
+
+async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5):  # noqa: ANN201
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        tps = [TopicPartition(topic, p) for p in parts.partitions_for_topic(topic) or []]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out = []
+        deadline = time.monotonic() + timeout
+        settle_until = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(records)
+            if len(out) >= expect:
+                settle_until = settle_until or time.monotonic() + settle
+                if time.monotonic() >= settle_until:
+                    break
+        return out
+    finally:
+        await consumer.stop()
+
+
+class ServiceProcess:
+    """``leadstream serve SERVICE`` as a real process on a free port."""
+
+    def __init__(self, service: str, env: dict[str, str], log_dir: Path, port: int | None = None) -> None:
+        self.service, self.env, self.port = service, env, port or free_port()
+        self.log_path = log_dir / f"{service}-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> "ServiceProcess":
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "serve", self.service, "--port", str(self.port)],
+            env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        )
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.service} exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.service} not healthy: {self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+async def eventually(check, timeout: float = 20.0, interval: float = 0.1):  # noqa: ANN001, ANN201
+    """Poll an async ``check`` until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
