@@ -1,0 +1,218 @@
+"""The pipeline store: written by qualification (and pipeline transitions), read by pipeline."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, Numeric, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.auth import ApiKeyMixin
+from shared.outbox import OutboxMixin
+
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class StoreBase(DeclarativeBase):
+    pass
+
+
+class Account(StoreBase):
+    """A company, by registrable domain (never a free-mail domain)."""
+
+    __tablename__ = "accounts"
+
+    domain: Mapped[str] = mapped_column(String(255), primary_key=True)
+    company: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    industry: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    employees: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    country: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    website: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    firmographics: Mapped[dict] = mapped_column(JSON, default=dict)  # field -> {value, source, at}
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Contact(StoreBase):
+    """A person, by normalised email; stage, scores, attribution and milestone times."""
+
+    __tablename__ = "contacts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised
+    email_as_typed: Mapped[str] = mapped_column(String(320))
+    first_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    title: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    phone: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    linkedin_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    account_domain: Mapped[str | None] = mapped_column(ForeignKey("accounts.domain"), nullable=True, index=True)
+    firmographics: Mapped[dict] = mapped_column(JSON, default=dict)  # field -> {value, source, at}
+
+    stage: Mapped[str] = mapped_column(String(20), index=True)
+    motion: Mapped[str] = mapped_column(String(10), index=True)  # inbound | outbound | blended
+    email_invalid: Mapped[bool] = mapped_column(Boolean, default=False)
+    unsubscribed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    first_touch_motion: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    first_touch_channel: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    first_touch_campaign: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    first_touch_form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    first_touch_sequence: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    first_touch_event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    first_touch_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_touch_motion: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    last_touch_channel: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    last_touch_campaign: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_touch_form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_touch_sequence: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_touch_event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_touch_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    fit_score: Mapped[float] = mapped_column(Float, default=0.0)
+    fit_grade: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    fit_reasons: Mapped[list] = mapped_column(JSON, default=list)
+    engagement_score: Mapped[float] = mapped_column(Float, default=0.0)
+    engagement_reasons: Mapped[list] = mapped_column(JSON, default=list)
+    policy_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)  # first fact's time
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_activity_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # milestones: when the contact first reached each stage (analytics count these)
+    lead_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    mql_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    sql_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    opportunity_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    customer_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lost_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Touch(StoreBase):
+    """Every inbound and outbound fact about a contact: the timeline."""
+
+    __tablename__ = "touches"
+    __table_args__ = (Index("ix_touches_contact_time", "contact_id", "occurred_at"),)
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id"))
+    event_type: Mapped[str] = mapped_column(String(100))
+    motion: Mapped[str] = mapped_column(String(10))
+    channel: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    campaign: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    form_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    lead_magnet: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    sequence: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    rep: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    data: Mapped[dict] = mapped_column(JSON)
+
+
+class Score(StoreBase):
+    """Every score a contact was given, with reasons and the policy version that made it."""
+
+    __tablename__ = "scores"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id"), index=True)
+    fit_score: Mapped[float] = mapped_column(Float)
+    fit_grade: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    fit_reasons: Mapped[list] = mapped_column(JSON)
+    engagement_score: Mapped[float] = mapped_column(Float)
+    engagement_reasons: Mapped[list] = mapped_column(JSON)
+    policy_version: Mapped[str] = mapped_column(String(100))
+    cause_event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Opportunity(StoreBase):
+    """A qualified opportunity (created when a contact reaches ``sql``)."""
+
+    __tablename__ = "opportunities"
+    __table_args__ = (Index("ix_opportunities_qualified", "qualified_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id"), index=True)
+    account_domain: Mapped[str | None] = mapped_column(String(255), nullable=True, index=True)
+    stage: Mapped[str] = mapped_column(String(20), index=True)
+    motion: Mapped[str] = mapped_column(String(10), index=True)
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    first_touch_motion: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    first_touch_channel: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    first_touch_campaign: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    first_touch_form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    first_touch_sequence: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    last_touch_motion: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    last_touch_channel: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    last_touch_campaign: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    fit_score: Mapped[float] = mapped_column(Float)
+    engagement_score: Mapped[float] = mapped_column(Float)
+    grade: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    policy_version: Mapped[str] = mapped_column(String(100))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2), nullable=True)
+    currency: Mapped[str] = mapped_column(String(3), default="USD")
+    qualified_event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    caused_by: Mapped[list] = mapped_column(JSON)
+    qualified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    close_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class StageChange(StoreBase):
+    """Every stage change of a contact (and its opportunity), who or what made it, and why."""
+
+    __tablename__ = "stage_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id"), index=True)
+    opportunity_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    from_stage: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    to_stage: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2), nullable=True)
+    changed_by: Mapped[str] = mapped_column(String(200))  # "qualification" or the API key's name
+    policy_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    cause_event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)  # the stage.changed event
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ProcessedEvent(StoreBase):
+    """The inbox: ids of events already applied (same transaction as their effect)."""
+
+    __tablename__ = "processed_events"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(100))
+    topic: Mapped[str] = mapped_column(String(200))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigId)
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TransitionRequest(StoreBase):
+    """``Idempotency-Key`` of sales transitions: a retried transition is a no-op."""
+
+    __tablename__ = "transition_requests"
+
+    idempotency_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    opportunity_id: Mapped[str] = mapped_column(String(36))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PipelineApiKey(ApiKeyMixin, StoreBase):
+    __tablename__ = "pipeline_api_keys"
+
+
+class PipelineOutbox(OutboxMixin, StoreBase):
+    __tablename__ = "pipeline_outbox"
