@@ -119,13 +119,29 @@ class KafkaGateway:
         await self._ready()
         await _create_topics(self.admin, self.settings, ALL_TOPICS)
 
-    async def send_many(self, messages: list[Message]) -> None:
-        """Send in order and wait for every acknowledgement; raises if any send failed."""
+    async def send_many(self, messages: list[Message]) -> list[bool]:
+        """Send in order; wait until every send is settled; return which were acknowledged.
+
+        Nothing is left in flight when this returns, so a caller that retries the
+        unacknowledged ones cannot race an old attempt into a duplicate.
+        """
         await self._ready()
-        futures = []
+        futures: list[asyncio.Future] = []
+        error: BaseException | None = None
         for topic, key, value, headers in messages:
-            futures.append(await self.producer.send(topic, value=value, key=key, headers=headers))
-        await asyncio.gather(*futures)
+            try:
+                futures.append(await self.producer.send(topic, value=value, key=key, headers=headers))
+            except Exception as exc:  # noqa: BLE001 - e.g. no metadata while the broker is away
+                error = exc
+                break
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        acked = [not isinstance(r, BaseException) for r in results]
+        acked += [False] * (len(messages) - len(acked))
+        if error is None:
+            error = next((r for r in results if isinstance(r, BaseException)), None)
+        if error is not None and not any(acked):
+            raise error
+        return acked
 
     async def ping(self) -> None:
         await self.cluster_id()

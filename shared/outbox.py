@@ -85,7 +85,6 @@ class OutboxRelay:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._cluster_id: str | None = None
-        self._cluster_checked = 0.0
         self._housekept = 0.0
         self._metrics_at = 0.0
         self.published = 0
@@ -115,9 +114,6 @@ class OutboxRelay:
         while True:
             try:
                 now = loop.time()
-                if self._cluster_id is None or now - self._cluster_checked > 5.0:
-                    await self._check_cluster()
-                    self._cluster_checked = loop.time()
                 sent = await self.publish_pending()
                 if now - self._housekept > 60.0:
                     await self._housekeep()
@@ -146,11 +142,12 @@ class OutboxRelay:
                 await asyncio.sleep(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, self.settings.outbox_max_backoff_s)
 
-    async def _check_cluster(self) -> None:
-        """Detect a broker that started anew and queue every retained row again."""
+    async def _check_cluster(self) -> str:
+        """The current cluster id; on a new one (an embedded broker started anew, empty),
+        create the topics and queue every retained row again."""
         cluster_id = await self.kafka.cluster_id()
         if cluster_id == self._cluster_id:
-            return
+            return cluster_id
         await self.kafka.ensure_topics()
         async with self.db.unit_of_work() as session:
             result = await session.execute(
@@ -162,6 +159,7 @@ class OutboxRelay:
             OUTBOX_REPUBLISHED.labels(self.service).inc(result.rowcount)
             log.warning("new broker cluster: re-publishing retained events", cluster_id=cluster_id, rows=result.rowcount)
         self._cluster_id = cluster_id
+        return cluster_id
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows in id order; returns how many were published."""
@@ -177,15 +175,24 @@ class OutboxRelay:
             ).all()
         if not rows:
             return 0
-        await self.kafka.send_many(
-            [(r.topic, r.key.encode(), r.value, HEADERS) for r in rows]
-        )
+        # Rows are marked with the cluster seen just before sending. If the broker restarts
+        # while they are in flight, the next check sees another id and publishes them again:
+        # at worst a duplicate (same event id), never a loss.
+        cluster_id = await self._check_cluster()
+        acked = await self.kafka.send_many([(r.topic, r.key.encode(), r.value, HEADERS) for r in rows])
+        done = [r.id for r, ok in zip(rows, acked) if ok]
         async with self.db.unit_of_work() as session:
             await session.execute(
                 update(m)
-                .where(m.id.in_([r.id for r in rows]))
-                .values(published_at=datetime.now(timezone.utc), published_cluster=self._cluster_id)
+                .where(m.id.in_(done))
+                .values(published_at=datetime.now(timezone.utc), published_cluster=cluster_id)
             )
+        if len(done) < len(rows):
+            # some sends failed: count the successes, then let the loop back off and retry the rest
+            OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
+            self.published += len(done)
+            raise ConnectionError(f"{len(rows) - len(done)} of {len(rows)} outbox rows not acknowledged")
+        rows = [r for r in rows if r.id in set(done)]
         OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
         self.published += len(rows)
         return len(rows)
