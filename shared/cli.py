@@ -34,12 +34,12 @@ def available_services() -> list[str]:
 
 
 def _databases(settings: Settings) -> dict[str, str]:
-    urls: dict[str, str] = {}
+    """Every database with migrations, and its URL (the first service that uses it names it)."""
     from shared.migrate import MIGRATIONS
 
-    for service in available_services():
-        db = SERVICE_DATABASE[service]
-        if db in MIGRATIONS and MIGRATIONS[db].exists():
+    urls: dict[str, str] = {}
+    for service, db in SERVICE_DATABASE.items():
+        if db in MIGRATIONS and (MIGRATIONS[db] / "env.py").exists() and db not in urls:
             urls[db] = settings.database_url(service)
     return urls
 
@@ -152,6 +152,160 @@ def run() -> None:
         if embedded:
             embedded.stop()
         typer.echo("stopped", err=True)
+
+
+# credentials of the authenticated APIs (API keys, webhook secrets): see shared/admin.py
+from shared.admin import api_keys_app, webhooks_app  # noqa: E402
+
+app.add_typer(api_keys_app, name="api-keys")
+app.add_typer(webhooks_app, name="webhooks")
+
+
+topics_app = typer.Typer(help="Kafka topics: create them with the configured partitions, replication and retention.")
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("create")
+def topics_create(
+    wait: Annotated[float, typer.Option(help="seconds to keep retrying while Kafka is not reachable yet")] = 60.0,
+) -> None:
+    """Create every topic and its DLQ (idempotent); print each topic's partitions and replicas.
+
+    Run it once before the services start (the compose ``topics`` service, the k8s ``topics`` Job):
+    a client that meets a missing topic would have the broker auto-create it with its defaults.
+    """
+    from shared.kafka import describe_topics, ensure_topics, topic_configs
+
+    settings = get_settings()
+
+    async def _create() -> dict[str, dict[str, int]]:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                await ensure_topics(settings)
+                return await describe_topics(settings)
+            except Exception as exc:  # noqa: BLE001 - the broker may still be starting
+                if time.monotonic() >= deadline:
+                    raise
+                typer.echo(f"Kafka at {settings.kafka_bootstrap_servers} not ready ({exc!r}); retrying", err=True)
+                await asyncio.sleep(2)
+
+    try:
+        layout = asyncio.run(_create())
+    except Exception as exc:  # noqa: BLE001
+        typer.echo(f"could not create topics on {settings.kafka_bootstrap_servers}: {exc!r}", err=True)
+        raise typer.Exit(1) from exc
+    short = False
+    for name, shape in sorted(layout.items()):
+        configs = topic_configs(settings, name)
+        typer.echo(
+            f"{name}: partitions={shape['partitions']} replicas={shape['replicas']} "
+            f"retention.ms={configs['retention.ms']} cleanup.policy={configs['cleanup.policy']}"
+        )
+        if shape["partitions"] < settings.kafka_partitions:
+            short = True
+            typer.echo(
+                f"warning: {name} exists with {shape['partitions']} partitions, fewer than "
+                f"LEADSTREAM_KAFKA_PARTITIONS={settings.kafka_partitions}; existing topics are not changed",
+                err=True,
+            )
+    from shared.events import ALL_TOPICS
+
+    missing = sorted(set(ALL_TOPICS) - set(layout))
+    if missing:
+        typer.echo(f"topics missing after creation: {', '.join(missing)}", err=True)
+        raise typer.Exit(1)
+    if short:
+        typer.echo("(more partitions need `kafka-topics.sh --alter`; per-contact order moves with the keys)", err=True)
+
+
+
+# ---- replay and rescore (qualification) ------------------------------------------------
+
+
+def _outbox_models(database: str) -> list[type]:
+    """The outbox tables of one database (found in its models module)."""
+    from shared.outbox import OutboxMixin
+
+    module_name = "shared.store.models" if database == "pipeline" else f"services.{database}.models"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        return []
+    return [
+        obj for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, OutboxMixin) and obj is not OutboxMixin
+        and getattr(obj, "__tablename__", None)
+    ]
+
+
+@app.command()
+def replay(
+    hours: Annotated[Optional[float], typer.Option(help="only events created in the last N hours "
+                                                        "(default: the outbox retention window)")] = None,
+) -> None:
+    """Re-publish the retained outbox events of every database (consumers deduplicate by id).
+
+    Marks the rows pending again; each service's relay publishes them (run it while the
+    services run, or they publish at their next start).
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from shared.db import Database
+
+    settings = get_settings()
+    window = settings.outbox_retention_hours if hours is None else hours
+    since = datetime.now(timezone.utc) - timedelta(hours=window)
+
+    async def _replay() -> int:
+        total = 0
+        for database, url in _databases(settings).items():
+            db = Database(url, pool_size=1)
+            try:
+                for model in _outbox_models(database):
+                    async with db.unit_of_work() as session:
+                        result = await session.execute(
+                            update(model)
+                            .where(model.published_at.is_not(None), model.created_at >= since)
+                            .values(published_at=None, published_cluster=None)
+                        )
+                    count = result.rowcount or 0
+                    total += count
+                    typer.echo(f"{database}.{model.__tablename__}: {count} events queued for re-publishing")
+            finally:
+                await db.dispose()
+        return total
+
+    total = asyncio.run(_replay())
+    typer.echo(f"{total} events will be re-published by the services' relays (last {window:g} h)", err=True)
+
+
+@app.command()
+def rescore(
+    policy: Annotated[str, typer.Option(help="the scoring policy file (YAML) to apply")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would change; change nothing")] = False,
+) -> None:
+    """Re-score every contact's stored history under another policy version.
+
+    Prints how many contacts change grade or stage, by motion, then (without --dry-run)
+    stores the new scores and moves stages forward (never back), with their events.
+    """
+    from pathlib import Path
+
+    from services.qualification.service import PolicyFileError, load_qualifier, rescore_all
+
+    settings = get_settings()
+    try:
+        qualifier = load_qualifier(Path(policy))
+    except PolicyFileError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    report = asyncio.run(rescore_all(settings, qualifier, apply=not dry_run))
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo("dry run: nothing changed" if dry_run else "applied", err=True)
 
 
 if __name__ == "__main__":

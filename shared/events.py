@@ -286,12 +286,15 @@ def make_event(
     """Build the envelope of a fact; ``subject`` is the contact's normalised email."""
     if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_!r}")
-    return CloudEvent(
+    # Every field is built here from validated values: construct without re-validating.
+    return CloudEvent.model_construct(
+        specversion="1.0",
         id=event_id or new_event_id(),
         source=source,
         type=type_,
         time=time or utcnow(),
         subject=subject,
+        datacontenttype="application/json",
         traceparent=traceparent,
         data=data.model_dump(mode="json", exclude_none=True),
     )

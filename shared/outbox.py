@@ -19,6 +19,7 @@ from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, LargeBinary, 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
+from shared.db import stage_insert
 from shared.events import CONTENT_TYPE, CloudEvent
 from shared.kafka import KafkaGateway
 
@@ -57,15 +58,17 @@ class OutboxMixin:
 
 def stage_event(session: AsyncSession, outbox_model: type[OutboxMixin], event: CloudEvent, key: str) -> None:
     """Add the event to the outbox in the caller's transaction."""
-    session.add(
-        outbox_model(
-            event_id=event.id,
-            topic=event.topic,
-            key=key,
-            value=event.to_bytes(),
-            created_at=datetime.now(timezone.utc),
-            attempts=0,
-        )
+    stage_insert(
+        session,
+        outbox_model.__table__,
+        {
+            "event_id": event.id,
+            "topic": event.topic,
+            "key": key,
+            "value": event.to_bytes(),
+            "created_at": datetime.now(timezone.utc),
+            "attempts": 0,
+        },
     )
 
 

@@ -72,8 +72,8 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-def require_json(request: Request) -> None:
-    """Dependency: ``415`` unless the body is declared as JSON."""
+async def require_json(request: Request) -> None:
+    """Dependency: ``415`` unless the body is declared as JSON (async: no threadpool hop)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise ProblemError(415, f"Send the body as application/json, not {ctype or 'an undeclared type'}.")

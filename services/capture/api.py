@@ -36,13 +36,16 @@ async def _limit_client(request: Request, runtime: Runtime) -> None:
 
 
 async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: Request) -> service.Capture:
+    address, traceparent = client_address(request), request.headers.get("traceparent")
+
+    async def work(session):  # noqa: ANN001, ANN202
+        return await service.capture_lead(
+            session, lead, idempotency_key=idempotency_key, client_address=address, traceparent=traceparent
+        )
+
     for attempt in (1, 2):
         try:
-            async with runtime.db.unit_of_work() as session:
-                result = await service.capture_lead(
-                    session, lead, idempotency_key=idempotency_key, client_address=client_address(request),
-                    traceparent=request.headers.get("traceparent"),
-                )
+            result = await runtime.writer.submit(work)
             break
         except IntegrityError:
             # A concurrent retry with the same Idempotency-Key committed first: answer with its id.

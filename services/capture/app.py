@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from services.capture.api import router
 from services.capture.forms import load_forms
 from services.capture.models import CaptureOutbox
+from shared.db import GroupCommit
 from shared.ratelimit import RateLimit
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
@@ -19,6 +20,11 @@ class CaptureRuntime(ServiceRuntime):
         self.forms = load_forms(settings.forms_file)
         self.client_limit = RateLimit(settings.capture_rate_limit, "client address")
         self.form_limit = RateLimit(settings.capture_form_rate_limit, "form")
+        self.writer = GroupCommit(self.db)
+
+    async def stop(self) -> None:
+        await self.writer.stop()
+        await super().stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

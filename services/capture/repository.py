@@ -6,11 +6,23 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.capture.models import CapturedLead
+from shared.db import stage_insert, staged_rows
+
+LEADS = CapturedLead.__table__
 
 
-async def lead_by_idempotency_key(session: AsyncSession, key: str) -> CapturedLead | None:
-    return (await session.execute(select(CapturedLead).where(CapturedLead.idempotency_key == key))).scalar_one_or_none()
+async def lead_by_idempotency_key(session: AsyncSession, key: str) -> dict | None:
+    """The lead stored (or being stored in this unit of work) under an Idempotency-Key."""
+    for row in staged_rows(session, LEADS):
+        if row.get("idempotency_key") == key:
+            return row
+    found = (
+        await session.execute(
+            select(LEADS.c.event_id, LEADS.c.request_fingerprint).where(LEADS.c.idempotency_key == key)
+        )
+    ).first()
+    return dict(found._mapping) if found else None
 
 
-def add_lead(session: AsyncSession, lead: CapturedLead) -> None:
-    session.add(lead)
+def add_lead(session: AsyncSession, **row) -> None:  # noqa: ANN003
+    stage_insert(session, LEADS, row)

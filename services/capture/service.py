@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.capture import repository
 from services.capture.forms import Form
-from services.capture.models import CaptureOutbox, CapturedLead
+from services.capture.models import CaptureOutbox
 from services.capture.schemas import LeadIn
 from shared.errors import ProblemError
 from shared.events import LEAD_CAPTURED, LeadCaptured, make_event, new_event_id
@@ -58,21 +58,23 @@ async def capture_lead(
     if idempotency_key:
         existing = await repository.lead_by_idempotency_key(session, idempotency_key)
         if existing is not None:
-            if existing.request_fingerprint != print_:
+            if existing["request_fingerprint"] != print_:
                 raise ProblemError(
                     409,
                     "This Idempotency-Key was already used with a different request body.",
                     type_="https://leadstream.dev/problems/idempotency-key-reused",
                 )
-            return Capture(existing.event_id, duplicate=True)
+            return Capture(existing["event_id"], duplicate=True)
     contact_key = normalise_email(lead.email)
-    data = LeadCaptured(**lead.model_dump(exclude={"occurred_at"}), occurred_at=lead.occurred_at or received_at)
+    # LeadIn is stricter than LeadCaptured, so the validated lead is a valid event as it is.
+    occurred_at = lead.occurred_at or received_at
+    data = LeadCaptured.model_construct(**(dict(lead) | {"occurred_at": occurred_at}))
     event = make_event(
-        LEAD_CAPTURED, data, source=SOURCE, subject=contact_key, time=data.occurred_at, traceparent=traceparent
+        LEAD_CAPTURED, data, source=SOURCE, subject=contact_key, time=occurred_at, traceparent=traceparent
     )
     repository.add_lead(
         session,
-        CapturedLead(
+        **dict(
             event_id=event.id,
             email=lead.email,
             contact_key=contact_key,
@@ -98,7 +100,7 @@ async def record_spam(
     event_id = new_event_id()
     repository.add_lead(
         session,
-        CapturedLead(
+        **dict(
             event_id=event_id,
             email=email,
             contact_key=normalise_email(email),
@@ -109,6 +111,8 @@ async def record_spam(
             client_address=client_address,
             payload={k: str(v)[:2000] for k, v in list(submission.items())[:100]},
             received_at=datetime.now(timezone.utc),
+            idempotency_key=None,
+            request_fingerprint=None,
         ),
     )
     return Capture(event_id)

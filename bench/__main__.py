@@ -1,0 +1,46 @@
+"""`make bench`: every figure measured in the same run, as ratios to baselines of that run."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench import capture
+from bench.harness import Row, Stack
+
+SECTIONS = {"capture": capture.run}
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ["section", "metric", "value", "ratio", "target"]
+    cells = [header] + [r.cells() for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    for n, line in enumerate(cells):
+        print(" | ".join(c.ljust(w) for c, w in zip(line, widths)))
+        if n == 0:
+            print("-+-".join("-" * w for w in widths))
+
+
+def main(argv: list[str]) -> None:
+    wanted = argv or list(SECTIONS)
+    stack = Stack()
+    rows: list[Row] = []
+    started = time.time()
+    try:
+        stack.start_broker()
+        for name in wanted:
+            print(f"… {name}", file=sys.stderr, flush=True)
+            rows += SECTIONS[name](stack)
+    finally:
+        stack.stop()
+    print_table(rows)
+    out = Path("var/bench.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"measured_at": started, "rows": [r.__dict__ for r in rows]}, indent=2))
+    print(f"\n(written to {out}; {time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
