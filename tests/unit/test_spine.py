@@ -1,0 +1,131 @@
+"""Pure pieces of the shared spine: envelope, errors, settings, forms, identity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from services.capture.forms import FormsError, load_forms
+from shared.errors import field_errors
+from shared.events import (
+    LEAD_CAPTURED, LEADS_CAPTURED, STAGE_CHANGED, InvalidEvent, LeadCaptured, make_event, parse_event, utcnow,
+)
+from shared.identity import check_email, normalise_email
+from shared.settings import Settings, async_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_event_round_trip_is_cloudevents_structured_json():
+    event = make_event(LEAD_CAPTURED, LeadCaptured(email="A@B.co", occurred_at=utcnow()), source="/capture",
+                       subject="a@b.co", traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    raw = orjson.loads(event.to_bytes())
+    assert raw["specversion"] == "1.0" and raw["datacontenttype"] == "application/json"
+    assert {"id", "source", "type", "time", "subject", "traceparent", "data"} <= set(raw)
+    again = parse_event(event.to_bytes())
+    assert again.id == event.id and again.topic == LEADS_CAPTURED
+    assert again.parsed_data().email == "A@B.co"
+
+
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        (None, "empty"),
+        (b"", "empty"),
+        (b"not json", "not JSON"),
+        (b"[1,2]", "not a JSON object"),
+        (b'{"specversion": "1.0"}', "not a CloudEvents"),
+        (b'{"specversion":"0.3","id":"1","source":"s","type":"x","time":"2026-01-01T00:00:00Z","data":{}}', "not a CloudEvents"),
+        (b'{"specversion":"1.0","id":"1","source":"s","type":"io.other.v1","time":"2026-01-01T00:00:00Z","data":{}}', "unknown event type"),
+    ],
+)
+def test_parse_event_rejects_what_is_not_a_known_event(value, reason):
+    with pytest.raises(InvalidEvent, match=reason):
+        parse_event(value)
+
+
+def test_invalid_data_of_a_known_type_is_invalid_event():
+    raw = b'{"specversion":"1.0","id":"1","source":"s","type":"%s","time":"2026-01-01T00:00:00Z","data":{"email":5}}' % LEAD_CAPTURED.encode()
+    with pytest.raises(InvalidEvent, match="email"):
+        parse_event(raw).parsed_data()
+
+
+def test_unknown_type_cannot_be_made():
+    with pytest.raises(ValueError):
+        make_event("io.nope.v1", LeadCaptured(email="a@b.co", occurred_at=utcnow()), source="s", subject="a")
+    assert STAGE_CHANGED.endswith(".v1")
+
+
+@pytest.mark.parametrize(
+    "error,expected",
+    [
+        ({"loc": ("body", "email"), "msg": "Field required", "type": "missing"}, ("email", "body", "missing")),
+        ({"loc": ("body", "utm", "source"), "msg": "x", "type": "string_type"}, ("utm.source", "body", "string_type")),
+        ({"loc": ("query", "limit"), "msg": "x", "type": "less_than_equal"}, ("limit", "query", "less_than_equal")),
+        ({"loc": ("body", 12), "msg": "JSON decode error", "type": "json_invalid", "ctx": {"error": "Expecting value"}},
+         ("body", "body", "json_invalid")),
+        ({"loc": ("body", "colour"), "msg": "Extra inputs are not permitted", "type": "extra_forbidden"},
+         ("colour", "body", "extra_forbidden")),
+    ],
+)
+def test_field_errors_name_each_field(error, expected):
+    (out,) = field_errors([error])
+    assert (out["field"], out["in"], out["type"]) == expected
+    assert out["message"]
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("postgresql://u@h:5432/db", "postgresql+asyncpg://u@h:5432/db"),
+        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("sqlite:///var/x.db", "sqlite+aiosqlite:///var/x.db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ],
+)
+def test_database_urls_pick_the_async_driver(url, expected):
+    assert async_url(url) == expected
+
+
+def test_settings_defaults_and_shared_pipeline_store(monkeypatch):
+    monkeypatch.setenv("LEADSTREAM_DATA_DIR", "/data")
+    settings = Settings()
+    assert settings.embedded_broker
+    assert settings.database_url("capture") == "sqlite+aiosqlite:////data/capture.db"
+    assert settings.database_url("qualification") == settings.database_url("pipeline")
+    assert settings.port_of("outreach") == 8002
+    monkeypatch.setenv("LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
+    assert not Settings().embedded_broker
+
+
+def test_shipped_forms_load_and_bad_files_are_named(tmp_path):
+    forms = load_forms(ROOT / "deploy" / "config" / "forms.yaml")
+    assert {"demo-request", "whitepaper-pipeline-2026", "newsletter"} <= set(forms)
+    assert forms["demo-request"].allows(None) and not forms["demo-request"].allows("https://evil.example")
+    bad = tmp_path / "forms.yaml"
+    bad.write_text("forms:\n  - id: x\n    form_type: coffee\n    thank_you_url: /\n")
+    with pytest.raises(FormsError, match="form_type"):
+        load_forms(bad)
+    bad.write_text("forms: [\n")
+    with pytest.raises(FormsError):
+        load_forms(bad)
+
+
+@pytest.mark.parametrize(
+    "raw,normalised",
+    [(" Ada@Example.COM ", "ada@example.com"), ("a+tag@googlemail.com", "a+tag@gmail.com"), ("X@Gmail.com", "x@gmail.com")],
+)
+def test_normalise_email(raw, normalised):
+    assert normalise_email(raw) == normalised
+
+
+@pytest.mark.parametrize("bad", ["", "plain", "a@", "@b.co", "a b@c.co", "a@b..co"])
+def test_check_email_rejects_invalid(bad):
+    with pytest.raises(ValueError):
+        check_email(bad)
+
+
+def test_check_email_keeps_as_typed():
+    assert check_email("  Ada.Lovelace@Example.com ") == "Ada.Lovelace@Example.com"
