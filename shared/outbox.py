@@ -88,6 +88,7 @@ class OutboxRelay:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._cluster_id: str | None = None
+        self._cluster_checked_at = 0.0
         self._housekept = 0.0
         self._metrics_at = 0.0
         self.published = 0
@@ -148,7 +149,12 @@ class OutboxRelay:
     async def _check_cluster(self) -> str:
         """The current cluster id; on a new one (an embedded broker started anew, empty),
         create the topics and queue every retained row again."""
+        loop = asyncio.get_running_loop()
+        if self._cluster_id is not None and loop.time() - self._cluster_checked_at < 1.0:
+            # A stale id is safe: rows marked with an old id are only ever published again.
+            return self._cluster_id
         cluster_id = await self.kafka.cluster_id()
+        self._cluster_checked_at = loop.time()
         if cluster_id == self._cluster_id:
             return cluster_id
         await self.kafka.ensure_topics()
