@@ -31,6 +31,9 @@ test: install
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -x tests/unit $(PYTEST_ARGS)
 
+demo: install
+	$(VENV)/bin/leadstream demo $(DEMO_ARGS)
+
 bench: install
 	$(VENV)/bin/python -m bench
 

@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import capture
+from bench import capture, outreach
 from bench.harness import Row, Stack
 
-SECTIONS = {"capture": capture.run}
+SECTIONS = {"capture": capture.run, "outreach": outreach.run}
 
 
 def print_table(rows: list[Row]) -> None:

@@ -308,5 +308,35 @@ def rescore(
     typer.echo("dry run: nothing changed" if dry_run else "applied", err=True)
 
 
+@app.command()
+def demo(
+    seed: Annotated[int, typer.Option(help="same seed, same history")] = 7,
+    contacts: Annotated[int, typer.Option(help="how many people")] = 2000,
+    api_key: Annotated[Optional[str], typer.Option(help="a key with outreach and pipeline scopes; created if absent")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+) -> None:
+    """Seed a realistic 90-day history through the public APIs (the services must be running)."""
+    from shared.demo import plan, seed as seed_history
+
+    settings = get_settings()
+    if api_key is None:
+        created = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "api-keys", "create", "--name", f"demo-seed-{seed}",
+             "--scope", "outreach", "--scope", "pipeline"], capture_output=True, text=True, check=True,
+        )
+        api_key = created.stdout.strip()
+    urls = {s: f"http://{host}:{settings.port_of(s)}" for s in ("capture", "outreach", "pipeline")}
+    preview = plan(seed, contacts, __import__("datetime").datetime.now(__import__("datetime").timezone.utc))
+    total = len(preview.leads) + len(preview.prospects) + len(preview.touches)
+    with typer.progressbar(length=total, label="seeding through the APIs", file=sys.stderr) as bar:
+        result = asyncio.run(seed_history(
+            capture_url=urls["capture"], outreach_url=urls["outreach"], pipeline_url=urls["pipeline"],
+            api_key=api_key, seed_value=seed, contacts=contacts, progress=bar.update,
+        ))
+    typer.echo(", ".join(f"{k}: {v}" for k, v in result.items()), err=True)
+    typer.echo(f"open http://{host}:{settings.port_of('pipeline')}/dashboard (sign in with the key above)", err=True)
+    typer.echo(api_key)
+
+
 if __name__ == "__main__":
     app()

@@ -71,7 +71,12 @@ def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rest = loc[1:] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else loc
         kind = err.get("type", "value_error")
         message = err.get("msg", "invalid value")
-        if kind == "json_invalid":
+        if where != "body" and kind == "extra_forbidden":
+            field, message = rest[0] if rest else where, f"unknown {where} parameter"
+        elif where != "body":
+            # query, path and header parameters are flat: name the parameter, not its n-th value
+            field = rest[0] if rest else where
+        elif kind == "json_invalid":
             field, message = "body", f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
         elif kind == "extra_forbidden":
             field, message = ".".join(rest), "unknown field (put custom data in 'fields')" if len(rest) == 1 else "unknown field"

@@ -28,7 +28,12 @@ def connection_options(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+        if settings.kafka_ssl_certfile:
+            context.load_cert_chain(
+                settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile, settings.kafka_ssl_key_password
+            )
+        opts["ssl_context"] = context
     if settings.kafka_security_protocol.startswith("SASL"):
         opts["sasl_mechanism"] = settings.kafka_sasl_mechanism or "PLAIN"
         opts["sasl_plain_username"] = settings.kafka_sasl_username
@@ -46,9 +51,48 @@ async def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS
         await admin.close()
 
 
+async def describe_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS) -> dict[str, dict[str, int]]:
+    """Partitions and replicas of each existing topic (a topic that is missing is left out)."""
+    admin = AIOKafkaAdminClient(request_timeout_ms=settings.kafka_request_timeout_ms, **connection_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    layout: dict[str, dict[str, int]] = {}
+    for topic in described:
+        if topic.get("error_code", 0) == 0 and topic.get("partitions"):
+            layout[topic["topic"]] = {
+                "partitions": len(topic["partitions"]),
+                "replicas": min(len(p["replicas"]) for p in topic["partitions"]),
+            }
+    return layout
+
+
+def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    """The configs a topic is created with: delete (never compact) and its retention.
+
+    Events are facts keyed by contact; compaction would keep only a contact's last
+    event, so every topic deletes by age. A DLQ keeps longer, to inspect and replay.
+    """
+    retention = settings.kafka_dlq_retention_ms if topic.endswith(".dlq") else settings.kafka_topic_retention_ms
+    min_isr = settings.kafka_min_insync_replicas or (2 if settings.kafka_replication_factor >= 3 else 1)
+    return {
+        "cleanup.policy": "delete",
+        "retention.ms": str(retention),
+        "min.insync.replicas": str(min(min_isr, settings.kafka_replication_factor)),
+    }
+
+
 async def _create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: tuple[str, ...]) -> None:
     response = await admin.create_topics(
-        [NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor) for t in topics]
+        [
+            NewTopic(
+                t, settings.kafka_partitions, settings.kafka_replication_factor,
+                topic_configs=topic_configs(settings, t),
+            )
+            for t in topics
+        ]
     )
     for topic_error in getattr(response, "topic_errors", []):
         name, code = topic_error[0], topic_error[1]
@@ -177,5 +221,7 @@ __all__ = [
     "KafkaGateway",
     "connection_options",
     "create_consumer",
+    "describe_topics",
     "ensure_topics",
+    "topic_configs",
 ]

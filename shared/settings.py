@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["capture", "outreach", "qualification", "pipeline"]
@@ -31,12 +31,22 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = EMBEDDED_BOOTSTRAP
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    # aiokafka's mechanisms that need nothing but a user name and a password (managed Kafka:
+    # Confluent Cloud PLAIN, MSK and Aiven SCRAM); GSSAPI/OAUTHBEARER would need more settings.
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
     kafka_ssl_cafile: str | None = None
+    # mutual TLS (e.g. Aiven, MSK with TLS client authentication): a PEM certificate and key
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_key_password: str | None = None
     kafka_partitions: int = Field(4, ge=1)
     kafka_replication_factor: int = Field(1, ge=1)
+    # topic configs applied when topics are created (``leadstream topics create``)
+    kafka_topic_retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=-1)  # -1 keeps forever
+    kafka_dlq_retention_ms: int = Field(30 * 24 * 3600 * 1000, ge=-1)  # time to inspect and replay
+    kafka_min_insync_replicas: int | None = Field(None, ge=1)  # default: 2 when replicated 3+, else 1
     kafka_session_timeout_ms: int = 3000
     kafka_heartbeat_interval_ms: int = 1000
     kafka_request_timeout_ms: int = 5000
@@ -73,6 +83,19 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @model_validator(mode="after")
+    def _kafka_credentials(self) -> "Settings":
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"LEADSTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "LEADSTREAM_KAFKA_SASL_USERNAME and LEADSTREAM_KAFKA_SASL_PASSWORD"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("LEADSTREAM_KAFKA_SSL_CERTFILE and LEADSTREAM_KAFKA_SSL_KEYFILE go together")
+        return self
 
     @property
     def embedded_broker(self) -> bool:

@@ -119,13 +119,17 @@ def create_service_app(
         return {"status": "ok", "service": service}
 
     @app.get("/readyz", tags=["operations"], summary="Readiness: database and broker reachable",
+             description="`503` when a required dependency is unreachable. `require=database` limits what "
+             "must answer (an ingest service still stores leads while Kafka is away, so a load balancer "
+             "should keep sending it traffic); every check is reported either way.",
              responses={503: {"description": "A dependency is unreachable (problem+json)"}})
-    async def readyz():
+    async def readyz(require: str | None = None):
         checks = ready_checks()
         results = await asyncio.gather(*(asyncio.wait_for(c(), 3.0) for c in checks.values()), return_exceptions=True)
         status = {name: ("ok" if not isinstance(r, BaseException) else f"unavailable: {type(r).__name__}")
                   for name, r in zip(checks, results)}
-        if all(v == "ok" for v in status.values()):
+        required = set(require.split(",")) & set(status) if require else set(status)
+        if all(status[name] == "ok" for name in required):
             return {"status": "ready", "checks": status}
         return problem_response(503, "A dependency is unreachable.", checks=status)
 

@@ -1,15 +1,43 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from shared.broker import EmbeddedBroker, free_port
+from shared.kafka import ensure_topics
 from shared.migrate import aupgrade
+from shared.settings import Settings
 from tests.support import create_postgres_database, drop_postgres_database, postgres_available
+
+
+# Point the suite at an external Kafka (e.g. deploy/compose.yaml's, localhost:19092) instead of
+# the embedded broker; PLAINTEXT, a dedicated cluster whose topics hold nothing of value.
+EXTERNAL_KAFKA = os.environ.get("LEADSTREAM_TEST_KAFKA_BOOTSTRAP", "").strip()
+
+
+class ExternalKafka:
+    """The external cluster as the ``broker`` fixture: same ``bootstrap``; not ours to stop."""
+
+    cluster_id = ""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    def stop(self, graceful: bool = False) -> None:  # noqa: ARG002
+        """Nothing: the suite never stops a cluster it did not start."""
 
 
 @pytest.fixture(scope="session")
 async def broker():
-    """One Tansu broker per test session, on a free port, with every topic created."""
+    """One Tansu broker per test session, on a free port, with every topic created.
+
+    With ``LEADSTREAM_TEST_KAFKA_BOOTSTRAP`` set: that cluster instead, its topics ensured.
+    """
+    if EXTERNAL_KAFKA:
+        await ensure_topics(Settings(kafka_bootstrap_servers=EXTERNAL_KAFKA))
+        yield ExternalKafka(EXTERNAL_KAFKA)
+        return
     embedded = EmbeddedBroker(port=free_port())
     try:
         await embedded.astart()

@@ -42,7 +42,9 @@ async def create_postgres_database() -> str:
 
     base = make_url(POSTGRES_URL)
     name = f"ls_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(host=base.host, port=base.port or 5432, user=base.username, database=base.database)
+    conn = await asyncpg.connect(
+        host=base.host, port=base.port or 5432, user=base.username, password=base.password, database=base.database
+    )
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -55,7 +57,9 @@ async def drop_postgres_database(url: str) -> None:
     from sqlalchemy.engine import make_url
 
     base, target = make_url(POSTGRES_URL), make_url(url)
-    conn = await asyncpg.connect(host=base.host, port=base.port or 5432, user=base.username, database=base.database)
+    conn = await asyncpg.connect(
+        host=base.host, port=base.port or 5432, user=base.username, password=base.password, database=base.database
+    )
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
     finally:

@@ -182,3 +182,17 @@ async def test_rate_limit_per_client_address(broker, database_factory, tmp_path)
         limited = await client.post("/v1/leads", json={"email": "z@b.co"})
         assert limited.headers["content-type"] == "application/problem+json"
         assert int(limited.headers["retry-after"]) >= 1
+
+
+async def test_readiness_can_require_only_the_database(broker, database_factory, tmp_path):
+    url = await database_factory("capture")
+    # a broker address where nothing listens: capture still stores leads, so it stays ready on require=database
+    from shared.broker import free_port
+
+    settings = make_settings(f"127.0.0.1:{free_port()}", tmp_path, capture_database_url=url, kafka_request_timeout_ms=500)
+    async with serve_app(create_app(settings)) as client:
+        full = await client.get("/readyz")
+        assert full.status_code == 503 and full.json()["checks"]["broker"].startswith("unavailable")
+        database_only = await client.get("/readyz", params={"require": "database"})
+        assert database_only.status_code == 200
+        assert (await client.post("/v1/leads", json={"email": "down@acme.example"})).status_code == 202

@@ -1,0 +1,202 @@
+"""Outreach routes: parse, call the service, shape the answer. No logic."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import IntegrityError
+
+from services.outreach import repository, service
+from services.outreach.schemas import (
+    Accepted,
+    BatchAnswer,
+    ProspectIn,
+    TouchAnswer,
+    TouchBatchIn,
+    TouchIn,
+    WebhookAnswer,
+    WebhookEventIn,
+)
+from services.outreach.signatures import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, verify
+from shared.auth import Principal
+from shared.errors import PROBLEM_JSON, ProblemError
+from shared.runtime import Runtime
+from shared.web import require_json
+
+PROBLEM = {"content": {PROBLEM_JSON: {}}}
+ERRORS = {
+    401: {"description": "Missing, wrong or revoked API key", **PROBLEM},
+    403: {"description": "The API key lacks the `outreach` scope", **PROBLEM},
+    413: {"description": "Body over 64 KiB", **PROBLEM},
+    415: {"description": "Wrong content type", **PROBLEM},
+    422: {"description": "Invalid fields, each named", **PROBLEM},
+    429: {"description": "Rate limited per API key; see Retry-After", **PROBLEM},
+}
+
+_bearer = HTTPBearer(auto_error=False, description="An API key with the `outreach` scope "
+                     "(`leadstream api-keys create --name NAME --scope outreach`).")
+
+
+async def _caller(
+    request: Request, runtime: Runtime, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    return await runtime.auth.authenticate(request, "outreach")
+
+
+Caller = Annotated[Principal, Depends(_caller)]
+
+# the key is checked before the content type, so an unauthenticated caller learns nothing
+router = APIRouter(prefix="/v1", tags=["outreach"], dependencies=[Depends(_caller)])
+webhooks = APIRouter(prefix="/v1", tags=["webhooks"])
+
+T = TypeVar("T")
+
+
+async def _in_transaction(runtime, use_case: Callable[..., Awaitable[T]], *, retry: bool = True) -> T:  # noqa: ANN001
+    """Run a use case in a unit of work; wake the relay after the commit."""
+    for attempt in (1, 2, 3):
+        try:
+            # group commit: concurrent requests share a transaction, each answered after it commits
+            result = await runtime.writer.submit(use_case)
+            break
+        except IntegrityError:
+            # A concurrent request with the same external_id committed first: looking again
+            # finds it, and the repeat is answered as a duplicate.
+            if attempt == 3 or not retry:
+                raise
+    runtime.relay.wake()
+    return result
+
+
+@router.post(
+    "/prospects",
+    status_code=202,
+    response_model=Accepted,
+    summary="Add a researched prospect",
+    description="Answers `202` once the prospect is durably stored; it is published as "
+    "`io.leadstream.prospect.added.v1` on `outreach.touches`, keyed by the normalised email.",
+    dependencies=[Depends(require_json)],
+    responses=ERRORS,
+)
+async def post_prospect(prospect: ProspectIn, request: Request, runtime: Runtime, caller: Caller) -> Accepted:
+    result = await _in_transaction(runtime, lambda s: service.add_prospect(
+        s, prospect, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent")), retry=False)
+    return Accepted(event_id=result.event_id)
+
+
+@router.post(
+    "/touches",
+    status_code=202,
+    response_model=TouchAnswer,
+    summary="Record one touch of a sequence",
+    description="Answers `202 accepted` once the touch is durably stored; it is published as "
+    "`io.leadstream.touch.recorded.v1` on `outreach.touches`, keyed by the normalised email. "
+    "A repeated `external_id` is a no-op answered `200` with `status: duplicate` and the first touch's `event_id`.",
+    dependencies=[Depends(require_json)],
+    responses=ERRORS | {200: {"description": "Duplicate `external_id`: nothing recorded", "model": TouchAnswer}},
+)
+async def post_touch(touch: TouchIn, request: Request, response: Response, runtime: Runtime, caller: Caller) -> TouchAnswer:
+    result = await _in_transaction(runtime, lambda s: service.record_touch(
+        s, touch, external_id=touch.external_id, api_key_id=caller.key_id,
+        traceparent=request.headers.get("traceparent")))
+    if result.duplicate:
+        response.status_code = 200
+    return TouchAnswer(event_id=result.event_id, status=result.status)
+
+
+@router.post(
+    "/touches:batch",
+    status_code=200,
+    response_model=BatchAnswer,
+    response_model_exclude_none=True,
+    summary="Record up to 1,000 touches",
+    description="`{\"touches\": [ … ]}` with 1 to 1,000 touches (body ≤ 1 MiB). The answer has one result per "
+    "item, in order: `accepted` with its `event_id`, `duplicate` (an `external_id` already stored or repeated "
+    "earlier in the batch) with the first `event_id`, or `rejected` with field errors relative to the item. "
+    "Valid items are stored and published even when others are rejected; the whole batch is one transaction. "
+    "A body that is not `{\"touches\": [ … ]}` is `422`.",
+    dependencies=[Depends(require_json)],
+    responses=ERRORS | {413: {"description": "Body over 1 MiB", **PROBLEM}},
+)
+async def post_touch_batch(batch: TouchBatchIn, request: Request, runtime: Runtime, caller: Caller) -> BatchAnswer:
+    results = await _in_transaction(runtime, lambda s: service.record_touches(
+        s, batch.touches, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent")))
+    return BatchAnswer.model_validate(
+        {"results": [{"status": r.status, "event_id": r.event_id, "errors": r.errors} for r in results]}
+    )
+
+
+async def _signed_by_integration(integration: str, request: Request, runtime: Runtime) -> None:
+    """The webhook's auth: 404 for an unknown integration, 415, then 401 unless the body is
+    signed by one of its active secrets within the tolerance; then the per-integration limit."""
+    async with runtime.db.reader() as session:
+        secrets = await repository.active_webhook_secrets(session, integration)
+    if not secrets:
+        raise ProblemError(404, f"No integration {integration!r} has a webhook secret; "
+                           "create one with 'leadstream webhooks create-secret'.")
+    await require_json(request)
+    try:
+        verify(request.headers.get(SIGNATURE_HEADER), await request.body(), secrets, now=time.time())
+    except SignatureError as exc:
+        raise ProblemError(401, str(exc), type_="https://leadstream.dev/problems/webhook-signature") from None
+    await runtime.webhook_limit.check(integration)
+
+
+WEBHOOK_DESCRIPTION = f"""
+A sales tool pushes its events here, one event per delivery. No API key: the request is
+authenticated by its signature, made with the integration's secret
+(`leadstream webhooks create-secret --integration NAME` prints it once).
+
+**Signature.** Header `{SIGNATURE_HEADER}: t=<unix time>,v1=<hex>`, where `<hex>` is the
+HMAC-SHA256, keyed by the whole secret string (`whsec_…`), of the timestamp, a dot and the
+raw body bytes: `hmac_sha256(secret, f"{{t}}.{{body}}")`. Several `v1=` entries may be sent
+(during a secret rotation). A missing or wrong signature, or a timestamp more than
+{TOLERANCE_S} s from now, is `401`. An integration without a secret is `404`.
+
+```python
+import hashlib, hmac, json, time, httpx
+body = json.dumps(event).encode()
+t = int(time.time())
+sig = hmac.new(secret.encode(), f"{{t}}.".encode() + body, hashlib.sha256).hexdigest()
+httpx.post(url, content=body, headers={{"Content-Type": "application/json",
+                                       "{SIGNATURE_HEADER}": f"t={{t}},v1={{sig}}"}})
+```
+
+**Payload.** `{{"id": <the tool's event id>, "type": "touch", "touch": {{…}}}}` where
+`touch` has the fields of `POST /v1/touches` except `external_id`. The touch is recorded
+once per `id` (stored as external id `<integration>:<id>`): a redelivery or replay answers
+`200` with `status: duplicate` and publishes nothing. Events of any other `type` are
+acknowledged with `200 ignored` so the tool does not retry them.
+"""
+
+
+@webhooks.post(
+    "/webhooks/{integration}",
+    status_code=202,
+    response_model=WebhookAnswer,
+    response_model_exclude_none=True,
+    summary="Receive a signed webhook from a sales tool",
+    description=WEBHOOK_DESCRIPTION,
+    dependencies=[Depends(_signed_by_integration)],
+    responses={
+        200: {"description": "Duplicate (same tool event id) or ignored type: nothing recorded", "model": WebhookAnswer},
+        401: {"description": "Missing or bad signature, or stale timestamp", **PROBLEM},
+        404: {"description": "Unknown integration (no webhook secret)", **PROBLEM},
+        413: {"description": "Body over 64 KiB", **PROBLEM},
+        415: {"description": "Wrong content type", **PROBLEM},
+        422: {"description": "Invalid fields, each named", **PROBLEM},
+        429: {"description": "Rate limited per integration; see Retry-After", **PROBLEM},
+    },
+)
+async def post_webhook(
+    integration: str, event: WebhookEventIn, request: Request, response: Response, runtime: Runtime
+) -> WebhookAnswer:
+    result = await _in_transaction(runtime, lambda s: service.record_webhook_event(
+        s, integration, event, traceparent=request.headers.get("traceparent")))
+    if result.status != "accepted":
+        response.status_code = 200
+    return WebhookAnswer(id=event.id, event_id=result.event_id, status=result.status)

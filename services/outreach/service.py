@@ -1,0 +1,159 @@
+"""Outreach use cases: prospects and touches stored with their events (outbox) in one
+transaction; a touch's ``external_id`` makes a repeat a no-op."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.outreach import repository
+from services.outreach.models import OutreachOutbox
+from services.outreach.schemas import ProspectIn, TouchFields, TouchIn, WebhookEventIn
+from shared.errors import ProblemError, field_errors
+from shared.events import PROSPECT_ADDED, TOUCH_RECORDED, ProspectAdded, TouchRecorded, make_event
+from shared.identity import normalise_email
+from shared.outbox import stage_event
+
+SOURCE = "/leadstream/outreach"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The answer for one fact: its event id (the first one's for a duplicate), or field errors."""
+
+    status: str  # accepted | duplicate | rejected | ignored
+    event_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+    @property
+    def duplicate(self) -> bool:
+        return self.status == "duplicate"
+
+
+async def add_prospect(
+    session: AsyncSession, prospect: ProspectIn, *, api_key_id: str | None = None, traceparent: str | None = None
+) -> Recorded:
+    """Store the prospect and its ``prospect.added`` event."""
+    received_at = datetime.now(timezone.utc)
+    contact_key = normalise_email(prospect.email)
+    data = ProspectAdded(**prospect.model_dump(exclude={"occurred_at"}), occurred_at=prospect.occurred_at or received_at)
+    event = make_event(
+        PROSPECT_ADDED, data, source=SOURCE, subject=contact_key, time=data.occurred_at, traceparent=traceparent
+    )
+    repository.add_prospect(
+        session, event_id=event.id, email=prospect.email, contact_key=contact_key, api_key_id=api_key_id,
+        payload=event.data, received_at=received_at,
+    )
+    stage_event(session, OutreachOutbox, event, key=contact_key)
+    return Recorded("accepted", event.id)
+
+
+def _stage_touch(
+    session: AsyncSession,
+    touch: TouchFields,
+    *,
+    received_at: datetime,
+    external_id: str | None,
+    integration: str | None,
+    api_key_id: str | None,
+    traceparent: str | None,
+) -> str:
+    contact_key = normalise_email(touch.email)
+    occurred_at = touch.occurred_at or received_at
+    # TouchFields is stricter than TouchRecorded, so the validated touch is valid event data as it is.
+    data = TouchRecorded.model_construct(**(
+        {k: v for k, v in touch if k != "external_id"}
+        | {"occurred_at": occurred_at, "external_id": external_id, "integration": integration}
+    ))
+    event = make_event(
+        TOUCH_RECORDED, data, source=SOURCE, subject=contact_key, time=occurred_at, traceparent=traceparent
+    )
+    repository.add_touch(
+        session, event_id=event.id, email=touch.email, contact_key=contact_key, channel=touch.channel,
+        outcome=touch.outcome, external_id=external_id, integration=integration, api_key_id=api_key_id,
+        # UTC in the column: SQLite keeps no offset, so a local time would sort wrongly
+        payload=event.data, occurred_at=occurred_at.astimezone(timezone.utc), received_at=received_at,
+    )
+    stage_event(session, OutreachOutbox, event, key=contact_key)
+    return event.id
+
+
+async def record_touch(
+    session: AsyncSession,
+    touch: TouchFields,
+    *,
+    external_id: str | None = None,
+    integration: str | None = None,
+    api_key_id: str | None = None,
+    traceparent: str | None = None,
+) -> Recorded:
+    """Store the touch and its ``touch.recorded`` event, unless ``external_id`` was seen:
+    then answer the first one's event id and change nothing (the repeat may differ; the
+    first fact stands, as a sales tool's redelivery is the same touch)."""
+    if external_id is not None:
+        existing = await repository.touch_event_ids_by_external_id(session, [external_id])
+        if external_id in existing:
+            return Recorded("duplicate", existing[external_id])
+    event_id = _stage_touch(
+        session, touch, received_at=datetime.now(timezone.utc), external_id=external_id,
+        integration=integration, api_key_id=api_key_id, traceparent=traceparent,
+    )
+    return Recorded("accepted", event_id)
+
+
+async def record_touches(
+    session: AsyncSession, items: Sequence[Any], *, api_key_id: str | None = None, traceparent: str | None = None
+) -> list[Recorded]:
+    """A batch: each item validated on its own; valid ones stored (repeats of a stored or an
+    earlier item's ``external_id`` are duplicates), invalid ones rejected with field errors."""
+    parsed: list[TouchIn | list[dict[str, Any]]] = []
+    for item in items:
+        try:
+            parsed.append(TouchIn.model_validate(item))
+        except ValidationError as exc:
+            parsed.append(field_errors(list(exc.errors())))
+    known = await repository.touch_event_ids_by_external_id(
+        session, {p.external_id for p in parsed if isinstance(p, TouchIn) and p.external_id}
+    )
+    received_at = datetime.now(timezone.utc)
+    results: list[Recorded] = []
+    for item in parsed:
+        if not isinstance(item, TouchIn):
+            results.append(Recorded("rejected", errors=item))
+        elif item.external_id and item.external_id in known:
+            results.append(Recorded("duplicate", known[item.external_id]))
+        else:
+            event_id = _stage_touch(
+                session, item, received_at=received_at, external_id=item.external_id, integration=None,
+                api_key_id=api_key_id, traceparent=traceparent,
+            )
+            if item.external_id:
+                known[item.external_id] = event_id
+            results.append(Recorded("accepted", event_id))
+    return results
+
+
+def webhook_external_id(integration: str, tool_event_id: str) -> str:
+    return f"{integration}:{tool_event_id}"
+
+
+async def record_webhook_event(
+    session: AsyncSession, integration: str, event: WebhookEventIn, *, traceparent: str | None = None
+) -> Recorded:
+    """A signed webhook event: a ``touch`` is recorded once per tool event id; other types ignored."""
+    if event.type != "touch":
+        return Recorded("ignored")
+    if event.touch is None:
+        raise ProblemError(
+            422, "The request has invalid fields.", type_="https://leadstream.dev/problems/validation",
+            errors=[{"field": "touch", "in": "body", "message": "required when type is 'touch'", "type": "missing"}],
+        )
+    return await record_touch(
+        session, event.touch, external_id=webhook_external_id(integration, event.id), integration=integration,
+        traceparent=traceparent,
+    )

@@ -1,0 +1,228 @@
+"""``leadstream demo``: a realistic 90-day history seeded through the public APIs only.
+
+Inbound leads go through capture (``POST /v1/leads``), outbound prospects and touches
+through outreach (``/v1/prospects``, ``/v1/touches:batch``), and sales decisions through
+the pipeline's transitions API, so the seed exercises the real path end to end. The
+history leans deliberately on paid search so the dependency warnings have something to say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import httpx
+
+FIRST = ["Ada", "Grace", "Alan", "Katherine", "Linus", "Margaret", "Dennis", "Barbara", "Ken", "Radia", "Tim",
+         "Frances", "Edsger", "Hedy", "John", "Shafi", "Donald", "Leslie", "Niklaus", "Sophie", "Yukihiro", "Anita"]
+LAST = ["Lovelace", "Hopper", "Turing", "Johnson", "Torvalds", "Hamilton", "Ritchie", "Liskov", "Thompson",
+        "Perlman", "Berners-Lee", "Allen", "Dijkstra", "Lamarr", "McCarthy", "Goldwasser", "Knuth", "Lamport",
+        "Wirth", "Wilson", "Matsumoto", "Borg"]
+INDUSTRIES = ["software", "fintech", "healthcare", "manufacturing", "retail", "education", "logistics", "media"]
+COUNTRIES = ["US", "GB", "DE", "FR", "NL", "CA", "AU", "SE", "ES", "IN", "BR"]
+TITLES = ["VP Marketing", "Head of Sales", "Director of Revenue Operations", "CEO", "CTO", "Marketing Manager",
+          "Sales Development Representative", "Growth Lead", "Chief Revenue Officer", "Demand Generation Manager",
+          "Software Engineer", "Student", "Account Executive", "VP Engineering"]
+FREE_MAIL = ["gmail.com", "outlook.com", "yahoo.com", "hotmail.com"]
+WORDS = ["acme", "globex", "initech", "umbrella", "hooli", "vandelay", "stark", "wayne", "tyrell", "cyberdyne",
+         "soylent", "wonka", "aperture", "blackmesa", "massive", "oscorp", "nakatomi", "gringotts", "monarch",
+         "pied", "piper", "dunder", "mifflin", "prestige", "wernham", "octan", "zorg", "abstergo", "rekall"]
+TLDS = ["com", "io", "co.uk", "de", "fr", "com.au", "nl", "ca"]
+
+# (channel, share of inbound, how to express it to capture)
+INBOUND = [
+    ("paid_search", 0.42, {"utm": {"source": "google", "medium": "cpc"}}),
+    ("organic_search", 0.14, {"referrer": "https://www.google.com/"}),
+    ("paid_social", 0.08, {"utm": {"source": "linkedin", "medium": "paid_social"}}),
+    ("organic_social", 0.06, {"referrer": "https://www.linkedin.com/feed/"}),
+    ("email", 0.10, {"utm": {"source": "newsletter", "medium": "email"}}),
+    ("referral", 0.07, {"referrer": "https://www.g2.com/products/leadstream/reviews"}),
+    ("webinar", 0.06, {"utm": {"source": "zoom", "medium": "webinar"}}),
+    ("direct", 0.07, {}),
+]
+CAMPAIGNS = {
+    "paid_search": ["brand-search", "competitor-conquest", "pipeline-analytics-generic"],
+    "paid_social": ["linkedin-abm-q4", "linkedin-thought-leadership"],
+    "email": ["monthly-newsletter", "nurture-track-a"],
+    "webinar": ["revops-live-2026"],
+}
+FORM_TYPES = [("demo_request", 0.22), ("contact_sales", 0.06), ("pricing", 0.07), ("trial_signup", 0.08),
+              ("webinar", 0.12), ("content_download", 0.25), ("newsletter", 0.20)]
+SEQUENCES = [("cold_email", "enterprise-outbound-q4"), ("cold_email", "mid-market-fintech"),
+             ("cold_call", "power-hour"), ("social", "linkedin-connect"), ("video", "vidyard-personal")]
+OUTCOME_PATHS = [  # a prospect's sequence, weighted
+    (["sent", "delivered", "opened"], 0.30),
+    (["sent", "delivered", "opened", "clicked"], 0.15),
+    (["sent", "delivered", "opened", "replied", "positive_reply"], 0.08),
+    (["sent", "delivered", "opened", "replied", "meeting_booked"], 0.07),
+    (["sent", "bounced"], 0.08),
+    (["sent", "delivered", "opened", "unsubscribed"], 0.05),
+    (["sent", "delivered", "negative_reply", "not_interested"], 0.07),
+    (["sent", "delivered"], 0.20),
+]
+
+
+def _pick(rng: random.Random, weighted):  # noqa: ANN001, ANN202
+    return rng.choices([w[0] for w in weighted], weights=[w[1] for w in weighted])[0]
+
+
+@dataclass
+class DemoPlan:
+    leads: list[dict] = field(default_factory=list)
+    prospects: list[dict] = field(default_factory=list)
+    touches: list[dict] = field(default_factory=list)
+
+
+def plan(seed: int, contacts: int, now: datetime, days: int = 90) -> DemoPlan:
+    """Everything the demo will send, decided up front from the seed (deterministic)."""
+    rng = random.Random(seed)
+    companies = []
+    for i in range(max(20, contacts // 4)):
+        name = f"{rng.choice(WORDS)}{rng.choice(WORDS)}"
+        domain = f"{name}{i}.{rng.choice(TLDS)}"
+        companies.append({"company": name.title(), "domain": domain, "industry": rng.choice(INDUSTRIES),
+                          "employees": rng.choice([8, 25, 60, 120, 250, 600, 1500, 4000, 12000]),
+                          "country": rng.choice(COUNTRIES)})
+    out = DemoPlan()
+    n_inbound = int(contacts * 0.65)
+    shared_accounts = companies[: len(companies) // 5]  # touched by both motions
+    for i in range(contacts):
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        inbound = i < n_inbound
+        company = rng.choice(shared_accounts if rng.random() < 0.3 else companies)
+        at = now - timedelta(days=rng.random() * days, minutes=rng.randint(0, 600))
+        free = inbound and rng.random() < 0.15
+        email = f"{first}.{last}{i}@{rng.choice(FREE_MAIL) if free else company['domain']}".lower()
+        person = {"email": email, "first_name": first, "last_name": last, "title": rng.choice(TITLES),
+                  "company": company["company"], "industry": company["industry"],
+                  "employees": company["employees"], "country": company["country"],
+                  "website": f"https://www.{company['domain']}"}
+        if inbound:
+            channel = _pick(rng, [(c, w) for c, w, _ in INBOUND])
+            how = next(h for c, _, h in INBOUND if c == channel)
+            form_type = _pick(rng, FORM_TYPES)
+            if channel == "paid_search" and rng.random() < 0.35:
+                form_type = "demo_request"  # paid search carries the high-intent pipeline
+            lead = person | {k: (dict(v) if isinstance(v, dict) else v) for k, v in how.items()}
+            if channel in CAMPAIGNS:
+                lead.setdefault("utm", {})["campaign"] = rng.choice(CAMPAIGNS[channel])
+            lead |= {"form_type": form_type, "form_id": f"{form_type.replace('_', '-')}-form",
+                     "page_url": f"https://www.example.com/{form_type.replace('_', '-')}",
+                     "occurred_at": at.isoformat(), "consent": {"marketing": rng.random() < 0.7}}
+            if form_type in ("content_download", "webinar"):
+                lead["lead_magnet"] = "state-of-b2b-pipeline-2026" if form_type == "content_download" else "revops-live"
+            out.leads.append(lead)
+            if rng.random() < 0.12:  # some inbound people are also prospected: blended
+                out.prospects.append(person | {"owner": f"rep{rng.randint(1, 6)}@ourco.example",
+                                               "list": "inbound-follow-up", "occurred_at": (at + timedelta(hours=2)).isoformat()})
+        else:
+            channel, sequence = rng.choice(SEQUENCES)
+            owner = f"rep{rng.randint(1, 6)}@ourco.example"
+            out.prospects.append(person | {"owner": owner, "list": sequence, "source": "sales-navigator",
+                                           "occurred_at": at.isoformat()})
+            for step, outcome in enumerate(_pick(rng, OUTCOME_PATHS), start=1):
+                touch_at = min(at + timedelta(days=step * rng.uniform(0.5, 3)), now - timedelta(minutes=1))
+                out.touches.append({"email": email, "channel": channel, "outcome": outcome, "rep": owner,
+                                    "sequence": sequence, "step": step, "occurred_at": touch_at.isoformat(),
+                                    "external_id": f"demo-{seed}-{i}-{step}"})
+    out.touches.sort(key=lambda t: t["occurred_at"])
+    return out
+
+
+async def seed(
+    *,
+    capture_url: str,
+    outreach_url: str,
+    pipeline_url: str,
+    api_key: str,
+    seed_value: int = 7,
+    contacts: int = 2000,
+    progress: Callable[[int], None] | None = None,
+    settle_timeout: float = 120.0,
+) -> dict[str, int]:
+    """Send the plan through the APIs, wait for qualification, then make sales decisions."""
+    rng = random.Random(seed_value + 1)
+    demo = plan(seed_value, contacts, datetime.now(timezone.utc))
+    auth = {"Authorization": f"Bearer {api_key}"}
+    limits = httpx.Limits(max_connections=16)
+    sent = {"leads": 0, "prospects": 0, "touches": 0, "accepted": 0, "won": 0, "lost": 0}
+    tick = progress or (lambda _: None)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        sem = asyncio.Semaphore(16)
+
+        async def post(url: str, body: dict, headers: dict | None = None) -> httpx.Response:
+            async with sem:
+                r = await client.post(url, json=body, headers=headers)
+                if r.status_code >= 400 and r.status_code != 409:
+                    raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:300]}")
+                tick(1)
+                return r
+
+        await asyncio.gather(*(post(f"{capture_url}/v1/leads", lead, {"Idempotency-Key": f"demo-{seed_value}-{n}"})
+                               for n, lead in enumerate(demo.leads)))
+        sent["leads"] = len(demo.leads)
+        await asyncio.gather(*(post(f"{outreach_url}/v1/prospects", p, auth) for p in demo.prospects))
+        sent["prospects"] = len(demo.prospects)
+        for start in range(0, len(demo.touches), 500):
+            chunk = demo.touches[start:start + 500]
+            await post(f"{outreach_url}/v1/touches:batch", {"touches": chunk}, auth)
+            tick(len(chunk) - 1)
+        sent["touches"] = len(demo.touches)
+
+        opportunities = await _settled_opportunities(client, pipeline_url, auth, settle_timeout)
+        for opp in opportunities:
+            roll = rng.random()
+            key = {"Idempotency-Key": f"demo-{seed_value}-{opp['id']}"}
+            if opp["stage"] != "sql" or roll > 0.7:
+                continue
+            if roll < 0.1:
+                await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
+                           {"to": "disqualified", "reason": "no budget this year"}, auth | key)
+                continue
+            await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
+                       {"to": "opportunity", "reason": "discovery call held"}, auth | key)
+            sent["accepted"] += 1
+            decide = rng.random()
+            amount = rng.choice([6000, 12000, 18000, 24000, 36000, 60000, 90000])
+            if decide < 0.35:
+                await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
+                           {"to": "customer", "amount": amount, "reason": "signed"}, auth | {"Idempotency-Key": key["Idempotency-Key"] + "-won"})
+                sent["won"] += 1
+            elif decide < 0.55:
+                await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
+                           {"to": "lost", "amount": amount, "reason": rng.choice(["chose a competitor", "no decision", "price"])},
+                           auth | {"Idempotency-Key": key["Idempotency-Key"] + "-lost"})
+                sent["lost"] += 1
+    return sent
+
+
+async def _settled_opportunities(client: httpx.AsyncClient, pipeline_url: str, auth: dict, timeout: float) -> list[dict]:
+    """Wait until qualification has caught up (the count of opportunities stops growing)."""
+    deadline = time.monotonic() + timeout
+    last, stable = -1, 0
+    items: list[dict] = []
+    while time.monotonic() < deadline:
+        items = await _all_opportunities(client, pipeline_url, auth)
+        stable = stable + 1 if len(items) == last else 0
+        if stable >= 3 and items:
+            break
+        last = len(items)
+        await asyncio.sleep(1.0)
+    return sorted(items, key=lambda o: o["id"])
+
+
+async def _all_opportunities(client: httpx.AsyncClient, pipeline_url: str, auth: dict) -> list[dict]:
+    items, cursor = [], None
+    while True:
+        params = {"limit": 200} | ({"cursor": cursor} if cursor else {})
+        r = await client.get(f"{pipeline_url}/v1/opportunities", params=params, headers=auth)
+        r.raise_for_status()
+        page = r.json()
+        items += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return items

@@ -1,0 +1,523 @@
+"""Outreach over HTTP (in-process app, real broker, real migrated database), and its CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select, update
+
+from services.outreach.app import create_app
+from services.outreach.models import OutreachApiKey, OutreachOutbox, OutreachProspect, OutreachTouch, OutreachWebhookSecret
+from services.outreach.signatures import sign
+from shared.auth import hash_key, new_key
+from shared.db import Database
+from shared.events import OUTREACH_TOUCHES, PROSPECT_ADDED, TOUCH_RECORDED, parse_event
+from shared.store.models import PipelineApiKey
+from tests.support import ROOT, eventually, make_settings, read_raw, serve_app
+
+PROBLEM = "application/problem+json"
+
+PROSPECT = {
+    "email": "  Grace.Hopper+q4@GoogleMail.com ",
+    "first_name": "Grace",
+    "last_name": "Hopper",
+    "title": "Director of Engineering",
+    "company": "Navy Systems",
+    "employees": 1200,
+    "linkedin_url": "https://www.linkedin.com/in/grace-hopper",
+    "owner": "rep@us.example",
+    "list": "Q4 ICP",
+    "source": "sales-navigator",
+    "tags": ["enterprise"],
+}
+TOUCH = {"email": "Grace.Hopper@Navy-Systems.example.com", "channel": "cold_email", "outcome": "opened",
+         "rep": "rep@us.example", "sequence": "q4-enterprise", "step": 1}
+
+
+async def add_key(db: Database, *, scopes: str = "outreach", revoked: bool = False) -> str:
+    key = new_key()
+    async with db.unit_of_work() as s:
+        s.add(OutreachApiKey(id=str(uuid.uuid4()), name=f"test {scopes}", scopes=scopes, key_hash=hash_key(key),
+                             prefix=key[:11], created_at=datetime.now(timezone.utc),
+                             revoked_at=datetime.now(timezone.utc) if revoked else None))
+    return key
+
+
+async def add_secret(db: Database, integration: str, secret: str | None = None) -> str:
+    secret = secret or f"whsec_{uuid.uuid4().hex}"
+    async with db.unit_of_work() as s:
+        s.add(OutreachWebhookSecret(id=str(uuid.uuid4()), integration=integration, secret=secret,
+                                    created_at=datetime.now(timezone.utc)))
+    return secret
+
+
+@pytest.fixture
+async def outreach(broker, database_factory, tmp_path):
+    url = await database_factory("outreach")
+    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=url))
+    async with serve_app(app) as client:
+        client.runtime = app.state.runtime
+        client.headers["Authorization"] = f"Bearer {await add_key(client.runtime.db)}"
+        yield client
+
+
+async def count(client, model) -> int:  # noqa: ANN001
+    async with client.runtime.db.reader() as s:
+        return (await s.execute(select(func.count()).select_from(model))).scalar_one()
+
+
+async def all_published(client, event_ids) -> bool:  # noqa: ANN001
+    async with client.runtime.db.reader() as s:
+        rows = (await s.execute(select(OutreachOutbox.published_at).where(OutreachOutbox.event_id.in_(event_ids)))).all()
+    return len(rows) == len(event_ids) and all(r.published_at for r in rows)
+
+
+async def topic_messages(client, bootstrap: str, event_ids: list[str]) -> dict:  # noqa: ANN001
+    """The messages of these events on outreach.touches (after their outbox rows were published)."""
+    await eventually(lambda: all_published(client, event_ids))
+    raw = await read_raw(bootstrap, OUTREACH_TOUCHES, expect=len(event_ids), timeout=10, settle=0.2)
+    found = {}
+    for message in raw:
+        event = parse_event(message.value)
+        if event.id in event_ids:
+            found.setdefault(event.id, []).append((message.key.decode(), event, dict(message.headers)))
+    return found
+
+
+# ---- happy paths, through the real broker ---------------------------------------------------
+
+
+async def test_prospect_and_touch_reach_the_topic_keyed_by_normalised_email(outreach, broker):
+    prospect = await outreach.post("/v1/prospects", json=PROSPECT, headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"})
+    assert prospect.status_code == 202, prospect.text
+    assert prospect.json()["status"] == "accepted"
+    before = datetime.now(timezone.utc)
+    touch = await outreach.post("/v1/touches", json=TOUCH)
+    assert touch.status_code == 202, touch.text
+    assert touch.json() == {"event_id": touch.json()["event_id"], "status": "accepted"}
+
+    ids = [prospect.json()["event_id"], touch.json()["event_id"]]
+    found = await topic_messages(outreach, broker.bootstrap, ids)
+    (key, added, headers), = found[ids[0]]
+    assert key == "grace.hopper+q4@gmail.com" == added.subject  # googlemail = gmail, plus-tag kept
+    assert added.type == PROSPECT_ADDED and added.source == "/leadstream/outreach"
+    assert headers["content-type"] == b"application/cloudevents+json"
+    assert added.traceparent.startswith("00-aaaa")
+    assert added.data["email"] == "Grace.Hopper+q4@GoogleMail.com"  # kept as typed (trimmed)
+    assert added.data["list"] == "Q4 ICP" and added.data["tags"] == ["enterprise"]
+    (key, recorded, _), = found[ids[1]]
+    assert key == "grace.hopper@navy-systems.example.com"
+    assert recorded.type == TOUCH_RECORDED
+    assert recorded.data["channel"] == "cold_email" and recorded.data["outcome"] == "opened"
+    occurred = datetime.fromisoformat(recorded.data["occurred_at"])
+    assert abs((occurred - before).total_seconds()) < 5  # defaults to when received
+    assert recorded.time == occurred
+    async with outreach.runtime.db.reader() as s:
+        row = (await s.execute(select(OutreachTouch))).scalar_one()
+        stored = (await s.execute(select(OutreachProspect))).scalar_one()
+    assert row.contact_key == key and row.outcome == "opened" and row.api_key_id
+    assert stored.email == "Grace.Hopper+q4@GoogleMail.com" and stored.contact_key == "grace.hopper+q4@gmail.com"
+
+
+async def test_occurred_at_is_kept_when_given(outreach):
+    body = TOUCH | {"occurred_at": "2026-01-02T03:04:05+01:00", "outcome": "meeting_booked"}
+    assert (await outreach.post("/v1/touches", json=body)).status_code == 202
+    async with outreach.runtime.db.reader() as s:
+        row = (await s.execute(select(OutreachTouch))).scalar_one()
+    assert row.payload["occurred_at"] == "2026-01-02T03:04:05+01:00"
+    assert row.occurred_at.replace(tzinfo=row.occurred_at.tzinfo or timezone.utc) == datetime(2026, 1, 2, 2, 4, 5, tzinfo=timezone.utc)
+
+
+# ---- API keys ---------------------------------------------------------------------------
+
+
+ROUTES = [("/v1/prospects", PROSPECT), ("/v1/touches", TOUCH), ("/v1/touches:batch", {"touches": [TOUCH]})]
+
+
+@pytest.mark.parametrize("path,body", ROUTES)
+async def test_every_route_needs_an_outreach_key(outreach, path, body):
+    db = outreach.runtime.db
+    cases = {
+        None: 401,
+        "Bearer": 401,
+        "Bearer ls_not-a-real-key": 401,
+        f"Basic {await add_key(db)}": 401,
+        f"Bearer {await add_key(db, revoked=True)}": 401,
+        f"Bearer {await add_key(db, scopes='pipeline')}": 403,
+    }
+    for authorization, status in cases.items():
+        headers = {"Authorization": authorization} if authorization else {}
+        response = await outreach.post(path, json=body, headers=headers) if headers else await _anonymous(outreach, path, body)
+        assert response.status_code == status, (authorization, response.text)
+        assert response.headers["content-type"] == PROBLEM
+        assert response.json()["status"] == status
+        if status == 401:
+            assert response.headers["www-authenticate"].startswith("Bearer")
+    # the key is checked before the body: no key and a wrong content type is still 401
+    plain = await _anonymous(outreach, path, None, content=b"x", content_type="text/plain")
+    assert plain.status_code == 401
+    both = await outreach.post(path, json=body, headers={"Authorization": f"Bearer {await add_key(db, scopes='pipeline outreach')}"})
+    assert both.status_code in (200, 202)
+    assert await count(outreach, OutreachTouch) + await count(outreach, OutreachProspect) == 1
+
+
+async def _anonymous(client, path, body, content=None, content_type="application/json"):  # noqa: ANN001, ANN202
+    headers = {k: v for k, v in client.headers.items() if k.lower() != "authorization"}
+    headers["content-type"] = content_type
+    data = content if content is not None else json.dumps(body).encode()
+    async with __import__("httpx").AsyncClient(transport=client._transport, base_url=client.base_url) as anon:  # noqa: SLF001
+        return await anon.post(path, content=data, headers=headers)
+
+
+async def test_rate_limit_per_api_key(broker, database_factory, tmp_path):
+    url = await database_factory("outreach")
+    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=url, api_rate_limit="3/minute"))
+    async with serve_app(app) as client:
+        first, second = await add_key(app.state.runtime.db), await add_key(app.state.runtime.db)
+        codes = [(await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {first}"})).status_code
+                 for _ in range(4)]
+        assert codes == [202, 202, 202, 429]
+        limited = await client.post("/v1/prospects", json=PROSPECT, headers={"Authorization": f"Bearer {first}"})
+        assert limited.status_code == 429 and limited.headers["content-type"] == PROBLEM
+        assert int(limited.headers["retry-after"]) >= 1
+        other = await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {second}"})
+        assert other.status_code == 202  # the limit is per key
+
+
+# ---- bad input --------------------------------------------------------------------------
+
+
+PROSPECT_BAD = [
+    ({}, [("email", "missing")]),
+    ({"email": "not-an-email"}, [("email", "value_error")]),
+    ({"email": "a@b.co", "employees": -5}, [("employees", "greater_than_equal")]),
+    ({"email": "a@b.co", "tags": "vip"}, [("tags", "list_type")]),
+    ({"email": "a@b.co", "tags": ["ok", 3]}, [("tags.1", "string_type")]),
+    ({"email": "a@b.co", "linkedin": "x", "seniority": "vp"}, [("linkedin", "extra_forbidden"), ("seniority", "extra_forbidden")]),
+    ({"email": "a@b.co", "fields": {"k": 1}}, [("fields.k", "string_type")]),
+    ({"email": "a@b.co", "occurred_at": "2999-01-01T00:00:00Z"}, [("occurred_at", "value_error")]),
+    ({"email": "x" * 400 + "@b.co", "owner": "o" * 201}, [("email", "string_too_long"), ("owner", "string_too_long")]),
+]
+
+TOUCH_BAD = [
+    ({}, [("email", "missing"), ("channel", "missing"), ("outcome", "missing")]),
+    (TOUCH | {"email": "nope@"}, [("email", "value_error")]),
+    (TOUCH | {"channel": "paid_search"}, [("channel", "literal_error")]),  # an inbound channel
+    (TOUCH | {"outcome": "liked"}, [("outcome", "literal_error")]),
+    (TOUCH | {"step": 0}, [("step", "greater_than_equal")]),
+    (TOUCH | {"step": "two"}, [("step", "int_parsing")]),
+    (TOUCH | {"external_id": ""}, [("external_id", "string_too_short")]),
+    (TOUCH | {"external_id": "x" * 256}, [("external_id", "string_too_long")]),
+    (TOUCH | {"occurred_at": "last tuesday"}, [("occurred_at", "datetime_from_date_parsing")]),
+    (TOUCH | {"integration": "salesloft"}, [("integration", "extra_forbidden")]),
+]
+
+
+@pytest.mark.parametrize("path,body,expected", [("/v1/prospects", b, e) for b, e in PROSPECT_BAD]
+                         + [("/v1/touches", b, e) for b, e in TOUCH_BAD])
+async def test_bad_input_is_422_naming_each_field(outreach, path, body, expected):
+    response = await outreach.post(path, json=body)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert sorted((e["field"], e["type"]) for e in response.json()["errors"]) == sorted(expected)
+    assert await count(outreach, OutreachOutbox) == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/prospects", "/v1/touches", "/v1/touches:batch"])
+async def test_malformed_wrong_type_and_oversize(outreach, path):
+    malformed = await outreach.post(path, content=b'{"email": ', headers={"content-type": "application/json"})
+    assert malformed.status_code == 422 and malformed.json()["errors"][0]["field"] == "body"
+    wrong_type = await outreach.post(path, content=b"email=a@b.co", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert wrong_type.status_code == 415 and wrong_type.headers["content-type"] == PROBLEM
+    array = await outreach.post(path, json=[TOUCH])
+    assert array.status_code == 422
+    limit = 1024 * 1024 if path.endswith(":batch") else 64 * 1024
+    big = await outreach.post(path, content=b'{"touches": "' + b"x" * limit + b'"}', headers={"content-type": "application/json"})
+    assert big.status_code == 413 and big.headers["content-type"] == PROBLEM
+    assert await count(outreach, OutreachOutbox) == 0
+
+
+# ---- batches ----------------------------------------------------------------------------
+
+
+async def test_batch_with_mixed_items(outreach, broker):
+    stored_before = await outreach.post("/v1/touches", json=TOUCH | {"external_id": "ext-old"})
+    assert stored_before.status_code == 202
+    items = [
+        TOUCH | {"external_id": "ext-a"},                                   # 0 accepted
+        TOUCH | {"channel": "fax", "colour": "red"},                        # 1 rejected: two fields
+        TOUCH | {"email": "ada@example.org", "outcome": "meeting_booked"},  # 2 accepted, no external id
+        TOUCH | {"external_id": "ext-a", "outcome": "replied"},            # 3 duplicate of item 0
+        TOUCH | {"external_id": "ext-old"},                                 # 4 duplicate of a stored touch
+        "not an object",                                                    # 5 rejected
+        TOUCH | {"email": "bad-email"},                                     # 6 rejected
+        TOUCH | {"external_id": "ext-b", "occurred_at": "2026-03-01T10:00:00Z"},  # 7 accepted
+    ]
+    response = await outreach.post("/v1/touches:batch", json={"touches": items})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [
+        "accepted", "rejected", "accepted", "duplicate", "duplicate", "rejected", "rejected", "accepted"]
+    assert results[3]["event_id"] == results[0]["event_id"]
+    assert results[4]["event_id"] == stored_before.json()["event_id"]
+    assert sorted((e["field"], e["type"]) for e in results[1]["errors"]) == [
+        ("channel", "literal_error"), ("colour", "extra_forbidden")]
+    assert results[1]["errors"][0].keys() == {"field", "in", "message", "type"}
+    assert [e["type"] for e in results[5]["errors"]] == ["model_type"]
+    assert [(e["field"], e["type"]) for e in results[6]["errors"]] == [("email", "value_error")]
+    assert "errors" not in results[0] and "event_id" not in results[1]
+
+    accepted = [results[i]["event_id"] for i in (0, 2, 7)]
+    assert len(set(accepted)) == 3
+    assert await count(outreach, OutreachTouch) == 4 and await count(outreach, OutreachOutbox) == 4
+    found = await topic_messages(outreach, broker.bootstrap, accepted)
+    assert {event.type for (_, event, _), in found.values()} == {TOUCH_RECORDED}
+    assert found[accepted[1]][0][0] == "ada@example.org"
+    assert found[accepted[0]][0][1].data["external_id"] == "ext-a"
+
+
+@pytest.mark.parametrize("body,field,kind", [
+    ({}, "touches", "missing"),
+    ({"touches": []}, "touches", "too_short"),
+    ({"touches": {"email": "a@b.co"}}, "touches", "list_type"),
+    ({"touches": [TOUCH] * 1001}, "touches", "too_long"),
+    ({"touches": [TOUCH], "dry_run": True}, "dry_run", "extra_forbidden"),
+    ({"email": "a@b.co", "channel": "sms", "outcome": "sent"}, "touches", "missing"),
+])
+async def test_batch_that_is_not_a_batch_is_422(outreach, body, field, kind):
+    response = await outreach.post("/v1/touches:batch", json=body)
+    assert response.status_code == 422
+    assert (field, kind) in [(e["field"], e["type"]) for e in response.json()["errors"]]
+    assert await count(outreach, OutreachTouch) == 0
+
+
+async def test_full_batch_of_1000_over_64_kib(outreach):
+    touches = [TOUCH | {"email": f"p{i}@corp{i % 50}.example.com", "external_id": f"bulk-{i}"} for i in range(1000)]
+    response = await outreach.post("/v1/touches:batch", json={"touches": touches})
+    assert response.status_code == 200
+    assert len(json.dumps({"touches": touches})) > 64 * 1024
+    assert {r["status"] for r in response.json()["results"]} == {"accepted"}
+    again = await outreach.post("/v1/touches:batch", json={"touches": touches})
+    assert {r["status"] for r in again.json()["results"]} == {"duplicate"}
+    assert [r["event_id"] for r in again.json()["results"]] == [r["event_id"] for r in response.json()["results"]]
+    assert await count(outreach, OutreachOutbox) == 1000
+
+
+# ---- external-id idempotency ------------------------------------------------------------
+
+
+async def test_external_id_repeats_are_duplicates_even_concurrently(outreach):
+    body = TOUCH | {"external_id": "tool-42"}
+    responses = await asyncio.gather(*(outreach.post("/v1/touches", json=body) for _ in range(12)))
+    assert sorted(r.status_code for r in responses) == [200] * 11 + [202]
+    assert {r.json()["event_id"] for r in responses} == {responses[0].json()["event_id"]}
+    assert sorted(r.json()["status"] for r in responses) == ["accepted"] + ["duplicate"] * 11
+    # a repeat that differs is still the same touch: the first fact stands, nothing is published
+    changed = await outreach.post("/v1/touches", json=body | {"outcome": "replied"})
+    assert changed.status_code == 200 and changed.json()["status"] == "duplicate"
+    assert await count(outreach, OutreachTouch) == 1 and await count(outreach, OutreachOutbox) == 1
+
+
+async def test_overlapping_batches_concurrently_store_each_external_id_once(outreach):
+    def batch(offset: int) -> dict:
+        return {"touches": [TOUCH | {"external_id": f"ov-{i}"} for i in range(offset, offset + 30)]}
+
+    responses = await asyncio.gather(*(outreach.post("/v1/touches:batch", json=batch(k * 10)) for k in range(6)))
+    assert {r.status_code for r in responses} == {200}
+    by_external: dict[str, set[str]] = {}
+    accepted = 0
+    for k, response in enumerate(responses):
+        for i, result in zip(range(k * 10, k * 10 + 30), response.json()["results"]):
+            by_external.setdefault(f"ov-{i}", set()).add(result["event_id"])
+            accepted += result["status"] == "accepted"
+    assert all(len(ids) == 1 for ids in by_external.values())  # every repeat names the first event
+    assert accepted == len(by_external) == 80
+    assert await count(outreach, OutreachTouch) == 80 and await count(outreach, OutreachOutbox) == 80
+
+
+# ---- signed webhooks --------------------------------------------------------------------
+
+
+def webhook(event_id: str = "evt_1", **touch) -> bytes:  # noqa: ANN003
+    body = {"id": event_id, "type": "touch", "touch": {k: v for k, v in TOUCH.items()} | touch}
+    return json.dumps(body).encode()
+
+
+async def deliver(client, integration: str, body: bytes, secret: str, *, at: int | None = None,  # noqa: ANN001
+                  header: str | None = None, content_type: str = "application/json"):
+    signature = header if header is not None else sign(secret, body, at if at is not None else int(time.time()))
+    return await client.post(f"/v1/webhooks/{integration}", content=body, headers={
+        "content-type": content_type, "Leadstream-Signature": signature, "Authorization": ""})
+
+
+async def test_signed_webhook_is_recorded_once_and_published(outreach, broker):
+    secret = await add_secret(outreach.runtime.db, "salesloft")
+    body = webhook("evt_9", outcome="positive_reply")
+    first = await deliver(outreach, "salesloft", body, secret)
+    assert first.status_code == 202, first.text
+    assert first.json()["status"] == "accepted" and first.json()["id"] == "evt_9"
+    replay = await deliver(outreach, "salesloft", body, secret)  # the same delivery again, within 300 s
+    assert replay.status_code == 200
+    assert replay.json() == {"id": "evt_9", "event_id": first.json()["event_id"], "status": "duplicate"}
+    # the same tool id from another integration is another touch
+    other = await deliver(outreach, "outreach-io", body, await add_secret(outreach.runtime.db, "outreach-io"))
+    assert other.status_code == 202
+    async with outreach.runtime.db.reader() as s:
+        rows = (await s.execute(select(OutreachTouch).order_by(OutreachTouch.external_id))).scalars().all()
+    assert [(r.external_id, r.integration) for r in rows] == [("outreach-io:evt_9", "outreach-io"), ("salesloft:evt_9", "salesloft")]
+    found = await topic_messages(outreach, broker.bootstrap, [first.json()["event_id"]])
+    (key, event, _), = found[first.json()["event_id"]]
+    assert key == "grace.hopper@navy-systems.example.com" and event.type == TOUCH_RECORDED
+    assert event.data["integration"] == "salesloft" and event.data["external_id"] == "salesloft:evt_9"
+    assert event.data["outcome"] == "positive_reply"
+
+
+async def test_webhook_signature_failures_are_401(outreach):
+    secret = await add_secret(outreach.runtime.db, "salesloft")
+    body = webhook()
+    now = int(time.time())
+    cases = {
+        "tampered body": (body.replace(b"opened", b"clicked"), sign(secret, body, now)),
+        "stale timestamp": (body, sign(secret, body, now - 301)),
+        "future timestamp": (body, sign(secret, body, now + 301)),
+        "wrong secret": (body, sign("whsec_guess", body, now)),
+        "missing header": (body, ""),
+        "malformed header": (body, "sha256=abc"),
+        "timestamp swapped": (body, sign(secret, body, now - 400).replace(f"t={now - 400}", f"t={now}")),
+    }
+    for case, (sent, header) in cases.items():
+        response = await deliver(outreach, "salesloft", sent, secret, header=header)
+        assert response.status_code == 401, case
+        assert response.headers["content-type"] == PROBLEM
+    assert await count(outreach, OutreachTouch) == 0
+
+
+async def test_webhook_errors_and_other_event_types(outreach):
+    db = outreach.runtime.db
+    secret = await add_secret(db, "salesloft")
+    assert (await deliver(outreach, "hubspot", webhook(), secret)).status_code == 404  # no secret: unknown
+    wrong_type = await deliver(outreach, "salesloft", b"id=1", secret, content_type="text/plain")
+    assert wrong_type.status_code == 415
+    bad_touch = await deliver(outreach, "salesloft", webhook(channel="carrier_pigeon", external_id="x"), secret)
+    assert bad_touch.status_code == 422
+    assert sorted(e["field"] for e in bad_touch.json()["errors"]) == ["touch.channel", "touch.external_id"]
+    no_touch = await deliver(outreach, "salesloft", json.dumps({"id": "e2", "type": "touch"}).encode(), secret)
+    assert no_touch.status_code == 422 and no_touch.json()["errors"][0]["field"] == "touch"
+    unknown_field = await deliver(outreach, "salesloft", json.dumps({"id": "e3", "type": "x", "extra": 1}).encode(), secret)
+    assert unknown_field.status_code == 422 and unknown_field.json()["errors"][0]["field"] == "extra"
+    ignored = await deliver(outreach, "salesloft", json.dumps({"id": "e4", "type": "sequence.paused"}).encode(), secret)
+    assert ignored.status_code == 200 and ignored.json() == {"id": "e4", "status": "ignored"}
+    big = await deliver(outreach, "salesloft", webhook(rep="r" * 70_000), secret)
+    assert big.status_code == 413
+    assert await count(outreach, OutreachTouch) == 0
+    # rotation: a second secret works alongside; a revoked one no longer does
+    new_secret = await add_secret(db, "salesloft")
+    assert (await deliver(outreach, "salesloft", webhook("r1"), new_secret)).status_code == 202
+    async with db.unit_of_work() as s:
+        await s.execute(update(OutreachWebhookSecret).where(OutreachWebhookSecret.secret == secret)
+                        .values(revoked_at=datetime.now(timezone.utc)))
+    assert (await deliver(outreach, "salesloft", webhook("r2"), secret)).status_code == 401
+    assert (await deliver(outreach, "salesloft", webhook("r3"), new_secret)).status_code == 202
+
+
+async def test_docs_describe_the_webhook_payload_and_auth(outreach):
+    spec = (await outreach.get("/openapi.json")).json()
+    hook = spec["paths"]["/v1/webhooks/{integration}"]["post"]
+    assert "Leadstream-Signature" in hook["description"] and "security" not in hook
+    example = spec["components"]["schemas"]["WebhookEventIn"]["examples"][0]
+    assert example["type"] == "touch" and example["touch"]["channel"] == "cold_email"
+    assert spec["paths"]["/v1/touches:batch"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert spec["components"]["schemas"]["TouchBatchIn"]["properties"]["touches"]["items"] == {"$ref": "#/components/schemas/TouchIn"}
+    assert (await outreach.get("/docs")).status_code == 200
+    ready = await outreach.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+# ---- the CLI (the real `leadstream` command) ----------------------------------------------
+
+
+async def leadstream(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", *args, cwd=ROOT, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_path):
+    outreach_url, pipeline_url = await database_factory("outreach"), await database_factory("pipeline")
+    env = {"LEADSTREAM_DATA_DIR": str(tmp_path), "LEADSTREAM_OUTREACH_DATABASE_URL": outreach_url,
+           "LEADSTREAM_PIPELINE_DATABASE_URL": pipeline_url}
+    code, out, err = await leadstream(env, "api-keys", "create", "--name", "Salesloft sync")
+    assert code == 0, err
+    key = out.strip()
+    assert out == key + "\n" and key.startswith("ls_")  # the key alone on stdout
+    code, out, _ = await leadstream(env, "api-keys", "create", "--name", "BI", "--scope", "pipeline")
+    pipeline_key = out.strip()
+    code, out, _ = await leadstream(env, "api-keys", "create", "--name", "Both", "--scope", "pipeline", "--scope", "outreach")
+    both_key = out.strip()
+    assert (await leadstream(env, "api-keys", "create", "--name", "x", "--scope", "admin"))[0] != 0
+
+    # the same hashed key with the same id in both databases; never the key itself
+    rows = {}
+    for url, model in ((outreach_url, OutreachApiKey), (pipeline_url, PipelineApiKey)):
+        db = Database(url)
+        try:
+            async with db.reader() as s:
+                rows[model] = {r.key_hash: (r.id, r.scopes) for r in (await s.execute(select(model))).scalars()}
+        finally:
+            await db.dispose()
+    assert rows[OutreachApiKey] == rows[PipelineApiKey]
+    assert rows[OutreachApiKey][hash_key(key)][1] == "outreach"
+    assert rows[OutreachApiKey][hash_key(both_key)][1] == "pipeline outreach"
+    key_id = rows[OutreachApiKey][hash_key(key)][0]
+
+    code, listing, _ = await leadstream(env, "api-keys", "list")
+    assert code == 0 and "Salesloft sync" in listing and key_id in listing and key not in listing
+    code, secret, err = await leadstream(env, "webhooks", "create-secret", "--integration", "salesloft")
+    assert code == 0 and secret.strip().startswith("whsec_"), err
+    assert (await leadstream(env, "webhooks", "create-secret", "--integration", "Bad Name"))[0] != 0
+    code, listing, _ = await leadstream(env, "webhooks", "list")
+    assert "salesloft" in listing and secret.strip() not in listing
+
+    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=outreach_url))
+    async with serve_app(app) as client:
+        ok = await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {key}"})
+        assert ok.status_code == 202
+        wrong_scope = await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {pipeline_key}"})
+        assert wrong_scope.status_code == 403  # known here too, so not 401
+        assert (await deliver(client, "salesloft", webhook(), secret.strip())).status_code == 202
+        assert (await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {both_key}"})).status_code == 202
+
+        both_id = rows[OutreachApiKey][hash_key(both_key)][0]
+        code, _, err = await leadstream(env, "api-keys", "revoke", both_id)
+        assert code == 0, err
+        assert (await leadstream(env, "api-keys", "revoke", "no-such-id"))[0] == 1
+        code, listing, _ = await leadstream(env, "api-keys", "list")
+        revoked_line = next(line for line in listing.splitlines() if both_id in line)
+        assert not revoked_line.rstrip().endswith("-")
+    for url, model in ((outreach_url, OutreachApiKey), (pipeline_url, PipelineApiKey)):
+        db = Database(url)
+        try:
+            async with db.reader() as s:
+                assert (await s.execute(select(model.revoked_at).where(model.id == both_id))).scalar_one() is not None
+        finally:
+            await db.dispose()
+    # a process started after the revocation refuses the key (running ones within the key cache's 5 s)
+    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=outreach_url))
+    async with serve_app(app) as client:
+        revoked = await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {both_key}"})
+        assert revoked.status_code == 401
