@@ -42,6 +42,11 @@ def run_migrations(metadata: MetaData, database: str) -> None:
     version_table = f"alembic_version_{database}"
 
     def _run(connection) -> None:  # noqa: ANN001
+        if connection.dialect.name == "sqlite":
+            # WAL is a property of the file: set it once here, so the first connections of a
+            # service (writer and reader engines at once) never race to switch the journal
+            # mode, which fails at once with "database is locked" instead of waiting.
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         context.configure(
             connection=connection,
             target_metadata=metadata,

@@ -1,0 +1,170 @@
+"""Pipeline routes: parse, call the service, shape the answer. No logic."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from services.pipeline import service
+from services.pipeline.analytics import to_csv
+from services.pipeline.schemas import (
+    AccountView,
+    ContactDetail,
+    ContactFilters,
+    ContactPage,
+    OpportunityFilters,
+    OpportunityPage,
+    OpportunityView,
+    SourcesQuery,
+    TransitionIn,
+    TransitionOut,
+)
+from shared.auth import Principal
+from shared.errors import PROBLEM_JSON
+from shared.runtime import Runtime
+from shared.web import require_json
+
+SCOPE = "pipeline"
+
+
+async def authenticate(request: Request, runtime: Runtime) -> Principal:
+    return await runtime.auth.authenticate(request, SCOPE)
+
+
+Caller = Annotated[Principal, Depends(authenticate)]
+
+PROBLEM = {"content": {PROBLEM_JSON: {}}}
+AUTH_ERRORS = {
+    401: {"description": "Missing or wrong API key", **PROBLEM},
+    403: {"description": "The key lacks the `pipeline` scope", **PROBLEM},
+    429: {"description": "Rate limited per API key; see Retry-After", **PROBLEM},
+}
+QUERY_ERRORS = AUTH_ERRORS | {422: {"description": "Invalid query parameters, each named", **PROBLEM}}
+
+router = APIRouter(prefix="/v1", tags=["pipeline"], dependencies=[Depends(authenticate)], responses=AUTH_ERRORS)
+
+
+@router.get("/contacts", response_model=ContactPage, summary="List contacts", responses=QUERY_ERRORS,
+            description="Newest first. Every list answers `{\"items\", \"next_cursor\"}`; the next page is the "
+            "same query with `cursor=<next_cursor>`. List filters take repeated values or commas.")
+async def list_contacts(params: Annotated[ContactFilters, Query()], runtime: Runtime) -> ContactPage:
+    async with runtime.db.reader() as session:
+        return await service.list_contacts(session, params)
+
+
+@router.get("/contacts/{contact_id}", response_model=ContactDetail, summary="One contact, in full",
+            responses=AUTH_ERRORS | {404: {"description": "Unknown contact", **PROBLEM}},
+            description="Stage and stage history, fit and engagement with reasons and grade, policy version, "
+            "motion, first and last touch, firmographics with sources, the full timeline of inbound and "
+            "outbound facts (oldest first) and the contact's opportunities.")
+async def get_contact(contact_id: str, runtime: Runtime) -> ContactDetail:
+    async with runtime.db.reader() as session:
+        return await service.contact_detail(session, contact_id)
+
+
+@router.get("/accounts/{domain}", response_model=AccountView, summary="One account by domain",
+            responses=AUTH_ERRORS | {404: {"description": "Unknown account", **PROBLEM}},
+            description="Firmographics with sources, contacts, opportunities and the motion mix "
+            "(contacts and opportunities per motion).")
+async def get_account(domain: str, runtime: Runtime) -> AccountView:
+    async with runtime.db.reader() as session:
+        return await service.account_view(session, domain)
+
+
+@router.get("/opportunities", response_model=OpportunityPage, summary="List opportunities", responses=QUERY_ERRORS,
+            description="By qualification time, newest first (`order=asc` for oldest first). The cursor is opaque "
+            "and keyset-based: walking the pages while new opportunities arrive never skips or repeats one.")
+async def list_opportunities(params: Annotated[OpportunityFilters, Query()], runtime: Runtime) -> OpportunityPage:
+    async with runtime.db.reader() as session:
+        return await service.list_opportunities(session, params)
+
+
+@router.get("/opportunities/{opportunity_id}", response_model=OpportunityView, summary="One opportunity",
+            responses=AUTH_ERRORS | {404: {"description": "Unknown opportunity", **PROBLEM}})
+async def get_opportunity(opportunity_id: str, runtime: Runtime) -> OpportunityView:
+    async with runtime.db.reader() as session:
+        return await service.opportunity_detail(session, opportunity_id)
+
+
+@router.post(
+    "/opportunities/{opportunity_id}/transitions",
+    response_model=TransitionOut,
+    summary="Move an opportunity: accept, win, lose, disqualify, nurture",
+    description="`sql` → `opportunity` (accept); `opportunity` → `customer` (win, `amount` required); "
+    "`sql` or `opportunity` → `lost`, `disqualified` or `nurture` (`reason` required). The change is stored "
+    "with the API key's name and published as `io.leadstream.stage.changed.v1` on `pipeline.changes`. "
+    "Send `Idempotency-Key` to make retries safe: a retry answers the same and changes nothing.",
+    dependencies=[Depends(require_json)],
+    responses=AUTH_ERRORS | {
+        404: {"description": "Unknown opportunity", **PROBLEM},
+        409: {"description": "Illegal move (names `current_stage` and `allowed`), or an Idempotency-Key "
+              "reused with another request", **PROBLEM},
+        415: {"description": "Body not JSON", **PROBLEM},
+        422: {"description": "Invalid or missing fields, each named", **PROBLEM},
+    },
+)
+async def post_transition(
+    opportunity_id: str,
+    body: TransitionIn,
+    caller: Caller,
+    runtime: Runtime,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> Response:
+    for attempt in (1, 2):
+        try:
+            async with runtime.db.unit_of_work() as session:
+                result = await service.transition(session, opportunity_id, body, caller, idempotency_key)
+            break
+        except IntegrityError:
+            # a concurrent request with the same Idempotency-Key committed first: answer as it did
+            if attempt == 2 or not idempotency_key:
+                raise
+    if not result.replayed:
+        runtime.relay.wake()
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    return JSONResponse(result.answer, headers=headers)
+
+
+SOURCES_EXAMPLE = {
+    "group_by": "channel", "attribution": "first", "from": "2025-01-01", "to": "2025-03-31", "motion": None,
+    "date_basis": "first_touch", "keys": ["motion", "channel"],
+    "rows": [{
+        "motion": "inbound", "channel": "paid_search", "contacts": 120, "leads": 100, "mql": 40, "sql": 20,
+        "opportunities": 12, "won": 4, "lead_to_mql": 0.4, "mql_to_sql": 0.5, "sql_to_opportunity": 0.6,
+        "opportunity_to_won": 0.3333, "qualified_opportunities": 20, "pipeline_amount": 180000.0,
+        "won_amount": 60000.0, "median_days_to_qualify": 6.5, "share": 0.7143, "amount_share": 0.6,
+    }],
+    "totals": {"contacts": 200, "leads": 170, "mql": 60, "sql": 28, "opportunities": 17, "won": 6,
+               "qualified_opportunities": 28, "share": 1.0, "amount_share": 1.0},
+    "concentration_index": 0.55,
+    "warnings": ["71% of qualified pipeline comes from paid_search"],
+}
+
+
+@router.get(
+    "/analytics/sources",
+    summary="Where the best opportunities come from, and where we are too dependent",
+    responses=QUERY_ERRORS | {200: {
+        "description": "Per group: the funnel (contacts that reached each milestone), stage-to-stage "
+        "conversion rates, pipeline (open and won) and won amount, median days from first touch to `sql`, "
+        "`share` of qualified opportunities by count and `amount_share` of pipeline amount; then totals, the "
+        "Herfindahl–Hirschman concentration index over channel shares (0–1) and dependency warnings. "
+        "`Accept: text/csv` answers the rows as CSV.",
+        "content": {"application/json": {"example": SOURCES_EXAMPLE}, "text/csv": {}},
+    }},
+    description="The cohort is the contacts whose first touch falls within `from`–`to` (a date includes "
+    "its whole day); rows are grouped by the contact's motion and the first-touch (or, with "
+    "`attribution=last`, the last touch before qualification) channel, campaign, form or sequence.",
+)
+async def get_source_analytics(params: Annotated[SourcesQuery, Query()], request: Request, runtime: Runtime) -> Response:
+    async with runtime.db.reader() as session:
+        report = await service.source_analytics(session, params, runtime.thresholds)
+    if "text/csv" in request.headers.get("accept", ""):
+        return Response(
+            to_csv(report["rows"], report["keys"]), media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="sources-by-{report["group_by"]}.csv"'},
+        )
+    return JSONResponse(report)

@@ -1,0 +1,39 @@
+"""create_app(): the pipeline service (contacts, accounts, opportunities, transitions, analytics)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from services.pipeline.analytics import Thresholds
+from services.pipeline.api import router
+from shared.auth import ApiKeyAuth
+from shared.runtime import ServiceRuntime
+from shared.settings import Settings, get_settings
+from shared.store.models import PipelineApiKey, PipelineOutbox
+from shared.web import create_service_app
+
+
+class PipelineRuntime(ServiceRuntime):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "pipeline", PipelineOutbox)
+        self.auth = ApiKeyAuth(self.db, PipelineApiKey, settings.api_rate_limit)
+        self.thresholds = Thresholds(
+            channel=settings.dependency_thresholds_channel,
+            campaign=settings.dependency_thresholds_campaign,
+            motion=settings.dependency_thresholds_motion,
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    runtime = PipelineRuntime(settings or get_settings())
+    return create_service_app(
+        service="pipeline",
+        title="Leadstream pipeline",
+        description="The one qualified pipeline, inbound and outbound: contacts with their timelines, accounts, "
+        "opportunities and sales transitions, and the sources question — where the best opportunities come "
+        "from and where the business is too dependent. Every `/v1` route needs an API key with the "
+        "`pipeline` scope (`Authorization: Bearer …`).",
+        routers=[router],
+        runtime=runtime,
+        ready_checks=runtime.ready_checks,
+    )

@@ -1,0 +1,428 @@
+"""All SQL of the pipeline service: lists, details, transitions and the sources analytics.
+
+Every figure is computed by the database, in SQL that PostgreSQL and SQLite (3.30+) both run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import Float, Integer, and_, case, cast, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+
+from services.pipeline.cursor import Position
+from shared.store.models import Account, Contact, Opportunity, Score, StageChange, Touch, TransitionRequest
+
+C, O = Contact, Opportunity
+
+OPEN_OR_WON = ("sql", "opportunity", "customer")
+
+
+# ---- portable SQL pieces ---------------------------------------------------------------
+
+
+class days_between(FunctionElement):  # noqa: N801 - reads as SQL
+    """Fractional days from ``start`` to ``end`` (julianday on SQLite, epoch seconds elsewhere)."""
+
+    type = Float()
+    inherit_cache = True
+    name = "days_between"
+
+
+@compiles(days_between)
+def _days_between_default(element, compiler, **kw):  # noqa: ANN001, ANN202
+    end, start = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(CAST(EXTRACT(EPOCH FROM ({end} - {start})) AS DOUBLE PRECISION) / 86400.0)"
+
+
+@compiles(days_between, "sqlite")
+def _days_between_sqlite(element, compiler, **kw):  # noqa: ANN001, ANN202
+    end, start = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(julianday({end}) - julianday({start}))"
+
+
+def _instant(value: date | datetime) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.combine(value, time.min, tzinfo=timezone.utc)
+
+
+def within(column: Any, start: date | datetime | None, end: date | datetime | None) -> list[ColumnElement]:
+    """``start`` inclusive; ``end`` inclusive (a plain date covers its whole day)."""
+    conditions = []
+    if start is not None:
+        conditions.append(column >= _instant(start))
+    if end is not None:
+        if isinstance(end, datetime):
+            conditions.append(column <= end)
+        else:
+            conditions.append(column < _instant(end + timedelta(days=1)))
+    return conditions
+
+
+def after(at_column: Any, id_column: Any, position: Position, order: str) -> ColumnElement:
+    """Rows strictly past ``position`` in (time, id) order; the first term lets an index range-scan."""
+    if order == "desc":
+        return and_(at_column <= position.at, or_(at_column < position.at, id_column < position.id))
+    return and_(at_column >= position.at, or_(at_column > position.at, id_column > position.id))
+
+
+def _sorted(at_column: Any, id_column: Any, order: str) -> list[Any]:
+    return [at_column.desc(), id_column.desc()] if order == "desc" else [at_column.asc(), id_column.asc()]
+
+
+def touch_columns(model: Any, attribution: str) -> dict[str, Any]:
+    prefix = "first_touch_" if attribution == "first" else "last_touch_"
+    return {
+        name: getattr(model, prefix + name, None)
+        for name in ("motion", "channel", "campaign", "form_id", "sequence")
+    }
+
+
+# ---- contacts --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContactQuery:
+    email: str | None = None
+    stages: Sequence[str] | None = None
+    motions: Sequence[str] | None = None
+    channels: Sequence[str] | None = None
+    campaign: str | None = None
+    account: str | None = None
+    owner: str | None = None
+    attribution: str = "first"
+    created_from: date | datetime | None = None
+    created_to: date | datetime | None = None
+    qualified_from: date | datetime | None = None
+    qualified_to: date | datetime | None = None
+
+
+def _contact_filters(q: ContactQuery) -> list[ColumnElement]:
+    touch = touch_columns(C, q.attribution)
+    where: list[ColumnElement] = []
+    if q.email is not None:
+        where.append(C.email == q.email)
+    if q.stages:
+        where.append(C.stage.in_(q.stages))
+    if q.motions:
+        where.append(C.motion.in_(q.motions))
+    if q.channels:
+        where.append(touch["channel"].in_(q.channels))
+    if q.campaign is not None:
+        where.append(touch["campaign"] == q.campaign)
+    if q.account is not None:
+        where.append(C.account_domain == q.account)
+    if q.owner is not None:
+        where.append(C.owner == q.owner)
+    where += within(C.created_at, q.created_from, q.created_to)
+    where += within(C.sql_at, q.qualified_from, q.qualified_to)
+    return where
+
+
+async def list_contacts(
+    session: AsyncSession, q: ContactQuery, *, limit: int, position: Position | None
+) -> list[tuple[Contact, str | None]]:
+    """One page (plus one row, to tell whether another page follows), newest first."""
+    stmt = (
+        select(C, Account.company)
+        .outerjoin(Account, Account.domain == C.account_domain)
+        .where(*_contact_filters(q))
+        .order_by(*_sorted(C.created_at, C.id, "desc"))
+        .limit(limit + 1)
+    )
+    if position is not None:
+        stmt = stmt.where(after(C.created_at, C.id, position, "desc"))
+    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
+
+
+async def contact(session: AsyncSession, contact_id: str) -> tuple[Contact, Account | None] | None:
+    row = (
+        await session.execute(
+            select(C, Account).outerjoin(Account, Account.domain == C.account_domain).where(C.id == contact_id)
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def stage_history(session: AsyncSession, contact_id: str) -> Sequence[StageChange]:
+    stmt = select(StageChange).where(StageChange.contact_id == contact_id).order_by(StageChange.changed_at, StageChange.id)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def score_history(session: AsyncSession, contact_id: str) -> Sequence[Score]:
+    stmt = select(Score).where(Score.contact_id == contact_id).order_by(Score.scored_at, Score.id)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def timeline(session: AsyncSession, contact_id: str) -> Sequence[Touch]:
+    stmt = select(Touch).where(Touch.contact_id == contact_id).order_by(Touch.occurred_at, Touch.recorded_at, Touch.event_id)
+    return (await session.execute(stmt)).scalars().all()
+
+
+# ---- accounts --------------------------------------------------------------------------
+
+
+async def account(session: AsyncSession, domain: str) -> Account | None:
+    return await session.get(Account, domain)
+
+
+async def account_contacts(session: AsyncSession, domain: str, limit: int) -> Sequence[Contact]:
+    stmt = select(C).where(C.account_domain == domain).order_by(C.created_at, C.id).limit(limit)
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def motion_mix(session: AsyncSession, domain: str) -> dict[str, dict[str, int]]:
+    contacts = select(C.motion, func.count()).where(C.account_domain == domain).group_by(C.motion)
+    opps = select(O.motion, func.count()).where(O.account_domain == domain).group_by(O.motion)
+    return {
+        "contacts": {m: n for m, n in (await session.execute(contacts)).all()},
+        "opportunities": {m: n for m, n in (await session.execute(opps)).all()},
+    }
+
+
+# ---- opportunities ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpportunityQuery:
+    stages: Sequence[str] | None = None
+    motions: Sequence[str] | None = None
+    channels: Sequence[str] | None = None
+    campaign: str | None = None
+    form: str | None = None
+    sequence: str | None = None
+    owner: str | None = None
+    account: str | None = None
+    grade: str | None = None
+    contact_id: str | None = None
+    attribution: str = "first"
+    qualified_from: date | datetime | None = None
+    qualified_to: date | datetime | None = None
+    closed_from: date | datetime | None = None
+    closed_to: date | datetime | None = None
+
+
+def _opportunity_filters(q: OpportunityQuery) -> list[ColumnElement]:
+    touch = touch_columns(O, q.attribution)
+    where: list[ColumnElement] = []
+    if q.stages:
+        where.append(O.stage.in_(q.stages))
+    if q.motions:
+        where.append(O.motion.in_(q.motions))
+    if q.channels:
+        where.append(touch["channel"].in_(q.channels))
+    if q.campaign is not None:
+        where.append(touch["campaign"] == q.campaign)
+    if q.form is not None:
+        where.append(O.first_touch_form_id == q.form)
+    if q.sequence is not None:
+        where.append(O.first_touch_sequence == q.sequence)
+    if q.owner is not None:
+        where.append(O.owner == q.owner)
+    if q.account is not None:
+        where.append(O.account_domain == q.account)
+    if q.grade is not None:
+        where.append(O.grade == q.grade)
+    if q.contact_id is not None:
+        where.append(O.contact_id == q.contact_id)
+    where += within(O.qualified_at, q.qualified_from, q.qualified_to)
+    where += within(O.closed_at, q.closed_from, q.closed_to)
+    return where
+
+
+async def list_opportunities(
+    session: AsyncSession, q: OpportunityQuery, *, limit: int, position: Position | None, order: str = "desc"
+) -> list[tuple[Opportunity, str]]:
+    """One page (plus one row) in (qualified_at, id) order, with each contact's email."""
+    stmt = (
+        select(O, C.email)
+        .join(C, C.id == O.contact_id)
+        .where(*_opportunity_filters(q))
+        .order_by(*_sorted(O.qualified_at, O.id, order))
+        .limit(limit + 1)
+    )
+    if position is not None:
+        stmt = stmt.where(after(O.qualified_at, O.id, position, order))
+    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
+
+
+async def opportunities_of(session: AsyncSession, *, contact_id: str | None = None, domain: str | None = None,
+                           limit: int = 1000) -> list[tuple[Opportunity, str]]:
+    stmt = select(O, C.email).join(C, C.id == O.contact_id).order_by(O.qualified_at.desc(), O.id.desc()).limit(limit)
+    if contact_id is not None:
+        stmt = stmt.where(O.contact_id == contact_id)
+    if domain is not None:
+        stmt = stmt.where(O.account_domain == domain)
+    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
+
+
+async def opportunity(session: AsyncSession, opportunity_id: str) -> tuple[Opportunity, str] | None:
+    row = (await session.execute(select(O, C.email).join(C, C.id == O.contact_id).where(O.id == opportunity_id))).first()
+    return (row[0], row[1]) if row else None
+
+
+async def opportunity_for_update(session: AsyncSession, opportunity_id: str) -> Opportunity | None:
+    """The opportunity, row-locked on PostgreSQL so transitions of one opportunity queue up
+    (SQLite's writer already holds the database lock)."""
+    stmt = select(O).where(O.id == opportunity_id).with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+async def contact_for_update(session: AsyncSession, contact_id: str) -> Contact:
+    return (await session.execute(select(C).where(C.id == contact_id).with_for_update())).scalar_one()
+
+
+async def transition_request(session: AsyncSession, key: str) -> TransitionRequest | None:
+    return await session.get(TransitionRequest, key)
+
+
+def add(session: AsyncSession, *rows: Any) -> None:
+    session.add_all(rows)
+
+
+# ---- the sources question --------------------------------------------------------------
+
+GROUP_COLUMNS = {"motion": None, "channel": "channel", "campaign": "campaign", "form": "form_id", "sequence": "sequence"}
+
+
+@dataclass(frozen=True)
+class SourcesFilter:
+    start: date | datetime | None = None
+    end: date | datetime | None = None
+    motions: Sequence[str] | None = None
+    attribution: str = "first"
+
+
+def _first_touch_at() -> ColumnElement:
+    # A contact's first fact is its first touch; created_at stands in where no touch was kept.
+    return func.coalesce(C.first_touch_at, C.created_at)
+
+
+def _cohort(f: SourcesFilter) -> list[ColumnElement]:
+    where = within(_first_touch_at(), f.start, f.end)
+    if f.motions:
+        where.append(C.motion.in_(f.motions))
+    return where
+
+
+def _reached(*milestones: Any) -> Any:
+    """1 when the contact reached this stage or a later one (a skipped stage still counts as passed)."""
+    return case((or_(*(m.is_not(None) for m in milestones)), 1), else_=0)
+
+
+def _per_contact_opportunities():  # noqa: ANN202
+    return (
+        select(
+            O.contact_id.label("contact_id"),
+            func.count().label("n"),
+            func.sum(case((O.stage.in_(OPEN_OR_WON), O.amount))).label("pipeline_amount"),
+            func.sum(case((O.stage == "customer", O.amount))).label("won_amount"),
+        )
+        .group_by(O.contact_id)
+        .subquery("opp")
+    )
+
+
+def _group_columns(group_by: str, attribution: str) -> list[Any]:
+    columns = [C.motion.label("motion")]
+    attr = GROUP_COLUMNS[group_by]
+    if attr is not None:
+        columns.append(touch_columns(C, attribution)[attr].label(group_by))
+    return columns
+
+
+def _rate(numerator: Any, denominator: Any) -> Any:
+    return cast(numerator, Float) / func.nullif(cast(denominator, Float), 0)
+
+
+async def source_rows(session: AsyncSession, group_by: str | None, f: SourcesFilter) -> list[dict[str, Any]]:
+    """The funnel per source group (``None``: one row of totals), with rates and shares.
+
+    Counts are of contacts in the cohort that reached each milestone; amounts and the
+    qualified-opportunity count come from their opportunities (open and won for pipeline).
+    """
+    opp = _per_contact_opportunities()
+    keys = _group_columns(group_by, f.attribution) if group_by else []
+    grouped = (
+        select(
+            *keys,
+            func.count().label("contacts"),
+            func.coalesce(func.sum(_reached(C.lead_at, C.mql_at, C.sql_at, C.opportunity_at, C.customer_at)), 0).label("leads"),
+            func.coalesce(func.sum(_reached(C.mql_at, C.sql_at, C.opportunity_at, C.customer_at)), 0).label("mql"),
+            func.coalesce(func.sum(_reached(C.sql_at, C.opportunity_at, C.customer_at)), 0).label("sql"),
+            func.coalesce(func.sum(_reached(C.opportunity_at, C.customer_at)), 0).label("opportunities"),
+            func.coalesce(func.sum(_reached(C.customer_at)), 0).label("won"),
+            cast(func.coalesce(func.sum(opp.c.n), 0), Integer).label("qualified_opportunities"),
+            func.sum(opp.c.pipeline_amount).label("pipeline_amount"),
+            func.sum(opp.c.won_amount).label("won_amount"),
+        )
+        .select_from(C)
+        .outerjoin(opp, opp.c.contact_id == C.id)
+        .where(*_cohort(f))
+    )
+    if keys:
+        grouped = grouped.group_by(*keys)
+    g = grouped.subquery("g")
+    key_cols = [g.c[k.name] for k in keys]
+    stmt = select(
+        *key_cols,
+        g.c.contacts, g.c.leads, g.c.mql, g.c.sql, g.c.opportunities, g.c.won,
+        _rate(g.c.mql, g.c.leads).label("lead_to_mql"),
+        _rate(g.c.sql, g.c.mql).label("mql_to_sql"),
+        _rate(g.c.opportunities, g.c.sql).label("sql_to_opportunity"),
+        _rate(g.c.won, g.c.opportunities).label("opportunity_to_won"),
+        g.c.qualified_opportunities, g.c.pipeline_amount, g.c.won_amount,
+        _rate(g.c.qualified_opportunities, func.sum(g.c.qualified_opportunities).over()).label("share"),
+        _rate(g.c.pipeline_amount, func.sum(g.c.pipeline_amount).over()).label("amount_share"),
+    ).order_by(g.c.qualified_opportunities.desc(), g.c.contacts.desc(), *(c.asc().nulls_last() for c in key_cols))
+    rows = [dict(r._mapping) for r in (await session.execute(stmt)).all()]
+    medians = await _median_days_to_qualify(session, keys, f)
+    for row in rows:
+        row["median_days_to_qualify"] = medians.get(tuple(row[k.name] for k in keys))
+    return rows
+
+
+async def _median_days_to_qualify(session: AsyncSession, keys: list[Any], f: SourcesFilter) -> dict[tuple, float]:
+    """Median days from first touch to ``sql`` per group: the middle row (or the mean of the
+    two middle rows) by ROW_NUMBER within each group — a median both databases compute."""
+    days = days_between(C.sql_at, _first_touch_at())
+    partition = keys or None
+    ranked = (
+        select(
+            *keys,
+            days.label("days"),
+            func.row_number().over(partition_by=partition, order_by=days).label("rn"),
+            func.count().over(partition_by=partition).label("n"),
+        )
+        .where(C.sql_at.is_not(None), *_cohort(f))
+        .subquery("ranked")
+    )
+    key_cols = [ranked.c[k.name] for k in keys]
+    middle = or_(ranked.c.rn == (ranked.c.n + 1) // 2, ranked.c.rn == (ranked.c.n + 2) // 2)
+    stmt = select(*key_cols, func.avg(ranked.c.days)).where(middle)
+    if key_cols:
+        stmt = stmt.group_by(*key_cols)
+    return {tuple(r[:-1]): float(r[-1]) for r in (await session.execute(stmt)).all() if r[-1] is not None}
+
+
+async def pipeline_shares(session: AsyncSession, dimension: str, f: SourcesFilter) -> list[tuple[str | None, float]]:
+    """Each channel's, campaign's or motion's share of the qualified opportunities of the cohort."""
+    opp = _per_contact_opportunities()
+    column = C.motion if dimension == "motion" else touch_columns(C, f.attribution)[dimension]
+    counts = (
+        select(column.label("name"), func.sum(opp.c.n).label("n"))
+        .select_from(C)
+        .join(opp, opp.c.contact_id == C.id)
+        .where(*_cohort(f))
+        .group_by(column)
+        .subquery("counts")
+    )
+    stmt = select(counts.c.name, _rate(counts.c.n, func.sum(counts.c.n).over()))
+    return [(name, float(share)) for name, share in (await session.execute(stmt)).all() if share is not None]

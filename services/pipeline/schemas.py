@@ -1,0 +1,302 @@
+"""Query, request and response models of the pipeline API (unknown parameters and fields are rejected)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from shared.events import INBOUND_CHANNELS, OUTBOUND_CHANNELS, Motion, Stage
+
+Channel = Literal[tuple(sorted(set(INBOUND_CHANNELS) | set(OUTBOUND_CHANNELS)))]  # type: ignore[valid-type]
+Attribution = Literal["first", "last"]
+Order = Literal["desc", "asc"]
+Target = Literal["opportunity", "customer", "lost", "disqualified", "nurture"]
+GroupBy = Literal["motion", "channel", "campaign", "form", "sequence"]
+
+Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _when(value: Any) -> Any:
+    """A day (``2025-03-31``, the whole day) or an ISO 8601 date-time (naive means UTC)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        if _DAY.match(text):
+            return date.fromisoformat(text)
+        return _utc(datetime.fromisoformat(text))
+    except ValueError:
+        raise ValueError("expected a date (2025-03-31) or an ISO 8601 date-time (2025-03-31T12:00:00Z)") from None
+
+
+def _split(value: Any) -> Any:
+    """``stage=sql,opportunity`` and ``stage=sql&stage=opportunity`` mean the same."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()] or None
+
+
+When = Annotated[date | datetime, BeforeValidator(_when)]
+Utc = Annotated[datetime, AfterValidator(_utc)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Stages = Annotated[list[Stage] | None, BeforeValidator(_split)]
+Motions = Annotated[list[Motion] | None, BeforeValidator(_split)]
+Channels = Annotated[list[Channel] | None, BeforeValidator(_split)]
+
+
+class Page(Strict):
+    limit: int = Field(50, ge=1, le=200, description="Rows per page, 1–200")
+    cursor: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        None, description="`next_cursor` of the previous page (same query otherwise)"
+    )
+
+
+class ContactFilters(Page):
+    """Filters of ``GET /v1/contacts``; repeat a list filter or separate values by commas."""
+
+    email: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=320)] | None = Field(
+        None, description="Matched after normalisation (trimmed, lower-cased, googlemail.com = gmail.com)"
+    )
+    stage: Stages = None
+    motion: Motions = None
+    channel: Channels = Field(None, description="First-touch channel (last with attribution=last)")
+    campaign: Short | None = None
+    account: Short | None = Field(None, description="Account domain")
+    owner: Short | None = None
+    attribution: Attribution = "first"
+    created_from: When | None = Field(None, description="First fact at or after (date or date-time)")
+    created_to: When | None = Field(None, description="First fact at or before (a date includes the whole day)")
+    qualified_from: When | None = Field(None, description="Reached sql at or after")
+    qualified_to: When | None = Field(None, description="Reached sql at or before")
+
+
+class OpportunityFilters(Page):
+    """Filters of ``GET /v1/opportunities``; repeat a list filter or separate values by commas."""
+
+    stage: Stages = None
+    motion: Motions = None
+    channel: Channels = Field(None, description="First-touch channel (last with attribution=last)")
+    campaign: Short | None = Field(None, description="First-touch campaign (last with attribution=last)")
+    form: Short | None = Field(None, description="First-touch form id")
+    sequence: Short | None = Field(None, description="First-touch sequence")
+    owner: Short | None = None
+    account: Short | None = Field(None, description="Account domain")
+    grade: Annotated[str, StringConstraints(pattern=r"^[A-Fa-f]$")] | None = None
+    attribution: Attribution = "first"
+    order: Order = Field("desc", description="By qualification time: newest first (desc) or oldest first")
+    qualified_from: When | None = None
+    qualified_to: When | None = None
+    closed_from: When | None = None
+    closed_to: When | None = None
+
+
+class SourcesQuery(Strict):
+    """``GET /v1/analytics/sources``: a cohort of contacts by the time of their first touch."""
+
+    from_: When | None = Field(None, alias="from", description="First touch at or after (date or date-time)")
+    to: When | None = Field(None, description="First touch at or before (a date includes the whole day)")
+    group_by: GroupBy = "channel"
+    motion: Motions = None
+    attribution: Attribution = Field("first", description="Group by the first touch or the last touch before qualification")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---- answers ---------------------------------------------------------------------------
+
+
+class Touchpoint(BaseModel):
+    motion: str | None = None
+    channel: str | None = None
+    campaign: str | None = None
+    form_id: str | None = None
+    sequence: str | None = None
+    event_id: str | None = None
+    at: Utc | None = None
+
+
+class ScoreView(BaseModel):
+    score: float
+    grade: str | None = None
+    reasons: list[Any]
+
+
+class ContactSummary(BaseModel):
+    id: str
+    email: str
+    first_name: str | None
+    last_name: str | None
+    title: str | None
+    company: str | None
+    account_domain: str | None
+    owner: str | None
+    stage: str
+    motion: str
+    fit_score: float
+    fit_grade: str | None
+    engagement_score: float
+    first_touch: Touchpoint | None
+    last_touch: Touchpoint | None
+    created_at: Utc
+    qualified_at: Utc | None
+    updated_at: Utc
+
+
+class OpportunityView(BaseModel):
+    id: str
+    contact_id: str
+    email: str
+    account_domain: str | None
+    stage: str
+    motion: str
+    owner: str | None
+    first_touch: Touchpoint | None
+    last_touch: Touchpoint | None
+    fit_score: float
+    engagement_score: float
+    grade: str | None
+    policy_version: str
+    amount: float | None
+    currency: str
+    qualified_event_id: str
+    caused_by: list[str]
+    qualified_at: Utc
+    accepted_at: Utc | None
+    closed_at: Utc | None
+    close_reason: str | None
+    updated_at: Utc
+
+
+class StageChangeView(BaseModel):
+    id: int
+    opportunity_id: str | None
+    from_stage: str | None
+    to_stage: str
+    reason: str | None
+    amount: float | None
+    changed_by: str
+    policy_version: str | None
+    cause_event_id: str | None
+    event_id: str
+    changed_at: Utc
+
+
+class TimelineEntry(BaseModel):
+    event_id: str
+    event_type: str
+    motion: str
+    channel: str | None
+    campaign: str | None
+    form_id: str | None
+    form_type: str | None
+    lead_magnet: str | None
+    sequence: str | None
+    step: int | None
+    outcome: str | None
+    rep: str | None
+    occurred_at: Utc
+    recorded_at: Utc
+    data: dict[str, Any]
+
+
+class ScoreRecord(BaseModel):
+    fit: ScoreView
+    engagement: ScoreView
+    policy_version: str
+    cause_event_id: str | None
+    scored_at: Utc
+
+
+class Milestones(BaseModel):
+    lead_at: Utc | None
+    mql_at: Utc | None
+    sql_at: Utc | None
+    opportunity_at: Utc | None
+    customer_at: Utc | None
+    lost_at: Utc | None
+
+
+class AccountBrief(BaseModel):
+    domain: str
+    company: str | None
+    industry: str | None
+    employees: int | None
+    country: str | None
+    website: str | None
+
+
+class ContactDetail(ContactSummary):
+    email_as_typed: str
+    phone: str | None
+    linkedin_url: str | None
+    email_invalid: bool
+    unsubscribed: bool
+    fit: ScoreView
+    engagement: ScoreView
+    policy_version: str | None
+    firmographics: dict[str, Any] = Field(description="field → {value, source, at}")
+    account: AccountBrief | None
+    milestones: Milestones
+    last_activity_at: Utc | None
+    stage_history: list[StageChangeView]
+    score_history: list[ScoreRecord]
+    timeline: list[TimelineEntry] = Field(description="Every inbound and outbound fact, oldest first")
+    opportunities: list[OpportunityView]
+
+
+class MotionMix(BaseModel):
+    contacts: dict[str, int]
+    opportunities: dict[str, int]
+
+
+class AccountView(AccountBrief):
+    firmographics: dict[str, Any] = Field(description="field → {value, source, at}")
+    created_at: Utc
+    updated_at: Utc
+    motion_mix: MotionMix
+    contacts: list[ContactSummary]
+    opportunities: list[OpportunityView]
+
+
+class ContactPage(BaseModel):
+    items: list[ContactSummary]
+    next_cursor: str | None
+
+
+class OpportunityPage(BaseModel):
+    items: list[OpportunityView]
+    next_cursor: str | None
+
+
+class TransitionIn(Strict):
+    """Move an opportunity: accept (`opportunity`), win (`customer`), or lose, disqualify, nurture."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"to": "customer", "amount": 24000, "reason": "signed annual plan"}]},
+    )
+
+    to: Target
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] | None = None
+    amount: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=2)] | None = None
+
+
+class TransitionOut(BaseModel):
+    opportunity: OpportunityView
+    stage_change: StageChangeView

@@ -1,0 +1,350 @@
+"""Pipeline use cases: read the one pipeline, move opportunities, answer the sources question."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.pipeline import repository, transitions
+from services.pipeline.analytics import Thresholds, concentration_index, dependency_warnings
+from services.pipeline.cursor import BadCursor, Position, decode_cursor, encode_cursor
+from services.pipeline.schemas import (
+    AccountBrief,
+    AccountView,
+    ContactDetail,
+    ContactFilters,
+    ContactPage,
+    ContactSummary,
+    Milestones,
+    MotionMix,
+    OpportunityFilters,
+    OpportunityPage,
+    OpportunityView,
+    ScoreRecord,
+    ScoreView,
+    SourcesQuery,
+    StageChangeView,
+    TimelineEntry,
+    Touchpoint,
+    TransitionIn,
+    TransitionOut,
+)
+from shared.auth import Principal
+from shared.errors import ProblemError
+from shared.events import STAGE_CHANGED, StageChanged, make_event
+from shared.identity import normalise_email
+from shared.outbox import stage_event
+from shared.store.models import Account, Contact, Opportunity, PipelineOutbox, StageChange, TransitionRequest
+
+SOURCE = "/leadstream/pipeline"
+ACCOUNT_CONTACTS_LIMIT = 1000
+
+
+# ---- shaping rows into answers ---------------------------------------------------------
+
+
+def _query_error(field: str, message: str, kind: str = "value_error") -> ProblemError:
+    return ProblemError(422, "The query has invalid parameters.", type_="https://leadstream.dev/problems/validation",
+                        errors=[{"field": field, "in": "query", "message": message, "type": kind}])
+
+
+def _check_range(params: Any, start: str, end: str, start_name: str | None = None) -> None:
+    low, high = getattr(params, start), getattr(params, end)
+    if low is not None and high is not None and repository._instant(high) < repository._instant(low):  # noqa: SLF001
+        raise _query_error(end, f"must not be before {start_name or start}")
+
+
+def _position(cursor: str | None, kind: str, order: str) -> Position | None:
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(cursor, kind, order)
+    except BadCursor as exc:
+        raise _query_error("cursor", str(exc), "cursor_invalid") from None
+
+
+def _touch(model: Any, prefix: str, extra: tuple[str, ...] = ()) -> Touchpoint | None:
+    values = {name: getattr(model, prefix + name, None) for name in ("motion", "channel", "campaign", "form_id", "sequence", *extra)}
+    if all(v is None for v in values.values()):
+        return None
+    return Touchpoint(**values)
+
+
+def contact_summary(contact: Contact, company: str | None) -> ContactSummary:
+    return ContactSummary(
+        id=contact.id, email=contact.email, first_name=contact.first_name, last_name=contact.last_name,
+        title=contact.title, company=company, account_domain=contact.account_domain, owner=contact.owner,
+        stage=contact.stage, motion=contact.motion, fit_score=contact.fit_score, fit_grade=contact.fit_grade,
+        engagement_score=contact.engagement_score,
+        first_touch=_touch(contact, "first_touch_", ("event_id", "at")),
+        last_touch=_touch(contact, "last_touch_", ("event_id", "at")),
+        created_at=contact.created_at, qualified_at=contact.sql_at, updated_at=contact.updated_at,
+    )
+
+
+def _amount(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def opportunity_view(opp: Opportunity, email: str) -> OpportunityView:
+    return OpportunityView(
+        id=opp.id, contact_id=opp.contact_id, email=email, account_domain=opp.account_domain, stage=opp.stage,
+        motion=opp.motion, owner=opp.owner,
+        first_touch=_touch(opp, "first_touch_"), last_touch=_touch(opp, "last_touch_"),
+        fit_score=opp.fit_score, engagement_score=opp.engagement_score, grade=opp.grade,
+        policy_version=opp.policy_version, amount=_amount(opp.amount), currency=opp.currency,
+        qualified_event_id=opp.qualified_event_id, caused_by=list(opp.caused_by or []),
+        qualified_at=opp.qualified_at, accepted_at=opp.accepted_at, closed_at=opp.closed_at,
+        close_reason=opp.close_reason, updated_at=opp.updated_at,
+    )
+
+
+def stage_change_view(change: StageChange) -> StageChangeView:
+    return StageChangeView(
+        id=change.id, opportunity_id=change.opportunity_id, from_stage=change.from_stage, to_stage=change.to_stage,
+        reason=change.reason, amount=_amount(change.amount), changed_by=change.changed_by,
+        policy_version=change.policy_version, cause_event_id=change.cause_event_id, event_id=change.event_id,
+        changed_at=change.changed_at,
+    )
+
+
+def _account_brief(account: Account) -> AccountBrief:
+    return AccountBrief(domain=account.domain, company=account.company, industry=account.industry,
+                        employees=account.employees, country=account.country, website=account.website)
+
+
+# ---- contacts and accounts -------------------------------------------------------------
+
+
+async def list_contacts(session: AsyncSession, params: ContactFilters) -> ContactPage:
+    _check_range(params, "created_from", "created_to")
+    _check_range(params, "qualified_from", "qualified_to")
+    query = repository.ContactQuery(
+        email=normalise_email(params.email) if params.email else None,
+        stages=params.stage, motions=params.motion, channels=params.channel, campaign=params.campaign,
+        account=params.account.lower() if params.account else None, owner=params.owner,
+        attribution=params.attribution,
+        created_from=params.created_from, created_to=params.created_to,
+        qualified_from=params.qualified_from, qualified_to=params.qualified_to,
+    )
+    position = _position(params.cursor, "contacts", "desc")
+    rows = await repository.list_contacts(session, query, limit=params.limit, position=position)
+    page, more = rows[: params.limit], len(rows) > params.limit
+    last = page[-1][0] if more else None
+    return ContactPage(
+        items=[contact_summary(c, company) for c, company in page],
+        next_cursor=encode_cursor("contacts", "desc", last.created_at, last.id) if last else None,
+    )
+
+
+async def contact_detail(session: AsyncSession, contact_id: str) -> ContactDetail:
+    found = await repository.contact(session, contact_id)
+    if found is None:
+        raise ProblemError(404, f"No contact with id {contact_id!r}.")
+    c, account = found
+    summary = contact_summary(c, account.company if account else None)
+    return ContactDetail(
+        **summary.model_dump(),
+        email_as_typed=c.email_as_typed, phone=c.phone, linkedin_url=c.linkedin_url,
+        email_invalid=c.email_invalid, unsubscribed=c.unsubscribed,
+        fit=ScoreView(score=c.fit_score, grade=c.fit_grade, reasons=list(c.fit_reasons or [])),
+        engagement=ScoreView(score=c.engagement_score, reasons=list(c.engagement_reasons or [])),
+        policy_version=c.policy_version,
+        firmographics=dict(c.firmographics or {}),
+        account=_account_brief(account) if account else None,
+        milestones=Milestones(lead_at=c.lead_at, mql_at=c.mql_at, sql_at=c.sql_at, opportunity_at=c.opportunity_at,
+                              customer_at=c.customer_at, lost_at=c.lost_at),
+        last_activity_at=c.last_activity_at,
+        stage_history=[stage_change_view(s) for s in await repository.stage_history(session, c.id)],
+        score_history=[
+            ScoreRecord(
+                fit=ScoreView(score=s.fit_score, grade=s.fit_grade, reasons=list(s.fit_reasons or [])),
+                engagement=ScoreView(score=s.engagement_score, reasons=list(s.engagement_reasons or [])),
+                policy_version=s.policy_version, cause_event_id=s.cause_event_id, scored_at=s.scored_at,
+            )
+            for s in await repository.score_history(session, c.id)
+        ],
+        timeline=[TimelineEntry.model_validate(t, from_attributes=True) for t in await repository.timeline(session, c.id)],
+        opportunities=[opportunity_view(o, e) for o, e in await repository.opportunities_of(session, contact_id=c.id)],
+    )
+
+
+async def account_view(session: AsyncSession, domain: str) -> AccountView:
+    key = domain.strip().lower()
+    account = await repository.account(session, key)
+    if account is None:
+        raise ProblemError(404, f"No account with domain {key!r}.")
+    contacts = await repository.account_contacts(session, key, ACCOUNT_CONTACTS_LIMIT)
+    return AccountView(
+        **_account_brief(account).model_dump(),
+        firmographics=dict(account.firmographics or {}),
+        created_at=account.created_at, updated_at=account.updated_at,
+        motion_mix=MotionMix(**await repository.motion_mix(session, key)),
+        contacts=[contact_summary(c, account.company) for c in contacts],
+        opportunities=[opportunity_view(o, e) for o, e in await repository.opportunities_of(session, domain=key)],
+    )
+
+
+# ---- opportunities ---------------------------------------------------------------------
+
+
+async def list_opportunities(session: AsyncSession, params: OpportunityFilters) -> OpportunityPage:
+    _check_range(params, "qualified_from", "qualified_to")
+    _check_range(params, "closed_from", "closed_to")
+    query = repository.OpportunityQuery(
+        stages=params.stage, motions=params.motion, channels=params.channel, campaign=params.campaign,
+        form=params.form, sequence=params.sequence, owner=params.owner,
+        account=params.account.lower() if params.account else None,
+        grade=params.grade.upper() if params.grade else None, attribution=params.attribution,
+        qualified_from=params.qualified_from, qualified_to=params.qualified_to,
+        closed_from=params.closed_from, closed_to=params.closed_to,
+    )
+    position = _position(params.cursor, "opportunities", params.order)
+    rows = await repository.list_opportunities(session, query, limit=params.limit, position=position, order=params.order)
+    page, more = rows[: params.limit], len(rows) > params.limit
+    last = page[-1][0] if more else None
+    return OpportunityPage(
+        items=[opportunity_view(o, e) for o, e in page],
+        next_cursor=encode_cursor("opportunities", params.order, last.qualified_at, last.id) if last else None,
+    )
+
+
+async def opportunity_detail(session: AsyncSession, opportunity_id: str) -> OpportunityView:
+    found = await repository.opportunity(session, opportunity_id)
+    if found is None:
+        raise ProblemError(404, f"No opportunity with id {opportunity_id!r}.")
+    return opportunity_view(*found)
+
+
+@dataclass(frozen=True)
+class Transition:
+    answer: dict[str, Any]
+    replayed: bool = False
+
+
+def fingerprint(opportunity_id: str, body: TransitionIn) -> str:
+    payload = {"opportunity_id": opportunity_id, **body.model_dump(mode="json")}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def transition(
+    session: AsyncSession, opportunity_id: str, body: TransitionIn, principal: Principal,
+    idempotency_key: str | None = None,
+) -> Transition:
+    """Move an opportunity and its contact, record who did it, and stage ``stage.changed``.
+
+    With an ``Idempotency-Key`` (scoped to the API key) a retry answers what the first
+    request answered and changes nothing; the same key with another request is ``409``.
+    """
+    missing = transitions.missing_fields(body.to, body.reason, body.amount)
+    if missing:
+        raise ProblemError(422, f"Moving an opportunity to {body.to} needs more fields.", errors=missing,
+                           type_="https://leadstream.dev/problems/validation")
+    opp = await repository.opportunity_for_update(session, opportunity_id)
+    if opp is None:
+        raise ProblemError(404, f"No opportunity with id {opportunity_id!r}.")
+    scoped_key = f"{principal.key_id}:{idempotency_key}" if idempotency_key else None
+    print_ = fingerprint(opportunity_id, body)
+    if scoped_key:
+        earlier = await repository.transition_request(session, scoped_key)
+        if earlier is not None:
+            if earlier.fingerprint != print_:
+                raise ProblemError(409, "This Idempotency-Key was already used with a different request.",
+                                   type_="https://leadstream.dev/problems/idempotency-key-reused")
+            return Transition(earlier.response, replayed=True)
+    if not transitions.is_allowed(opp.stage, body.to):
+        allowed = list(transitions.allowed_transitions(opp.stage))
+        detail = (f"The opportunity is in stage {opp.stage!r} and cannot move to {body.to!r}; "
+                  + (f"allowed: {', '.join(allowed)}." if allowed else "it is closed, no move is allowed."))
+        raise ProblemError(409, detail, type_="https://leadstream.dev/problems/illegal-transition",
+                           current_stage=opp.stage, requested=body.to, allowed=allowed)
+
+    now = datetime.now(timezone.utc)
+    contact = await repository.contact_for_update(session, opp.contact_id)
+    from_stage = opp.stage
+    opp.stage, opp.updated_at = body.to, now
+    if body.amount is not None:
+        opp.amount = body.amount
+    if body.to == "opportunity":
+        opp.accepted_at = now
+    else:
+        opp.closed_at, opp.close_reason = now, body.reason or None
+    contact.stage, contact.updated_at = body.to, now
+    milestone = transitions.MILESTONES.get(body.to)
+    if milestone and getattr(contact, milestone) is None:
+        setattr(contact, milestone, now)
+
+    data = StageChanged(
+        contact_id=contact.id, email=contact.email, opportunity_id=opp.id, from_stage=from_stage, to_stage=body.to,
+        reason=body.reason or None, amount=body.amount, changed_by=principal.name, changed_at=now,
+    )
+    event = make_event(STAGE_CHANGED, data, source=SOURCE, subject=contact.email, time=now)
+    change = StageChange(
+        contact_id=contact.id, opportunity_id=opp.id, from_stage=from_stage, to_stage=body.to,
+        reason=body.reason or None, amount=body.amount, changed_by=principal.name, event_id=event.id, changed_at=now,
+    )
+    repository.add(session, change)
+    stage_event(session, PipelineOutbox, event, key=contact.email)
+    await session.flush()
+    email = contact.email
+    answer = TransitionOut(opportunity=opportunity_view(opp, email), stage_change=stage_change_view(change))
+    answer_json = answer.model_dump(mode="json")
+    if scoped_key:
+        repository.add(session, TransitionRequest(idempotency_key=scoped_key, opportunity_id=opp.id,
+                                                  fingerprint=print_, response=answer_json, created_at=now))
+    return Transition(answer_json)
+
+
+# ---- the sources question --------------------------------------------------------------
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, value in row.items():
+        if name in ("pipeline_amount", "won_amount"):
+            value = None if value is None else float(value)
+        elif name in ("lead_to_mql", "mql_to_sql", "sql_to_opportunity", "opportunity_to_won", "share", "amount_share"):
+            value = None if value is None else round(float(value), 4)
+        elif name == "median_days_to_qualify":
+            value = None if value is None else round(float(value), 2)
+        elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
+            value = int(value)  # counts (PostgreSQL sums integers as numeric)
+        out[name] = value
+    return out
+
+
+async def source_analytics(
+    session: AsyncSession, query: SourcesQuery, thresholds: Thresholds = Thresholds()
+) -> dict[str, Any]:
+    """Where qualified pipeline comes from and where the business depends on one source.
+
+    The cohort is the contacts whose first touch falls in [from, to]; their funnel is
+    counted by milestone reached, their opportunities give pipeline and won amounts.
+    Reusable by any caller holding a session (a dashboard page, a scheduled report).
+    """
+    _check_range(query, "from_", "to", "from")
+    f = repository.SourcesFilter(start=query.from_, end=query.to, motions=query.motion, attribution=query.attribution)
+    rows = [_rounded(r) for r in await repository.source_rows(session, query.group_by, f)]
+    totals = [_rounded(r) for r in await repository.source_rows(session, None, f)][0]
+    shares = {dim: await repository.pipeline_shares(session, dim, f) for dim in ("channel", "campaign", "motion")}
+    skip = ["motion"] if query.motion and len(query.motion) == 1 else []
+    hhi = concentration_index(share for _, share in shares["channel"])
+    return {
+        "group_by": query.group_by,
+        "attribution": query.attribution,
+        "from": query.from_.isoformat() if query.from_ else None,
+        "to": query.to.isoformat() if query.to else None,
+        "motion": query.motion,
+        "date_basis": "first_touch",
+        "keys": ["motion"] if query.group_by == "motion" else ["motion", query.group_by],
+        "rows": rows,
+        "totals": totals,
+        "concentration_index": None if hhi is None else round(hhi, 4),
+        "warnings": dependency_warnings(shares, thresholds, skip=skip),
+    }
