@@ -77,7 +77,7 @@ def run_migrations(metadata: MetaData, database: str) -> None:
         engine = async_engine_from_config(
             config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
         )
-        async with engine.connect() as conn:
+        async with engine.begin() as conn:  # commits what the migrations wrote, version stamp included
             await conn.run_sync(_run)
         await engine.dispose()
 
