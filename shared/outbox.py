@@ -118,6 +118,11 @@ class OutboxRelay:
         while True:
             try:
                 now = loop.time()
+                if now - self._cluster_checked_at > 2.0:
+                    # Even with nothing pending: rows already published may have been lost
+                    # with a broker that started anew, and must go out again.
+                    self._cluster_checked_at = 0.0
+                    await self._check_cluster()
                 sent = await self.publish_pending()
                 if now - self._housekept > 60.0:
                     await self._housekeep()

@@ -133,3 +133,16 @@ async def test_retention_keeps_published_rows_then_deletes_them(setup):
     await relay._housekeep()  # noqa: SLF001
     async with db.reader() as s:
         assert (await s.execute(select(func.count()).select_from(CaptureOutbox))).scalar_one() == 0
+
+
+async def test_an_idle_relay_republishes_after_the_broker_starts_anew(setup):
+    broker, db, relay, settings = setup
+    ids = await stage_many(db, 20)
+    relay.start()
+    await eventually(lambda: _zero(db))
+    broker.stop()
+    await broker.astart(settings)  # empty; nothing new is written meanwhile
+    records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=20, timeout=30, settle=0.5)
+    import orjson
+
+    assert sorted(orjson.loads(r.value)["id"] for r in records) == sorted(ids)
