@@ -69,7 +69,8 @@ def broker() -> None:
     embedded.stop(graceful=False)
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(until=lambda: False) -> None:  # noqa: ANN001
+    """Block until Ctrl-C / SIGTERM (or ``until()`` is true)."""
     stop = {"now": False}
 
     def _handler(*_):  # noqa: ANN002
@@ -77,7 +78,7 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
-    while not stop["now"]:
+    while not stop["now"] and not until():
         time.sleep(0.2)
 
 
@@ -128,18 +129,9 @@ def run() -> None:
         for service in available_services():
             procs.append(subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", service], env=os.environ.copy()))
             typer.echo(f"{service} on http://{settings.host}:{settings.port_of(service)} (docs at /docs)", err=True)
-        stop = {"now": False}
-
-        def _handler(*_):  # noqa: ANN002
-            stop["now"] = True
-
-        signal.signal(signal.SIGINT, _handler)
-        signal.signal(signal.SIGTERM, _handler)
-        while not stop["now"]:
-            if any(p.poll() is not None for p in procs):
-                typer.echo("a service exited; stopping everything", err=True)
-                break
-            time.sleep(0.3)
+        _wait_for_signal(until=lambda: any(p.poll() is not None for p in procs))
+        if any(p.poll() is not None for p in procs):
+            typer.echo("a service exited; stopping everything", err=True)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -265,12 +257,17 @@ def replay(
             db = Database(url, pool_size=1)
             try:
                 for model in _outbox_models(database):
-                    async with db.unit_of_work() as session:
-                        result = await session.execute(
-                            update(model)
-                            .where(model.published_at.is_not(None), model.created_at >= since)
-                            .values(published_at=None, published_cluster=None)
-                        )
+                    try:
+                        async with db.unit_of_work() as session:
+                            result = await session.execute(
+                                update(model)
+                                .where(model.published_at.is_not(None), model.created_at >= since)
+                                .values(published_at=None, published_cluster=None)
+                            )
+                    except Exception as exc:  # noqa: BLE001 - e.g. a database not migrated yet
+                        typer.echo(f"{database}.{model.__tablename__}: skipped ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0][:200]})", err=True)
+                        continue
                     count = result.rowcount or 0
                     total += count
                     typer.echo(f"{database}.{model.__tablename__}: {count} events queued for re-publishing")

@@ -7,7 +7,7 @@ import time
 
 from limits import parse
 from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 
 from shared.errors import ProblemError
 
@@ -20,7 +20,7 @@ class RateLimit:
         self.enabled = spec.strip().lower() != "off"
         if self.enabled:
             self.item = parse(spec)
-            self.limiter = SlidingWindowCounterRateLimiter(MemoryStorage())
+            self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
     async def check(self, key: str) -> None:
         """Count a hit; ``429`` with ``Retry-After`` when over the limit."""

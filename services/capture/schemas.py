@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared.events import FormType
 from shared.identity import check_email
+from shared.schemas import Short, Strict, Url, not_in_future
 
-Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
-Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048)]
-
-FUTURE_SKEW = timedelta(minutes=5)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class UtmIn(Strict):
@@ -92,13 +85,7 @@ class LeadIn(Strict):
     @field_validator("occurred_at")
     @classmethod
     def _not_in_future(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        if value > datetime.now(timezone.utc) + FUTURE_SKEW:
-            raise ValueError("occurred_at is in the future")
-        return value
+        return not_in_future(value)
 
 
 class Accepted(BaseModel):

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import builtins
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
 from shared.events import OutboundChannel, Outcome
 from shared.identity import check_email
+from shared.schemas import Short, Strict, Url, not_in_future
 
-Short = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
-Url = Annotated[str, StringConstraints(strip_whitespace=True, max_length=2048)]
 Email = Annotated[str, StringConstraints(max_length=320)]
 Fields = Annotated[
     dict[Annotated[str, StringConstraints(max_length=100)], Annotated[str, StringConstraints(max_length=2000)]],
@@ -20,25 +19,13 @@ Fields = Annotated[
 ]
 
 MAX_BATCH = 1000
-FUTURE_SKEW = timedelta(minutes=5)
 
 
 def _email(value: str) -> str:
     return check_email(value)
 
 
-def _not_in_future(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    if value > datetime.now(timezone.utc) + FUTURE_SKEW:
-        raise ValueError("occurred_at is in the future")
-    return value
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+_not_in_future = not_in_future
 
 
 class ProspectIn(Strict):
