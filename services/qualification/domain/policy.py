@@ -1,0 +1,300 @@
+"""The qualification policy: a versioned, declarative file operators edit
+(``deploy/config/scoring.yaml``), validated into frozen pydantic models.
+
+A mistake in the file is a ``PolicyError`` that names the file, the line and the field,
+so an operator fixes it without reading code; a policy that loads is a complete one.
+
+Shape (see the shipped file for a commented example)::
+
+    version: "2026-11-25.1"        # recorded on every score and stage change
+    half_life_days: 30             # engagement halves every N days
+    fit:                           # who they are (ICP), 0–100
+      industries:  [{name, points, match: [keywords]}]
+      employees:   [{min, max, points}]          # max omitted = no upper bound
+      countries:   [{name, points, match: [codes and names]}]
+      seniority:   [{name: c_level|vp|director|manager|individual_contributor, points, match}]
+      departments: [{name, points, match}]
+      free_mail_penalty: 20                      # subtracted for a free-mail address
+      grades: {A: 80, B: 65, C: 50, D: 35, E: 20, F: 0}  # lowest score per grade
+    inbound:                       # weights by form_type
+      weights: {demo_request: 60, …}
+      caps: {content_download: 36}               # most points one signal may add
+      lead: [criterion…]   mql: [criterion…]   sql: [criterion…]
+    outbound:                      # weights by touch outcome
+      weights: {meeting_booked: 100, …}
+      caps: {opened: 10, clicked: 20}
+      lead: […]  mql: […]  sql: […]
+
+A stage is reached when ANY of its criteria holds; a criterion holds when ALL of its
+conditions do: ``min_fit``, ``min_engagement``, ``any_signal`` (at least one touch of
+these form types / outcomes), ``business_email`` and ``fields`` (firmographics known).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator, model_validator
+from yaml.nodes import MappingNode, Node, SequenceNode
+
+FORM_TYPES = (
+    "demo_request", "contact_sales", "pricing", "trial_signup", "webinar",
+    "content_download", "newsletter", "event", "other",
+)
+OUTCOMES = (
+    "sent", "delivered", "opened", "clicked", "replied", "positive_reply", "negative_reply",
+    "bounced", "unsubscribed", "connected", "voicemail", "no_answer", "meeting_booked",
+    "not_interested",
+)
+SENIORITY_LEVELS = ("c_level", "vp", "director", "manager", "individual_contributor")
+GRADES = ("A", "B", "C", "D", "E", "F")
+
+FormType = Literal[
+    "demo_request", "contact_sales", "pricing", "trial_signup", "webinar",
+    "content_download", "newsletter", "event", "other",
+]
+Outcome = Literal[
+    "sent", "delivered", "opened", "clicked", "replied", "positive_reply", "negative_reply",
+    "bounced", "unsubscribed", "connected", "voicemail", "no_answer", "meeting_booked",
+    "not_interested",
+]
+FirmographicField = Literal[
+    "company", "title", "industry", "employees", "country", "website", "phone",
+    "first_name", "last_name", "linkedin_url",
+]
+Grade = Literal["A", "B", "C", "D", "E", "F"]
+Points = Annotated[int, Field(ge=-100, le=100)]
+Threshold = Annotated[int, Field(ge=0, le=100)]
+Name = Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9_\-]+$")]
+Keywords = Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; ``problems`` lists ``(line, message)`` pairs."""
+
+    def __init__(self, message: str, problems: list[tuple[int | None, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeywordRule(_Strict):
+    """Points when the contact's value matches one of ``match`` (whole words, any case)."""
+
+    name: Name
+    points: Points
+    match: Keywords
+
+
+class SeniorityRule(KeywordRule):
+    name: Literal["c_level", "vp", "director", "manager", "individual_contributor"]
+
+
+class EmployeeBand(_Strict):
+    """Points for a company size from ``min`` to ``max`` employees (inclusive)."""
+
+    min: Annotated[int, Field(ge=0)]
+    max: Annotated[int, Field(ge=0)] | None = None
+    points: Points
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EmployeeBand:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+    def holds(self, employees: int) -> bool:
+        return self.min <= employees and (self.max is None or employees <= self.max)
+
+    @property
+    def label(self) -> str:
+        return f"{self.min}+" if self.max is None else f"{self.min}-{self.max}"
+
+
+class FitPolicy(_Strict):
+    industries: list[KeywordRule] = []
+    employees: list[EmployeeBand] = []
+    countries: list[KeywordRule] = []
+    seniority: list[SeniorityRule] = []
+    departments: list[KeywordRule] = []
+    free_mail_penalty: Annotated[int, Field(ge=0, le=100)] = 0
+    grades: dict[Grade, Threshold]
+
+    @field_validator("employees")
+    @classmethod
+    def _bands_do_not_overlap(cls, bands: list[EmployeeBand]) -> list[EmployeeBand]:
+        ordered = sorted(bands, key=lambda band: band.min)
+        for lower, upper in zip(ordered, ordered[1:]):
+            if lower.max is None or lower.max >= upper.min:
+                raise ValueError(f"employee bands {lower.label} and {upper.label} overlap")
+        return bands
+
+    @field_validator("grades")
+    @classmethod
+    def _grades_descend_to_zero(cls, grades: dict[str, int]) -> dict[str, int]:
+        ordered = [grades[letter] for letter in GRADES if letter in grades]
+        if not ordered:
+            raise ValueError("at least one grade is needed")
+        if any(higher <= lower for higher, lower in zip(ordered, ordered[1:])):
+            raise ValueError("grade thresholds must fall strictly from A to F")
+        if ordered[-1] != 0:
+            raise ValueError("the lowest grade must start at 0 so every score has a grade")
+        return grades
+
+    def grade(self, points: int) -> str:
+        """The grade of a fit score: the best letter whose threshold it reaches."""
+        for letter in GRADES:
+            if letter in self.grades and points >= self.grades[letter]:
+                return letter
+        return GRADES[-1]  # unreachable: the lowest grade starts at 0
+
+
+class _Criterion(_Strict):
+    name: Name
+    min_fit: Threshold = 0
+    min_engagement: Threshold = 0
+    business_email: bool = False
+    fields: list[FirmographicField] = []
+
+
+class InboundCriterion(_Criterion):
+    any_signal: list[FormType] = []
+
+
+class OutboundCriterion(_Criterion):
+    any_signal: list[Outcome] = []
+
+
+class InboundPolicy(_Strict):
+    """Inbound qualification: engagement weighs each form by its ``form_type``."""
+
+    weights: dict[FormType, Points]
+    caps: dict[FormType, Threshold] = {}
+    lead: list[InboundCriterion] = []
+    mql: Annotated[list[InboundCriterion], Field(min_length=1)]
+    sql: Annotated[list[InboundCriterion], Field(min_length=1)]
+
+
+class OutboundPolicy(_Strict):
+    """Outbound qualification: engagement weighs each touch by its ``outcome``."""
+
+    weights: dict[Outcome, Points]
+    caps: dict[Outcome, Threshold] = {}
+    lead: list[OutboundCriterion] = []
+    mql: Annotated[list[OutboundCriterion], Field(min_length=1)]
+    sql: Annotated[list[OutboundCriterion], Field(min_length=1)]
+
+
+MotionPolicy = InboundPolicy | OutboundPolicy
+
+
+class PolicySet(_Strict):
+    """One version of the qualification policy: fit rules, the half-life, and one
+    policy per motion."""
+
+    version: Annotated[StrictStr, Field(min_length=1)]
+    half_life_days: Annotated[float, Field(gt=0)]
+    fit: FitPolicy
+    inbound: InboundPolicy
+    outbound: OutboundPolicy
+
+    def for_motion(self, motion: str) -> MotionPolicy:
+        """The policy of ``inbound`` or ``outbound``."""
+        if motion == "inbound":
+            return self.inbound
+        if motion == "outbound":
+            return self.outbound
+        raise ValueError(f"no policy for motion {motion!r}")
+
+
+def load_policies(path: str | Path) -> PolicySet:
+    """The policy in the YAML file at ``path``; ``PolicyError`` naming the line otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror or exc}") from exc
+    return parse_policies(text, str(path))
+
+
+def parse_policies(text: str, name: str = "<policy>") -> PolicySet:
+    """The policy in YAML ``text`` (``name`` is used in error messages)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = f"{exc.problem or 'invalid YAML'}" + (f" ({exc.context})" if exc.context else "")
+        raise PolicyError(f"{name}:{line}: invalid YAML: {problem}", [(line, problem)]) from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{name}: invalid YAML: {exc}") from exc
+    if root is None or not isinstance(data, dict):
+        raise PolicyError(f"{name}:1: the policy file must be a mapping with version, fit, inbound and outbound")
+    _refuse_duplicate_keys(root, name)
+    try:
+        return PolicySet.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem(root, error) for error in exc.errors()]
+        lines = "\n".join(f"  {name}:{line}: {message}" for line, message in problems)
+        raise PolicyError(
+            f"{name}:{problems[0][0]}: invalid policy ({len(problems)} problem(s)):\n{lines}", problems
+        ) from exc
+
+
+def _problem(root: Node, error: dict[str, Any]) -> tuple[int | None, str]:
+    loc = tuple(error["loc"])
+    node = _node_at(root, loc)
+    where = ".".join(str(part) for part in loc) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (check its spelling and indentation)"
+    elif error["type"] == "string_type" and loc == ("version",):
+        message = "must be a string: quote it, e.g. version: \"2026-11-25.1\""
+    elif error["type"] == "string_type" and isinstance(error.get("input"), bool | int | float):
+        message = f"must be a string, but YAML read {error['input']!r}: quote it (e.g. \"NO\", \"on\")"
+    elif isinstance(error.get("input"), str | int | float) and error["type"] != "missing":
+        message = f"{message} (got {error['input']!r})"
+    return node.start_mark.line + 1, f"{where}: {message}"
+
+
+def _node_at(root: Node, loc: tuple[Any, ...]) -> Node:
+    """The YAML node an error at ``loc`` is about: the key's node for a mapping entry
+    (the line an operator edits), the item for a list, and for a missing field the key
+    of the section that lacks it."""
+    node, anchor = root, root
+    for index, part in enumerate(loc):
+        if isinstance(node, MappingNode):
+            entry = next(((key, value) for key, value in node.value if key.value == str(part)), None)
+            if entry is None:
+                return anchor
+            key, value = entry
+            if index == len(loc) - 1 or not isinstance(value, MappingNode | SequenceNode):
+                return key
+            node, anchor = value, key
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = anchor = node.value[part]
+        else:
+            return anchor
+    return node
+
+
+def _refuse_duplicate_keys(node: Node, name: str) -> None:
+    # safe_load keeps the last of two equal keys silently; an operator almost never means it.
+    if isinstance(node, MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if key.value in seen:
+                line = key.start_mark.line + 1
+                problem = f"duplicate key {key.value!r}"
+                raise PolicyError(f"{name}:{line}: invalid policy: {problem}", [(line, problem)])
+            seen.add(key.value)
+            _refuse_duplicate_keys(value, name)
+    elif isinstance(node, SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, name)
