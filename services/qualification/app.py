@@ -1,0 +1,87 @@
+"""create_app(): the qualification service, a consumer group on leads and outreach touches.
+
+Its runtime runs the inbox consumer (facts in, one transaction each batch, exactly once in
+effect) and the outbox relay of the pipeline store (qualified opportunities and stage
+changes out). HTTP serves only operations: health, readiness, metrics and status.
+"""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import APIRouter, FastAPI
+
+from services.qualification.domain.policy import PolicyError
+from services.qualification.handlers import bind, prefetch
+from services.qualification.service import Qualifier, load_qualifier
+from shared.consumer import InboxConsumer
+from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES
+from shared.runtime import Runtime, ServiceRuntime
+from shared.settings import Settings, get_settings
+from shared.store.models import PipelineOutbox, ProcessedEvent
+from shared.web import create_service_app
+
+log = structlog.get_logger("qualification")
+
+TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES)
+
+
+class QualificationRuntime(ServiceRuntime):
+    def __init__(self, settings: Settings, qualifier: Qualifier) -> None:
+        super().__init__(settings, "qualification", PipelineOutbox)
+        self.qualifier = qualifier
+        self.consumer = InboxConsumer(
+            self.db,
+            self.kafka,
+            settings,
+            topics=TOPICS,
+            handlers=bind(qualifier),
+            name="qualification",
+            inbox_model=ProcessedEvent,
+            after_commit=self.relay.wake,
+            prefetch=prefetch,
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        self.consumer.start()
+
+    async def stop(self) -> None:
+        # stop consuming first (commit what is done), then let the relay drain
+        try:
+            await self.consumer.stop()
+        finally:
+            await super().stop()
+
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/v1/status", summary="Consumer group membership, partitions, lag and policy versions")
+async def status(runtime: Runtime) -> dict:
+    return {
+        "consumer": runtime.consumer.status(),
+        "policies": runtime.qualifier.describe(),
+        "outbox_published": runtime.relay.published,
+    }
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    # A bad policy file stops the service here, before it consumes anything, with the
+    # file, line and field named.
+    try:
+        qualifier = load_qualifier(settings.scoring_file)
+    except PolicyError as exc:
+        log.error("invalid scoring policy; not starting", error=str(exc))
+        raise SystemExit(f"qualification: {exc}") from exc
+    runtime = QualificationRuntime(settings, qualifier)
+    return create_service_app(
+        service="qualification",
+        title="Leadstream qualification",
+        description="Consumes `leads.captured` and `outreach.touches` into the pipeline store: identity, "
+        "attribution, scoring and stages; publishes `io.leadstream.opportunity.qualified.v1` and "
+        "`io.leadstream.stage.changed.v1` through the outbox.",
+        routers=[router],
+        runtime=runtime,
+        ready_checks=runtime.ready_checks,
+    )

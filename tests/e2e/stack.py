@@ -1,0 +1,233 @@
+"""The whole product as real processes: broker, capture, outreach, qualification workers, pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from sqlalchemy import func, select
+
+from shared.broker import EmbeddedBroker, free_port
+from shared.db import Database
+from shared.events import OPPORTUNITIES_QUALIFIED
+from shared.store.models import Opportunity, ProcessedEvent
+from tests.support import ROOT, ServiceProcess, read_raw
+
+
+@dataclass
+class Accepted:
+    """Event ids the APIs acknowledged (the facts that must reach the store, once)."""
+
+    ids: list[str] = field(default_factory=list)
+
+    def add(self, event_id: str) -> None:
+        self.ids.append(event_id)
+
+
+class FullStack:
+    def __init__(self, urls: dict[str, str], tmp: Path) -> None:
+        self.tmp = tmp
+        self.urls = urls
+        self.broker = EmbeddedBroker(port=free_port())
+        self.env: dict[str, str] = {}
+        self.procs: list[ServiceProcess] = []
+        self.capture: ServiceProcess | None = None
+        self.outreach: ServiceProcess | None = None
+        self.pipeline: ServiceProcess | None = None
+        self.workers: list[ServiceProcess] = []
+        self.api_key = ""
+        self.store = Database(urls["pipeline"])
+
+    async def start(self, workers: int = 2) -> None:
+        await self.broker.astart()
+        self.env = {
+            "LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+            "LEADSTREAM_CAPTURE_DATABASE_URL": self.urls["capture"],
+            "LEADSTREAM_OUTREACH_DATABASE_URL": self.urls["outreach"],
+            "LEADSTREAM_PIPELINE_DATABASE_URL": self.urls["pipeline"],
+            "LEADSTREAM_DATA_DIR": str(self.tmp),
+            "LEADSTREAM_CAPTURE_RATE_LIMIT": "off",
+            "LEADSTREAM_CAPTURE_FORM_RATE_LIMIT": "off",
+            "LEADSTREAM_API_RATE_LIMIT": "off",
+            "LEADSTREAM_KAFKA_REQUEST_TIMEOUT_MS": "3000",
+            "LEADSTREAM_OUTBOX_MAX_BACKOFF_S": "1",
+            "LEADSTREAM_LOG_LEVEL": "WARNING",
+        }
+        created = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "api-keys", "create", "--name", "fault-suite",
+             "--scope", "outreach", "--scope", "pipeline"],
+            env={**os.environ, **self.env}, cwd=ROOT, capture_output=True, text=True,
+        )
+        assert created.returncode == 0, created.stderr[-3000:]
+        self.api_key = created.stdout.strip()
+        self.capture = self.spawn("capture")
+        self.outreach = self.spawn("outreach")
+        self.pipeline = self.spawn("pipeline")
+        for _ in range(workers):
+            self.workers.append(self.spawn("qualification"))
+
+    def spawn(self, service: str) -> ServiceProcess:
+        proc = ServiceProcess(service, self.env, self.tmp).start()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+        self.broker.stop()
+
+    async def close(self) -> None:
+        self.stop()
+        await self.store.dispose()
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    async def applied(self, ids: list[str]) -> int:
+        """How many of ``ids`` the pipeline store has applied (inbox rows)."""
+        found = 0
+        async with self.store.reader() as session:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                found += (await session.execute(
+                    select(func.count()).select_from(ProcessedEvent).where(ProcessedEvent.event_id.in_(chunk))
+                )).scalar_one()
+        return found
+
+    async def wait_applied(self, accepted: Accepted, timeout: float = 120.0) -> int:
+        deadline = asyncio.get_running_loop().time() + timeout
+        applied = 0
+        while asyncio.get_running_loop().time() < deadline:
+            applied = await self.applied(accepted.ids)
+            if applied >= len(set(accepted.ids)):
+                return applied
+            await asyncio.sleep(0.5)
+        return applied
+
+    async def qualified_report(self) -> dict[str, int]:
+        """Opportunities per contact in the store, and distinct qualified events per contact on the topic."""
+        async with self.store.reader() as session:
+            per_contact = (await session.execute(
+                select(Opportunity.contact_id, func.count()).group_by(Opportunity.contact_id)
+            )).all()
+        opportunities = sum(n for _, n in per_contact)
+        records = await read_raw(self.broker.bootstrap, OPPORTUNITIES_QUALIFIED, expect=opportunities, timeout=60, settle=2.0)
+        import orjson
+
+        distinct: dict[str, set[str]] = {}
+        for r in records:
+            event = orjson.loads(r.value)
+            distinct.setdefault(event["subject"], set()).add(event["id"])
+        return {
+            "opportunities": opportunities,
+            "contacts_with_several_opportunities": sum(1 for _, n in per_contact if n > 1),
+            "qualified_contacts_on_topic": len(distinct),
+            "contacts_with_several_qualified_events": sum(1 for ids in distinct.values() if len(ids) > 1),
+        }
+
+
+async def send_workload(stack: FullStack, client: httpx.AsyncClient, accepted: Accepted, *, tag: str,
+                        leads: int, prospects: int, touches_per_prospect: int = 3, concurrency: int = 16) -> None:
+    """Leads through capture, prospects and touches through outreach; records every accepted id."""
+    sem = asyncio.Semaphore(concurrency)
+    forms = ["demo_request", "newsletter", "content_download", "webinar", "pricing"]
+
+    async def lead(i: int) -> None:
+        body = {"email": f"{tag}-lead{i}@company{i % 50}.example", "company": f"Company {i % 50}",
+                "title": "VP Marketing", "employees": 250, "form_type": forms[i % len(forms)],
+                "utm": {"source": "google", "medium": "cpc", "campaign": tag}}
+        async with sem:
+            for _ in range(40):  # a client retries with the same key until it gets an answer
+                try:
+                    r = await client.post(f"{stack.capture.url}/v1/leads", json=body,
+                                          headers={"Idempotency-Key": f"{tag}-{i}"})
+                    if r.status_code == 202:
+                        accepted.add(r.json()["event_id"])
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"lead {i} never accepted")
+
+    async def prospect(i: int) -> None:
+        email = f"{tag}-prospect{i}@target{i % 40}.example"
+        body = {"email": email, "company": f"Target {i % 40}", "title": "Head of Sales", "employees": 800,
+                "owner": "rep@ourco.example"}
+        outcomes = ["sent", "opened", "meeting_booked" if i % 4 == 0 else "clicked"]
+        touches = [{"email": email, "channel": "cold_email", "outcome": outcomes[s % 3], "sequence": tag,
+                    "step": s + 1, "external_id": f"{tag}-{i}-{s}"} for s in range(touches_per_prospect)]
+        async with sem:
+            for _ in range(40):
+                try:
+                    r = await client.post(f"{stack.outreach.url}/v1/prospects", json=body, headers=stack.auth)
+                    if r.status_code == 202:
+                        accepted.add(r.json()["event_id"])
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+            for _ in range(40):
+                try:
+                    r = await client.post(f"{stack.outreach.url}/v1/touches:batch", json={"touches": touches},
+                                          headers=stack.auth)
+                    if r.status_code == 200:
+                        for result in r.json()["results"]:
+                            assert result["status"] in ("accepted", "duplicate"), result
+                            accepted.add(result["event_id"])
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"prospect {i} touches never accepted")
+
+    await asyncio.gather(*(lead(i) for i in range(leads)), *(prospect(i) for i in range(prospects)))
+
+
+def report(name: str, accepted: Accepted, applied: int, qualified: dict[str, int]) -> dict[str, int]:
+    ids = Counter(accepted.ids)
+    lost = len(ids) - applied
+    duplicated = qualified["contacts_with_several_opportunities"] + qualified["contacts_with_several_qualified_events"]
+    print(f"\n[{name}] accepted={len(ids)} applied={applied} lost={lost} duplicated={duplicated} "
+          f"opportunities={qualified['opportunities']} qualified_on_topic={qualified['qualified_contacts_on_topic']}")
+    return {"lost": lost, "duplicated": duplicated}
+
+
+async def diagnose(stack: FullStack, accepted: Accepted) -> str:
+    """Where are the accepted facts the store has not applied? (printed when a check fails)"""
+    from services.capture.models import CaptureOutbox
+    from services.outreach.models import OutreachOutbox
+
+    async with stack.store.reader() as session:
+        applied = set((await session.execute(select(ProcessedEvent.event_id))).scalars())
+    missing = [i for i in set(accepted.ids) if i not in applied]
+    lines = [f"{len(missing)} accepted facts not applied"]
+    cluster = stack.broker.cluster_id
+    for name, model in (("capture", CaptureOutbox), ("outreach", OutreachOutbox)):
+        db = Database(stack.urls[name])
+        try:
+            async with db.reader() as session:
+                rows = (await session.execute(
+                    select(model.event_id, model.topic, model.published_at, model.published_cluster)
+                    .where(model.event_id.in_(missing[:500]))
+                )).all()
+        finally:
+            await db.dispose()
+        states = Counter(
+            "unpublished" if r.published_at is None else ("current" if r.published_cluster == cluster else "old-cluster")
+            for r in rows
+        )
+        lines.append(f"{name} outbox: {dict(states)}")
+    import orjson
+
+    for topic in ("leads.captured", "outreach.touches"):
+        records = await read_raw(stack.broker.bootstrap, topic, expect=10**9, timeout=8, settle=0)
+        on_topic = {orjson.loads(r.value).get("id") for r in records if r.value and r.value.startswith(b"{")}
+        lines.append(f"{topic}: {len(records)} records, missing on topic: {len([m for m in missing if m in on_topic])}")
+    return "\n".join(lines)

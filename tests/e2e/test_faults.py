@@ -1,0 +1,130 @@
+"""The guarantees under faults, with the real processes (issue: prove them, don't claim them).
+
+One stack per backend runs the scenarios in turn; each sends a mixed stream of leads,
+prospects and touches through the public APIs while something fails, then checks that
+every accepted fact is in the pipeline store exactly once and that each qualified
+contact has exactly one opportunity and one `opportunity.qualified` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES, dlq_topic
+from tests.e2e.stack import Accepted, FullStack, diagnose, report, send_workload
+from tests.support import read_raw
+
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
+
+
+@pytest.fixture
+async def stack(database_factory, tmp_path):
+    urls = {db: await database_factory(db) for db in ("capture", "outreach", "pipeline")}
+    full = FullStack(urls, tmp_path)
+    try:
+        await full.start(workers=2)
+        yield full
+    finally:
+        await full.close()
+
+
+async def _during(workload, fault) -> None:  # noqa: ANN001
+    """Run the fault while the workload is being sent."""
+    task = asyncio.create_task(workload)
+    await fault()
+    await task
+
+
+async def _check(stack: FullStack, name: str, accepted: Accepted) -> None:
+    applied = await stack.wait_applied(accepted, timeout=150)
+    counts = report(name, accepted, applied, await stack.qualified_report())
+    if counts["lost"]:
+        print(await diagnose(stack, accepted))
+    assert counts == {"lost": 0, "duplicated": 0}
+
+
+async def test_guarantees_hold_under_faults(stack):
+    async with httpx.AsyncClient(timeout=10) as client:
+        # (1) kill -9 of a qualification worker, several times, during the stream
+        accepted = Accepted()
+
+        async def kill_workers() -> None:
+            for n in range(3):
+                await asyncio.sleep(1.5)
+                victim = stack.workers[n % 2]
+                victim.kill()
+                await asyncio.sleep(1.0)
+                victim.start()
+
+        await _during(send_workload(stack, client, accepted, tag="kill", leads=500, prospects=150), kill_workers)
+        await _check(stack, "worker kill -9 x3", accepted)
+
+        # (2) the broker stopped and started again mid-stream (the embedded broker comes back empty)
+        async def restart_broker() -> None:
+            await asyncio.sleep(1.5)
+            stack.broker.stop()
+            await asyncio.sleep(2.0)
+            await stack.broker.astart()
+
+        await _during(send_workload(stack, client, accepted, tag="broker", leads=400, prospects=120), restart_broker)
+        await _check(stack, "broker restart", accepted)
+
+        # (3) a worker joining and leaving the group mid-stream
+        async def join_and_leave() -> None:
+            await asyncio.sleep(1.0)
+            extra = stack.spawn("qualification")
+            await asyncio.sleep(6.0)
+            extra.stop()
+
+        await _during(send_workload(stack, client, accepted, tag="rebalance", leads=400, prospects=120), join_and_leave)
+        await _check(stack, "worker join + leave", accepted)
+
+        # (4) capture killed with -9 between accepting and relaying
+        async def kill_capture() -> None:
+            await asyncio.sleep(1.0)
+            stack.capture.kill()
+            await asyncio.sleep(0.5)
+            stack.capture.start()
+
+        await _during(send_workload(stack, client, accepted, tag="capture", leads=400, prospects=60), kill_capture)
+        await _check(stack, "capture kill -9", accepted)
+
+        # (5) a flood of poison messages mixed into valid ones
+        poison = await _poison_flood(stack, client, accepted)
+        await _check(stack, "poison flood", accepted)
+        dead = await read_raw(stack.broker.bootstrap, dlq_topic(LEADS_CAPTURED), expect=poison[LEADS_CAPTURED], timeout=60)
+        dead += await read_raw(stack.broker.bootstrap, dlq_topic(OUTREACH_TOUCHES), expect=poison[OUTREACH_TOUCHES], timeout=60)
+        marked = [r for r in dead if b"poison-" in (r.value or b"") or b"poison-" in (r.key or b"")]
+        print(f"[poison flood] sent={sum(poison.values())} in_dlq={len({r.value for r in marked})}")
+        assert len({r.value for r in marked}) == sum(poison.values())
+        assert all(dict(r.headers).get("dlq-reason") for r in marked)
+
+
+async def _poison_flood(stack: FullStack, client: httpx.AsyncClient, accepted: Accepted) -> dict[str, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap, acks="all")
+    await producer.start()
+    sent = {LEADS_CAPTURED: 0, OUTREACH_TOUCHES: 0}
+    bad_values = [
+        b"poison-not-json-%d",
+        b'{"poison-%d": "not a cloudevent"}',
+        b'{"specversion":"1.0","id":"poison-%d","source":"x","type":"io.unknown.v1","time":"2026-01-01T00:00:00Z","data":{}}',
+        b'{"specversion":"1.0","id":"poison-%d","source":"x","type":"io.leadstream.lead.captured.v1","time":"2026-01-01T00:00:00Z","data":{"email":42}}',
+    ]
+    try:
+        workload = asyncio.create_task(send_workload(stack, client, accepted, tag="poison", leads=300, prospects=60))
+        for i in range(200):
+            topic = LEADS_CAPTURED if i % 2 == 0 else OUTREACH_TOUCHES
+            value = bad_values[i % len(bad_values)] % i
+            await producer.send_and_wait(topic, value, key=f"poison-{i % 13}@x.example".encode())
+            sent[topic] += 1
+            if i % 20 == 0:
+                await asyncio.sleep(0.05)
+        await workload
+    finally:
+        await producer.stop()
+    return sent
