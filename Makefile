@@ -37,5 +37,9 @@ demo: install
 bench: install
 	$(VENV)/bin/python -m bench
 
+# not in CI: 100,000 events with >= 20 faults at random moments (10-20 min); SOAK_ARGS="--backend postgres"
+soak: install
+	$(VENV)/bin/python -m bench.soak $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -7,10 +7,16 @@ import sys
 import time
 from pathlib import Path
 
-from bench import capture, outreach
+from bench import capture, e2e, outreach, pipeline, qualification
 from bench.harness import Row, Stack
 
-SECTIONS = {"capture": capture.run, "outreach": outreach.run}
+SECTIONS = {
+    "capture": capture.run,
+    "outreach": outreach.run,
+    "qualification": qualification.run,
+    "e2e": e2e.run,
+    "pipeline": pipeline.run,
+}
 
 
 def print_table(rows: list[Row]) -> None:

@@ -26,7 +26,7 @@ class Row:
     target: str = ""
 
     def cells(self) -> list[str]:
-        ratio = f"{self.ratio:.2f}" if self.ratio is not None else ""
+        ratio = "" if self.ratio is None else f"{self.ratio:.2f}" if self.ratio >= 0.1 else f"{self.ratio:.4f}"
         value = f"{self.value:,.0f}" if abs(self.value) >= 100 else f"{self.value:,.2f}"
         return [self.section, self.metric, f"{value} {self.unit}", ratio, self.target]
 

@@ -1,0 +1,177 @@
+"""End to end: events/s from the public APIs to the pipeline store, and the lag from a lead's
+``202`` to its ``opportunity.qualified`` event on the topic.
+
+A stack of this section's own (broker, capture, outreach, qualification worker(s), pipeline
+store in SQLite) so that no earlier section's events are in the way. Throughput: touches
+posted through ``touches:batch`` (1,000 per request) and leads through ``POST /v1/leads``
+(32 connections) at the same time, timed from the first request until every event is in
+``processed_events``. Lag: a paced stream of demo-request leads with a business email,
+company, title and size (each reaches ``sql`` at once under the shipped policy), from the
+arrival of each ``202`` until a consumer reading ``opportunities.qualified`` sees the event
+whose subject is that lead's email.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.harness import Row, Stack, rss_mib
+from bench.load import build_request, run_load
+from bench.qualification import RssSampler, wait_applied
+from shared.events import OPPORTUNITIES_QUALIFIED, OPPORTUNITY_QUALIFIED
+from tests.support import ROOT
+
+LEADS = int(os.environ.get("BENCH_E2E_LEADS", "6000"))
+TOUCHES = int(os.environ.get("BENCH_E2E_TOUCHES", "24000"))
+WORKERS = int(os.environ.get("BENCH_E2E_WORKERS", "1"))
+BATCH = 1000
+LAG_LEADS, LAG_RATE = 200, 20.0
+FORMS = ["demo_request", "content_download", "webinar", "newsletter", "pricing"]
+LEAD = {"first_name": "Ada", "last_name": "Lovelace", "title": "VP Engineering", "employees": 250,
+        "industry": "software", "country": "GB", "page_url": "https://www.example.com/demo",
+        "referrer": "https://www.google.com/", "utm": {"source": "google", "medium": "cpc", "campaign": "brand"}}
+OUTCOMES = ["sent", "delivered", "opened", "clicked", "replied", "opened", "sent", "meeting_booked"]
+
+
+def lead_request(port: int):  # noqa: ANN201
+    def make(i: int) -> bytes:
+        body = orjson.dumps(LEAD | {"email": f"lead{i}@company{i % 2000}.example", "company": f"Company {i % 2000}",
+                                    "form_type": FORMS[i % len(FORMS)]})
+        return build_request("127.0.0.1", port, "/v1/leads", body)
+
+    return make
+
+
+def batch_request(port: int, key: str):  # noqa: ANN201
+    def make(i: int) -> bytes:
+        touches = []
+        for j in range(BATCH):
+            n = i * BATCH + j
+            c = n % 4000  # a few thousand prospects, several touches each
+            touches.append({"email": f"p{c}@corp{c % 800}.example", "channel": "cold_email",
+                            "outcome": OUTCOMES[n % len(OUTCOMES)], "rep": "rep@ourco.example",
+                            "sequence": f"seq-{c % 5}", "step": 1 + n // 4000, "external_id": f"e2e-{n}"})
+        return build_request("127.0.0.1", port, "/v1/touches:batch", orjson.dumps({"touches": touches}),
+                             headers={"Authorization": f"Bearer {key}"})
+
+    return make
+
+
+async def throughput(stack: Stack, key: str) -> tuple[float, float, dict]:
+    capture, outreach = stack.services["capture"], stack.services["outreach"]
+    started = time.time()
+    leads, touches = await asyncio.gather(
+        run_load("127.0.0.1", capture.port, lead_request(capture.port), connections=32, duration=None, total=LEADS),
+        run_load("127.0.0.1", outreach.port, batch_request(outreach.port, key), connections=2, duration=None,
+                 total=TOUCHES // BATCH),
+    )
+    assert set(leads.statuses) == {202}, leads.statuses
+    assert set(touches.statuses) == {200}, touches.statuses
+    accepted = time.time()
+    done = await asyncio.to_thread(wait_applied, stack.tmp / "pipeline.db", LEADS + TOUCHES, 900, 0.05)
+    return accepted - started, done - started, {"leads": leads.rate, "touches": touches.rate * BATCH}
+
+
+async def lag(stack: Stack) -> list[float]:
+    """Seconds from each 202 to its qualified event on the topic (missing ones are left out and counted)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.broker.bootstrap, enable_auto_commit=False,
+                                fetch_max_wait_ms=10, auto_offset_reset="latest")
+    await consumer.start()
+    seen: dict[str, float] = {}
+    accepted: dict[str, float] = {}
+    try:
+        meta = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        tps = [TopicPartition(OPPORTUNITIES_QUALIFIED, p) for p in meta.partitions_for_topic(OPPORTUNITIES_QUALIFIED)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+
+        async def read() -> None:
+            while True:
+                batch = await consumer.getmany(timeout_ms=50)
+                now = time.time()
+                for records in batch.values():
+                    for r in records:
+                        event = orjson.loads(r.value)
+                        if event.get("type") == OPPORTUNITY_QUALIFIED:
+                            seen.setdefault(event["subject"], now)
+
+        reader = asyncio.create_task(read())
+        url = stack.services["capture"].url + "/v1/leads"
+        async with httpx.AsyncClient(timeout=10) as client:
+            tag = int(time.time())
+
+            async def send(i: int) -> None:
+                email = f"lag{tag}-{i}@lagcorp{i}.example"
+                body = LEAD | {"email": email, "company": f"Lag Corp {i}", "form_type": "demo_request"}
+                r = await client.post(url, json=body)
+                if r.status_code == 202:
+                    accepted[email] = time.time()
+
+            start = time.monotonic()
+            sends = []
+            for i in range(LAG_LEADS):
+                await asyncio.sleep(max(0.0, start + i / LAG_RATE - time.monotonic()))
+                sends.append(asyncio.create_task(send(i)))
+            await asyncio.gather(*sends)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not set(accepted) <= set(seen):
+            await asyncio.sleep(0.1)
+        reader.cancel()
+    finally:
+        await consumer.stop()
+    return sorted(seen[e] - accepted[e] for e in accepted if e in seen) + [float("inf")] * len(set(accepted) - set(seen))
+
+
+def percentile(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(p / 100 * len(values)))] if values else float("nan")
+
+
+def run(stack: Stack) -> list[Row]:
+    own = Stack()
+    try:
+        own.start_broker()
+        key = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "api-keys", "create", "--name", "bench-e2e", "--scope", "outreach"],
+            env={**os.environ, **own.env}, cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout.strip()
+        own.start("capture")
+        own.start("outreach")
+        workers = []
+        for n in range(WORKERS):
+            proc = own.start("qualification")
+            own.services[f"qualification-{n}"] = own.services.pop("qualification")
+            workers.append(proc)
+        pids = {name: p.process.pid for name, p in own.services.items()}
+        time.sleep(6)  # the group settles (Tansu's join waits about half the session timeout)
+        rest = {name: rss_mib(pid) for name, pid in pids.items()}
+        with RssSampler(pids) as rss:
+            accept_s, total_s, rates = asyncio.run(throughput(own, key))
+        lags = asyncio.run(lag(own))
+        events = LEADS + TOUCHES
+        rows = [
+            Row("e2e", f"accepted by the APIs ({LEADS:,} leads, {TOUCHES:,} touches in batches of {BATCH})",
+                events / accept_s, "events/s"),
+            Row("e2e", f"API → Kafka → qualification ({WORKERS} worker) → store, all applied", events / total_s,
+                "events/s", None, "≥ 3,000"),
+            Row("e2e", f"lag 202 → opportunity.qualified p50 ({len(lags)} demo requests, {LAG_RATE:.0f}/s)",
+                percentile(lags, 50) * 1000, "ms"),
+            Row("e2e", "lag 202 → opportunity.qualified p95", percentile(lags, 95) * 1000, "ms", None, "≤ 1,000 ms"),
+        ]
+        for name in pids:
+            rows.append(Row("e2e", f"RSS {name} at rest", rest[name], "MiB"))
+            rows.append(Row("e2e", f"RSS {name} peak under load", rss.peak[name], "MiB"))
+        return rows
+    finally:
+        own.stop()
+        shutil.rmtree(own.tmp, ignore_errors=True)
