@@ -180,3 +180,15 @@ async def eventually(check, timeout: float = 20.0, interval: float = 0.1):  # no
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+async def read_until_ids(bootstrap: str, topic: str, ids: set[str], *, timeout: float = 60.0) -> list[CloudEvent]:
+    """Read a topic from the beginning until every id in ``ids`` has arrived (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    events: list[CloudEvent] = []
+    while time.monotonic() < deadline:
+        events = await read_topic(bootstrap, topic, expect=len(ids), timeout=max(1.0, deadline - time.monotonic()), settle=0.5)
+        if ids <= {e.id for e in events}:
+            break
+        await asyncio.sleep(0.5)
+    return events

@@ -10,7 +10,7 @@ import pytest
 
 from shared.broker import EmbeddedBroker, free_port
 from shared.events import LEADS_CAPTURED
-from tests.support import ServiceProcess, read_topic
+from tests.support import ServiceProcess, read_until_ids
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -61,7 +61,7 @@ async def test_leads_reach_the_topic_once_through_a_broker_outage_and_a_capture_
         assert retry.json()["event_id"] == accepted[5]
         await broker.astart()  # back, empty, with a new cluster id
         accepted += await post_leads(client, capture.url, 80, 20)
-        events = await read_topic(broker.bootstrap, LEADS_CAPTURED, expect=len(accepted), timeout=60, settle=1.0)
+        events = await read_until_ids(broker.bootstrap, LEADS_CAPTURED, set(accepted), timeout=60)
         counts = Counter(e.id for e in events)
         lost = set(accepted) - set(counts)
         redelivered = sum(n - 1 for n in counts.values())
@@ -76,7 +76,7 @@ async def test_leads_reach_the_topic_once_through_a_broker_outage_and_a_capture_
         capture.kill()  # -9 right after accepting: the relay may not have published (or marked) these
         capture.start()
         accepted += await post_leads(client, capture.url, 120, 10)
-    events = await read_topic(broker.bootstrap, LEADS_CAPTURED, expect=len(accepted), timeout=60, settle=2.0)
+    events = await read_until_ids(broker.bootstrap, LEADS_CAPTURED, set(accepted), timeout=60)
     counts = Counter(e.id for e in events)
     lost = set(accepted) - set(counts)
     redelivered = sum(n - 1 for n in counts.values())
