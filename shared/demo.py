@@ -35,7 +35,7 @@ TLDS = ["com", "io", "co.uk", "de", "fr", "com.au", "nl", "ca"]
 
 # (channel, share of inbound, how to express it to capture)
 INBOUND = [
-    ("paid_search", 0.42, {"utm": {"source": "google", "medium": "cpc"}}),
+    ("paid_search", 0.50, {"utm": {"source": "google", "medium": "cpc"}}),
     ("organic_search", 0.14, {"referrer": "https://www.google.com/"}),
     ("paid_social", 0.08, {"utm": {"source": "linkedin", "medium": "paid_social"}}),
     ("organic_social", 0.06, {"referrer": "https://www.linkedin.com/feed/"}),
@@ -105,7 +105,7 @@ def plan(seed: int, contacts: int, now: datetime, days: int = 90) -> DemoPlan:
             channel = _pick(rng, [(c, w) for c, w, _ in INBOUND])
             how = next(h for c, _, h in INBOUND if c == channel)
             form_type = _pick(rng, FORM_TYPES)
-            if channel == "paid_search" and rng.random() < 0.35:
+            if channel == "paid_search" and rng.random() < 0.6:
                 form_type = "demo_request"  # paid search carries the high-intent pipeline
             lead = person | {k: (dict(v) if isinstance(v, dict) else v) for k, v in how.items()}
             if channel in CAMPAIGNS:
@@ -162,8 +162,12 @@ async def seed(
                 tick(1)
                 return r
 
-        await asyncio.gather(*(post(f"{capture_url}/v1/leads", lead, {"Idempotency-Key": f"demo-{seed_value}-{n}"})
-                               for n, lead in enumerate(demo.leads)))
+        # Each visitor has an address of its own (capture rate-limits per client address;
+        # uvicorn takes X-Forwarded-For from a proxy on 127.0.0.1, as the demo is).
+        await asyncio.gather(*(post(f"{capture_url}/v1/leads", lead, {
+            "Idempotency-Key": f"demo-{seed_value}-{n}",
+            "X-Forwarded-For": f"198.51.{(n // 250) % 256}.{n % 250 + 1}",
+        }) for n, lead in enumerate(demo.leads)))
         sent["leads"] = len(demo.leads)
         await asyncio.gather(*(post(f"{outreach_url}/v1/prospects", p, auth) for p in demo.prospects))
         sent["prospects"] = len(demo.prospects)
