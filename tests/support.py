@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.broker import free_port
+from shared.broker import _die_with_parent, free_port
 from shared.events import CloudEvent, parse_event
 from shared.settings import Settings
 
@@ -137,6 +137,7 @@ class ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "serve", self.service, "--port", str(self.port)],
             env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         if wait:
             self.wait_healthy()
