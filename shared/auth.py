@@ -72,7 +72,11 @@ class ApiKeyAuth:
         if kind.lower() != "bearer" or not token.strip():
             raise ProblemError(401, "Send an API key as 'Authorization: Bearer <key>'.",
                                headers={"WWW-Authenticate": 'Bearer realm="leadstream"'})
-        principal = await self._lookup(hash_key(token.strip()))
+        return await self.verify(token.strip(), scope)
+
+    async def verify(self, token: str, scope: str) -> Principal:
+        """The principal of a raw key with ``scope`` (401/403/429 as problems)."""
+        principal = await self._lookup(hash_key(token))
         if principal is None:
             raise ProblemError(401, "The API key is not valid or was revoked.",
                                headers={"WWW-Authenticate": 'Bearer realm="leadstream", error="invalid_token"'})
@@ -81,6 +85,14 @@ class ApiKeyAuth:
                                required_scope=scope)
         await self.limit.check(principal.key_id)
         return principal
+
+    async def by_id(self, key_id: str) -> Principal | None:
+        """The principal of a key id if the key still exists and is not revoked (for sessions)."""
+        async with self.db.reader() as session:
+            row = (await session.execute(
+                select(self.model).where(self.model.id == key_id, self.model.revoked_at.is_(None))
+            )).scalar_one_or_none()
+        return Principal(row.id, row.name, frozenset(row.scopes.split())) if row else None
 
     async def _lookup(self, digest: str) -> Principal | None:
         now = _time.monotonic()

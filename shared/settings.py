@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     dependency_thresholds_campaign: float = 0.3
     dependency_thresholds_motion: float = 0.8
 
+    # signs dashboard sessions; set it when several pipeline processes serve the dashboard
+    dashboard_secret: str | None = None
+    dashboard_session_hours: float = 12.0
+
     log_level: str = "INFO"
     log_json: bool = True
 

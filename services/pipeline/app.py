@@ -6,6 +6,8 @@ from fastapi import FastAPI
 
 from services.pipeline.analytics import Thresholds
 from services.pipeline.api import router
+from services.pipeline.dashboard import Sessions
+from services.pipeline.dashboard import router as dashboard_router
 from shared.auth import ApiKeyAuth
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
@@ -22,6 +24,7 @@ class PipelineRuntime(ServiceRuntime):
             campaign=settings.dependency_thresholds_campaign,
             motion=settings.dependency_thresholds_motion,
         )
+        self.sessions = Sessions(settings.dashboard_secret, settings.dashboard_session_hours)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "opportunities and sales transitions, and the sources question — where the best opportunities come "
         "from and where the business is too dependent. Every `/v1` route needs an API key with the "
         "`pipeline` scope (`Authorization: Bearer …`).",
-        routers=[router],
+        routers=[router, dashboard_router],
         runtime=runtime,
         ready_checks=runtime.ready_checks,
     )

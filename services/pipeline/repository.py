@@ -426,3 +426,18 @@ async def pipeline_shares(session: AsyncSession, dimension: str, f: SourcesFilte
     )
     stmt = select(counts.c.name, _rate(counts.c.n, func.sum(counts.c.n).over()))
     return [(name, float(share)) for name, share in (await session.execute(stmt)).all() if share is not None]
+
+
+async def qualified_series(session: AsyncSession, f: SourcesFilter) -> list[tuple[datetime, str, str | None]]:
+    """(qualified_at, motion, first-touch channel) of the opportunities of the cohort, oldest first.
+
+    The dashboard's over-time charts bucket these by week; the cohort filter is the one
+    the source analytics use.
+    """
+    stmt = (
+        select(O.qualified_at, O.motion, O.first_touch_channel)
+        .join(C, C.id == O.contact_id)
+        .where(*_cohort(f))
+        .order_by(O.qualified_at)
+    )
+    return [(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()]
