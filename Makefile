@@ -4,7 +4,7 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: install run test test-fast bench soak demo migrate lock clean
+.PHONY: browser install run test test-fast bench soak demo migrate lock clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ migrate: install
 run: install
 	$(VENV)/bin/leadstream run
 
-test: install
+# Debian's Chromium for the dashboard's browser tests (skipped, not failed, if it cannot be installed)
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || echo "chromium not installed: browser tests will be skipped"
+
+test: install browser
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: install

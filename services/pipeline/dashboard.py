@@ -75,13 +75,21 @@ def _sign_in_page(request: Request, error: str | None = None, status: int = 200)
 async def dashboard(
     request: Request,
     runtime: Runtime,
-    from_: Annotated[date | None, Query(alias="from")] = None,
-    to: Annotated[date | None, Query()] = None,
-    motion: Annotated[str | None, Query()] = None,
+    from_text: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    to_text: Annotated[str | None, Query(alias="to", max_length=40)] = None,
+    motion: Annotated[str | None, Query(max_length=20)] = None,
 ) -> HTMLResponse:
     principal = await _signed_in(request, runtime)
     if principal is None:
         return _sign_in_page(request)
+    # a browser form sends empty fields: they mean "no bound"; a bad date is said on the page
+    try:
+        from_ = date.fromisoformat(from_text) if from_text else None
+        to = date.fromisoformat(to_text) if to_text else None
+    except ValueError:
+        return templates.TemplateResponse(request, "dashboard.html", {
+            "principal": principal, "error": "Dates are YYYY-MM-DD.", "motions": MOTIONS,
+            "filters": {"from": from_text, "to": to_text, "motion": motion}}, status_code=422)
     motions = [motion] if motion in MOTIONS else None
     try:
         by = {g: SourcesQuery(**{"from": from_, "to": to, "group_by": g, "motion": motions})

@@ -85,3 +85,13 @@ def test_charts_are_labelled_svg_and_survive_long_names():
     assert [w.isoformat() for w in weeks] == ["2026-11-02", "2026-11-09", "2026-11-16"]  # Mondays
     assert series == {"inbound": [1, 0, 1], "outbound": [0, 0, 1]}
     assert "week of 2026-11-16" in stacked_columns("s", "Weekly", weeks, series)
+
+
+async def test_browser_form_fields_left_empty_mean_no_bound(pipeline):  # noqa: F811
+    key = pipeline.headers["Authorization"].split()[1]
+    session = (await sign_in(pipeline, key)).cookies[COOKIE]
+    page = await pipeline.get("/dashboard?from=&to=&motion=inbound", headers={"Authorization": ""},
+                              cookies={COOKIE: session})
+    assert page.status_code == 200 and "Totals" in page.text
+    bad = await pipeline.get("/dashboard?from=yesterday", headers={"Authorization": ""}, cookies={COOKIE: session})
+    assert bad.status_code == 422 and "YYYY-MM-DD" in bad.text
