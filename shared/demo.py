@@ -66,6 +66,9 @@ OUTCOME_PATHS = [  # a prospect's sequence, weighted
 ]
 
 
+RETRIES = 20
+
+
 def _pick(rng: random.Random, weighted):  # noqa: ANN001, ANN202
     return rng.choices([w[0] for w in weighted], weights=[w[1] for w in weighted])[0]
 
@@ -156,7 +159,12 @@ async def seed(
 
         async def post(url: str, body: dict, headers: dict | None = None) -> httpx.Response:
             async with sem:
-                r = await client.post(url, json=body, headers=headers)
+                for _ in range(RETRIES):
+                    r = await client.post(url, json=body, headers=headers)
+                    if r.status_code != 429:
+                        break
+                    # a rate limit is a pause, not a failure; retries carry the same idempotency key
+                    await asyncio.sleep(min(float(r.headers.get("Retry-After") or 1), 30.0))
                 if r.status_code >= 400 and r.status_code != 409:
                     raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:300]}")
                 tick(1)
@@ -216,7 +224,8 @@ async def _settled_opportunities(client: httpx.AsyncClient, pipeline_url: str, a
             break
         last = len(items)
         await asyncio.sleep(1.0)
-    return sorted(items, key=lambda o: o["id"])
+    # ids are random; the contact's email and the qualifying moment are the seed's own
+    return sorted(items, key=lambda o: (o["email"], o["qualified_at"], o["id"]))
 
 
 async def _all_opportunities(client: httpx.AsyncClient, pipeline_url: str, auth: dict) -> list[dict]:

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from services.pipeline.analytics import Thresholds
 from services.pipeline.api import router
-from services.pipeline.dashboard import Sessions
+from services.pipeline.dashboard import STATIC_PATH, Sessions, static_files
 from services.pipeline.dashboard import router as dashboard_router
 from shared.auth import ApiKeyAuth
 from shared.runtime import ServiceRuntime
@@ -29,7 +29,7 @@ class PipelineRuntime(ServiceRuntime):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     runtime = PipelineRuntime(settings or get_settings())
-    return create_service_app(
+    app = create_service_app(
         service="pipeline",
         title="Leadstream pipeline",
         description="The one qualified pipeline, inbound and outbound: contacts with their timelines, accounts, "
@@ -40,3 +40,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime=runtime,
         ready_checks=runtime.ready_checks,
     )
+    app.mount(STATIC_PATH, static_files, name="dashboard-static")
+    return app

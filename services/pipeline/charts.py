@@ -6,6 +6,8 @@ from datetime import date, datetime, timedelta
 from html import escape
 
 PALETTE = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d"]
+REST = "all others"
+REST_COLOUR = "#94a3b8"
 
 
 def bar_chart(chart_id: str, title: str, rows: list[tuple[str, float]], *, percent: bool = False,
@@ -28,7 +30,7 @@ def bar_chart(chart_id: str, title: str, rows: list[tuple[str, float]], *, perce
         w = max(1, int(plot * value / top)) if value else 0
         short = label if len(label) <= 24 else label[:23] + "…"
         parts.append(
-            f'<g><text x="0" y="{y + bar * 0.7}" class="label">{escape(short)}</text>'
+            f'<g><title>{escape(label)}: {_fmt(value, percent)}</title><text x="0" y="{y + bar * 0.7}" class="label">{escape(short)}</text>'
             f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar}" fill="{PALETTE[i % len(PALETTE)]}" rx="3"/>'
             f'<text x="{label_w + w + 6}" y="{y + bar * 0.7}" class="value">{_fmt(value, percent)}</text></g>'
         )
@@ -54,6 +56,16 @@ def weekly_series(points: list[tuple[datetime, str]]) -> tuple[list[date], dict[
     return weeks, dict(sorted(series.items(), key=lambda kv: -sum(kv[1])))
 
 
+def top_series(series: dict[str, list[int]], keep: int = len(PALETTE) - 1) -> dict[str, list[int]]:
+    """The ``keep`` biggest series, the rest summed into one (so no two series share a colour)."""
+    if len(series) <= keep + 1:
+        return series
+    ranked = sorted(series.items(), key=lambda kv: (-sum(kv[1]), kv[0]))
+    kept = dict(ranked[:keep])
+    rest = [sum(column) for column in zip(*(values for _, values in ranked[keep:]))]
+    return kept | {REST: rest}
+
+
 def stacked_columns(chart_id: str, title: str, weeks: list[date], series: dict[str, list[int]],
                     *, width: int = 640, height: int = 220) -> str:
     """Weekly stacked columns with a legend; every value is in the description for screen readers."""
@@ -71,7 +83,7 @@ def stacked_columns(chart_id: str, title: str, weeks: list[date], series: dict[s
         f'<title id="{chart_id}-t">{escape(title)}</title><desc id="{chart_id}-d">{escape(desc)}</desc>',
         f'<text x="0" y="12" class="axis">{top}</text><text x="0" y="{plot_h}" class="axis">0</text>',
     ]
-    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
+    colours = {name: REST_COLOUR if name == REST else PALETTE[i % len(PALETTE)] for i, name in enumerate(series)}
     for i, _ in enumerate(weeks):
         x = left + i * (col + 2)
         y = plot_h
@@ -79,7 +91,8 @@ def stacked_columns(chart_id: str, title: str, weeks: list[date], series: dict[s
             h = int((plot_h - 10) * values[i] / top)
             if h:
                 y -= h
-                parts.append(f'<rect x="{x}" y="{y}" width="{col}" height="{h}" fill="{colours[name]}"/>')
+                parts.append(f'<rect x="{x}" y="{y}" width="{col}" height="{h}" fill="{colours[name]}">'
+                             f'<title>{escape(name)}, week of {weeks[i].isoformat()}: {values[i]}</title></rect>')
     parts.append(f'<text x="{left}" y="{plot_h + bottom - 8}" class="axis">{weeks[0].isoformat()}</text>')
     parts.append(f'<text x="{width}" y="{plot_h + bottom - 8}" class="axis" text-anchor="end">{weeks[-1].isoformat()}</text>')
     for i, name in enumerate(series):

@@ -2,7 +2,9 @@
 
 Sign-in takes a pipeline API key once and sets an HttpOnly, SameSite=Strict cookie that
 holds only the key's id, an expiry and an HMAC (the key itself is never stored in the
-browser); every page checks that the key still exists and is not revoked.
+browser); every page checks that the key still exists and is not revoked. Pages carry a
+strict Content-Security-Policy (no script at all, styles only from ``/dashboard/static``)
+and ``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from services.pipeline import repository, service
-from services.pipeline.charts import bar_chart, stacked_columns, weekly_series
+from services.pipeline.charts import bar_chart, stacked_columns, top_series, weekly_series
 from services.pipeline.schemas import SourcesQuery
 from shared.auth import Principal
 from shared.errors import ProblemError
@@ -30,8 +33,35 @@ from shared.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+STATIC_PATH = "/dashboard/static"
+static_files = StaticFiles(directory=str(Path(__file__).parent / "static"))
 COOKIE = "leadstream_session"
 MOTIONS = ("inbound", "outbound", "blended")
+REASONS_SHOWN = 4
+LATEST = 10
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def _page(request: Request, template: str, context: dict, status: int = 200) -> HTMLResponse:
+    response = templates.TemplateResponse(request, template, context, status_code=status)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _reasons(score) -> list[dict]:  # noqa: ANN001
+    """The biggest reasons of a qualifying score, fit and engagement together, by weight."""
+    if score is None:
+        return []
+    reasons = [{"kind": kind, "rule": r.get("rule", "?"), "points": float(r.get("points", 0))}
+               for kind, items in (("fit", score.fit_reasons), ("engagement", score.engagement_reasons))
+               for r in (items or []) if isinstance(r, dict)]
+    return sorted(reasons, key=lambda r: -abs(r["points"]))[:REASONS_SHOWN]
 
 
 class Sessions:
@@ -68,7 +98,7 @@ async def _signed_in(request: Request, runtime) -> Principal | None:  # noqa: AN
 
 
 def _sign_in_page(request: Request, error: str | None = None, status: int = 200) -> HTMLResponse:
-    return templates.TemplateResponse(request, "sign_in.html", {"error": error}, status_code=status)
+    return _page(request, "sign_in.html", {"error": error}, status)
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
@@ -87,9 +117,9 @@ async def dashboard(
         from_ = date.fromisoformat(from_text) if from_text else None
         to = date.fromisoformat(to_text) if to_text else None
     except ValueError:
-        return templates.TemplateResponse(request, "dashboard.html", {
+        return _page(request, "dashboard.html", {
             "principal": principal, "error": "Dates are YYYY-MM-DD.", "motions": MOTIONS,
-            "filters": {"from": from_text, "to": to_text, "motion": motion}}, status_code=422)
+            "filters": {"from": from_text, "to": to_text, "motion": motion}}, 422)
     motions = [motion] if motion in MOTIONS else None
     try:
         by = {g: SourcesQuery(**{"from": from_, "to": to, "group_by": g, "motion": motions})
@@ -101,13 +131,14 @@ async def dashboard(
             figures = {g: await service.source_analytics(session, q, runtime.thresholds) for g, q in by.items()}
             f = repository.SourcesFilter(start=by["motion"].from_, end=by["motion"].to, motions=motions)
             series = await repository.qualified_series(session, f)
-            latest = await repository.list_opportunities(
+            latest = (await repository.list_opportunities(  # one page, plus the row that says "more"
                 session, repository.OpportunityQuery(motions=motions, qualified_from=from_, qualified_to=to),
-                limit=10, position=None)
+                limit=LATEST, position=None))[:LATEST]
+            scores = await repository.qualifying_scores(session, [opp for opp, _ in latest])
     except ProblemError as exc:  # e.g. a range that ends before it starts
-        return templates.TemplateResponse(request, "dashboard.html", {
+        return _page(request, "dashboard.html", {
             "principal": principal, "error": exc.detail, "filters": {"from": from_, "to": to, "motion": motion},
-            "motions": MOTIONS}, status_code=422)
+            "motions": MOTIONS}, 422)
     channel_rows = figures["channel"]["rows"]
     by_channel: dict[str, float] = {}
     for row in channel_rows:
@@ -118,6 +149,7 @@ async def dashboard(
             by_campaign[row["campaign"]] = by_campaign.get(row["campaign"], 0) + (row["share"] or 0)
     weeks_m, series_m = weekly_series([(at, m) for at, m, _ in series])
     weeks_c, series_c = weekly_series([(at, c or "unattributed") for at, _, c in series])
+    series_c = top_series(series_c)
     charts = {
         "by_motion": stacked_columns("chart-motion", "Qualified opportunities per week, by motion", weeks_m, series_m),
         "by_channel_time": stacked_columns("chart-channel-time", "Qualified opportunities per week, by channel",
@@ -127,7 +159,7 @@ async def dashboard(
         "campaign_share": bar_chart("chart-campaign-share", "Share of qualified pipeline by campaign",
                                     sorted(by_campaign.items(), key=lambda kv: -kv[1])[:10], percent=True),
     }
-    return templates.TemplateResponse(request, "dashboard.html", {
+    return _page(request, "dashboard.html", {
         "principal": principal,
         "filters": {"from": from_, "to": to, "motion": motion},
         "motions": MOTIONS,
@@ -136,7 +168,8 @@ async def dashboard(
         "channels": channel_rows,
         "concentration_index": figures["channel"]["concentration_index"],
         "warnings": figures["channel"]["warnings"],
-        "latest": latest,
+        "latest": [{"opportunity": opp, "email": email, "reasons": _reasons(scores.get(opp.id))}
+                   for opp, email in latest],
         "charts": charts,
     })
 

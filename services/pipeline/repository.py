@@ -441,3 +441,31 @@ async def qualified_series(session: AsyncSession, f: SourcesFilter) -> list[tupl
         .order_by(O.qualified_at)
     )
     return [(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()]
+
+
+async def qualifying_scores(session: AsyncSession, opportunities: Sequence[Opportunity]) -> dict[str, Score]:
+    """The score that qualified each opportunity: its contact's latest score at ``qualified_at``.
+
+    Qualification writes that score row in the same transaction as the opportunity (same
+    instant), so it is the one the ``opportunity.qualified`` event carried, with its reasons.
+    """
+    if not opportunities:
+        return {}
+    stmt = (
+        select(Score)
+        .where(Score.contact_id.in_({o.contact_id for o in opportunities}))
+        .order_by(Score.contact_id, Score.scored_at, Score.id)
+    )
+    scores: dict[str, list[Score]] = {}
+    for score in (await session.execute(stmt)).scalars():
+        scores.setdefault(score.contact_id, []).append(score)
+    def utc(moment: datetime) -> datetime:  # SQLite hands back naive UTC
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+    out: dict[str, Score] = {}
+    for opp in opportunities:
+        at = utc(opp.qualified_at)
+        before = [s for s in scores.get(opp.contact_id, []) if utc(s.scored_at) <= at]
+        if before:
+            out[opp.id] = before[-1]
+    return out

@@ -1,4 +1,10 @@
-"""The dashboard in headless Chromium over a history seeded by `leadstream demo` through the APIs."""
+"""The dashboard in headless Chromium over a history seeded by `leadstream demo` through the APIs.
+
+The whole product runs as real processes (broker, capture, outreach, a qualification worker,
+pipeline); the seeder sends leads, prospects, touches and sales decisions over HTTP only.
+Chromium is Debian's package (``make test`` installs it); without it the browser part skips.
+``LEADSTREAM_UPDATE_SCREENSHOT=1`` also refreshes ``docs/dashboard.png`` for the README.
+"""
 
 from __future__ import annotations
 
@@ -19,85 +25,147 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 OUTPUT = ROOT / "test-output"
+SEED, CONTACTS = 5, 240
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_demo_plan_is_deterministic_with_a_seed():
-    now = datetime(2026, 11, 25, tzinfo=timezone.utc)
-    a, b, c = plan(7, 300, now), plan(7, 300, now), plan(8, 300, now)
-    assert a == b and a != c
-    assert a.leads and a.prospects and a.touches
-    channels = {lead.get("utm", {}).get("medium") for lead in a.leads}
-    assert "cpc" in channels  # paid search, the deliberate over-dependence
-    assert any(p["list"] == "inbound-follow-up" for p in a.prospects)  # blended accounts
-    assert all(t["occurred_at"] <= now.isoformat() for t in a.touches)
-
-
-@pytest.fixture
-async def seeded(tmp_path):
-    urls = {db: f"sqlite+aiosqlite:///{tmp_path / f'{db}.db'}" for db in ("capture", "outreach", "pipeline")}
+@pytest.fixture(scope="module")
+async def seeded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dashboard")
+    urls = {db: f"sqlite+aiosqlite:///{tmp / f'{db}.db'}" for db in ("capture", "outreach", "pipeline")}
     for db, url in urls.items():
         await aupgrade(db, url)
-    stack = FullStack(urls, tmp_path)
+    stack = FullStack(urls, tmp)
     try:
         await stack.start(workers=1)
+        started = datetime.now(timezone.utc)
         result = await seed(capture_url=stack.capture.url, outreach_url=stack.outreach.url,
-                            pipeline_url=stack.pipeline.url, api_key=stack.api_key, seed_value=5, contacts=240,
-                            settle_timeout=60)
-        yield stack, result
+                            pipeline_url=stack.pipeline.url, api_key=stack.api_key, seed_value=SEED,
+                            contacts=CONTACTS, settle_timeout=60)
+        yield stack, result, plan(SEED, CONTACTS, started)
     finally:
         await stack.close()
 
 
-async def test_demo_seeds_through_the_apis_and_the_dashboard_shows_the_same_figures(seeded):
-    stack, result = seeded
-    assert result["leads"] > 0 and result["touches"] > 0 and result["accepted"] > 0
-    async with httpx.AsyncClient(base_url=stack.pipeline.url, headers=stack.auth) as api:
-        everything = (await api.get("/v1/analytics/sources")).json()
-        inbound = (await api.get("/v1/analytics/sources", params={"motion": "inbound"})).json()
-    assert everything["totals"]["qualified_opportunities"] > 0
-    assert any("paid_search" in w for w in everything["warnings"]), everything["warnings"]
+async def api(stack: FullStack, **params) -> dict:  # noqa: ANN003
+    async with httpx.AsyncClient(base_url=stack.pipeline.url, headers=stack.auth) as client:
+        answer = await client.get("/v1/analytics/sources", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
+
+async def test_demo_seeds_everything_through_the_apis(seeded):
+    stack, result, planned = seeded
+    assert result["leads"] == len(planned.leads) and result["prospects"] == len(planned.prospects)
+    assert result["touches"] == len(planned.touches)
+    assert result["accepted"] > 0 and result["won"] > 0 and result["lost"] >= 0
+    everything = await api(stack)
+    assert everything["totals"]["contacts"] == CONTACTS  # every person reached the store, once
+    assert everything["totals"]["qualified_opportunities"] > 0 and everything["totals"]["won"] == result["won"]
+    assert {r["motion"] for r in (await api(stack, group_by="motion"))["rows"]} >= {"inbound", "outbound"}
+    assert any(w.endswith("comes from paid_search") for w in everything["warnings"]), everything["warnings"]
+
+
+def _number(text: str) -> float | None:
+    text = text.strip().replace(",", "")
+    return None if text in ("–", "") else float(text)
+
+
+async def test_the_dashboard_in_chromium_shows_what_the_api_returns(seeded):
+    stack, _, _ = seeded
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (make test installs Debian's chromium)")
-    from playwright.async_api import async_playwright
+    playwright = pytest.importorskip("playwright.async_api")
+    everything, inbound = await api(stack), await api(stack, motion="inbound")
+    channels, motions = await api(stack, group_by="channel"), await api(stack, group_by="motion")
 
     OUTPUT.mkdir(exist_ok=True)
-    async with async_playwright() as pw:
+    async with playwright.async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            page = await context.new_page()
+            outside = []
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(stack.pipeline.url) else None)
+
+            # signed out: the sign-in form and nothing else
             await page.goto(f"{stack.pipeline.url}/dashboard")
-            assert await page.locator("#api_key").is_visible()
-            assert await page.locator("#kpi-qualified").count() == 0  # signed out: the form only
-            await page.fill("#api_key", stack.api_key)
-            await page.click("button[type=submit]")
+            assert await page.title() == "Sign in · Leadstream"
+            assert await page.get_by_label("Pipeline API key", exact=True).is_visible()
+            assert await page.locator("#kpi-qualified").count() == 0 and await page.locator("svg").count() == 0
+            await page.get_by_label("Pipeline API key", exact=True).fill("ls_not-a-key")
+            await page.get_by_role("button", name="Sign in").click()
+            assert "not valid" in await page.get_by_role("alert").inner_text()
+
+            await page.get_by_label("Pipeline API key", exact=True).fill(stack.api_key)
+            await page.get_by_role("button", name="Sign in").click()
             await page.wait_for_selector("#kpi-qualified")
-            shown = (await page.locator("#kpi-qualified").inner_text()).replace(",", "")
-            assert int(shown) == everything["totals"]["qualified_opportunities"]
+            cookie = next(c for c in await context.cookies() if c["name"] == "leadstream_session")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and stack.api_key not in cookie["value"]
+            assert await page.evaluate("document.cookie") == ""  # no script can read the session
+
+            # the totals, the funnel per motion, the channel shares and the warnings are the API's
+            totals = everything["totals"]
+            for kpi, name in [("contacts", "contacts"), ("qualified", "qualified_opportunities"), ("won", "won"),
+                              ("pipeline", "pipeline_amount")]:
+                assert _number(await page.locator(f"#kpi-{kpi}").inner_text()) == pytest.approx(totals[name] or 0)
+            assert _number(await page.locator("#kpi-hhi").inner_text()) == everything["concentration_index"]
+            assert await page.locator("#funnel tbody tr").count() == len(motions["rows"])
+            for row in motions["rows"]:
+                cells = page.locator(f'#funnel tr[data-motion="{row["motion"]}"] td')
+                shown = [_number(t) for t in (await cells.all_inner_texts())[:5]]
+                assert shown == [row["leads"], row["mql"], row["sql"], row["opportunities"], row["won"]]
+                median = _number((await cells.all_inner_texts())[-1])
+                assert median == row["median_days_to_qualify"]
+            assert await page.locator("#channels tbody tr").count() == len(channels["rows"])
             warnings = await page.locator("#warnings").inner_text()
-            for warning in everything["warnings"]:
-                assert warning in warnings
+            assert everything["warnings"] and all(w in warnings for w in everything["warnings"])
+
+            # readable and accessible: labelled charts and controls, the stylesheet applied, nothing external
+            charts = page.locator("svg[role=img]")
+            assert await charts.count() == 4
+            for i in range(4):
+                assert (await charts.nth(i).locator(":scope > title").text_content()).strip()
+                assert await charts.nth(i).get_attribute("aria-labelledby")
+            unlabelled = await page.evaluate(
+                "[...document.querySelectorAll('input,select')].filter(e => e.labels.length === 0).length")
+            assert unlabelled == 0
+            assert await page.evaluate("getComputedStyle(document.querySelector('section')).borderRadius") == "8px"
+            assert await page.evaluate("document.documentElement.scrollWidth") <= 1280
             await page.screenshot(path=str(OUTPUT / "dashboard.png"), full_page=True)
             if os.environ.get("LEADSTREAM_UPDATE_SCREENSHOT"):
                 await page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=False)
 
-            await page.select_option("#motion", "inbound")
-            await page.click("form.filters button[type=submit]")
+            # the motion filter: a GET form, the figures and warnings of that motion
+            await page.get_by_label("Motion", exact=True).select_option("inbound")
+            await page.get_by_role("button", name="Apply").click()
             await page.wait_for_url("**motion=inbound**")
-            shown = (await page.locator("#kpi-qualified").inner_text()).replace(",", "")
-            assert int(shown) == inbound["totals"]["qualified_opportunities"]
+            assert _number(await page.locator("#kpi-qualified").inner_text()) == \
+                inbound["totals"]["qualified_opportunities"]
+            assert await page.locator("#funnel tbody tr").count() == 1
+            warnings = await page.locator("#warnings").inner_text()
+            assert any(w.endswith("comes from paid_search") for w in inbound["warnings"])
+            assert all(w in warnings for w in inbound["warnings"])
+            assert await page.get_by_label("Motion", exact=True).input_value() == "inbound"  # the form keeps the filter
 
-            phone = await browser.new_page(viewport={"width": 390, "height": 844})
-            await phone.context.add_cookies(await page.context.cookies())
+            # a phone: nothing wider than the screen, tables scroll or become cards inside their section
+            phone_context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+            await phone_context.add_cookies([cookie])
+            phone = await phone_context.new_page()
             await phone.goto(f"{stack.pipeline.url}/dashboard")
-            width = await phone.evaluate("document.documentElement.scrollWidth")
-            assert width <= 400  # no layout wider than a phone
+            assert await phone.evaluate("document.documentElement.scrollWidth") <= 390
+            card = await phone.locator("#latest tbody tr").first.bounding_box()
+            assert card is not None and card["width"] <= 390
             await phone.screenshot(path=str(OUTPUT / "dashboard-phone.png"), full_page=True)
+            await phone_context.close()
 
-            await page.click("text=Sign out")
+            # sign out: back to the form, and the dashboard stays closed
+            await page.get_by_role("button", name="Sign out").click()
             await page.wait_for_selector("#api_key")
+            await page.goto(f"{stack.pipeline.url}/dashboard")
+            assert await page.locator("#api_key").is_visible()
             assert await page.locator("#kpi-qualified").count() == 0
+            assert outside == []  # nothing loaded from anywhere else
         finally:
             await browser.close()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import update
 
-from services.pipeline.charts import bar_chart, stacked_columns, weekly_series
-from services.pipeline.dashboard import COOKIE
-from shared.store.models import PipelineApiKey
-from tests.integration.test_pipeline_api import _seed_history, add_key, pipeline  # noqa: F401 - fixture
+from services.pipeline.dashboard import COOKIE, LATEST
+from shared.store.models import PipelineApiKey, Score
+from tests.integration.test_pipeline_api import T0, _seed_history, add_key, pipeline  # noqa: F401 - fixture
 
 
 def text(html: str) -> str:
@@ -30,7 +29,7 @@ async def test_signed_out_visitors_see_only_the_sign_in_form(pipeline):  # noqa:
     assert bad.status_code == 401 and "not valid" in bad.text and 'name="api_key"' in bad.text
     outreach_only = await add_key(pipeline.runtime.db, "bot", "outreach")
     assert (await sign_in(pipeline, outreach_only)).status_code == 403
-    forged = await pipeline.get("/dashboard", headers={"Authorization": ""}, cookies={COOKIE: "x.9999999999.forged"})
+    forged = await pipeline.get("/dashboard", headers={"Authorization": "", "Cookie": f"{COOKIE}=x.9999999999.forged"})
     assert 'name="api_key"' in forged.text
 
 
@@ -44,7 +43,7 @@ async def test_figures_equal_the_api_filters_warnings_and_sign_out(pipeline):  #
     session = signed.cookies[COOKIE]
 
     api = (await pipeline.get("/v1/analytics/sources", params={"group_by": "channel"})).json()
-    page = await pipeline.get("/dashboard", headers={"Authorization": ""}, cookies={COOKIE: session})
+    page = await pipeline.get("/dashboard", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
     assert page.status_code == 200
     body = text(page.text)
     assert f"Qualified opportunities {api['totals']['qualified_opportunities']:,}" in body
@@ -56,42 +55,85 @@ async def test_figures_equal_the_api_filters_warnings_and_sign_out(pipeline):  #
     assert "<svg" in page.text and "<title" in page.text  # labelled charts
 
     inbound_api = (await pipeline.get("/v1/analytics/sources", params={"motion": "inbound"})).json()
-    inbound = text((await pipeline.get("/dashboard", params={"motion": "inbound"}, headers={"Authorization": ""},
-                                       cookies={COOKIE: session})).text)
+    inbound = text((await pipeline.get("/dashboard", params={"motion": "inbound"}, headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})).text)
     assert f"Qualified opportunities {inbound_api['totals']['qualified_opportunities']:,}" in inbound
     for warning in inbound_api["warnings"]:
         assert warning in inbound
 
     bad_range = await pipeline.get("/dashboard", params={"from": "2026-02-01", "to": "2026-01-01"},
-                                   headers={"Authorization": ""}, cookies={COOKIE: session})
+                                   headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
     assert bad_range.status_code == 422 and "role=\"alert\"" in bad_range.text
 
-    out = await pipeline.post("/dashboard/sign-out", headers={"Authorization": ""}, cookies={COOKIE: session})
+    out = await pipeline.post("/dashboard/sign-out", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
     assert out.status_code == 303 and f'{COOKIE}=""' in out.headers["set-cookie"]
 
     # a revoked key ends its sessions
     async with pipeline.runtime.db.unit_of_work() as s:
         await s.execute(update(PipelineApiKey).values(revoked_at=datetime.now(timezone.utc)))
-    after = await pipeline.get("/dashboard", headers={"Authorization": ""}, cookies={COOKIE: session})
+    after = await pipeline.get("/dashboard", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
     assert 'name="api_key"' in after.text
-
-
-def test_charts_are_labelled_svg_and_survive_long_names():
-    svg = bar_chart("c", "Share by campaign", [("a-very-long-campaign-name-" * 4, 0.7), ("b", 0.3)], percent=True)
-    assert svg.startswith("<svg") and 'role="img"' in svg and "<title" in svg and "70%" in svg and "…" in svg
-    assert "No data" in bar_chart("e", "Empty", [])
-    when = [datetime(2026, 11, 2, tzinfo=timezone.utc), datetime(2026, 11, 17, tzinfo=timezone.utc)]
-    weeks, series = weekly_series([(when[0], "inbound"), (when[1], "outbound"), (when[1], "inbound")])
-    assert [w.isoformat() for w in weeks] == ["2026-11-02", "2026-11-09", "2026-11-16"]  # Mondays
-    assert series == {"inbound": [1, 0, 1], "outbound": [0, 0, 1]}
-    assert "week of 2026-11-16" in stacked_columns("s", "Weekly", weeks, series)
 
 
 async def test_browser_form_fields_left_empty_mean_no_bound(pipeline):  # noqa: F811
     key = pipeline.headers["Authorization"].split()[1]
     session = (await sign_in(pipeline, key)).cookies[COOKIE]
-    page = await pipeline.get("/dashboard?from=&to=&motion=inbound", headers={"Authorization": ""},
-                              cookies={COOKIE: session})
+    page = await pipeline.get("/dashboard?from=&to=&motion=inbound", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
     assert page.status_code == 200 and "Totals" in page.text
-    bad = await pipeline.get("/dashboard?from=yesterday", headers={"Authorization": ""}, cookies={COOKIE: session})
+    bad = await pipeline.get("/dashboard?from=yesterday", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
     assert bad.status_code == 422 and "YYYY-MM-DD" in bad.text
+
+
+async def signed_in_page(client, params: dict | None = None):  # noqa: ANN001, ANN201
+    key = client.headers["Authorization"].split()[1]
+    session = (await sign_in(client, key)).cookies[COOKIE]
+    return await client.get("/dashboard", params=params or {}, headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
+
+
+async def test_pages_forbid_scripts_and_caching_and_the_stylesheet_is_served_locally(pipeline):  # noqa: F811
+    signed_out = await pipeline.get("/dashboard", headers={"Authorization": ""})
+    page = await signed_in_page(pipeline)
+    for answer in (signed_out, page):
+        csp = answer.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "style-src 'self'" in csp and "script" not in csp
+        assert answer.headers["cache-control"] == "no-store"
+        assert "<script" not in answer.text and "http://" not in answer.text and "https://" not in answer.text
+    assert '<link rel="stylesheet" href="/dashboard/static/dashboard.css">' in page.text
+    css = await pipeline.get("/dashboard/static/dashboard.css", headers={"Authorization": ""})
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert "@media (max-width: 640px)" in css.text
+    assert (await pipeline.get("/dashboard/static/../app.py", headers={"Authorization": ""})).status_code == 404
+
+
+async def test_latest_opportunities_show_the_score_that_qualified_them_with_reasons(pipeline):  # noqa: F811
+    s = pipeline.store
+    contact = s.contact(channel="paid_search", campaign="brand", stage="sql", sql_at=T0 + timedelta(days=2))
+    await s.add(contact)
+
+    def score(at: datetime, rule: str, points: float) -> Score:
+        return Score(contact_id=contact.id, fit_score=70, fit_grade="B",
+                     fit_reasons=[{"rule": "title.seniority=vp", "points": 25}, {"rule": "free_mail", "points": -5}],
+                     engagement_score=points, engagement_reasons=[{"rule": rule, "points": points}],
+                     policy_version="2025-01", scored_at=at)
+
+    await s.add(score(T0, "form.newsletter", 5), score(T0 + timedelta(days=2), "form.demo_request", 60),
+                score(T0 + timedelta(days=9), "touch.opened", 1))  # before, at and after qualification
+    await s.add(s.opportunity(contact, stage="sql"))
+    body = text((await signed_in_page(pipeline)).text)
+    assert "form.demo_request +60" in body and "title.seniority=vp +25" in body and "free_mail -5" in body
+    assert "form.newsletter" not in body and "touch.opened" not in body  # not the score that qualified it
+
+
+async def test_latest_shows_at_most_ten_and_hostile_campaign_names_stay_text(pipeline):  # noqa: F811
+    s = pipeline.store
+    hostile = "<img src=x onerror=alert(1)>" + "-very-long-campaign-name" * 6  # 172 of 200 characters
+    contacts = [s.contact(channel="paid_search", campaign=hostile, stage="sql", sql_at=T0 + timedelta(hours=i))
+                for i in range(LATEST + 3)]
+    await s.add(*contacts)
+    await s.add(*(s.opportunity(c) for c in contacts))
+    page = await signed_in_page(pipeline)
+    latest = page.text.split('id="latest"')[1].split("</table>")[0]
+    assert latest.count("<tr>") == LATEST + 1  # the header row and ten opportunities
+    assert "<img" not in page.text and "&lt;img src=x" in page.text
+    empty = await signed_in_page(pipeline, {"from": "2030-01-01"})
+    assert "No opportunity was qualified in this range." in empty.text
+    assert "No qualified pipeline" in empty.text  # the charts say so in words
