@@ -190,7 +190,7 @@ def start_profiler(pid: int) -> subprocess.Popen | None:
     if not out:
         return None
     Path(out).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "-p", str(pid), "-f", "raw", "-r", "200",
+    return subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "-p", str(pid), "-f", "raw", "-r", "200", *os.environ.get("BENCH_PROFILE_FLAGS", "").split(),
                              "-o", f"{out}/qualification-{pid}.txt"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 

@@ -41,7 +41,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Database
+from shared.db import Database, in_chunks, stage_insert
 from shared.events import EVENT_TYPES, CloudEvent, InvalidEvent, dlq_topic, parse_event
 from shared.kafka import ConsumerRebalanceListener, KafkaGateway, create_consumer
 from shared.settings import Settings
@@ -66,6 +66,9 @@ BATCH_SECONDS = Histogram(
     "leadstream_consumer_batch_seconds", "Time to apply one batch (transaction + offset commit)",
     ["consumer"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+
+
+START_TIMEOUT_S = 60.0
 
 
 class PermanentError(Exception):
@@ -275,7 +278,12 @@ class InboxConsumer:
             self.settings, self.topics, group_id=self.group_id, client_id=self.client_id, listener=_Listener(self)
         )
         try:
-            await asyncio.wait_for(consumer.start(), max(self.settings.kafka_request_timeout_ms / 1000, 5))
+            # start() returns once the group has assigned partitions. A rebalance on the embedded
+            # broker takes 3-6 s, and a member that gives up and rejoins starts another one: with
+            # a 5 s limit here, two workers rejoining after a broker restart kept each other
+            # rebalancing for minutes (seen in the fault suite). A dead broker fails fast anyway.
+            await asyncio.wait_for(consumer.start(),
+                                   max(self.settings.kafka_request_timeout_ms / 1000, START_TIMEOUT_S))
         except BaseException:
             try:
                 await asyncio.wait_for(consumer.stop(), 5)
@@ -481,19 +489,18 @@ class InboxConsumer:
                     continue
                 await self.handlers[item.event.type](session, self._delivery(item))
                 r = item.record
-                session.add(self.inbox(event_id=item.event.id, event_type=item.event.type, topic=r.topic,
-                                       partition=r.partition, offset=r.offset, processed_at=now))
+                stage_insert(session, self.inbox.__table__, dict(
+                    event_id=item.event.id, event_type=item.event.type, topic=r.topic, partition=r.partition,
+                    offset=r.offset, processed_at=now))
                 seen.add(item.event.id)
                 outcome.applied.append(item)
         return outcome
 
     async def _already_applied(self, session: AsyncSession, ids: list[str]) -> set[str]:
         seen: set[str] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            if chunk:
-                rows = await session.execute(select(self.inbox.event_id).where(self.inbox.event_id.in_(chunk)))
-                seen.update(rows.scalars())
+        for chunk in in_chunks(ids):
+            rows = await session.execute(select(self.inbox.event_id).where(self.inbox.event_id.in_(chunk)))
+            seen.update(rows.scalars())
         return seen
 
     async def _apply_alone(self, item: _Item) -> None:

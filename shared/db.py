@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
+import orjson
 from sqlalchemy import Table, event, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -17,11 +19,22 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+T = TypeVar("T")
+
+
+def _json_dumps(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# JSON columns (payloads, reasons, firmographics) through orjson: several times faster than json.
+JSON_CODEC = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(url, connect_args={"timeout": 30}, **JSON_CODEC)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
@@ -42,6 +55,12 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def in_chunks(values: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    """``values`` in slices short enough for one ``IN (...)`` list or one request."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
 
 
 def stage_insert(session: AsyncSession, table: Table, row: dict) -> None:
@@ -76,7 +95,7 @@ class Database:
             self.read_engine = _sqlite_engine(url, immediate=False)
         else:
             self.engine = create_async_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo, **JSON_CODEC
             )
             self.read_engine = self.engine
         # SQLite has one writer at a time; queueing this process's writers here avoids the

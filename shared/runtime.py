@@ -41,7 +41,8 @@ class ServiceRuntime:
         return {"database": self.db.ping, "broker": self.kafka.ping}
 
 
-def get_runtime(request: Request) -> Any:
+async def get_runtime(request: Request) -> Any:
+    """The service's runtime (async: FastAPI would run a plain function in its thread pool)."""
     return request.app.state.runtime
 
 

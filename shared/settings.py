@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     outbox_retention_hours: float = 24.0
     outbox_max_backoff_s: float = 10.0
 
-    consumer_batch_size: int = 200
+    consumer_batch_size: int = 500
     dependency_thresholds_channel: float = 0.5
     dependency_thresholds_campaign: float = 0.3
     dependency_thresholds_motion: float = 0.8

@@ -14,6 +14,7 @@ rebuilds the same rows and the same event ids.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter as Tally
 from collections import defaultdict
@@ -28,14 +29,14 @@ from services.qualification import repository
 from services.qualification.domain import attribution, identity
 from services.qualification.domain import scoring, stages
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
-from shared.consumer import PermanentError
+from shared.consumer import PermanentError, is_transient
 from shared.events import (
     OPPORTUNITY_QUALIFIED, STAGE_CHANGED, AccountOut, CloudEvent, ContactOut, LeadCaptured,
     OpportunityQualified, ProspectAdded, ScoreOut, ScoreReason, StageChanged, TouchOut, TouchRecorded,
     make_event,
 )
 from shared.outbox import stage_event
-from shared.store.models import Contact, Opportunity, PipelineOutbox, Score, StageChange, Touch
+from shared.store.models import Contact, Opportunity, PipelineOutbox, Touch
 
 SOURCE = "/leadstream/qualification"
 CHANGED_BY = "qualification"
@@ -194,11 +195,15 @@ async def _merge_firmographics(session: AsyncSession, contact: Contact, values: 
     contact.account_domain = domain
 
 
+# every column, so the touches of a batch go as one multi-row INSERT (same keys in each row)
+_TOUCH_FIELDS = dict.fromkeys(c.key for c in Touch.__table__.columns)
+
+
 async def _add_touch(session: AsyncSession, contact: Contact, event: CloudEvent, at: datetime, **fields: Any) -> None:
-    await repository.add_touch(session, Touch(
-        event_id=event.id, contact_id=contact.id, event_type=event.type, occurred_at=at,
-        recorded_at=datetime.now(timezone.utc), data=event.data, **fields,
-    ))
+    await repository.add_touch(session, {
+        **_TOUCH_FIELDS, **fields, "event_id": event.id, "contact_id": contact.id, "event_type": event.type,
+        "occurred_at": at, "recorded_at": datetime.now(timezone.utc), "data": event.data,
+    })
     contact.last_activity_at = max(utc(contact.last_activity_at) or at, at)
     contact.updated_at = datetime.now(timezone.utc)
 
@@ -296,7 +301,7 @@ async def apply_evaluation(session: AsyncSession, contact: Contact, result: Eval
     fit, engagement = result.fit, result.engagement
     fit_reasons = _reasons(fit.reasons)
     engagement_reasons = _reasons(engagement.reasons)
-    repository.add(session, Score(
+    repository.add_score(session, dict(
         contact_id=contact.id, fit_score=float(fit.points), fit_grade=fit.grade, fit_reasons=fit_reasons,
         engagement_score=float(engagement.points), engagement_reasons=engagement_reasons,
         policy_version=version, cause_event_id=cause if not cause.startswith("rescore:") else None, scored_at=at,
@@ -362,10 +367,10 @@ def _record_stage_change(session: AsyncSession, contact: Contact, from_stage: st
         to_stage=to_stage, reason=reason, changed_by=CHANGED_BY, policy_version=version,
         cause_event_id=None if cause.startswith("rescore:") else cause, changed_at=at,
     )
-    repository.add(session, StageChange(
+    repository.add_stage_change(session, dict(
         contact_id=contact.id, opportunity_id=opportunity_id, from_stage=from_stage, to_stage=to_stage,
-        reason=reason, changed_by=CHANGED_BY, policy_version=version, cause_event_id=data.cause_event_id,
-        event_id=event_id, changed_at=at,
+        reason=reason, amount=None, changed_by=CHANGED_BY, policy_version=version,
+        cause_event_id=data.cause_event_id, event_id=event_id, changed_at=at,
     ))
     event = make_event(STAGE_CHANGED, data, source=SOURCE, subject=contact.email, time=at, event_id=event_id)
     stage_event(session, PipelineOutbox, event, key=contact.email)
@@ -384,7 +389,7 @@ async def _qualify(session: AsyncSession, contact: Contact, result: Evaluation, 
     """Create the contact's opportunity and its one ``opportunity.qualified`` event."""
     existing = await repository.opportunity_of(session, contact.id)
     if existing is not None:  # qualified before (then moved back by sales): one per contact
-        return existing.id
+        return existing
     opportunity_id = derived_id("opportunity", contact.id)
     event_id = derived_id("opportunity.qualified", contact.id)
     fit_, engagement_ = result.fit, result.engagement
@@ -410,7 +415,7 @@ async def _qualify(session: AsyncSession, contact: Contact, result: Evaluation, 
         qualified_at=at, caused_by=caused_by,
     )
     first, last = result.first, result.last
-    repository.add(session, Opportunity(
+    repository.add_opportunity(session, Opportunity(
         id=opportunity_id, contact_id=contact.id, account_domain=contact.account_domain, stage="sql",
         motion=result.motion, owner=contact.owner,
         first_touch_motion=first.motion if first else None, first_touch_channel=first.channel if first else None,
@@ -447,6 +452,13 @@ class RescoreReport:
             out.append(f"  {motion}: {self.contacts[motion]} contacts, {self.grade_changes[motion]} change grade, "
                        f"{self.stage_changes[motion]} change stage ({moves})")
         return out
+
+    def add(self, other: "RescoreReport") -> None:
+        self.contacts.update(other.contacts)
+        self.grade_changes.update(other.grade_changes)
+        self.stage_changes.update(other.stage_changes)
+        for motion, moves in other.moves.items():
+            self.moves[motion].update(moves)
 
     def as_dict(self) -> dict[str, Any]:
         return {"version": self.version, "applied": self.applied, "contacts": dict(self.contacts),
@@ -507,6 +519,26 @@ async def rescore_contact(session: AsyncSession, policies: PolicySet, contact: C
                            facts=facts, real=real, account_values=account_values, steps=steps)
 
 
+async def _rescore_page(db, q: Qualifier, ids: list[str], attempts: int = 5) -> RescoreReport:  # noqa: ANN001
+    """Re-score one page of contacts in one transaction, the contacts locked (workers may be
+    running); a deadlock or a busy database retries the page, counted once."""
+    attempt = 0
+    while True:
+        attempt += 1
+        page = RescoreReport(q.version, True)
+        try:
+            async with db.unit_of_work() as session:
+                for contact_id in ids:
+                    contact = await repository.contact_by_id(session, contact_id, lock=True)
+                    if contact is not None:
+                        await rescore_contact(session, q.policies, contact, page, apply=True)
+            return page
+        except Exception as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            await asyncio.sleep(0.1 * 2 ** attempt)
+
+
 async def rescore_all(settings, q: Qualifier, *, apply: bool) -> RescoreReport:  # noqa: ANN001
     """Re-score every contact of the pipeline store under ``q``'s policy version."""
     from shared.db import Database
@@ -516,10 +548,7 @@ async def rescore_all(settings, q: Qualifier, *, apply: bool) -> RescoreReport: 
     try:
         async for ids in repository.iter_contact_ids(db):
             if apply:
-                async with db.unit_of_work() as session:
-                    for contact_id in ids:
-                        contact = await repository.contact_by_id(session, contact_id)
-                        await rescore_contact(session, q.policies, contact, report, apply=True)
+                report.add(await _rescore_page(db, q, ids))
             else:
                 async with db.reader() as session:
                     for contact_id in ids:

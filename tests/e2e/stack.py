@@ -229,5 +229,6 @@ async def diagnose(stack: FullStack, accepted: Accepted) -> str:
     for topic in ("leads.captured", "outreach.touches"):
         records = await read_raw(stack.broker.bootstrap, topic, expect=10**9, timeout=8, settle=0)
         on_topic = {orjson.loads(r.value).get("id") for r in records if r.value and r.value.startswith(b"{")}
-        lines.append(f"{topic}: {len(records)} records, missing on topic: {len([m for m in missing if m in on_topic])}")
+        lines.append(f"{topic}: {len(records)} records, of the unapplied facts on the topic: "
+                     f"{len([m for m in missing if m in on_topic])}")
     return "\n".join(lines)

@@ -67,6 +67,7 @@ def email_domain(email: str) -> str:
     return normalise_email(email).rpartition("@")[2]
 
 
+@lru_cache(maxsize=65536)
 def registrable_domain(host_or_url: str | None) -> str | None:
     """The registrable domain (eTLD+1) of a host, URL or email address.
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, ValidationError, field_validator, model_validator
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 FORM_TYPES = (
@@ -202,6 +202,9 @@ class PolicySet(_Strict):
     fit: FitPolicy
     inbound: InboundPolicy
     outbound: OutboundPolicy
+    # (dimension, value) → the fit rule it matches: titles and industries repeat across
+    # contacts and every event re-scores its contact (bounded; see scoring.fit_score)
+    _fit_matches: dict = PrivateAttr(default_factory=dict)
 
     def for_motion(self, motion: str) -> MotionPolicy:
         """The policy of ``inbound`` or ``outbound``."""

@@ -101,6 +101,9 @@ def _band(employees: int | None, bands: Iterable[EmployeeBand]) -> EmployeeBand 
     return next((band for band in bands if band.holds(employees)), None)
 
 
+_MATCH_MEMO = 50_000
+
+
 def fit_score(firmographics: Mapping[str, Any], email: str, policy: PolicySet) -> FitScore:
     """How well the contact fits the ideal customer profile of ``policy``.
 
@@ -116,13 +119,19 @@ def fit_score(firmographics: Mapping[str, Any], email: str, policy: PolicySet) -
         if points:
             reasons.append(Reason(rule, points))
 
+    matches = policy._fit_matches  # noqa: SLF001 - the policy's own memo
+    if len(matches) > _MATCH_MEMO:
+        matches.clear()
     for dimension, candidates, value in (
         ("industry", rules.industries, values.get("industry")),
         ("country", rules.countries, values.get("country")),
         ("seniority", rules.seniority, values.get("title")),
         ("department", rules.departments, values.get("title")),
     ):
-        match = best_match(value, candidates)
+        key = (dimension, value if value is None or isinstance(value, str) else str(value))
+        if key not in matches:
+            matches[key] = best_match(value, candidates)
+        match = matches[key]
         if match is not None:
             add(f"fit.{dimension}.{match.name}", match.points)
     band = _band(employee_count(values.get("employees")), rules.employees)
