@@ -206,10 +206,9 @@ class OutboxRelay:
             OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
             self.published += len(done)
             raise ConnectionError(f"{len(rows) - len(done)} of {len(rows)} outbox rows not acknowledged")
-        rows = [r for r in rows if r.id in set(done)]
-        OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
-        self.published += len(rows)
-        return len(rows)
+        OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
+        self.published += len(done)
+        return len(done)
 
     async def _housekeep(self) -> None:
         cutoff = datetime.now(timezone.utc) - timedelta(hours=self.settings.outbox_retention_hours)
