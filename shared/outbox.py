@@ -72,6 +72,7 @@ def stage_event(session: AsyncSession, outbox_model: type[OutboxMixin], event: C
     )
 
 
+LINGER_S = 0.01
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
 
@@ -138,6 +139,9 @@ class OutboxRelay:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_interval_s)
+                    if sent:
+                        # Busy: let a few more commits land so one round trip carries them all.
+                        await asyncio.sleep(LINGER_S)
                 except asyncio.TimeoutError:
                     pass
             except asyncio.CancelledError:
