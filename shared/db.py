@@ -146,18 +146,22 @@ class GroupCommit:
     writes has committed, so an answer is still only given after its fact is stored; one
     commit then serves a whole batch (the durable-write cost is paid once per batch). If
     the batch fails, each unit of work is retried alone so one bad request fails alone.
+
+    ``prepare(session, hints)``, if given, runs first in each transaction with the hints the
+    batch's callers passed to ``submit`` (e.g. the idempotency keys to look up): one query
+    for the batch instead of one per unit of work.
     """
 
-    def __init__(self, db: Database, max_batch: int = 256) -> None:
-        self.db, self.max_batch = db, max_batch
+    def __init__(self, db: Database, max_batch: int = 256, prepare=None) -> None:  # noqa: ANN001
+        self.db, self.max_batch, self.prepare = db, max_batch, prepare
         self._queue: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
 
-    async def submit(self, work):  # noqa: ANN001, ANN201
+    async def submit(self, work, hint=None):  # noqa: ANN001, ANN201
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="group-commit")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put((work, future))
+        await self._queue.put((work, future, hint))
         return await future
 
     async def _run(self) -> None:
@@ -171,18 +175,21 @@ class GroupCommit:
         results = []
         try:
             async with self.unit_of_work_for(batch) as session:
-                for work, _ in batch:
+                hints = [hint for _, _, hint in batch if hint is not None]
+                if self.prepare is not None and hints:
+                    await self.prepare(session, hints)
+                for work, _, _ in batch:
                     results.append(await work(session))
         except Exception:  # noqa: BLE001 - isolate the failing unit of work
             if len(batch) == 1:
-                _, future = batch[0]
+                _, future, _ = batch[0]
                 if not future.done():
                     future.set_exception(sys.exc_info()[1])
                 return
             for item in batch:
                 await self._commit([item])
             return
-        for (_, future), result in zip(batch, results):
+        for (_, future, _), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
 

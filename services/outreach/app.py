@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.outreach import repository
 from services.outreach.api import router, webhooks
 from services.outreach.models import OutreachApiKey, OutreachOutbox
 from services.outreach.schemas import MAX_BATCH
@@ -22,7 +23,7 @@ class OutreachRuntime(ServiceRuntime):
         super().__init__(settings, "outreach", OutreachOutbox)
         self.auth = ApiKeyAuth(self.db, OutreachApiKey, settings.api_rate_limit)
         self.webhook_limit = RateLimit(settings.api_rate_limit, "integration")
-        self.writer = GroupCommit(self.db)
+        self.writer = GroupCommit(self.db, prepare=repository.prefetch_external_ids)
 
     async def stop(self) -> None:
         await self.writer.stop()

@@ -325,6 +325,38 @@ async def test_external_id_repeats_are_duplicates_even_concurrently(outreach):
     assert await count(outreach, OutreachTouch) == 1 and await count(outreach, OutreachOutbox) == 1
 
 
+async def test_concurrent_touches_share_one_external_id_lookup_and_keep_idempotency(outreach):
+    """Single touches that commit together look their external ids up in one query per
+    transaction; stored ids, new ids and ids repeated within the group all answer right."""
+    from sqlalchemy import event as sa_event
+
+    stored = [await outreach.post("/v1/touches", json=TOUCH | {"external_id": f"old-{i}"}) for i in range(5)]
+    first_ids = {f"old-{i}": r.json()["event_id"] for i, r in enumerate(stored)}
+    lookups: list[str] = []
+
+    def count_lookups(conn, cursor, statement, *args) -> None:  # noqa: ANN001, ANN002
+        if statement.lstrip().upper().startswith("SELECT") and "outreach_touches" in statement:
+            lookups.append(statement)
+
+    engine = outreach.runtime.db.engine.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", count_lookups)
+    try:
+        bodies = ([TOUCH | {"external_id": f"old-{i}"} for i in range(5)]
+                  + [TOUCH | {"external_id": f"new-{i % 10}"} for i in range(20)]
+                  + [TOUCH | {"external_id": None}] * 5)
+        responses = await asyncio.gather(*(outreach.post("/v1/touches", json=b) for b in bodies))
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count_lookups)
+    results = [(b["external_id"], r.status_code, r.json()["status"], r.json()["event_id"]) for b, r in zip(bodies, responses)]
+    assert all(r[1:3] == (200, "duplicate") and r[3] == first_ids[r[0]] for r in results[:5])
+    for k in range(10):
+        same = [r for r in results[5:25] if r[0] == f"new-{k}"]
+        assert sorted(r[2] for r in same) == ["accepted", "duplicate"] and len({r[3] for r in same}) == 1
+    assert all(r[1:3] == (202, "accepted") for r in results[25:])
+    assert await count(outreach, OutreachTouch) == 5 + 10 + 5 and await count(outreach, OutreachOutbox) == 20
+    assert len(lookups) < len(bodies) / 2, lookups  # one per group commit, not one per touch
+
+
 async def test_overlapping_batches_concurrently_store_each_external_id_once(outreach):
     def batch(offset: int) -> dict:
         return {"touches": [TOUCH | {"external_id": f"ov-{i}"} for i in range(offset, offset + 30)]}
