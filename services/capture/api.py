@@ -51,7 +51,7 @@ async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: 
 
     for attempt in (1, 2):
         try:
-            result = await runtime.writer.submit(work)
+            result = await runtime.writer.submit(work, hint=idempotency_key)
             break
         except IntegrityError:
             # A concurrent retry with the same Idempotency-Key committed first: answer with its id.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from services.capture import repository
 from services.capture.api import router
 from services.capture.forms import load_forms
 from services.capture.models import CaptureOutbox
@@ -20,7 +21,7 @@ class CaptureRuntime(ServiceRuntime):
         self.forms = load_forms(settings.forms_file)
         self.client_limit = RateLimit(settings.capture_rate_limit, "client address")
         self.form_limit = RateLimit(settings.capture_form_rate_limit, "form")
-        self.writer = GroupCommit(self.db)
+        self.writer = GroupCommit(self.db, prepare=repository.prefetch_idempotency_keys)
 
     async def stop(self) -> None:
         await self.writer.stop()

@@ -69,6 +69,44 @@ async def test_idempotent_retry_returns_same_event_and_stores_once(capture):
     assert other.headers["content-type"] == "application/problem+json"
 
 
+async def test_concurrent_idempotent_leads_share_one_key_lookup(capture):
+    """Leads that commit together look their Idempotency-Keys up in one query per
+    transaction; stored keys, new keys and keys repeated within the group all answer right."""
+    from sqlalchemy import event as sa_event
+
+    def lead(i: int) -> dict:
+        return DEMO | {"email": f"lead{i}@example.org"}
+
+    stored = {f"old-{i}": (await capture.post("/v1/leads", json=lead(i), headers={"Idempotency-Key": f"old-{i}"}))
+              .json()["event_id"] for i in range(5)}
+    lookups: list[str] = []
+
+    def count_lookups(conn, cursor, statement, *args) -> None:  # noqa: ANN001, ANN002
+        if statement.lstrip().upper().startswith("SELECT") and "capture_leads" in statement:
+            lookups.append(statement)
+
+    engine = capture.runtime.db.engine.sync_engine
+    sa_event.listen(engine, "before_cursor_execute", count_lookups)
+    try:
+        sent = ([(f"old-{i}", lead(i)) for i in range(5)] + [(f"new-{i % 10}", lead(100 + i % 10)) for i in range(20)]
+                + [(None, lead(200 + i)) for i in range(5)])
+        responses = await asyncio.gather(*(
+            capture.post("/v1/leads", json=body, headers={"Idempotency-Key": key} if key else {}) for key, body in sent
+        ))
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", count_lookups)
+    assert {r.status_code for r in responses} == {202}
+    ids = [r.json()["event_id"] for r in responses]
+    assert ids[:5] == [stored[f"old-{i}"] for i in range(5)]
+    for k in range(10):
+        assert len({event_id for (key, _), event_id in zip(sent, ids) if key == f"new-{k}"}) == 1
+    async with capture.runtime.db.reader() as s:
+        assert (await s.execute(select(func.count()).select_from(CaptureOutbox))).scalar_one() == 5 + 10 + 5
+    assert len(lookups) < len(sent) / 2, lookups  # one per group commit, not one per lead
+    reused = await capture.post("/v1/leads", json=lead(999), headers={"Idempotency-Key": "old-0"})
+    assert reused.status_code == 409
+
+
 BAD_INPUTS = [
     ({}, [("email", "missing")]),
     ({"email": "not-an-email"}, [("email", "value_error")]),
