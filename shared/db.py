@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import orjson
-from sqlalchemy import Table, event, insert, text
+from sqlalchemy import Column, Table, event, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -74,6 +74,25 @@ def stage_insert(session: AsyncSession, table: Table, row: dict) -> None:
 def staged_rows(session: AsyncSession, table: Table) -> list[dict]:
     """Rows queued by ``stage_insert`` in this unit of work and not yet written."""
     return session.info.get("bulk_inserts", {}).get(table, [])
+
+
+def _prefetch_slot(key_column: Column) -> str:
+    return f"prefetched:{key_column.table.name}.{key_column.name}"
+
+
+async def prefetch_rows(session: AsyncSession, key_column: Column, keys: Collection[str], *columns: Column) -> None:
+    """Look many rows up by a unique column at once (one query per 500 keys) for the rest of
+    the transaction: ``prefetched`` then answers ``key -> row`` (``None``: not stored)."""
+    known: dict[str, dict | None] = dict.fromkeys(keys)
+    for chunk in in_chunks(list(known)):
+        rows = await session.execute(select(key_column, *columns).where(key_column.in_(chunk)))
+        known |= {row[0]: dict(row._mapping) for row in rows}
+    session.info[_prefetch_slot(key_column)] = known
+
+
+def prefetched(session: AsyncSession, key_column: Column) -> dict[str, dict | None]:
+    """What ``prefetch_rows`` found in this transaction by ``key_column`` (empty if it did not run)."""
+    return session.info.get(_prefetch_slot(key_column), {})
 
 
 async def flush_inserts(session: AsyncSession) -> None:

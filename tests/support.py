@@ -9,8 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -193,3 +193,21 @@ async def read_until_ids(bootstrap: str, topic: str, ids: set[str], *, timeout: 
             break
         await asyncio.sleep(0.5)
     return events
+
+
+@contextmanager
+def selects_on(engine, table: str) -> Iterator[list[str]]:  # noqa: ANN001
+    """The SELECT statements reading ``table`` that ``engine`` (async) runs inside the block."""
+    from sqlalchemy import event as sa_event
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001, ANN002
+        if statement.lstrip().upper().startswith("SELECT") and table in statement:
+            seen.append(statement)
+
+    sa_event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa_event.remove(engine.sync_engine, "before_cursor_execute", record)

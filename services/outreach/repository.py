@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outreach.models import OutreachProspect, OutreachTouch, OutreachWebhookSecret
-from shared.db import in_chunks, stage_insert, staged_rows
+from shared.db import prefetch_rows, prefetched, stage_insert, staged_rows
 
 TOUCHES = OutreachTouch.__table__
 PROSPECTS = OutreachProspect.__table__
@@ -22,9 +22,9 @@ async def touch_event_ids_by_external_id(session: AsyncSession, external_ids: Co
     found = {
         row["external_id"]: row["event_id"] for row in staged_rows(session, TOUCHES) if row["external_id"] in external_ids
     }
-    prefetched: dict[str, str | None] = session.info.get(PREFETCHED, {})
-    unknown = [external_id for external_id in external_ids if external_id not in prefetched]
-    stored = {external_id: prefetched[external_id] for external_id in external_ids if prefetched.get(external_id)}
+    known = prefetched(session, TOUCHES.c.external_id)
+    unknown = [external_id for external_id in external_ids if external_id not in known]
+    stored = {external_id: known[external_id]["event_id"] for external_id in external_ids if known.get(external_id)}
     if unknown:
         rows = await session.execute(
             select(TOUCHES.c.external_id, TOUCHES.c.event_id).where(TOUCHES.c.external_id.in_(unknown))
@@ -33,19 +33,9 @@ async def touch_event_ids_by_external_id(session: AsyncSession, external_ids: Co
     return found | stored
 
 
-PREFETCHED = "touch_external_ids"
-
-
 async def prefetch_external_ids(session: AsyncSession, external_ids: Collection[str]) -> None:
-    """Look up a group commit's external ids in one query: later lookups in the same
-    transaction answer from it (``None``: not stored) and query only ids not asked here."""
-    known: dict[str, str | None] = dict.fromkeys(external_ids)
-    for chunk in in_chunks(list(known)):
-        rows = await session.execute(
-            select(TOUCHES.c.external_id, TOUCHES.c.event_id).where(TOUCHES.c.external_id.in_(chunk))
-        )
-        known |= dict(rows.all())
-    session.info[PREFETCHED] = known
+    """A group commit's external ids in one query; ``touch_event_ids_by_external_id`` answers from it."""
+    await prefetch_rows(session, TOUCHES.c.external_id, external_ids, TOUCHES.c.event_id)
 
 
 def add_touch(session: AsyncSession, **row) -> None:  # noqa: ANN003

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from services.capture.app import create_app
 from services.capture.models import CapturedLead, CaptureOutbox
 from shared.events import LEAD_CAPTURED, LEADS_CAPTURED
-from tests.support import eventually, read_topic, serve_app, make_settings
+from tests.support import eventually, make_settings, read_topic, selects_on, serve_app
 
 DEMO = {
     "email": "  Ada.Lovelace+demo@Analytical-Engines.co.uk ",
@@ -72,29 +72,17 @@ async def test_idempotent_retry_returns_same_event_and_stores_once(capture):
 async def test_concurrent_idempotent_leads_share_one_key_lookup(capture):
     """Leads that commit together look their Idempotency-Keys up in one query per
     transaction; stored keys, new keys and keys repeated within the group all answer right."""
-    from sqlalchemy import event as sa_event
-
     def lead(i: int) -> dict:
         return DEMO | {"email": f"lead{i}@example.org"}
 
     stored = {f"old-{i}": (await capture.post("/v1/leads", json=lead(i), headers={"Idempotency-Key": f"old-{i}"}))
               .json()["event_id"] for i in range(5)}
-    lookups: list[str] = []
-
-    def count_lookups(conn, cursor, statement, *args) -> None:  # noqa: ANN001, ANN002
-        if statement.lstrip().upper().startswith("SELECT") and "capture_leads" in statement:
-            lookups.append(statement)
-
-    engine = capture.runtime.db.engine.sync_engine
-    sa_event.listen(engine, "before_cursor_execute", count_lookups)
-    try:
+    with selects_on(capture.runtime.db.engine, "capture_leads") as lookups:
         sent = ([(f"old-{i}", lead(i)) for i in range(5)] + [(f"new-{i % 10}", lead(100 + i % 10)) for i in range(20)]
                 + [(None, lead(200 + i)) for i in range(5)])
         responses = await asyncio.gather(*(
             capture.post("/v1/leads", json=body, headers={"Idempotency-Key": key} if key else {}) for key, body in sent
         ))
-    finally:
-        sa_event.remove(engine, "before_cursor_execute", count_lookups)
     assert {r.status_code for r in responses} == {202}
     ids = [r.json()["event_id"] for r in responses]
     assert ids[:5] == [stored[f"old-{i}"] for i in range(5)]

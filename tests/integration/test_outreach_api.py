@@ -20,7 +20,7 @@ from shared.auth import hash_key, new_key
 from shared.db import Database
 from shared.events import OUTREACH_TOUCHES, PROSPECT_ADDED, TOUCH_RECORDED, parse_event
 from shared.store.models import PipelineApiKey
-from tests.support import ROOT, eventually, make_settings, read_raw, serve_app
+from tests.support import ROOT, eventually, make_settings, read_raw, selects_on, serve_app
 
 PROBLEM = "application/problem+json"
 
@@ -328,25 +328,13 @@ async def test_external_id_repeats_are_duplicates_even_concurrently(outreach):
 async def test_concurrent_touches_share_one_external_id_lookup_and_keep_idempotency(outreach):
     """Single touches that commit together look their external ids up in one query per
     transaction; stored ids, new ids and ids repeated within the group all answer right."""
-    from sqlalchemy import event as sa_event
-
     stored = [await outreach.post("/v1/touches", json=TOUCH | {"external_id": f"old-{i}"}) for i in range(5)]
     first_ids = {f"old-{i}": r.json()["event_id"] for i, r in enumerate(stored)}
-    lookups: list[str] = []
-
-    def count_lookups(conn, cursor, statement, *args) -> None:  # noqa: ANN001, ANN002
-        if statement.lstrip().upper().startswith("SELECT") and "outreach_touches" in statement:
-            lookups.append(statement)
-
-    engine = outreach.runtime.db.engine.sync_engine
-    sa_event.listen(engine, "before_cursor_execute", count_lookups)
-    try:
+    with selects_on(outreach.runtime.db.engine, "outreach_touches") as lookups:
         bodies = ([TOUCH | {"external_id": f"old-{i}"} for i in range(5)]
                   + [TOUCH | {"external_id": f"new-{i % 10}"} for i in range(20)]
                   + [TOUCH | {"external_id": None}] * 5)
         responses = await asyncio.gather(*(outreach.post("/v1/touches", json=b) for b in bodies))
-    finally:
-        sa_event.remove(engine, "before_cursor_execute", count_lookups)
     results = [(b["external_id"], r.status_code, r.json()["status"], r.json()["event_id"]) for b, r in zip(bodies, responses)]
     assert all(r[1:3] == (200, "duplicate") and r[3] == first_ids[r[0]] for r in results[:5])
     for k in range(10):
