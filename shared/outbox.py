@@ -5,6 +5,10 @@ relay publishes committed rows to Kafka in id order (so in order per key), marks
 published only after the broker acknowledged them, keeps them for a retention window
 and, when it finds a new broker cluster (the embedded broker keeps messages in memory
 and comes back empty), publishes the retained rows again. Consumers deduplicate by id.
+
+Right after such a restart the embedded broker can acknowledge a write and lose it (seen
+as a lead or two missing out of a hundred when the machine is busy), so what the relay
+publishes in the first seconds on a new cluster is published once more when they are over.
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ def stage_event(session: AsyncSession, outbox_model: type[OutboxMixin], event: C
 
 
 LINGER_S = 0.01
+# after a broker restart: rows published this soon are published again when it is over
+SETTLE_S = 3.0
+SETTLING = "#settling"
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
 
@@ -90,6 +97,7 @@ class OutboxRelay:
         self._stopping = False
         self._cluster_id: str | None = None
         self._cluster_checked_at = 0.0
+        self._settle_until = 0.0
         self._housekept = 0.0
         self._metrics_at = 0.0
         self.published = 0
@@ -124,6 +132,8 @@ class OutboxRelay:
                     # with a broker that started anew, and must go out again.
                     self._cluster_checked_at = 0.0
                     await self._check_cluster()
+                if self._settle_until and now >= self._settle_until:
+                    await self._end_settling()
                 sent = await self.publish_pending()
                 if now - self._housekept > 60.0:
                     await self._housekeep()
@@ -176,8 +186,23 @@ class OutboxRelay:
         if result.rowcount:
             OUTBOX_REPUBLISHED.labels(self.service).inc(result.rowcount)
             log.warning("new broker cluster: re-publishing retained events", cluster_id=cluster_id, rows=result.rowcount)
+        if result.rowcount or self._cluster_id is not None:  # a broker we had published to was replaced
+            self._settle_until = loop.time() + SETTLE_S
         self._cluster_id = cluster_id
         return cluster_id
+
+    async def _end_settling(self) -> None:
+        """Publish again what went out in the first seconds on a new cluster."""
+        async with self.db.unit_of_work() as session:
+            result = await session.execute(
+                update(self.model)
+                .where(self.model.published_cluster.like(f"%{SETTLING}"))
+                .values(published_at=None, published_cluster=None)
+            )
+        self._settle_until = 0.0
+        if result.rowcount:
+            OUTBOX_REPUBLISHED.labels(self.service).inc(result.rowcount)
+            log.info("new broker cluster settled: re-publishing what was sent while it started", rows=result.rowcount)
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows in id order; returns how many were published."""
@@ -203,7 +228,8 @@ class OutboxRelay:
             await session.execute(
                 update(m)
                 .where(m.id.in_(done))
-                .values(published_at=datetime.now(timezone.utc), published_cluster=cluster_id)
+                .values(published_at=datetime.now(timezone.utc),
+                        published_cluster=cluster_id + SETTLING if self._settle_until else cluster_id)
             )
         if len(done) < len(rows):
             # some sends failed: count the successes, then let the loop back off and retry the rest

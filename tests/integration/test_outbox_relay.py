@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import pytest
 from sqlalchemy import func, select
@@ -111,15 +111,24 @@ async def test_broker_down_keeps_rows_then_publishes_once_it_is_back(setup):
     await asyncio.sleep(3)
     assert await pending(db) == 50  # nothing marked published while the broker is away
     await broker.astart(settings)  # the embedded broker comes back empty, with a new cluster id
-    await eventually(lambda: _zero(db), timeout=40)
+    await eventually(lambda: _settled(db, broker.cluster_id, 70), timeout=40)
     records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=70, timeout=20, settle=1.0)
     import orjson
 
-    got = [orjson.loads(r.value)["id"] for r in records]
-    # the 20 published before the restart were lost with the old broker's memory and are re-published
-    assert len(got) == 70 and len(set(got)) == 70
+    got = Counter(orjson.loads(r.value)["id"] for r in records)
+    # the 20 published before the restart were lost with the old broker's memory and are re-published;
+    # what went out in the first seconds on the new broker is published once more (the broker can
+    # acknowledge and lose writes then): at least once, at most twice
+    assert len(got) == 70 and set(got.values()) <= {1, 2}
     assert set(later) <= set(got)
     assert relay.published >= 90
+
+
+async def _settled(db: Database, cluster_id: str, count: int) -> bool:
+    """Every row published and marked with ``cluster_id`` itself (the settling pass is over)."""
+    async with db.reader() as s:
+        marks = (await s.execute(select(CaptureOutbox.published_cluster))).scalars().all()
+    return len(marks) == count and set(marks) == {cluster_id}
 
 
 async def test_retention_keeps_published_rows_then_deletes_them(setup):
@@ -142,7 +151,9 @@ async def test_an_idle_relay_republishes_after_the_broker_starts_anew(setup):
     await eventually(lambda: _zero(db))
     broker.stop()
     await broker.astart(settings)  # empty; nothing new is written meanwhile
+    await eventually(lambda: _settled(db, broker.cluster_id, 20), timeout=40)
     records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=20, timeout=30, settle=0.5)
     import orjson
 
-    assert sorted(orjson.loads(r.value)["id"] for r in records) == sorted(ids)
+    got = Counter(orjson.loads(r.value)["id"] for r in records)
+    assert set(got) == set(ids) and set(got.values()) <= {1, 2}
