@@ -95,12 +95,21 @@ def prefetched(session: AsyncSession, key_column: Column) -> dict[str, dict | No
     return session.info.get(_prefetch_slot(key_column), {})
 
 
+def before_inserts(session: AsyncSession, name: str, write) -> None:  # noqa: ANN001
+    """Run ``await write(session)`` once when this unit of work commits, after the ORM flush
+    and before the staged inserts: rows written with Core that staged rows may refer to."""
+    session.info.setdefault("before_inserts", {})[name] = write
+
+
 async def flush_inserts(session: AsyncSession) -> None:
+    writes = session.info.pop("before_inserts", None)
     pending = session.info.pop("bulk_inserts", None)
-    if pending:
+    if writes or pending:
         await session.flush()  # ORM objects first: staged rows may refer to them
-        for table, rows in pending.items():
-            await session.execute(insert(table), rows)
+    for write in (writes or {}).values():
+        await write(session)
+    for table, rows in (pending or {}).items():
+        await session.execute(insert(table), rows)
 
 
 class Database:

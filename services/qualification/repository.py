@@ -7,20 +7,21 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
 
-from shared.db import in_chunks, stage_insert
+from shared.db import before_inserts, in_chunks, stage_insert
 from shared.store.models import Account, Contact, Opportunity, Score, StageChange, Touch
 
-# A batch of events is applied in one transaction with autoflush off: contacts, accounts and
-# opportunities are ORM objects flushed once at commit; the append-only rows (touches,
-# scores, stage changes) are queued as multi-row inserts (``stage_insert``). These
-# per-transaction caches keep what was added visible meanwhile, so nothing flushes mid-batch.
+# A batch of events is applied in one transaction. Contacts and accounts are read and written
+# with Core as plain records (no ORM identity map, attribute instrumentation or flush): the
+# batch writes every record it read back in one executemany UPDATE per table, and new
+# contacts in one INSERT, when the unit of work commits (``before_inserts``). The
+# append-only rows (touches, scores, stage changes, opportunities) are queued as multi-row
+# inserts (``stage_insert``). These per-transaction caches keep what was added visible
+# meanwhile, so nothing is written mid-batch.
 
 # What the timeline needs of a touch (not its payload: that is for the API's timeline view).
 _FACT_COLUMNS = (Touch.event_id, Touch.contact_id, Touch.motion, Touch.channel, Touch.campaign, Touch.form_id,
@@ -35,34 +36,93 @@ def _key(name: str) -> str:
     return f"qualification.{name}"
 
 
+class Record:
+    """A row of one table as a mutable object with the columns as attributes.
+
+    ``new``: not stored yet (written with an INSERT at commit); otherwise every record read in
+    the transaction is written back with one UPDATE per table. ``entering``: a contact whose
+    entry stage change is still to be recorded (by its first re-qualification).
+    """
+
+    __slots__ = ("new", "entering")
+    table: Table
+    columns: tuple[str, ...]
+
+    def __init__(self, new: bool = False, **values: Any) -> None:
+        self.new, self.entering = new, False
+        for name in self.columns:
+            setattr(self, name, values.get(name))
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.columns}
+
+
+def _record_class(table: Table) -> type[Record]:
+    columns = tuple(c.key for c in table.columns)
+    return type(f"{table.name.title()}Record", (Record,), {"__slots__": columns, "table": table, "columns": columns})
+
+
+ContactRecord = _record_class(Contact.__table__)
+AccountRecord = _record_class(Account.__table__)
+
 # Contacts are read FOR UPDATE (row locks on PostgreSQL; SQLite's one writer already holds
-# the database), so the batch may write every column qualification owns back in one
-# executemany: the ORM groups UPDATEs only when they set the same columns, and per-event
-# changes differ (a score here, a stage there), which cost one statement per contact.
+# the database), so the batch may write every column qualification owns back at once.
 _FIXED = {"id", "email", "email_as_typed", "created_at"}
-_UNIFORM = tuple(c.key for c in Contact.__table__.columns if c.key not in _FIXED)
+_CONTACT_UPDATE = tuple(c for c in ContactRecord.columns if c not in _FIXED)
+_ACCOUNT_UPDATE = ("company", "industry", "employees", "country", "website", "firmographics", "updated_at")
 # stages whose latest entry time qualification reads (a nurtured contact re-qualifies on what came after)
 _WATCHED_ENTRIES = ("nurture",)
+_CONTACTS = Contact.__table__
+_ACCOUNTS = Account.__table__
 
 
 def _contacts_for_update(condition):  # noqa: ANN001, ANN202
-    return select(Contact).where(condition).order_by(Contact.email).with_for_update()
+    return select(_CONTACTS).where(condition).order_by(_CONTACTS.c.email).with_for_update()
 
 
-@event.listens_for(Session, "before_flush")
-def _uniform_contact_updates(session: Session, _context, _instances) -> None:  # noqa: ANN001
-    if not session.info.get(_key("contacts")):  # only sessions that read contacts FOR UPDATE
-        return
-    for obj in session.dirty:
-        if isinstance(obj, Contact):
-            for key in _UNIFORM:
-                flag_modified(obj, key)
+def _contact(row: Any) -> ContactRecord:
+    return ContactRecord(**row._mapping)
 
 
-async def contact_by_email(session: AsyncSession, email: str) -> Contact | None:
+def _held(session: AsyncSession) -> dict[str, Record]:
+    """Every record of this transaction by (table, key), written back at commit."""
+    held = session.info.get(_key("held"))
+    if held is None:
+        held = session.info[_key("held")] = {}
+        before_inserts(session, _key("records"), _write_records)
+    return held
+
+
+def _hold(session: AsyncSession, record: Record | None) -> Record | None:
+    if record is not None:
+        key = (record.table.name, record.id if isinstance(record, ContactRecord) else record.domain)
+        return _held(session).setdefault(key, record)  # one record per row in a transaction
+    return None
+
+
+async def _write_records(session: AsyncSession) -> None:
+    """Before the staged inserts (which refer to contacts): new contacts in one INSERT, the
+    contacts and accounts read in one executemany UPDATE each."""
+    held = session.info.pop(_key("held"), {})
+    new_contacts = [r.values() for r in held.values() if isinstance(r, ContactRecord) and r.new]
+    if new_contacts:
+        await session.execute(insert(_CONTACTS), new_contacts)
+    for table, cls, key, columns in ((_CONTACTS, ContactRecord, "id", _CONTACT_UPDATE),
+                                     (_ACCOUNTS, AccountRecord, "domain", _ACCOUNT_UPDATE)):
+        rows = [{"_key": getattr(r, key), **{c: getattr(r, c) for c in columns}}
+                for r in held.values() if isinstance(r, cls) and not r.new]
+        if rows:
+            # executemany: the SET clause is every key of the rows but ``_key``
+            await session.execute(update(table).where(table.c[key] == bindparam("_key")), rows)
+    for record in held.values():
+        record.new = False
+
+
+async def contact_by_email(session: AsyncSession, email: str) -> ContactRecord | None:
     cache = _cache(session, "contacts")
     if email not in cache:
-        cache[email] = (await session.execute(_contacts_for_update(Contact.email == email))).scalar_one_or_none()
+        row = (await session.execute(_contacts_for_update(_CONTACTS.c.email == email))).first()
+        cache[email] = _hold(session, _contact(row) if row is not None else None)
     return cache[email]
 
 
@@ -72,7 +132,9 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     wanted = sorted(e for e in emails if e not in contacts)
     ids: list[str] = []
     for chunk in in_chunks(wanted):
-        found = {c.email: c for c in (await session.execute(_contacts_for_update(Contact.email.in_(chunk)))).scalars()}
+        found = {r.email: r for r in map(_contact, await session.execute(_contacts_for_update(_CONTACTS.c.email.in_(chunk))))}
+        for record in found.values():
+            _hold(session, record)
         for email in chunk:
             contacts[email] = found.get(email)
         ids += [c.id for c in found.values()]
@@ -109,36 +171,40 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     accounts = _cache(session, "accounts")
     domains = sorted(d for d in domains if d not in accounts)
     for chunk in in_chunks(domains):
-        found = {a.domain: a for a in (await session.execute(select(Account).where(Account.domain.in_(chunk)))).scalars()}
+        found = {r.domain: r for r in (AccountRecord(**row._mapping) for row in
+                                        await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain.in_(chunk))))}
         for domain in chunk:
-            accounts[domain] = found.get(domain)  # held here: the identity map only keeps weak references
+            accounts[domain] = _hold(session, found.get(domain))
 
 
-def add_contact(session: AsyncSession, contact: Contact) -> None:
-    session.add(contact)
+def add_contact(session: AsyncSession, contact: ContactRecord) -> None:
+    contact.new = True
+    _hold(session, contact)
     _cache(session, "contacts")[contact.email] = contact
     _cache(session, "timelines")[contact.id] = []
     _cache(session, "opportunities")[contact.id] = None  # a new contact has none yet
 
 
-async def contact_by_id(session: AsyncSession, contact_id: str, *, lock: bool = False) -> Contact | None:
+async def contact_by_id(session: AsyncSession, contact_id: str, *, lock: bool = False) -> ContactRecord | None:
     """The contact; ``lock`` reads it FOR UPDATE (a re-score then waits for a worker's batch
-    holding it, and a worker for the re-score: neither overwrites the other)."""
-    if not lock:
-        return await session.get(Contact, contact_id)
-    return (await session.execute(
-        select(Contact).where(Contact.id == contact_id).with_for_update().execution_options(populate_existing=True)
-    )).scalar_one_or_none()
+    holding it, and a worker for the re-score: neither overwrites the other) and writes it
+    back when the unit of work commits."""
+    query = select(_CONTACTS).where(_CONTACTS.c.id == contact_id)
+    row = (await session.execute(query.with_for_update() if lock else query)).first()
+    if row is None:
+        return None
+    return _hold(session, _contact(row)) if lock else _contact(row)
 
 
-async def account_by_domain(session: AsyncSession, domain: str) -> Account | None:
+async def account_by_domain(session: AsyncSession, domain: str) -> AccountRecord | None:
     accounts = _cache(session, "accounts")
     if accounts.get(domain) is None:
-        accounts[domain] = await session.get(Account, domain)
+        row = (await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain == domain))).first()
+        accounts[domain] = _hold(session, AccountRecord(**row._mapping)) if row is not None else None
     return accounts[domain]
 
 
-async def ensure_account(session: AsyncSession, domain: str, at: datetime) -> Account:
+async def ensure_account(session: AsyncSession, domain: str, at: datetime) -> AccountRecord:
     """The account of ``domain``, created if missing.
 
     Contacts of one company sit on different partitions, so two workers may create the
@@ -154,10 +220,9 @@ async def ensure_account(session: AsyncSession, domain: str, at: datetime) -> Ac
     elif dialect == "sqlite":
         await session.execute(sqlite_insert(Account).values(**values).on_conflict_do_nothing(index_elements=["domain"]))
     else:  # pragma: no cover - the two supported backends are above
-        session.add(Account(**values))
-        await session.flush()
-    account = _cache(session, "accounts")[domain] = await session.get(Account, domain)
-    return account
+        await session.execute(insert(Account).values(**values))
+    _cache(session, "accounts").pop(domain, None)
+    return await account_by_domain(session, domain)
 
 
 async def timeline(session: AsyncSession, contact_id: str) -> list[Any]:
@@ -201,9 +266,13 @@ async def opportunity_of(session: AsyncSession, contact_id: str) -> str | None:
     return cache[contact_id]
 
 
-def add_opportunity(session: AsyncSession, opportunity: Opportunity) -> None:
-    session.add(opportunity)
-    _cache(session, "opportunities")[opportunity.contact_id] = opportunity.id
+# every column, so the opportunities of a batch go as one multi-row INSERT (same keys in each row)
+_OPPORTUNITY_FIELDS = {c.key: None for c in Opportunity.__table__.columns} | {"currency": "USD"}
+
+
+def add_opportunity(session: AsyncSession, row: dict[str, Any]) -> None:
+    stage_insert(session, Opportunity.__table__, _OPPORTUNITY_FIELDS | row)
+    _cache(session, "opportunities")[row["contact_id"]] = row["id"]
 
 
 async def contact_ids(session: AsyncSession, after: str | None, limit: int) -> list[str]:

@@ -36,7 +36,8 @@ from shared.events import (
     make_event,
 )
 from shared.outbox import stage_event
-from shared.store.models import Contact, Opportunity, PipelineOutbox, Touch
+from services.qualification.repository import ContactRecord as Contact
+from shared.store.models import PipelineOutbox, Touch
 
 SOURCE = "/leadstream/qualification"
 CHANGED_BY = "qualification"
@@ -162,14 +163,14 @@ async def _resolve(session: AsyncSession, raw_email: str, at: datetime, *, motio
     contact = await repository.contact_by_email(session, email)
     if contact is not None:
         return contact
-    contact = Contact(
+    contact = repository.ContactRecord(
         id=derived_id("contact", email), email=email, email_as_typed=raw_email.strip()[:320],
         stage=stages.entry_stage(motion), motion=motion, email_invalid=False, unsubscribed=False, firmographics={},
         fit_score=0.0, fit_reasons=[], engagement_score=0.0, engagement_reasons=[],
         created_at=at, updated_at=at, last_activity_at=at,
     )
     repository.add_contact(session, contact)
-    contact._leadstream_new = True  # noqa: SLF001 - requalify records the entry stage change
+    contact.entering = True  # requalify records the entry stage change
     return contact
 
 
@@ -273,8 +274,7 @@ async def requalify(session: AsyncSession, q: Qualifier, contact: Contact, *, ca
     facts = _facts(timeline)
     real = {t.event_id for t in timeline if t.channel is not None}
     account_values = await _account_values(session, contact)
-    new = getattr(contact, "_leadstream_new", False)
-    contact._leadstream_new = False  # noqa: SLF001
+    new, contact.entering = contact.entering, False
     since = await repository.entered_stage_at(session, contact.id, "nurture") if contact.stage == "nurture" else None
     # decay up to the latest fact known: the result does not depend on arrival order
     as_of = max(at, facts[-1].occurred_at) if facts else at
@@ -415,7 +415,7 @@ async def _qualify(session: AsyncSession, contact: Contact, result: Evaluation, 
         qualified_at=at, caused_by=caused_by,
     )
     first, last = result.first, result.last
-    repository.add_opportunity(session, Opportunity(
+    repository.add_opportunity(session, dict(
         id=opportunity_id, contact_id=contact.id, account_domain=contact.account_domain, stage="sql",
         motion=result.motion, owner=contact.owner,
         first_touch_motion=first.motion if first else None, first_touch_channel=first.channel if first else None,
