@@ -6,11 +6,12 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
+from operator import itemgetter
 from pathlib import Path
 from typing import TypeVar
 
 import orjson
-from sqlalchemy import Column, Table, event, insert, select, text
+from sqlalchemy import Column, Table, bindparam, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -109,7 +110,68 @@ async def flush_inserts(session: AsyncSession) -> None:
     for write in (writes or {}).values():
         await write(session)
     for table, rows in (pending or {}).items():
-        await session.execute(insert(table), rows)
+        await insert_many(session, table, rows)
+
+
+_PLANS: dict[tuple, tuple | None] = {}
+
+
+def _plan(dialect, kind: str, table: Table, keys: tuple[str, ...], statement):  # noqa: ANN001, ANN202
+    """``statement`` (an INSERT or UPDATE of ``table`` with parameters ``keys``) compiled once
+    for ``dialect``: the driver's SQL, a getter of the parameters in order, and the types' bind
+    processors by position. ``None`` when SQLAlchemy must build the parameters itself
+    (Python-side column defaults, a named paramstyle, escaped names)."""
+    slot = (dialect.name, dialect.driver, kind, table, keys)
+    if slot not in _PLANS:
+        compiled = statement().compile(dialect=dialect, column_keys=list(keys))
+        prefetch = getattr(compiled, "insert_prefetch", None) or getattr(compiled, "update_prefetch", None)
+        if prefetch or compiled.escaped_bind_names or not compiled.positional \
+                or set(compiled.positiontup) != set(keys):
+            _PLANS[slot] = None
+        else:
+            processors = compiled._bind_processors  # noqa: SLF001 - the types' own converters
+            order = tuple(compiled.positiontup)
+            converters = tuple((i, processors[k]) for i, k in enumerate(order) if processors.get(k) is not None)
+            get = itemgetter(*order) if len(order) > 1 else (lambda row, k=order[0]: (row[k],))
+            _PLANS[slot] = (compiled.string, get, converters)
+    return _PLANS[slot]
+
+
+async def _execute_many(session: AsyncSession, kind: str, table: Table, rows: list[dict], statement) -> None:  # noqa: ANN001
+    connection = await session.connection()
+    plan = _plan(connection.dialect, kind, table, tuple(rows[0]), statement)
+    if plan is None:
+        await session.execute(statement(), rows)
+        return
+    sql, get, converters = plan
+    if converters:
+        values = []
+        for row in rows:
+            value = list(get(row))
+            for i, convert in converters:
+                value[i] = convert(value[i])
+            values.append(tuple(value))
+    else:
+        values = [get(row) for row in rows]
+    await connection.exec_driver_sql(sql, values)
+
+
+async def insert_many(session: AsyncSession, table: Table, rows: list[dict]) -> None:
+    """One executemany INSERT of ``rows`` (dicts with the same keys) into ``table``.
+
+    The parameters go to the driver as tuples converted by the column types' own bind
+    processors: the same values SQLAlchemy would send, without building its per-row
+    parameter dictionaries (the largest cost of bulk writes on hot paths)."""
+    if rows:
+        await _execute_many(session, "insert", table, rows, lambda: insert(table))
+
+
+async def update_many(session: AsyncSession, table: Table, key: str, rows: list[dict]) -> None:
+    """One executemany UPDATE of ``table``: each row sets its other keys where the column
+    ``key`` equals the row's ``"_key"`` (as ``insert_many``, without per-row dictionaries)."""
+    if rows:
+        await _execute_many(session, "update", table, rows,
+                            lambda: update(table).where(table.c[key] == bindparam("_key")))
 
 
 class Database:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import before_inserts, in_chunks, stage_insert
+from services.qualification.domain import attribution
+from shared.db import before_inserts, in_chunks, insert_many, stage_insert, update_many
 from shared.store.models import Account, Contact, Opportunity, Score, StageChange, Touch
 
 # A batch of events is applied in one transaction. Contacts and accounts are read and written
@@ -24,8 +26,41 @@ from shared.store.models import Account, Contact, Opportunity, Score, StageChang
 # meanwhile, so nothing is written mid-batch.
 
 # What the timeline needs of a touch (not its payload: that is for the API's timeline view).
-_FACT_COLUMNS = (Touch.event_id, Touch.contact_id, Touch.motion, Touch.channel, Touch.campaign, Touch.form_id,
-                 Touch.form_type, Touch.sequence, Touch.outcome, Touch.occurred_at)
+# Core columns: rows without the ORM's loading machinery.
+_FACT_COLUMNS = tuple(Touch.__table__.c[name] for name in (
+    "event_id", "contact_id", "motion", "channel", "campaign", "form_id", "form_type", "sequence", "outcome",
+    "occurred_at"))
+
+
+class Timeline:
+    """A contact's facts as the domain reads them (stored, and added in this transaction), in
+    time order, and the ids of those that are real touches (with a channel: a prospect
+    record has none)."""
+
+    __slots__ = ("facts", "real")
+
+    def __init__(self) -> None:
+        self.facts: list[attribution.Touch] = []
+        self.real: set[str] = set()
+
+    def add(self, row: Any) -> None:
+        at = row.occurred_at
+        fact = attribution.Touch(
+            motion=row.motion, channel=row.channel or "other", occurred_at=at.replace(tzinfo=timezone.utc)
+            if at.tzinfo is None else at.astimezone(timezone.utc), campaign=row.campaign, form_id=row.form_id,
+            form_type=row.form_type, sequence=row.sequence, event_id=row.event_id, outcome=row.outcome,
+        )
+        if row.channel is not None:
+            self.real.add(row.event_id)
+        facts = self.facts
+        if not facts or (facts[-1].occurred_at, facts[-1].event_id) <= (fact.occurred_at, fact.event_id):
+            facts.append(fact)
+        else:
+            bisect.insort(facts, fact, key=_fact_order)
+
+
+def _fact_order(fact: attribution.Touch) -> tuple:
+    return fact.occurred_at, fact.event_id
 
 
 def _cache(session: AsyncSession, name: str) -> dict:
@@ -52,6 +87,15 @@ class Record:
         self.new, self.entering = new, False
         for name in self.columns:
             setattr(self, name, values.get(name))
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Record":
+        """From a row of ``select(table)`` (its columns in table order)."""
+        record = cls.__new__(cls)
+        record.new, record.entering = False, False
+        for name, value in zip(cls.columns, row):
+            setattr(record, name, value)
+        return record
 
     def values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.columns}
@@ -80,8 +124,7 @@ def _contacts_for_update(condition):  # noqa: ANN001, ANN202
     return select(_CONTACTS).where(condition).order_by(_CONTACTS.c.email).with_for_update()
 
 
-def _contact(row: Any) -> ContactRecord:
-    return ContactRecord(**row._mapping)
+_contact = ContactRecord.from_row
 
 
 def _held(session: AsyncSession) -> dict[str, Record]:
@@ -106,14 +149,13 @@ async def _write_records(session: AsyncSession) -> None:
     held = session.info.pop(_key("held"), {})
     new_contacts = [r.values() for r in held.values() if isinstance(r, ContactRecord) and r.new]
     if new_contacts:
-        await session.execute(insert(_CONTACTS), new_contacts)
+        await insert_many(session, _CONTACTS, new_contacts)
     for table, cls, key, columns in ((_CONTACTS, ContactRecord, "id", _CONTACT_UPDATE),
                                      (_ACCOUNTS, AccountRecord, "domain", _ACCOUNT_UPDATE)):
         rows = [{"_key": getattr(r, key), **{c: getattr(r, c) for c in columns}}
                 for r in held.values() if isinstance(r, cls) and not r.new]
         if rows:
-            # executemany: the SET clause is every key of the rows but ``_key``
-            await session.execute(update(table).where(table.c[key] == bindparam("_key")), rows)
+            await update_many(session, table, key, rows)
     for record in held.values():
         record.new = False
 
@@ -132,7 +174,7 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     wanted = sorted(e for e in emails if e not in contacts)
     ids: list[str] = []
     for chunk in in_chunks(wanted):
-        found = {r.email: r for r in map(_contact, await session.execute(_contacts_for_update(_CONTACTS.c.email.in_(chunk))))}
+        found = {r.email: r for r in map(_contact, (await session.execute(_contacts_for_update(_CONTACTS.c.email.in_(chunk)))).all())}
         for record in found.values():
             _hold(session, record)
         for email in chunk:
@@ -142,12 +184,12 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     ids = [i for i in ids if i not in timelines]
     for chunk in in_chunks(ids):
         for contact_id in chunk:
-            timelines[contact_id] = []
+            timelines[contact_id] = Timeline()
         rows = await session.execute(
-            select(*_FACT_COLUMNS).where(Touch.contact_id.in_(chunk)).order_by(Touch.occurred_at, Touch.event_id)
+            select(*_FACT_COLUMNS).where(_FACT_COLUMNS[1].in_(chunk)).order_by(_FACT_COLUMNS[-1], _FACT_COLUMNS[0])
         )
-        for touch in rows:
-            timelines[touch.contact_id].append(touch)
+        for touch in rows.all():
+            timelines[touch.contact_id].add(touch)
         opportunities = _cache(session, "opportunities")
         rows = await session.execute(
             select(Opportunity.contact_id, Opportunity.id).where(Opportunity.contact_id.in_(chunk))
@@ -171,8 +213,8 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     accounts = _cache(session, "accounts")
     domains = sorted(d for d in domains if d not in accounts)
     for chunk in in_chunks(domains):
-        found = {r.domain: r for r in (AccountRecord(**row._mapping) for row in
-                                        await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain.in_(chunk))))}
+        found = {r.domain: r for r in (AccountRecord.from_row(row) for row in
+                                        (await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain.in_(chunk)))).all())}
         for domain in chunk:
             accounts[domain] = _hold(session, found.get(domain))
 
@@ -181,7 +223,7 @@ def add_contact(session: AsyncSession, contact: ContactRecord) -> None:
     contact.new = True
     _hold(session, contact)
     _cache(session, "contacts")[contact.email] = contact
-    _cache(session, "timelines")[contact.id] = []
+    _cache(session, "timelines")[contact.id] = Timeline()
     _cache(session, "opportunities")[contact.id] = None  # a new contact has none yet
 
 
@@ -200,7 +242,7 @@ async def account_by_domain(session: AsyncSession, domain: str) -> AccountRecord
     accounts = _cache(session, "accounts")
     if accounts.get(domain) is None:
         row = (await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain == domain))).first()
-        accounts[domain] = _hold(session, AccountRecord(**row._mapping)) if row is not None else None
+        accounts[domain] = _hold(session, AccountRecord.from_row(row)) if row is not None else None
     return accounts[domain]
 
 
@@ -225,21 +267,22 @@ async def ensure_account(session: AsyncSession, domain: str, at: datetime) -> Ac
     return await account_by_domain(session, domain)
 
 
-async def timeline(session: AsyncSession, contact_id: str) -> list[Any]:
+async def timeline(session: AsyncSession, contact_id: str) -> Timeline:
     """Every fact about a contact (stored, and added in this transaction), without payloads."""
     cache = _cache(session, "timelines")
     if contact_id not in cache:
         rows = await session.execute(
-            select(*_FACT_COLUMNS).where(Touch.contact_id == contact_id).order_by(Touch.occurred_at, Touch.event_id)
+            select(*_FACT_COLUMNS).where(_FACT_COLUMNS[1] == contact_id).order_by(_FACT_COLUMNS[-1], _FACT_COLUMNS[0])
         )
-        cache[contact_id] = list(rows)
+        found = cache[contact_id] = Timeline()
+        for row in rows.all():
+            found.add(row)
     return cache[contact_id]
 
 
 async def add_touch(session: AsyncSession, row: dict[str, Any]) -> None:
     """Queue the touch's insert and add it to the contact's timeline."""
-    facts = await timeline(session, row["contact_id"])
-    facts.append(SimpleNamespace(**{c.key: row.get(c.key) for c in _FACT_COLUMNS}))
+    (await timeline(session, row["contact_id"])).add(SimpleNamespace(**{c.key: row.get(c.key) for c in _FACT_COLUMNS}))
     stage_insert(session, Touch.__table__, row)
 
 

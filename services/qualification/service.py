@@ -224,16 +224,6 @@ class Evaluation:
     last: attribution.Touch | None
 
 
-def _facts(timeline: list[Touch]) -> list[attribution.Touch]:
-    return [
-        attribution.Touch(
-            motion=t.motion, channel=t.channel or "other", occurred_at=utc(t.occurred_at), campaign=t.campaign,
-            form_id=t.form_id, form_type=t.form_type, sequence=t.sequence, event_id=t.event_id, outcome=t.outcome,
-        )
-        for t in sorted(timeline, key=lambda t: (utc(t.occurred_at), t.event_id))
-    ]
-
-
 def _attribute(facts: list[attribution.Touch], real: set[str], qualified_at: datetime | None):
     """Motion, first touch, last touch before qualification. A prospect record (no channel)
     counts for the motion, and for first/last touch only when no real touch exists."""
@@ -271,8 +261,7 @@ async def requalify(session: AsyncSession, q: Qualifier, contact: Contact, *, ca
     """Re-evaluate the contact after a fact and apply what follows (score, stages, opportunity)."""
     policies = q.policies
     timeline = await repository.timeline(session, contact.id)
-    facts = _facts(timeline)
-    real = {t.event_id for t in timeline if t.channel is not None}
+    facts, real = timeline.facts, timeline.real
     account_values = await _account_values(session, contact)
     new, contact.entering = contact.entering, False
     since = await repository.entered_stage_at(session, contact.id, "nurture") if contact.stage == "nurture" else None
@@ -496,10 +485,9 @@ def forward_steps(current: str, target: str) -> tuple[str, ...]:
 async def rescore_contact(session: AsyncSession, policies: PolicySet, contact: Contact, report: RescoreReport,
                           apply: bool) -> None:
     timeline = await repository.timeline(session, contact.id)
-    if not timeline:
+    if not timeline.facts:
         return
-    facts = _facts(timeline)
-    real = {t.event_id for t in timeline if t.channel is not None}
+    facts, real = list(timeline.facts), timeline.real
     account_values = await _account_values(session, contact)
     result, target, reached_at = replay_timeline(policies, contact, account_values, facts, real)
     # attribution stays as it is for contacts already qualified

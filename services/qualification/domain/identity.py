@@ -80,8 +80,13 @@ def registrable_domain(host_or_url: str | None) -> str | None:
     text = host_or_url.strip().lower()
     if "@" in text and "://" not in text:
         text = text.rpartition("@")[2]
-    found = _extractor()(text).top_domain_under_public_suffix
-    return found or None
+    return _registrable(text)
+
+
+@lru_cache(maxsize=65_536)
+def _registrable(text: str) -> str | None:
+    # every event asks for its contact's domain, and contacts of one company share it
+    return _extractor()(text).top_domain_under_public_suffix or None
 
 
 def is_free_mail(domain: str) -> bool:

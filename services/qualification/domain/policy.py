@@ -205,6 +205,9 @@ class PolicySet(_Strict):
     # (dimension, value) → the fit rule it matches: titles and industries repeat across
     # contacts and every event re-scores its contact (bounded; see scoring.fit_score)
     _fit_matches: dict = PrivateAttr(default_factory=dict)
+    # (profile, email domain) → the fit score: a touch does not change who the contact is,
+    # so most events score a profile seen before (bounded; see scoring.fit_score)
+    _fit_scores: dict = PrivateAttr(default_factory=dict)
 
     def for_motion(self, motion: str) -> MotionPolicy:
         """The policy of ``inbound`` or ``outbound``."""

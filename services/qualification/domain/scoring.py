@@ -111,8 +111,22 @@ def fit_score(firmographics: Mapping[str, Any], email: str, policy: PolicySet) -
     …}}``). One rule per dimension counts (the most specific match); a free-mail address
     costs ``free_mail_penalty``. Rules worth 0 points are not listed as reasons.
     """
-    rules = policy.fit
     values = firmographic_values(dict(firmographics))
+    try:
+        key = (tuple(values.get(name) for name in FIRMOGRAPHIC_FIELDS), email_domain(email))
+        memo = policy._fit_scores  # noqa: SLF001 - the policy's own memo
+        found = memo.get(key)
+    except TypeError:  # an unhashable custom value: score it without the memo
+        return _fit_score(values, email, policy)
+    if found is None:
+        if len(memo) > _MATCH_MEMO:
+            memo.clear()
+        found = memo[key] = _fit_score(values, email, policy)
+    return found
+
+
+def _fit_score(values: Mapping[str, Any], email: str, policy: PolicySet) -> FitScore:
+    rules = policy.fit
     reasons: list[Reason] = []
 
     def add(rule: str, points: int) -> None:
