@@ -74,17 +74,19 @@ def _key(name: str) -> str:
 class Record:
     """A row of one table as a mutable object with the columns as attributes.
 
-    ``new``: not stored yet (written with an INSERT at commit); otherwise every record read in
-    the transaction is written back with one UPDATE per table. ``entering``: a contact whose
+    ``new``: not stored yet (written with an INSERT at commit); otherwise the records read in
+    the transaction that changed are written back with one UPDATE per table, of the columns
+    that changed. A JSON value counts as changed when another object is assigned: assign
+    new values, never change a loaded dict or list in place. ``entering``: a contact whose
     entry stage change is still to be recorded (by its first re-qualification).
     """
 
-    __slots__ = ("new", "entering")
+    __slots__ = ("new", "entering", "loaded")
     table: Table
     columns: tuple[str, ...]
 
     def __init__(self, new: bool = False, **values: Any) -> None:
-        self.new, self.entering = new, False
+        self.new, self.entering, self.loaded = new, False, None
         for name in self.columns:
             setattr(self, name, values.get(name))
 
@@ -92,10 +94,20 @@ class Record:
     def from_row(cls, row: Any) -> "Record":
         """From a row of ``select(table)`` (its columns in table order)."""
         record = cls.__new__(cls)
-        record.new, record.entering = False, False
+        record.new, record.entering, record.loaded = False, False, tuple(row)
         for name, value in zip(cls.columns, row):
             setattr(record, name, value)
         return record
+
+    def changed(self, updatable: frozenset[str], by_identity: frozenset[str]) -> list[str]:
+        """The ``updatable`` columns whose value differs from the one loaded."""
+        out = []
+        for name, old in zip(self.columns, self.loaded):
+            if name in updatable:
+                value = getattr(self, name)
+                if value is not old and (name in by_identity or value != old):
+                    out.append(name)
+        return out
 
     def values(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.columns}
@@ -110,10 +122,13 @@ ContactRecord = _record_class(Contact.__table__)
 AccountRecord = _record_class(Account.__table__)
 
 # Contacts are read FOR UPDATE (row locks on PostgreSQL; SQLite's one writer already holds
-# the database), so the batch may write every column qualification owns back at once.
+# the database), so the batch may write back the columns that changed in any of them at
+# once (one statement; columns nobody changed, often indexed ones, are left alone).
 _FIXED = {"id", "email", "email_as_typed", "created_at"}
-_CONTACT_UPDATE = tuple(c for c in ContactRecord.columns if c not in _FIXED)
-_ACCOUNT_UPDATE = ("company", "industry", "employees", "country", "website", "firmographics", "updated_at")
+_CONTACT_UPDATE = frozenset(c for c in ContactRecord.columns if c not in _FIXED)
+_ACCOUNT_UPDATE = frozenset(("company", "industry", "employees", "country", "website", "firmographics",
+                             "updated_at"))
+_JSON = frozenset(("firmographics", "fit_reasons", "engagement_reasons"))
 # stages whose latest entry time qualification reads (a nurtured contact re-qualifies on what came after)
 _WATCHED_ENTRIES = ("nurture",)
 _CONTACTS = Contact.__table__
@@ -145,15 +160,22 @@ def _hold(session: AsyncSession, record: Record | None) -> Record | None:
 
 async def _write_records(session: AsyncSession) -> None:
     """Before the staged inserts (which refer to contacts): new contacts in one INSERT, the
-    contacts and accounts read in one executemany UPDATE each."""
+    contacts and accounts read and changed in one executemany UPDATE per table."""
     held = session.info.pop(_key("held"), {})
     new_contacts = [r.values() for r in held.values() if isinstance(r, ContactRecord) and r.new]
     if new_contacts:
         await insert_many(session, _CONTACTS, new_contacts)
-    for table, cls, key, columns in ((_CONTACTS, ContactRecord, "id", _CONTACT_UPDATE),
-                                     (_ACCOUNTS, AccountRecord, "domain", _ACCOUNT_UPDATE)):
-        rows = [{"_key": getattr(r, key), **{c: getattr(r, c) for c in columns}}
-                for r in held.values() if isinstance(r, cls) and not r.new]
+    for table, cls, key, updatable in ((_CONTACTS, ContactRecord, "id", _CONTACT_UPDATE),
+                                       (_ACCOUNTS, AccountRecord, "domain", _ACCOUNT_UPDATE)):
+        dirty, columns = [], set()
+        for record in held.values():
+            if isinstance(record, cls) and not record.new:
+                changed = record.changed(updatable, _JSON)
+                if changed:
+                    dirty.append(record)
+                    columns.update(changed)
+        ordered = [c for c in cls.columns if c in columns]
+        rows = [{"_key": getattr(r, key), **{c: getattr(r, c) for c in ordered}} for r in dirty]
         if rows:
             await update_many(session, table, key, rows)
     for record in held.values():
