@@ -351,7 +351,8 @@ def _set_touch(contact: Contact, which: str, touch: attribution.Touch | None) ->
 def _record_stage_change(session: AsyncSession, contact: Contact, from_stage: str | None, to_stage: str,
                          version: str, cause: str, at: datetime, opportunity_id: str | None, *, reason: str) -> None:
     event_id = derived_id("stage.changed", contact.id, cause, from_stage or "", to_stage)
-    data = StageChanged(
+    # every value comes from the stage machine and the store: construct without re-validating
+    data = StageChanged.model_construct(
         contact_id=contact.id, email=contact.email, opportunity_id=opportunity_id, from_stage=from_stage,
         to_stage=to_stage, reason=reason, changed_by=CHANGED_BY, policy_version=version,
         cause_event_id=None if cause.startswith("rescore:") else cause, changed_at=at,
