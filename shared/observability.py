@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -80,3 +81,19 @@ class MetricsMiddleware:
             template = getattr(route, "path", "unmatched")
             HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).inc()
             HTTP_LATENCY.labels(self.service, template).observe(time.perf_counter() - start)
+
+
+# Objects allocated between two collections of the youngest generation (CPython's default 700).
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Once a service has started: move what start-up built (the app, its schemas, the ORM's
+    metadata, policies, the Public Suffix List) out of the cyclic collector's reach, and collect
+    young objects less often. Every event allocates thousands of short-lived objects; with the
+    defaults each full collection walked the whole start-up heap again. Measured on one
+    qualification worker: ~15-20 % less CPU per event. Reference counting still frees acyclic
+    garbage at once; cycles wait a little longer."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 10)

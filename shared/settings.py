@@ -90,6 +90,9 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+    # after start-up: freeze the heap built so far and collect young objects less often
+    # (shared.observability.tune_gc); off for apps built inside another process (tests)
+    gc_freeze: bool = True
 
     @model_validator(mode="after")
     def _kafka_credentials(self) -> "Settings":

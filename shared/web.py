@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import ProblemError, install_error_handlers, problem_response
-from shared.observability import MetricsMiddleware, metrics_endpoint
+from shared.observability import MetricsMiddleware, metrics_endpoint, tune_gc
 
 ReadyCheck = Callable[[], Awaitable[None]]
 
@@ -102,6 +102,8 @@ def create_service_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await runtime.start()
+        if getattr(getattr(runtime, "settings", None), "gc_freeze", False):
+            tune_gc()
         try:
             yield
         finally:

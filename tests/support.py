@@ -77,6 +77,7 @@ def make_settings(bootstrap: str, data_dir: Path, **overrides) -> Settings:  # n
         outbox_poll_interval_s=0.05,
         kafka_request_timeout_ms=3000,
         log_json=False,
+        gc_freeze=False,  # apps built inside the test process: never freeze its heap
     )
     values.update(overrides)
     return Settings(**values)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 
 from services.qualification.domain.policy import PolicyError
 from services.qualification.handlers import bind, prefetch
+from services.qualification.domain import identity
 from services.qualification.service import Qualifier, load_qualifier
 from shared.consumer import InboxConsumer
 from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES
@@ -43,6 +44,7 @@ class QualificationRuntime(ServiceRuntime):
 
     async def start(self) -> None:
         await super().start()
+        identity.registrable_domain("www.example.co.uk")  # builds the suffix trie before the heap is frozen
         self.consumer.start()
 
     async def stop(self) -> None:
