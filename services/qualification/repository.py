@@ -197,10 +197,8 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     ids: list[str] = []
     for chunk in in_chunks(wanted):
         found = {r.email: r for r in map(_contact, (await session.execute(_contacts_for_update(_CONTACTS.c.email.in_(chunk)))).all())}
-        for record in found.values():
-            _hold(session, record)
         for email in chunk:
-            contacts[email] = found.get(email)
+            contacts[email] = _hold(session, found.get(email))  # the record held if one already is
         ids += [c.id for c in found.values()]
     timelines = _cache(session, "timelines")
     ids = [i for i in ids if i not in timelines]
