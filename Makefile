@@ -39,7 +39,7 @@ demo: install
 	$(VENV)/bin/leadstream demo $(DEMO_ARGS)
 
 bench: install
-	$(VENV)/bin/python -m bench
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
 
 # not in CI: 100,000 events with >= 20 faults at random moments (10-20 min); SOAK_ARGS="--backend postgres"
 soak: install

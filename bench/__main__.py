@@ -7,13 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import capture, e2e, outreach, pipeline, qualification
+from bench import capture, e2e, outreach, pipeline, qualification, qualification_pg
 from bench.harness import Row, Stack
 
 SECTIONS = {
     "capture": capture.run,
     "outreach": outreach.run,
     "qualification": qualification.run,
+    "qualification-pg": qualification_pg.run,
     "e2e": e2e.run,
     "pipeline": pipeline.run,
 }
