@@ -32,6 +32,9 @@ def print_table(rows: list[Row]) -> None:
 
 def main(argv: list[str]) -> None:
     wanted = argv or list(SECTIONS)
+    unknown = [name for name in wanted if name not in SECTIONS]
+    if unknown:
+        sys.exit(f"unknown bench section(s): {', '.join(unknown)}; one of {', '.join(SECTIONS)}")
     stack = Stack()
     rows: list[Row] = []
     started = time.time()
