@@ -100,7 +100,10 @@ class Record:
         return record
 
     def changed(self, updatable: frozenset[str], by_identity: frozenset[str]) -> list[str]:
-        """The ``updatable`` columns whose value differs from the one loaded."""
+        """The ``updatable`` columns whose value differs from the one loaded (all of them for
+        a record that was not read from the database)."""
+        if self.loaded is None:
+            return [name for name in self.columns if name in updatable]
         out = []
         for name, old in zip(self.columns, self.loaded):
             if name in updatable:

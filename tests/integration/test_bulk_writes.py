@@ -135,3 +135,5 @@ def test_a_new_record_has_every_column_and_no_loaded_values():
     account = AccountRecord(new=True, domain="acme.example", company="Acme")
     assert account.new and account.loaded is None
     assert account.values()["company"] == "Acme" and account.values()["industry"] is None
+    # not read from the database: every updatable column counts as changed
+    assert account.changed(frozenset({"company", "industry"}), JSON) == ["company", "industry"]
