@@ -18,16 +18,11 @@ import time
 from bench.harness import Row, Stack
 from bench.qualification import EVENTS, make_events, produce
 from shared.migrate import aupgrade
-from tests.support import create_postgres_database, drop_postgres_database, postgres_available
+from tests.support import create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
 
 
 async def _counts(url: str) -> tuple[int, int, float | None]:
-    import asyncpg
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    conn = await asyncpg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                                 database=u.database)
+    conn = await postgres_connect(url)
     try:
         applied = await conn.fetchval("SELECT count(*) FROM processed_events")
         pending = await conn.fetchval("SELECT count(*) FROM pipeline_outbox WHERE published_at IS NULL")

@@ -137,7 +137,8 @@ def _plan(dialect, kind: str, table: Table, keys: tuple[str, ...], statement):  
     return _PLANS[slot]
 
 
-async def _execute_many(session: AsyncSession, kind: str, table: Table, rows: list[dict], statement) -> None:  # noqa: ANN001
+async def _execute_many(session: AsyncSession, kind: str, table: Table, rows: list[dict],
+                        statement) -> None:  # noqa: ANN001
     connection = await session.connection()
     plan = _plan(connection.dialect, kind, table, tuple(rows[0]), statement)
     if plan is None:

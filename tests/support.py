@@ -35,16 +35,23 @@ def postgres_available() -> bool:
         return False
 
 
+async def postgres_connect(url: str):  # noqa: ANN201
+    """A plain asyncpg connection to the database of ``url`` (any SQLAlchemy PostgreSQL URL)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    return await asyncpg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
+                                 database=u.database)
+
+
 async def create_postgres_database() -> str:
     """A fresh database on the test server; returns its asyncpg URL."""
-    import asyncpg
     from sqlalchemy.engine import make_url
 
     base = make_url(POSTGRES_URL)
     name = f"ls_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(
-        host=base.host, port=base.port or 5432, user=base.username, password=base.password, database=base.database
-    )
+    conn = await postgres_connect(POSTGRES_URL)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
@@ -53,13 +60,10 @@ async def create_postgres_database() -> str:
 
 
 async def drop_postgres_database(url: str) -> None:
-    import asyncpg
     from sqlalchemy.engine import make_url
 
-    base, target = make_url(POSTGRES_URL), make_url(url)
-    conn = await asyncpg.connect(
-        host=base.host, port=base.port or 5432, user=base.username, password=base.password, database=base.database
-    )
+    target = make_url(url)
+    conn = await postgres_connect(POSTGRES_URL)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
     finally:

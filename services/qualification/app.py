@@ -10,9 +10,9 @@ from __future__ import annotations
 import structlog
 from fastapi import APIRouter, FastAPI
 
+from services.qualification.domain import identity
 from services.qualification.domain.policy import PolicyError
 from services.qualification.handlers import bind, prefetch
-from services.qualification.domain import identity
 from services.qualification.service import Qualifier, load_qualifier
 from shared.consumer import InboxConsumer
 from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES

@@ -19,7 +19,7 @@ from shared.store.models import Account, Contact, Opportunity, Score, StageChang
 
 # A batch of events is applied in one transaction. Contacts and accounts are read and written
 # with Core as plain records (no ORM identity map, attribute instrumentation or flush): the
-# batch writes every record it read back in one executemany UPDATE per table, and new
+# batch writes the records that changed back in one executemany UPDATE per table, and new
 # contacts in one INSERT, when the unit of work commits (``before_inserts``). The
 # append-only rows (touches, scores, stage changes, opportunities) are queued as multi-row
 # inserts (``stage_insert``). These per-transaction caches keep what was added visible
@@ -44,23 +44,30 @@ class Timeline:
         self.real: set[str] = set()
 
     def add(self, row: Any) -> None:
-        at = row.occurred_at
         fact = attribution.Touch(
-            motion=row.motion, channel=row.channel or "other", occurred_at=at.replace(tzinfo=timezone.utc)
-            if at.tzinfo is None else at.astimezone(timezone.utc), campaign=row.campaign, form_id=row.form_id,
-            form_type=row.form_type, sequence=row.sequence, event_id=row.event_id, outcome=row.outcome,
+            motion=row.motion, channel=row.channel or "other", occurred_at=utc(row.occurred_at),
+            campaign=row.campaign, form_id=row.form_id, form_type=row.form_type, sequence=row.sequence,
+            event_id=row.event_id, outcome=row.outcome,
         )
         if row.channel is not None:
             self.real.add(row.event_id)
-        facts = self.facts
-        if not facts or (facts[-1].occurred_at, facts[-1].event_id) <= (fact.occurred_at, fact.event_id):
-            facts.append(fact)
+        if not self.facts or _fact_order(self.facts[-1]) <= _fact_order(fact):
+            self.facts.append(fact)  # rows come in time order: the usual case
         else:
-            bisect.insort(facts, fact, key=_fact_order)
+            bisect.insort(self.facts, fact, key=_fact_order)
 
 
 def _fact_order(fact: attribution.Touch) -> tuple:
     return fact.occurred_at, fact.event_id
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Aware UTC (SQLite gives naive datetimes back; clients may send other offsets)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
 
 
 def _cache(session: AsyncSession, name: str) -> dict:
@@ -84,6 +91,7 @@ class Record:
     __slots__ = ("new", "entering", "loaded")
     table: Table
     columns: tuple[str, ...]
+    key: str  # the primary key's column
 
     def __init__(self, new: bool = False, **values: Any) -> None:
         self.new, self.entering, self.loaded = new, False, None
@@ -118,7 +126,9 @@ class Record:
 
 def _record_class(table: Table) -> type[Record]:
     columns = tuple(c.key for c in table.columns)
-    return type(f"{table.name.title()}Record", (Record,), {"__slots__": columns, "table": table, "columns": columns})
+    (key,) = (c.key for c in table.primary_key.columns)
+    return type(f"{table.name.title()}Record", (Record,),
+                {"__slots__": columns, "table": table, "columns": columns, "key": key})
 
 
 ContactRecord = _record_class(Contact.__table__)
@@ -142,9 +152,6 @@ def _contacts_for_update(condition):  # noqa: ANN001, ANN202
     return select(_CONTACTS).where(condition).order_by(_CONTACTS.c.email).with_for_update()
 
 
-_contact = ContactRecord.from_row
-
-
 def _held(session: AsyncSession) -> dict[str, Record]:
     """Every record of this transaction by (table, key), written back at commit."""
     held = session.info.get(_key("held"))
@@ -156,7 +163,7 @@ def _held(session: AsyncSession) -> dict[str, Record]:
 
 def _hold(session: AsyncSession, record: Record | None) -> Record | None:
     if record is not None:
-        key = (record.table.name, record.id if isinstance(record, ContactRecord) else record.domain)
+        key = (record.table.name, getattr(record, record.key))
         return _held(session).setdefault(key, record)  # one record per row in a transaction
     return None
 
@@ -168,8 +175,7 @@ async def _write_records(session: AsyncSession) -> None:
     new_contacts = [r.values() for r in held.values() if isinstance(r, ContactRecord) and r.new]
     if new_contacts:
         await insert_many(session, _CONTACTS, new_contacts)
-    for table, cls, key, updatable in ((_CONTACTS, ContactRecord, "id", _CONTACT_UPDATE),
-                                       (_ACCOUNTS, AccountRecord, "domain", _ACCOUNT_UPDATE)):
+    for cls, updatable in ((ContactRecord, _CONTACT_UPDATE), (AccountRecord, _ACCOUNT_UPDATE)):
         dirty, columns = [], set()
         for record in held.values():
             if isinstance(record, cls) and not record.new:
@@ -178,18 +184,16 @@ async def _write_records(session: AsyncSession) -> None:
                     dirty.append(record)
                     columns.update(changed)
         ordered = [c for c in cls.columns if c in columns]
-        rows = [{"_key": getattr(r, key), **{c: getattr(r, c) for c in ordered}} for r in dirty]
+        rows = [{"_key": getattr(r, cls.key), **{c: getattr(r, c) for c in ordered}} for r in dirty]
         if rows:
-            await update_many(session, table, key, rows)
-    for record in held.values():
-        record.new = False
+            await update_many(session, cls.table, cls.key, rows)
 
 
 async def contact_by_email(session: AsyncSession, email: str) -> ContactRecord | None:
     cache = _cache(session, "contacts")
     if email not in cache:
         row = (await session.execute(_contacts_for_update(_CONTACTS.c.email == email))).first()
-        cache[email] = _hold(session, _contact(row) if row is not None else None)
+        cache[email] = _hold(session, ContactRecord.from_row(row) if row is not None else None)
     return cache[email]
 
 
@@ -199,7 +203,8 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     wanted = sorted(e for e in emails if e not in contacts)
     ids: list[str] = []
     for chunk in in_chunks(wanted):
-        found = {r.email: r for r in map(_contact, (await session.execute(_contacts_for_update(_CONTACTS.c.email.in_(chunk)))).all())}
+        rows = (await session.execute(_contacts_for_update(_CONTACTS.c.email.in_(chunk)))).all()
+        found = {r.email: r for r in map(ContactRecord.from_row, rows)}
         for email in chunk:
             contacts[email] = _hold(session, found.get(email))  # the record held if one already is
         ids += [c.id for c in found.values()]
@@ -236,8 +241,8 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     accounts = _cache(session, "accounts")
     domains = sorted(d for d in domains if d not in accounts)
     for chunk in in_chunks(domains):
-        found = {r.domain: r for r in (AccountRecord.from_row(row) for row in
-                                        (await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain.in_(chunk)))).all())}
+        rows = (await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain.in_(chunk)))).all()
+        found = {r.domain: r for r in map(AccountRecord.from_row, rows)}
         for domain in chunk:
             accounts[domain] = _hold(session, found.get(domain))
 
@@ -258,7 +263,8 @@ async def contact_by_id(session: AsyncSession, contact_id: str, *, lock: bool = 
     row = (await session.execute(query.with_for_update() if lock else query)).first()
     if row is None:
         return None
-    return _hold(session, _contact(row)) if lock else _contact(row)
+    contact = ContactRecord.from_row(row)
+    return _hold(session, contact) if lock else contact
 
 
 async def account_by_domain(session: AsyncSession, domain: str) -> AccountRecord | None:
@@ -286,8 +292,7 @@ async def ensure_account(session: AsyncSession, domain: str, at: datetime) -> Ac
         await session.execute(sqlite_insert(Account).values(**values).on_conflict_do_nothing(index_elements=["domain"]))
     else:  # pragma: no cover - the two supported backends are above
         await session.execute(insert(Account).values(**values))
-    _cache(session, "accounts").pop(domain, None)
-    return await account_by_domain(session, domain)
+    return await account_by_domain(session, domain)  # the cache holds None for it: read it now
 
 
 async def timeline(session: AsyncSession, contact_id: str) -> Timeline:

@@ -29,6 +29,7 @@ from services.qualification import repository
 from services.qualification.domain import attribution, identity
 from services.qualification.domain import scoring, stages
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
+from services.qualification.repository import ContactRecord, utc
 from shared.consumer import PermanentError, is_transient
 from shared.events import (
     OPPORTUNITY_QUALIFIED, STAGE_CHANGED, AccountOut, CloudEvent, ContactOut, LeadCaptured,
@@ -36,7 +37,6 @@ from shared.events import (
     make_event,
 )
 from shared.outbox import stage_event
-from services.qualification.repository import ContactRecord as Contact
 from shared.store.models import PipelineOutbox, Touch
 
 SOURCE = "/leadstream/qualification"
@@ -54,15 +54,6 @@ _ACCOUNT_FIELDS = ("company", "industry", "employees", "country", "website")
 def derived_id(*parts: str) -> str:
     """A name-based id: the same cause always derives the same id (replays are stable)."""
     return str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """Aware UTC (SQLite gives naive datetimes back; clients may send other offsets)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -155,7 +146,7 @@ async def prefetch(session: AsyncSession, facts: list[Any]) -> None:
 # ---------------------------------------------------------------------- identity
 
 
-async def _resolve(session: AsyncSession, raw_email: str, at: datetime, *, motion: str) -> Contact:
+async def _resolve(session: AsyncSession, raw_email: str, at: datetime, *, motion: str) -> ContactRecord:
     try:
         email = identity.normalise_email(raw_email)
     except ValueError as exc:
@@ -163,7 +154,7 @@ async def _resolve(session: AsyncSession, raw_email: str, at: datetime, *, motio
     contact = await repository.contact_by_email(session, email)
     if contact is not None:
         return contact
-    contact = repository.ContactRecord(
+    contact = ContactRecord(
         id=derived_id("contact", email), email=email, email_as_typed=raw_email.strip()[:320],
         stage=stages.entry_stage(motion), motion=motion, email_invalid=False, unsubscribed=False, firmographics={},
         fit_score=0.0, fit_reasons=[], engagement_score=0.0, engagement_reasons=[],
@@ -174,7 +165,7 @@ async def _resolve(session: AsyncSession, raw_email: str, at: datetime, *, motio
     return contact
 
 
-async def _merge_firmographics(session: AsyncSession, contact: Contact, values: dict, source: str, at: datetime,
+async def _merge_firmographics(session: AsyncSession, contact: ContactRecord, values: dict, source: str, at: datetime,
                                *, website: str | None) -> None:
     merged = identity.merge_firmographics(contact.firmographics or {}, values, source, at)
     contact.firmographics = merged
@@ -200,7 +191,8 @@ async def _merge_firmographics(session: AsyncSession, contact: Contact, values: 
 _TOUCH_FIELDS = dict.fromkeys(c.key for c in Touch.__table__.columns)
 
 
-async def _add_touch(session: AsyncSession, contact: Contact, event: CloudEvent, at: datetime, **fields: Any) -> None:
+async def _add_touch(session: AsyncSession, contact: ContactRecord, event: CloudEvent, at: datetime,
+                     **fields: Any) -> None:
     await repository.add_touch(session, {
         **_TOUCH_FIELDS, **fields, "event_id": event.id, "contact_id": contact.id, "event_type": event.type,
         "occurred_at": at, "recorded_at": datetime.now(timezone.utc), "data": event.data,
@@ -237,7 +229,7 @@ def _attribute(facts: list[attribution.Touch], real: set[str], qualified_at: dat
     return motion, first, last
 
 
-def evaluate(policies: PolicySet, current_stage: str | None, contact: Contact, account_values: dict,
+def evaluate(policies: PolicySet, current_stage: str | None, contact: ContactRecord, account_values: dict,
              facts: list[attribution.Touch], real: set[str], *, as_of: datetime, qualified_at: datetime | None,
              flags: set[str], since: datetime | None = None) -> Evaluation:
     """Attribution, scores and the stage decision for a contact's facts, as of ``as_of``."""
@@ -248,7 +240,7 @@ def evaluate(policies: PolicySet, current_stage: str | None, contact: Contact, a
     return Evaluation(fit, engagement, decision, motion, first, last)
 
 
-def _profile(contact: Contact, account_values: dict) -> dict:
+def _profile(contact: ContactRecord, account_values: dict) -> dict:
     values = identity.firmographic_values(contact.firmographics or {})
     for name, value in account_values.items():
         if value is not None and name != "domain":
@@ -256,7 +248,7 @@ def _profile(contact: Contact, account_values: dict) -> dict:
     return values
 
 
-async def requalify(session: AsyncSession, q: Qualifier, contact: Contact, *, cause: str, at: datetime,
+async def requalify(session: AsyncSession, q: Qualifier, contact: ContactRecord, *, cause: str, at: datetime,
                     flags: set[str] | None = None) -> Evaluation:
     """Re-evaluate the contact after a fact and apply what follows (score, stages, opportunity)."""
     policies = q.policies
@@ -274,7 +266,7 @@ async def requalify(session: AsyncSession, q: Qualifier, contact: Contact, *, ca
     return result
 
 
-async def _account_values(session: AsyncSession, contact: Contact) -> dict:
+async def _account_values(session: AsyncSession, contact: ContactRecord) -> dict:
     if not contact.account_domain:
         return {}
     account = await repository.account_by_domain(session, contact.account_domain)
@@ -283,7 +275,7 @@ async def _account_values(session: AsyncSession, contact: Contact) -> dict:
     return {"domain": account.domain, **{name: getattr(account, name) for name in _ACCOUNT_FIELDS}}
 
 
-async def apply_evaluation(session: AsyncSession, contact: Contact, result: Evaluation, version: str, *,
+async def apply_evaluation(session: AsyncSession, contact: ContactRecord, result: Evaluation, version: str, *,
                            cause: str, at: datetime, facts: list[attribution.Touch], real: set[str],
                            account_values: dict, steps: tuple[str, ...] | None = None) -> list[str]:
     """Store the score and attribution, and every stage entered with its event."""
@@ -332,13 +324,13 @@ def _reasons(reasons: Any) -> list[dict]:
     return out
 
 
-def _stamp(contact: Contact, stage: str, at: datetime) -> None:
+def _stamp(contact: ContactRecord, stage: str, at: datetime) -> None:
     column = _MILESTONES.get(stage)
     if column and getattr(contact, column) is None:
         setattr(contact, column, at)
 
 
-def _set_touch(contact: Contact, which: str, touch: attribution.Touch | None) -> None:
+def _set_touch(contact: ContactRecord, which: str, touch: attribution.Touch | None) -> None:
     setattr(contact, f"{which}_touch_motion", touch.motion if touch else None)
     setattr(contact, f"{which}_touch_channel", touch.channel if touch else None)
     setattr(contact, f"{which}_touch_campaign", touch.campaign if touch else None)
@@ -348,7 +340,7 @@ def _set_touch(contact: Contact, which: str, touch: attribution.Touch | None) ->
     setattr(contact, f"{which}_touch_at", touch.occurred_at if touch else None)
 
 
-def _record_stage_change(session: AsyncSession, contact: Contact, from_stage: str | None, to_stage: str,
+def _record_stage_change(session: AsyncSession, contact: ContactRecord, from_stage: str | None, to_stage: str,
                          version: str, cause: str, at: datetime, opportunity_id: str | None, *, reason: str) -> None:
     event_id = derived_id("stage.changed", contact.id, cause, from_stage or "", to_stage)
     # every value comes from the stage machine and the store: construct without re-validating
@@ -374,7 +366,7 @@ def _touch_out(touch: attribution.Touch | None) -> TouchOut | None:
                     occurred_at=touch.occurred_at)
 
 
-async def _qualify(session: AsyncSession, contact: Contact, result: Evaluation, version: str, cause: str,
+async def _qualify(session: AsyncSession, contact: ContactRecord, result: Evaluation, version: str, cause: str,
                    at: datetime, facts: list[attribution.Touch], account_values: dict) -> str:
     """Create the contact's opportunity and its one ``opportunity.qualified`` event."""
     existing = await repository.opportunity_of(session, contact.id)
@@ -456,7 +448,7 @@ class RescoreReport:
                 "moves": {m: dict(t) for m, t in self.moves.items()}}
 
 
-def replay_timeline(policies: PolicySet, contact: Contact, account_values: dict, facts: list[attribution.Touch],
+def replay_timeline(policies: PolicySet, contact: ContactRecord, account_values: dict, facts: list[attribution.Touch],
                     real: set[str]) -> tuple[Evaluation, str, datetime]:
     """The stored history replayed fact by fact under ``policies`` (each fact scored as of
     its own time): the final evaluation, the furthest lifecycle stage reached and when."""
@@ -483,7 +475,7 @@ def forward_steps(current: str, target: str) -> tuple[str, ...]:
     return stages.LIFECYCLE[lo + 1:min(hi, stages.LIFECYCLE.index(stages.QUALIFIED)) + 1] if hi > lo else ()
 
 
-async def rescore_contact(session: AsyncSession, policies: PolicySet, contact: Contact, report: RescoreReport,
+async def rescore_contact(session: AsyncSession, policies: PolicySet, contact: ContactRecord, report: RescoreReport,
                           apply: bool) -> None:
     timeline = await repository.timeline(session, contact.id)
     if not timeline.facts:
