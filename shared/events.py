@@ -275,7 +275,7 @@ def _brief(exc: ValidationError) -> str:
 
 def make_event(
     type_: str,
-    data: BaseModel,
+    data: BaseModel | dict[str, Any],
     *,
     source: str,
     subject: str,
@@ -283,7 +283,10 @@ def make_event(
     event_id: str | None = None,
     traceparent: str | None = None,
 ) -> CloudEvent:
-    """Build the envelope of a fact; ``subject`` is the contact's normalised email."""
+    """Build the envelope of a fact; ``subject`` is the contact's normalised email.
+
+    ``data`` is the fact's data model, or that model's JSON-mode dump (without ``None``s)
+    when the caller already holds it in that form."""
     if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_!r}")
     # Every field is built here from validated values: construct without re-validating.
@@ -296,7 +299,7 @@ def make_event(
         subject=subject,
         datacontenttype="application/json",
         traceparent=traceparent,
-        data=data.model_dump(mode="json", exclude_none=True),
+        data=data if isinstance(data, dict) else data.model_dump(mode="json", exclude_none=True),
     )
 
 

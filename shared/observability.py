@@ -60,6 +60,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app, self.service = app, service
+        self._series: dict[tuple[str, str, int], tuple] = {}  # (method, route, status) -> its children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,10 +78,15 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, _send)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)).inc()
-            HTTP_LATENCY.labels(self.service, template).observe(time.perf_counter() - start)
+            template = getattr(scope.get("route"), "path", "unmatched")
+            series = self._series.get((scope["method"], template, status))
+            if series is None:
+                series = self._series[(scope["method"], template, status)] = (
+                    HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)),
+                    HTTP_LATENCY.labels(self.service, template),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - start)
 
 
 # Objects allocated between two collections of the youngest generation (CPython's default 700).

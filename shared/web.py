@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import ProblemError, install_error_handlers, problem_response
 from shared.observability import MetricsMiddleware, metrics_endpoint, tune_gc
 
 ReadyCheck = Callable[[], Awaitable[None]]
+M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_BODY_LIMIT = 64 * 1024
 
@@ -35,14 +39,24 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.per_path.get(scope["path"], self.default)
+        declared = chunked = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
-                try:
-                    if int(value) > limit:
-                        await self._reject(scope, receive, send, limit)
-                        return
-                except ValueError:
-                    pass
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = value
+        if declared is not None and chunked is None:
+            try:
+                length = int(declared)
+            except ValueError:
+                length = None
+            if length is not None:
+                if length > limit:
+                    await self._reject(scope, receive, send, limit)
+                    return
+                # The server frames the body by its declared length: it cannot grow past it.
+                await self.app(scope, receive, send)
+                return
         received = 0
         started = False
 
@@ -79,6 +93,71 @@ async def require_json(request: Request) -> None:
         raise ProblemError(415, f"Send the body as application/json, not {ctype or 'an undeclared type'}.")
 
 
+def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads its body with ``json_body``: the same required
+    JSON request body FastAPI documents for a ``model`` parameter (list the model in
+    ``create_service_app(body_models=...)`` so its schema is in the components)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+async def json_body(request: Request, model: type[M]) -> M:
+    """``415`` unless JSON, then the body parsed and validated by pydantic in one pass
+    (``model_validate_json``); errors are raised as FastAPI's, so they get the same 422.
+
+    For the ingest hot paths: FastAPI's own body handling decodes with the stdlib, validates
+    the Python objects again and solves a dependency per check (measured in capture: about
+    a quarter of the CPU it spends on a lead outside storage)."""
+    await require_json(request)
+    body = await request.body()
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors, body=body) from None
+
+
+def header_value(request: Request, name: str, max_length: int) -> str | None:
+    """A header read in the route (see ``json_body``), with FastAPI's 422 when too long."""
+    value = request.headers.get(name)
+    if value is not None and len(value) > max_length:
+        raise RequestValidationError([{
+            "type": "string_too_long", "loc": ("header", name), "input": value, "ctx": {"max_length": max_length},
+            "msg": f"String should have at most {max_length} characters",
+        }])
+    return value
+
+
+def header_openapi(name: str, max_length: int, description: str | None = None) -> dict[str, Any]:
+    """``openapi_extra`` documenting an optional header read with ``header_value``."""
+    schema = {"anyOf": [{"type": "string", "maxLength": max_length}, {"type": "null"}], "title": name}
+    parameter = {"name": name.lower(), "in": "header", "required": False, "schema": schema}
+    if description:
+        parameter["description"] = description
+    return {"parameters": [parameter]}
+
+
+def _with_body_models(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Put the schemas of ``models`` (and the models they nest) in the app's OpenAPI components."""
+    if not models:
+        return
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            _, defs = models_json_schema([(m, "validation") for m in models],
+                                         ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in defs.get("$defs", {}).items():
+                components.setdefault(name, definition)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 class ORJSONResponse(JSONResponse):
     media_type = "application/json"
 
@@ -95,6 +174,7 @@ def create_service_app(
     runtime: Any,
     ready_checks: Callable[[], dict[str, ReadyCheck]],
     body_limits: dict[str, int] | None = None,
+    body_models: Sequence[type[BaseModel]] = (),
     version: str = "1.0.0",
 ) -> FastAPI:
     """Build a service app; ``runtime`` has async ``start()``/``stop()`` run by the lifespan."""
@@ -140,4 +220,5 @@ def create_service_app(
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, per_path=body_limits or {})
     app.add_middleware(MetricsMiddleware, service=service)
+    _with_body_models(app, body_models)
     return app

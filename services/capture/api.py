@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +14,7 @@ from services.capture.forms import Form
 from services.capture.schemas import FLAT_CONSENT, FLAT_UTM, Accepted, LeadIn
 from shared.errors import PROBLEM_JSON, ProblemError, field_errors
 from shared.runtime import Runtime, runtime_of
-from shared.web import require_json
+from shared.web import header_openapi, header_value, json_body, json_body_openapi
 
 router = APIRouter(prefix="/v1", tags=["capture"])
 
@@ -33,12 +33,6 @@ def client_address(request: Request) -> str:
 
 async def _limit_client(request: Request) -> None:
     await runtime_of(request).client_limit.check(client_address(request))
-
-
-async def _admit_json(request: Request) -> None:
-    """``415`` unless JSON, then the per-address limit: one dependency, not two."""
-    await require_json(request)
-    await _limit_client(request)
 
 
 async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: Request) -> service.Capture:
@@ -69,15 +63,16 @@ async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: 
     summary="Capture a lead from a form or landing page",
     description="Answers `202` once the lead is durably stored, even while Kafka is down. "
     "Send `Idempotency-Key` to make retries safe: a retry returns the same `event_id` and publishes nothing new.",
-    dependencies=[Depends(_admit_json)],
     responses=ERRORS | {409: {"description": "Idempotency-Key reused with another body", **PROBLEM}},
+    # The body and header are read by the route itself: one pydantic pass, no dependencies.
+    openapi_extra=json_body_openapi(LeadIn) | header_openapi("Idempotency-Key", 255),
 )
-async def post_lead(
-    lead: LeadIn,
-    request: Request,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> Accepted:
-    result = await _capture(runtime_of(request), lead, idempotency_key, request)
+async def post_lead(request: Request) -> Accepted:
+    runtime = runtime_of(request)
+    idempotency_key = header_value(request, "idempotency-key", 255)
+    lead = await json_body(request, LeadIn)
+    await runtime.client_limit.check(client_address(request))
+    result = await _capture(runtime, lead, idempotency_key, request)
     return Accepted(event_id=result.event_id)
 
 

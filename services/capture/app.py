@@ -8,6 +8,7 @@ from services.capture import repository
 from services.capture.api import router
 from services.capture.forms import load_forms
 from services.capture.models import CaptureOutbox
+from services.capture.schemas import LeadIn
 from shared.db import GroupCommit
 from shared.ratelimit import RateLimit
 from shared.runtime import ServiceRuntime
@@ -38,4 +39,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         routers=[router],
         runtime=runtime,
         ready_checks=runtime.ready_checks,
+        body_models=[LeadIn],
     )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import orjson
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.capture import repository
@@ -14,7 +15,7 @@ from services.capture.forms import Form
 from services.capture.models import CaptureOutbox
 from services.capture.schemas import LeadIn
 from shared.errors import ProblemError
-from shared.events import LEAD_CAPTURED, LeadCaptured, make_event, new_event_id
+from shared.events import LEAD_CAPTURED, make_event, new_event_id
 from shared.identity import normalise_email
 from shared.outbox import stage_event
 
@@ -29,6 +30,17 @@ class Capture:
 
 def fingerprint(lead: LeadIn) -> str:
     return hashlib.sha256(orjson.dumps(lead.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+_TIME = TypeAdapter(datetime)
+
+
+def event_data(lead: LeadIn, occurred_at: datetime) -> dict:
+    """The ``lead.captured`` data in its JSON form. LeadIn has LeadCaptured's fields and is
+    stricter, so the validated lead's own dump is the event's data: no second model is built."""
+    data = lead.model_dump(mode="json", exclude_none=True)
+    data["occurred_at"] = _TIME.dump_python(occurred_at, mode="json")
+    return data
 
 
 def apply_form(lead: LeadIn, form: Form | None) -> LeadIn:
@@ -66,11 +78,9 @@ async def capture_lead(
                 )
             return Capture(existing["event_id"], duplicate=True)
     contact_key = normalise_email(lead.email)
-    # LeadIn is stricter than LeadCaptured, so the validated lead is a valid event as it is.
     occurred_at = lead.occurred_at or received_at
-    data = LeadCaptured.model_construct(**(dict(lead) | {"occurred_at": occurred_at}))
     event = make_event(
-        LEAD_CAPTURED, data, source=SOURCE, subject=contact_key, time=occurred_at, traceparent=traceparent
+        LEAD_CAPTURED, event_data(lead, occurred_at), source=SOURCE, subject=contact_key, time=occurred_at, traceparent=traceparent
     )
     repository.add_lead(
         session,

@@ -137,6 +137,37 @@ async def test_malformed_json_wrong_type_and_oversize(capture):
         assert (await s.execute(select(func.count()).select_from(CapturedLead))).scalar_one() == 0
 
 
+@pytest.mark.parametrize(
+    "content,headers,status,field",
+    [
+        (b"", {}, 422, "body"),  # no body at all
+        (b'{"email": "a@b.co", "first_name": "\xff"}', {}, 422, "body"),  # not UTF-8
+        (b'{"email": "a@b.co", "email": "c@d.co", "employees": "many"}', {}, 422, "employees"),
+        (b'{"email": "a@b.co"}', {"Idempotency-Key": "k" * 256}, 422, "idempotency-key"),
+        (b"not even json", {"content-type": "text/plain", "Idempotency-Key": "k"}, 415, None),
+        (b'{"email": "a@b.co"}', {"content-type": "application/vnd.lead+json; charset=utf-8"}, 202, None),
+    ],
+)
+async def test_the_lead_body_and_header_are_checked_by_the_route(capture, content, headers, status, field):
+    response = await capture.post("/v1/leads", content=content, headers={"content-type": "application/json", **headers})
+    assert response.status_code == status, response.text
+    if status >= 400:
+        assert response.headers["content-type"] == "application/problem+json"
+    if field:
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+async def test_the_lead_route_documents_its_body_and_header(capture):
+    operation = (await capture.get("/openapi.json")).json()["paths"]["/v1/leads"]["post"]
+    assert operation["requestBody"] == {
+        "required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LeadIn"}}},
+    }
+    assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [("idempotency-key", "header", False)]
+    schemas = (await capture.get("/openapi.json")).json()["components"]["schemas"]
+    assert {"LeadIn", "UtmIn", "ConsentIn"} <= set(schemas)
+    assert schemas["LeadIn"]["required"] == ["email"] and schemas["LeadIn"]["additionalProperties"] is False
+
+
 async def test_html_form_redirects_browsers_and_answers_json(capture, broker):
     form = {"email": "grace@navy.example.org", "company": "Navy", "utm_source": "newsletter", "utm_medium": "email",
             "consent_marketing": "on", "favourite_language": "COBOL", "website_url": ""}

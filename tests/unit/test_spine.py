@@ -129,3 +129,30 @@ def test_check_email_rejects_invalid(bad):
 
 def test_check_email_keeps_as_typed():
     assert check_email("  Ada.Lovelace@Example.com ") == "Ada.Lovelace@Example.com"
+
+
+LEADS = [
+    {"email": "ada@example.com"},
+    {"email": " Ada.Lovelace@Analytical-Engines.co.uk ", "first_name": " Ada ", "employees": 0, "country": "GB",
+     "form_type": "demo_request", "page_url": "https://www.example.com/demo?x=1", "utm": {"source": "google"},
+     "consent": {"marketing": False}, "fields": {"use_case": "pipeline", "é": "ü"}, "lead_magnet": "ebook"},
+    {"email": "bob@example.org", "occurred_at": "2026-01-02T03:04:05+02:00", "consent": {"marketing": True, "text": "ok"}},
+    {"email": "eve@example.net", "occurred_at": "2026-01-02T03:04:05"},
+]
+
+
+@pytest.mark.parametrize("body", LEADS)
+def test_capture_event_data_is_what_the_lead_captured_model_would_dump(body):
+    """capture builds the event's data from the validated lead's own dump: the same JSON as
+    building LeadCaptured from the lead (as capture did before), and a valid LeadCaptured."""
+    from services.capture.schemas import LeadIn
+    from services.capture.service import event_data
+
+    assert set(LeadIn.model_fields) == set(LeadCaptured.model_fields)
+    lead = LeadIn.model_validate(body)
+    occurred_at = lead.occurred_at or utcnow()
+    built = LeadCaptured.model_construct(**(dict(lead) | {"occurred_at": occurred_at}))
+    data = event_data(lead, occurred_at)
+    assert orjson.dumps(data) == orjson.dumps(built.model_dump(mode="json", exclude_none=True))
+    validated = LeadCaptured.model_validate(lead.model_dump() | {"occurred_at": occurred_at})
+    assert LeadCaptured.model_validate(data) == validated
