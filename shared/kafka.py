@@ -10,6 +10,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import DefaultPartitioner
 
 from shared.events import ALL_TOPICS
 from shared.settings import Settings
@@ -19,6 +20,9 @@ log = structlog.get_logger("kafka")
 TOPIC_ALREADY_EXISTS = 36
 
 Message = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
+
+# The producer's own default (murmur2 of the key, as the Java client): a key keeps its partition.
+PARTITIONER = DefaultPartitioner()
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -166,23 +170,44 @@ class KafkaGateway:
     async def send_many(self, messages: list[Message]) -> list[bool]:
         """Send in order; wait until every send is settled; return which were acknowledged.
 
-        Nothing is left in flight when this returns, so a caller that retries the
-        unacknowledged ones cannot race an old attempt into a duplicate.
+        The messages go out as record batches built here, one per partition (more when one
+        fills), each acknowledged as a whole: no future and no accumulator step per record.
+        Within a partition they keep their order. Nothing is left in flight when this
+        returns, so a caller that retries the unacknowledged ones cannot race an old attempt
+        into a duplicate.
         """
         await self._ready()
-        futures: list[asyncio.Future] = []
+        producer = self.producer
+        sent: list[tuple[asyncio.Future, list[int]]] = []
         error: BaseException | None = None
-        for topic, key, value, headers in messages:
-            try:
-                futures.append(await self.producer.send(topic, value=value, key=key, headers=headers))
-            except Exception as exc:  # noqa: BLE001 - e.g. no metadata while the broker is away
-                error = exc
-                break
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        acked = [not isinstance(r, BaseException) for r in results]
-        acked += [False] * (len(messages) - len(acked))
-        if error is None:
-            error = next((r for r in results if isinstance(r, BaseException)), None)
+        try:
+            by_partition: dict[tuple[str, int], list[int]] = {}
+            partitions: dict[str, list[int]] = {}
+            for i, (topic, key, _, _) in enumerate(messages):
+                if topic not in partitions:
+                    partitions[topic] = sorted(await producer.partitions_for(topic))
+                by_partition.setdefault((topic, PARTITIONER(key, partitions[topic], partitions[topic])), []).append(i)
+            for (topic, partition), indices in by_partition.items():
+                batch, members = producer.create_batch(), []
+                for i in indices:
+                    _, key, value, headers = messages[i]
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        # full: send it and start the next with this record (a first always fits)
+                        sent.append((await producer.send_batch(batch, topic, partition=partition), members))
+                        batch, members = producer.create_batch(), []
+                        batch.append(key=key, value=value, timestamp=None, headers=headers)
+                    members.append(i)
+                sent.append((await producer.send_batch(batch, topic, partition=partition), members))
+        except Exception as exc:  # noqa: BLE001 - e.g. no metadata while the broker is away
+            error = exc
+        results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
+        acked = [False] * len(messages)
+        for (_, members), result in zip(sent, results):
+            if isinstance(result, BaseException):
+                error = error or result
+            else:
+                for i in members:
+                    acked[i] = True
         if error is not None and not any(acked):
             raise error
         return acked

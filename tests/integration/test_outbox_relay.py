@@ -157,3 +157,23 @@ async def test_an_idle_relay_republishes_after_the_broker_starts_anew(setup):
 
     got = Counter(orjson.loads(r.value)["id"] for r in records)
     assert set(got) == set(ids) and set(got.values()) <= {1, 2}
+
+
+async def test_send_many_puts_each_record_where_the_producer_would_in_order(setup):
+    """Records go out as batches per partition built by the gateway: each on the partition the
+    producer itself picks for its key, in the order given, however many batches a partition fills."""
+    broker, _, relay, _ = setup
+    kafka = relay.kafka
+    await kafka.ensure_topics()
+    keys = [f"k{i % 37}@acme.example".encode() for i in range(600)]
+    values = [f"{i:04d}".encode() + b"x" * 2000 for i in range(600)]  # ~1.2 MB: several batches per partition
+    assert await kafka.send_many([(LEADS_CAPTURED, k, v, []) for k, v in zip(keys, values)]) == [True] * 600
+    placed = {k: (await (await kafka.producer.send(LEADS_CAPTURED, value=b"probe", key=k))).partition for k in set(keys)}
+    records = [r for r in await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=600 + len(placed))
+               if r.value != b"probe"]
+    assert len(records) == 600
+    assert all(r.partition == placed[r.key] for r in records)
+    assert len(set(placed.values())) > 1
+    for partition in set(placed.values()):
+        sent = [r.value[:4] for r in sorted(records, key=lambda r: r.offset) if r.partition == partition]
+        assert sent == sorted(sent)
