@@ -20,6 +20,18 @@ SECTIONS = {
 }
 
 
+def machine_speed() -> float:
+    """Milliseconds for a fixed piece of pure-Python work (best of 5): the same code on the
+    same machine takes two to three times longer on some days, so absolute figures of two
+    runs compare only together with this row."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(i * i for i in range(1_000_000))
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
+
+
 def print_table(rows: list[Row]) -> None:
     header = ["section", "metric", "value", "ratio", "target"]
     cells = [header] + [r.cells() for r in rows]
@@ -38,6 +50,7 @@ def main(argv: list[str]) -> None:
     stack = Stack()
     rows: list[Row] = []
     started = time.time()
+    rows.append(Row("machine", "fixed pure-Python work before the run (lower is a faster machine)", machine_speed(), "ms"))
     try:
         stack.start_broker()
         for name in wanted:
@@ -45,6 +58,7 @@ def main(argv: list[str]) -> None:
             rows += SECTIONS[name](stack)
     finally:
         stack.stop()
+    rows.append(Row("machine", "the same work after the run", machine_speed(), "ms"))
     print_table(rows)
     out = Path("var/bench.json")
     out.parent.mkdir(exist_ok=True)
