@@ -25,7 +25,7 @@ from services.outreach.signatures import SIGNATURE_HEADER, TOLERANCE_S, Signatur
 from shared.auth import Principal
 from shared.errors import PROBLEM_JSON, ProblemError
 from shared.runtime import Runtime, runtime_of
-from shared.web import require_json
+from shared.web import json_body, json_body_openapi, require_json
 
 PROBLEM = {"content": {PROBLEM_JSON: {}}}
 ERRORS = {
@@ -82,10 +82,11 @@ async def _in_transaction(
     summary="Add a researched prospect",
     description="Answers `202` once the prospect is durably stored; it is published as "
     "`io.leadstream.prospect.added.v1` on `outreach.touches`, keyed by the normalised email.",
-    dependencies=[Depends(require_json)],
     responses=ERRORS,
+    openapi_extra=json_body_openapi(ProspectIn),
 )
-async def post_prospect(prospect: ProspectIn, request: Request, caller: Caller) -> Accepted:
+async def post_prospect(request: Request, caller: Caller) -> Accepted:
+    prospect = await json_body(request, ProspectIn)
     result = await _in_transaction(runtime_of(request), lambda s: service.add_prospect(
         s, prospect, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent")), retry=False)
     return Accepted(event_id=result.event_id)
@@ -99,10 +100,11 @@ async def post_prospect(prospect: ProspectIn, request: Request, caller: Caller) 
     description="Answers `202 accepted` once the touch is durably stored; it is published as "
     "`io.leadstream.touch.recorded.v1` on `outreach.touches`, keyed by the normalised email. "
     "A repeated `external_id` is a no-op answered `200` with `status: duplicate` and the first touch's `event_id`.",
-    dependencies=[Depends(require_json)],
     responses=ERRORS | {200: {"description": "Duplicate `external_id`: nothing recorded", "model": TouchAnswer}},
+    openapi_extra=json_body_openapi(TouchIn),
 )
-async def post_touch(touch: TouchIn, request: Request, response: Response, caller: Caller) -> TouchAnswer:
+async def post_touch(request: Request, response: Response, caller: Caller) -> TouchAnswer:
+    touch = await json_body(request, TouchIn)
     result = await _in_transaction(runtime_of(request), lambda s: service.record_touch(
         s, touch, external_id=touch.external_id, api_key_id=caller.key_id,
         traceparent=request.headers.get("traceparent")), external_id=touch.external_id)
@@ -122,10 +124,11 @@ async def post_touch(touch: TouchIn, request: Request, response: Response, calle
     "earlier in the batch) with the first `event_id`, or `rejected` with field errors relative to the item. "
     "Valid items are stored and published even when others are rejected; the whole batch is one transaction. "
     "A body that is not `{\"touches\": [ … ]}` is `422`.",
-    dependencies=[Depends(require_json)],
     responses=ERRORS | {413: {"description": "Body over 1 MiB", **PROBLEM}},
+    openapi_extra=json_body_openapi(TouchBatchIn),
 )
-async def post_touch_batch(batch: TouchBatchIn, request: Request, caller: Caller) -> BatchAnswer:
+async def post_touch_batch(request: Request, caller: Caller) -> BatchAnswer:
+    batch = await json_body(request, TouchBatchIn)
     results = await _in_transaction(runtime_of(request), lambda s: service.record_touches(
         s, batch.touches, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent")))
     return BatchAnswer.model_validate(

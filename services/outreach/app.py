@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from services.outreach import repository
 from services.outreach.api import router, webhooks
 from services.outreach.models import OutreachApiKey, OutreachOutbox
-from services.outreach.schemas import MAX_BATCH
+from services.outreach.schemas import MAX_BATCH, ProspectIn, TouchBatchIn, TouchIn
 from shared.auth import ApiKeyAuth
 from shared.db import GroupCommit
 from shared.ratelimit import RateLimit
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime=runtime,
         ready_checks=runtime.ready_checks,
         body_limits={"/v1/touches:batch": BATCH_BODY_LIMIT},
+        body_models=[ProspectIn, TouchIn, TouchBatchIn],
     )
 
 

@@ -244,6 +244,18 @@ async def test_malformed_wrong_type_and_oversize(outreach, path):
     assert await count(outreach, OutreachOutbox) == 0
 
 
+@pytest.mark.parametrize("path,model", [("/v1/prospects", "ProspectIn"), ("/v1/touches", "TouchIn"),
+                                        ("/v1/touches:batch", "TouchBatchIn")])
+async def test_each_route_reads_and_documents_its_json_body(outreach, path, model):
+    empty = await outreach.post(path, content=b"", headers={"content-type": "application/json"})
+    assert empty.status_code == 422 and [e["field"] for e in empty.json()["errors"]] == ["body"]
+    schema = (await outreach.get("/openapi.json")).json()
+    body = schema["paths"][path]["post"]["requestBody"]
+    assert body == {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
+    assert model in schema["components"]["schemas"]
+    assert await count(outreach, OutreachOutbox) == 0
+
+
 # ---- batches ----------------------------------------------------------------------------
 
 
