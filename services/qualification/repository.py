@@ -152,6 +152,14 @@ def _contacts_for_update(condition):  # noqa: ANN001, ANN202
     return select(_CONTACTS).where(condition).order_by(_CONTACTS.c.email).with_for_update()
 
 
+def _accounts_for_update(condition):  # noqa: ANN001, ANN202
+    """Accounts are held too: contacts of one company sit on different partitions, so two
+    workers may merge into one account at once, and its firmographics are one JSON value
+    (the later write would drop what the earlier merged). In domain order, as contacts are
+    in email order, so two batches lock in the same order."""
+    return select(_ACCOUNTS).where(condition).order_by(_ACCOUNTS.c.domain).with_for_update()
+
+
 def _held(session: AsyncSession) -> dict[str, Record]:
     """Every record of this transaction by (table, key), written back at commit."""
     held = session.info.get(_key("held"))
@@ -241,7 +249,7 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
     accounts = _cache(session, "accounts")
     domains = sorted(d for d in domains if d not in accounts)
     for chunk in in_chunks(domains):
-        rows = (await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain.in_(chunk)))).all()
+        rows = (await session.execute(_accounts_for_update(_ACCOUNTS.c.domain.in_(chunk)))).all()
         found = {r.domain: r for r in map(AccountRecord.from_row, rows)}
         for domain in chunk:
             accounts[domain] = _hold(session, found.get(domain))
@@ -270,7 +278,7 @@ async def contact_by_id(session: AsyncSession, contact_id: str, *, lock: bool = 
 async def account_by_domain(session: AsyncSession, domain: str) -> AccountRecord | None:
     accounts = _cache(session, "accounts")
     if accounts.get(domain) is None:
-        row = (await session.execute(select(_ACCOUNTS).where(_ACCOUNTS.c.domain == domain))).first()
+        row = (await session.execute(_accounts_for_update(_ACCOUNTS.c.domain == domain))).first()
         accounts[domain] = _hold(session, AccountRecord.from_row(row)) if row is not None else None
     return accounts[domain]
 

@@ -192,3 +192,38 @@ async def test_a_rescore_beside_a_worker_waits_for_its_batch_and_keeps_its_facts
     assert last.cause_event_id is None  # the re-score came last ...
     assert contact.engagement_score == last.engagement_score > before  # ... and counted the reply
     assert contact.stage == "sql"
+
+
+async def test_two_workers_merging_one_account_keep_both_facts(two_stores):
+    """Contacts of one company sit on different partitions, so two workers may merge into
+    the same account at once. The first batch holds the account (FOR UPDATE); the second
+    waits and merges into what the first wrote: no firmographic is lost to the later write."""
+    _, db = two_stores
+    table = handlers.bind(load_qualifier(ROOT / "deploy/config/scoring.yaml"))
+
+    def lead(email: str, at: datetime, **firm) -> Delivery:  # noqa: ANN003
+        ev = make_event(LEAD_CAPTURED, LeadCaptured(email=email, occurred_at=at, **firm), source="/test",
+                        subject=email, time=at)
+        return Delivery(ev.topic, 0, 0, email.encode(), ev, ev.parsed_data(), 0)
+
+    first = lead("ada@acme-robotics.io", T0, company="Acme Robotics", industry="robotics")
+    second = lead("bob@acme-robotics.io", T0 + timedelta(minutes=1), employees=250, country="DE")
+    await apply(db, [lead("eve@acme-robotics.io", T0 - timedelta(days=1), company="Acme")])  # the account exists
+    holding = asyncio.Event()
+
+    async def worker(delivery: Delivery, *, wait_for: asyncio.Event | None) -> None:
+        if wait_for is not None:
+            await wait_for.wait()
+        async with db.unit_of_work() as session:
+            await handlers.prefetch(session, [delivery])
+            await table[delivery.event.type](session, delivery)
+            if wait_for is None:
+                holding.set()
+                await asyncio.sleep(0.5)  # the other worker's batch starts while this one is open
+
+    await asyncio.gather(worker(first, wait_for=None), worker(second, wait_for=holding))
+    async with db.reader() as session:
+        account = (await session.execute(select(Account).where(Account.domain == "acme-robotics.io"))).scalar_one()
+    assert (account.company, account.industry, account.employees, account.country) == (
+        "Acme Robotics", "robotics", 250, "DE")
+    assert {"company", "industry", "employees", "country"} <= set(account.firmographics)
