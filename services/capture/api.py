@@ -14,7 +14,7 @@ from services.capture.forms import Form
 from services.capture.schemas import FLAT_CONSENT, FLAT_UTM, Accepted, LeadIn
 from shared.errors import PROBLEM_JSON, ProblemError, field_errors
 from shared.runtime import Runtime, runtime_of
-from shared.web import header_openapi, header_value, json_body, json_body_openapi
+from shared.web import header_openapi, header_value, json_body_openapi, parse_json_body, require_json
 
 router = APIRouter(prefix="/v1", tags=["capture"])
 
@@ -69,9 +69,11 @@ async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: 
 )
 async def post_lead(request: Request) -> Accepted:
     runtime = runtime_of(request)
-    idempotency_key = header_value(request, "idempotency-key", 255)
-    lead = await json_body(request, LeadIn)
+    # 415, then the limit (so invalid bodies count against it too), then 422
+    await require_json(request)
     await runtime.client_limit.check(client_address(request))
+    idempotency_key = header_value(request, "idempotency-key", 255)
+    lead = await parse_json_body(request, LeadIn)
     result = await _capture(runtime, lead, idempotency_key, request)
     return Accepted(event_id=result.event_id)
 

@@ -144,7 +144,7 @@ async def test_malformed_json_wrong_type_and_oversize(capture):
         (b'{"email": "a@b.co", "first_name": "\xff"}', {}, 422, "body"),  # not UTF-8
         (b'{"email": "a@b.co", "email": "c@d.co", "employees": "many"}', {}, 422, "employees"),
         (b'{"email": "a@b.co"}', {"Idempotency-Key": "k" * 256}, 422, "idempotency-key"),
-        (b"not even json", {"content-type": "text/plain", "Idempotency-Key": "k"}, 415, None),
+        (b"not even json", {"content-type": "text/plain", "Idempotency-Key": "k" * 256}, 415, None),
         (b'{"email": "a@b.co"}', {"content-type": "application/vnd.lead+json; charset=utf-8"}, 202, None),
     ],
 )
@@ -234,8 +234,10 @@ async def test_rate_limit_per_client_address(broker, database_factory, tmp_path)
     url = await database_factory("capture")
     settings = make_settings(broker.bootstrap, tmp_path, capture_database_url=url, capture_rate_limit="3/minute")
     async with serve_app(create_app(settings)) as client:
-        codes = [(await client.post("/v1/leads", json={"email": f"u{i}@b.co"})).status_code for i in range(4)]
-        assert codes == [202, 202, 202, 429]
+        codes = [(await client.post("/v1/leads", json={"email": f"u{i}@b.co"})).status_code for i in range(2)]
+        codes.append((await client.post("/v1/leads", json={"email": "not an email"})).status_code)
+        codes.append((await client.post("/v1/leads", json={"email": "u9@b.co"})).status_code)
+        assert codes == [202, 202, 422, 429]  # an invalid lead counts against the limit too
         limited = await client.post("/v1/leads", json={"email": "z@b.co"})
         assert limited.headers["content-type"] == "application/problem+json"
         assert int(limited.headers["retry-after"]) >= 1
