@@ -44,7 +44,7 @@ OUTCOMES = ["sent", "delivered", "opened", "clicked", "replied", "opened", "sent
 
 def lead_request(port: int):  # noqa: ANN201
     def make(i: int) -> bytes:
-        body = orjson.dumps(LEAD | {"email": f"lead{i}@company{i % 2000}.example", "company": f"Company {i % 2000}",
+        body = orjson.dumps(LEAD | {"email": f"lead{i}@company{i % 2000}.com", "company": f"Company {i % 2000}",
                                     "form_type": FORMS[i % len(FORMS)]})
         return build_request("127.0.0.1", port, "/v1/leads", body)
 
@@ -57,7 +57,7 @@ def batch_request(port: int, key: str):  # noqa: ANN201
         for j in range(BATCH):
             n = i * BATCH + j
             c = n % 4000  # a few thousand prospects, several touches each
-            touches.append({"email": f"p{c}@corp{c % 800}.example", "channel": "cold_email",
+            touches.append({"email": f"p{c}@corp{c % 800}.com", "channel": "cold_email",
                             "outcome": OUTCOMES[n % len(OUTCOMES)], "rep": "rep@ourco.example",
                             "sequence": f"seq-{c % 5}", "step": 1 + n // 4000, "external_id": f"e2e-{n}"})
         return build_request("127.0.0.1", port, "/v1/touches:batch", orjson.dumps({"touches": touches}),
@@ -112,7 +112,7 @@ async def lag(stack: Stack) -> list[float]:
             tag = int(time.time())
 
             async def send(i: int) -> None:
-                email = f"lag{tag}-{i}@lagcorp{i}.example"
+                email = f"lag{tag}-{i}@lagcorp{i}.com"
                 body = LEAD | {"email": email, "company": f"Lag Corp {i}", "form_type": "demo_request"}
                 r = await client.post(url, json=body)
                 if r.status_code == 202:

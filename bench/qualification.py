@@ -1,7 +1,8 @@
 """Qualification: events/s applied by ONE worker, against a raw aiokafka consume loop over the
 same messages in the same run.
 
-N mixed CloudEvents (leads, prospects and touches for a few thousand contacts) are produced
+N mixed CloudEvents (leads, prospects and touches for a few thousand contacts of 1,500
+companies with business domains, so accounts are merged as well) are produced
 straight to ``leads.captured`` and ``outreach.touches`` of a broker of this section's own.
 The baseline is a plain ``AIOKafkaConsumer`` reading all N and json-decoding them. Then
 ``leadstream serve qualification`` starts on the backlog; its rate is N divided by the time
@@ -63,7 +64,7 @@ def make_events(n: int) -> list[tuple[str, bytes, bytes]]:
         seq = per_contact[c]
         per_contact[c] += 1
         i += 1
-        email = f"person{c}@company{c % 1500}.example"
+        email = f"person{c}@company{c % 1500}.com"  # business domains: accounts are merged too
         at = now + timedelta(seconds=i)
         firm = {"company": f"Company {c % 1500}", "title": TITLES[c % len(TITLES)], "employees": 20 + (c % 40) * 37,
                 "industry": INDUSTRIES[c % len(INDUSTRIES)], "country": "US" if c % 3 else "DE"}
