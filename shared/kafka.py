@@ -191,11 +191,10 @@ class KafkaGateway:
                 batch, members = producer.create_batch(), []
                 for i in indices:
                     _, key, value, headers = messages[i]
-                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                        # full: send it and start the next with this record (a first always fits)
+                    while batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        # full: send it and start the next (a first record always fits)
                         sent.append((await producer.send_batch(batch, topic, partition=partition), members))
                         batch, members = producer.create_batch(), []
-                        batch.append(key=key, value=value, timestamp=None, headers=headers)
                     members.append(i)
                 sent.append((await producer.send_batch(batch, topic, partition=partition), members))
         except Exception as exc:  # noqa: BLE001 - e.g. no metadata while the broker is away

@@ -79,9 +79,10 @@ class MetricsMiddleware:
             await self.app(scope, receive, _send)
         finally:
             template = getattr(scope.get("route"), "path", "unmatched")
-            series = self._series.get((scope["method"], template, status))
+            key = (scope["method"], template, status)
+            series = self._series.get(key)
             if series is None:
-                series = self._series[(scope["method"], template, status)] = (
+                series = self._series[key] = (
                     HTTP_REQUESTS.labels(self.service, scope["method"], template, str(status)),
                     HTTP_LATENCY.labels(self.service, template),
                 )

@@ -89,7 +89,7 @@ class OutboxRelay:
     def __init__(self, db, outbox_model: type[OutboxMixin], kafka: KafkaGateway, settings, service: str) -> None:  # noqa: ANN001
         self.db = db
         # Core, not the ORM: the relay's statements skip the ORM's bulk-update bookkeeping.
-        self.table = outbox_model.__table__ if outbox_model is not None else None
+        self.table = outbox_model.__table__
         self.kafka = kafka
         self.settings = settings
         self.service = service
