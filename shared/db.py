@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import orjson
 from sqlalchemy import Column, Table, bindparam, event, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -165,6 +166,16 @@ async def insert_many(session: AsyncSession, table: Table, rows: list[dict]) -> 
     parameter dictionaries (the largest cost of bulk writes on hot paths)."""
     if rows:
         await _execute_many(session, "insert", table, rows, lambda: insert(table))
+
+
+async def insert_missing(session: AsyncSession, table: Table, rows: list[dict], *, key: str) -> None:
+    """As ``insert_many``, skipping the rows whose unique ``key`` is already stored
+    (``ON CONFLICT DO NOTHING``: another transaction may have inserted it meanwhile)."""
+    if rows:
+        connection = await session.connection()
+        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+        await _execute_many(session, f"insert-missing:{key}", table, rows,
+                            lambda: dialect.insert(table).on_conflict_do_nothing(index_elements=[key]))
 
 
 async def update_many(session: AsyncSession, table: Table, key: str, rows: list[dict]) -> None:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Table, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.qualification.domain import attribution
-from shared.db import before_inserts, in_chunks, insert_many, stage_insert, update_many
+from shared.db import before_inserts, in_chunks, insert_many, insert_missing, stage_insert, update_many
 from shared.store.models import Account, Contact, Opportunity, Score, StageChange, Touch
 
 # A batch of events is applied in one transaction. Contacts and accounts are read and written
@@ -152,12 +150,13 @@ def _contacts_for_update(condition):  # noqa: ANN001, ANN202
     return select(_CONTACTS).where(condition).order_by(_CONTACTS.c.email).with_for_update()
 
 
+def _accounts(condition):  # noqa: ANN001, ANN202
+    return select(_ACCOUNTS).where(condition)
+
+
 def _accounts_for_update(condition):  # noqa: ANN001, ANN202
-    """Accounts are held too: contacts of one company sit on different partitions, so two
-    workers may merge into one account at once, and its firmographics are one JSON value
-    (the later write would drop what the earlier merged). In domain order, as contacts are
-    in email order, so two batches lock in the same order."""
-    return select(_ACCOUNTS).where(condition).order_by(_ACCOUNTS.c.domain).with_for_update()
+    """In domain order, as contacts are in email order, so two batches lock in the same order."""
+    return _accounts(condition).order_by(_ACCOUNTS.c.domain).with_for_update()
 
 
 def _held(session: AsyncSession) -> dict[str, Record]:
@@ -177,24 +176,79 @@ def _hold(session: AsyncSession, record: Record | None) -> Record | None:
 
 
 async def _write_records(session: AsyncSession) -> None:
-    """Before the staged inserts (which refer to contacts): new contacts in one INSERT, the
-    contacts and accounts read and changed in one executemany UPDATE per table."""
+    """Before the staged inserts (which refer to contacts): the accounts the batch changed
+    (``_write_accounts``), new contacts in one INSERT, and the contacts read and changed in
+    one executemany UPDATE."""
     held = session.info.pop(_key("held"), {})
+    await _write_accounts(session)
     new_contacts = [r.values() for r in held.values() if isinstance(r, ContactRecord) and r.new]
     if new_contacts:
         await insert_many(session, _CONTACTS, new_contacts)
-    for cls, updatable in ((ContactRecord, _CONTACT_UPDATE), (AccountRecord, _ACCOUNT_UPDATE)):
-        dirty, columns = [], set()
-        for record in held.values():
-            if isinstance(record, cls) and not record.new:
-                changed = record.changed(updatable, _JSON)
-                if changed:
-                    dirty.append(record)
-                    columns.update(changed)
-        ordered = [c for c in cls.columns if c in columns]
-        rows = [{"_key": getattr(r, cls.key), **{c: getattr(r, c) for c in ordered}} for r in dirty]
-        if rows:
-            await update_many(session, cls.table, cls.key, rows)
+    await _update_changed(session, ContactRecord, _CONTACT_UPDATE,
+                          [r for r in held.values() if isinstance(r, ContactRecord) and not r.new])
+
+
+async def _update_changed(session: AsyncSession, cls: type[Record], updatable: frozenset[str],
+                          records: list[Record], by_identity: frozenset[str] = _JSON) -> None:
+    """One executemany UPDATE of the columns any of ``records`` changed, for those that changed."""
+    dirty, columns = [], set()
+    for record in records:
+        changed = record.changed(updatable, by_identity)
+        if changed:
+            dirty.append(record)
+            columns.update(changed)
+    ordered = [c for c in cls.columns if c in columns]
+    rows = [{"_key": getattr(r, cls.key), **{c: getattr(r, c) for c in ordered}} for r in dirty]
+    if rows:
+        await update_many(session, cls.table, cls.key, rows)
+
+
+# Accounts are shared: contacts of one company sit on different partitions, so two workers
+# may merge into one account at once, and its firmographics are one JSON value (a plain
+# write-back of the later batch would drop what the earlier one merged). A batch therefore
+# reads accounts without holding them and records each change it makes as a function
+# (``change_account``); at commit it inserts the accounts it found missing (if still
+# absent), reads every account it changed FOR UPDATE, in domain order, replays its changes
+# onto the rows as they are then, and writes back what differs. A row is held only for
+# the write-back and the commit, so workers whose batches share companies do not take
+# turns for a whole batch, and no firmographic is lost to a concurrent merge (a merge
+# keeps the latest observation per field whatever the order: replaying is exact).
+
+
+def _account_changes(session: AsyncSession) -> dict[str, tuple[AccountRecord, list[Callable[[AccountRecord], None]]]]:
+    changes = session.info.get(_key("account_changes"))
+    if changes is None:
+        changes = session.info[_key("account_changes")] = {}
+        _held(session)  # registers the write-back at commit
+    return changes
+
+
+def change_account(session: AsyncSession, account: AccountRecord, change: Callable[[AccountRecord], None]) -> None:
+    """Apply ``change`` to the account now (the rest of the batch reads it) and again, at
+    commit, to the row as it is then (see above). ``change`` must give the same result
+    when replayed onto its own outcome."""
+    change(account)
+    _account_changes(session).setdefault(account.domain, (account, []))[1].append(change)
+
+
+async def _write_accounts(session: AsyncSession) -> None:
+    changes = session.info.pop(_key("account_changes"), {})
+    if not changes:
+        return
+    domains = sorted(changes)
+    # inserted as they stand (the replay below then finds nothing to change); a concurrent
+    # worker's row, if it got there first, is kept and our changes replayed onto it
+    await insert_missing(session, _ACCOUNTS, [changes[d][0].values() for d in domains if changes[d][0].new],
+                         key="domain")
+    current: list[Record] = []
+    for chunk in in_chunks(domains):
+        rows = (await session.execute(_accounts_for_update(_ACCOUNTS.c.domain.in_(chunk)))).all()
+        current += map(AccountRecord.from_row, rows)
+    for record in current:
+        for change in changes[record.domain][1]:
+            change(record)
+    # compared by value: a replay assigns equal firmographics anew to a row it just inserted
+    await _update_changed(session, AccountRecord, _ACCOUNT_UPDATE, current, by_identity=frozenset())
 
 
 async def contact_by_email(session: AsyncSession, email: str) -> ContactRecord | None:
@@ -247,12 +301,12 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
         for contact_id, stage, changed_at in rows:
             entered[(contact_id, stage)] = changed_at  # ends on the latest entry
     accounts = _cache(session, "accounts")
-    domains = sorted(d for d in domains if d not in accounts)
+    domains = [d for d in domains if d not in accounts]
     for chunk in in_chunks(domains):
-        rows = (await session.execute(_accounts_for_update(_ACCOUNTS.c.domain.in_(chunk)))).all()
+        rows = (await session.execute(_accounts(_ACCOUNTS.c.domain.in_(chunk)))).all()
         found = {r.domain: r for r in map(AccountRecord.from_row, rows)}
         for domain in chunk:
-            accounts[domain] = _hold(session, found.get(domain))
+            accounts[domain] = found.get(domain)
 
 
 def add_contact(session: AsyncSession, contact: ContactRecord) -> None:
@@ -276,31 +330,24 @@ async def contact_by_id(session: AsyncSession, contact_id: str, *, lock: bool = 
 
 
 async def account_by_domain(session: AsyncSession, domain: str) -> AccountRecord | None:
+    """The account as this transaction knows it (read once, not held: see above), with the
+    batch's changes; ``None`` if it was not stored when read and the batch made none."""
     accounts = _cache(session, "accounts")
-    if accounts.get(domain) is None:
-        row = (await session.execute(_accounts_for_update(_ACCOUNTS.c.domain == domain))).first()
-        accounts[domain] = _hold(session, AccountRecord.from_row(row)) if row is not None else None
+    if domain not in accounts:
+        row = (await session.execute(_accounts(_ACCOUNTS.c.domain == domain))).first()
+        accounts[domain] = AccountRecord.from_row(row) if row is not None else None
     return accounts[domain]
 
 
 async def ensure_account(session: AsyncSession, domain: str, at: datetime) -> AccountRecord:
-    """The account of ``domain``, created if missing.
-
-    Contacts of one company sit on different partitions, so two workers may create the
-    same account at once: insert-if-absent keeps both transactions alive.
-    """
-    existing = await account_by_domain(session, domain)
-    if existing is not None:
-        return existing
-    values = dict(domain=domain, firmographics={}, created_at=at, updated_at=at)
-    dialect = session.bind.dialect.name if session.bind is not None else ""
-    if dialect == "postgresql":
-        await session.execute(pg_insert(Account).values(**values).on_conflict_do_nothing(index_elements=["domain"]))
-    elif dialect == "sqlite":
-        await session.execute(sqlite_insert(Account).values(**values).on_conflict_do_nothing(index_elements=["domain"]))
-    else:  # pragma: no cover - the two supported backends are above
-        await session.execute(insert(Account).values(**values))
-    return await account_by_domain(session, domain)  # the cache holds None for it: read it now
+    """The account of ``domain``; one not stored is created in memory, inserted at commit
+    (``_write_accounts``: insert-if-absent, as another worker may create it meanwhile)."""
+    account = await account_by_domain(session, domain)
+    if account is None:
+        account = AccountRecord(new=True, domain=domain, firmographics={}, created_at=at, updated_at=at)
+        _cache(session, "accounts")[domain] = account
+        _account_changes(session)[domain] = (account, [])  # inserted even if nothing is merged
+    return account
 
 
 async def timeline(session: AsyncSession, contact_id: str) -> Timeline:

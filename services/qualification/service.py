@@ -20,6 +20,7 @@ from collections import Counter as Tally
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from services.qualification import repository
 from services.qualification.domain import attribution, identity
 from services.qualification.domain import scoring, stages
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
-from services.qualification.repository import ContactRecord, utc
+from services.qualification.repository import AccountRecord, ContactRecord, utc
 from shared.consumer import PermanentError, is_transient
 from shared.events import (
     OPPORTUNITY_QUALIFIED, STAGE_CHANGED, AccountOut, CloudEvent, ContactOut, LeadCaptured,
@@ -178,13 +179,19 @@ async def _merge_firmographics(session: AsyncSession, contact: ContactRecord, va
         return
     account = await repository.ensure_account(session, domain, at)
     account_values = {k: v for k, v in values.items() if k in _ACCOUNT_FIELDS}
-    account.firmographics = identity.merge_firmographics(account.firmographics or {}, account_values, source, at)
+    repository.change_account(session, account, partial(_merge_account, account_values, source, at))
+    contact.account_domain = domain
+
+
+def _merge_account(values: dict, source: str, at: datetime, account: AccountRecord) -> None:
+    """Merge a fact's company values into the account (replayed at commit onto the row as it
+    is then: merging again what is already merged changes nothing)."""
+    account.firmographics = identity.merge_firmographics(account.firmographics or {}, values, source, at)
     known = identity.firmographic_values(account.firmographics)
     for name in _ACCOUNT_FIELDS:
         if known.get(name) is not None:
             setattr(account, name, known[name])
     account.updated_at = max(utc(account.updated_at) or at, at)
-    contact.account_domain = domain
 
 
 # every column, so the touches of a batch go as one multi-row INSERT (same keys in each row)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from services.qualification.repository import AccountRecord, ContactRecord
-from shared.db import Database, insert_many, update_many
+from shared.db import Database, insert_many, insert_missing, update_many
 from shared.store.models import Account, PipelineOutbox
 
 T0 = datetime(2026, 11, 30, 9, 30, 15, 123456, tzinfo=timezone.utc)
@@ -82,6 +82,18 @@ async def test_insert_many_of_nothing_writes_nothing(store):
     async with store.unit_of_work() as session:
         await insert_many(session, Account.__table__, [])
     assert await stored(store, "fast") == []
+
+
+async def test_insert_missing_skips_the_rows_already_stored(store):
+    first, second, third = accounts("fast")
+    async with store.unit_of_work() as session:
+        await insert_many(session, Account.__table__, [first])
+    async with store.unit_of_work() as session:  # the first is stored: kept as it is
+        await insert_missing(session, Account.__table__, [{**first, "company": "Other"}, second, third], key="domain")
+        await insert_missing(session, Account.__table__, [], key="domain")
+    after = await stored(store, "fast")
+    assert [r["domain"] for r in after] == ["a.example", "b.example", "c.example"]
+    assert after[0]["company"] == "Acme" and after[2]["company"] == "Ünïcødé ✓"
 
 
 async def test_update_many_sets_each_rows_values_by_key(store):

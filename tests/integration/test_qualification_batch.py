@@ -39,10 +39,11 @@ def history(contacts: int = 40, per_contact: int = 7) -> list[Delivery]:
     out: list[Delivery] = []
     for step in range(per_contact):
         for c in range(contacts):
-            email = f"person{c}@company{c % 9}.example" if c % 5 else f"person{c}@gmail.com"
+            # business domains (``.example`` forms no account): accounts are created and merged
+            email = f"person{c}@company{c % 9}.io" if c % 5 else f"person{c}@gmail.com"
             at = T0 + timedelta(minutes=step * 60 + c)
             firm = dict(company=f"Company {c % 9}", title=["VP Sales", "Engineer", "CEO"][c % 3],
-                        employees=50 + 40 * c, industry="software", country="US")
+                        employees=50 + 40 * c, industry=["software", "fintech"][step % 2], country="US")
             if c % 2 == 0 and step % 3 != 2:
                 data = LeadCaptured(email=email, form_type=FORMS[(c + step) % len(FORMS)], occurred_at=at,
                                     utm={"source": "google", "medium": "cpc"}, **firm)
@@ -78,7 +79,8 @@ async def snapshot(db: Database) -> dict:
     async with db.reader() as session:
         contacts = {c.email: {k: v for k, v in vars(c).items() if not k.startswith("_") and k not in _VOLATILE}
                     for c in (await session.execute(select(Contact))).scalars()}
-        accounts = sorted((await session.execute(select(Account.domain, Account.company))).all())
+        accounts = sorted((await session.execute(select(
+            Account.domain, Account.company, Account.industry, Account.employees, Account.firmographics))).all())
         touches = sorted((await session.execute(select(Touch.event_id, Touch.contact_id, Touch.channel))).all())
         scores = sorted((await session.execute(
             select(Score.contact_id, Score.fit_score, Score.engagement_score, Score.cause_event_id))).all())
@@ -124,6 +126,7 @@ async def test_batches_leave_the_store_as_one_event_per_transaction_would(two_st
     # the history exercises what the caches stand in for
     assert expected["opportunities"] and any(c["email_invalid"] for c in expected["contacts"].values())
     assert any(to == "nurture" for _, _, to, _ in expected["changes"])
+    assert len(expected["accounts"]) == 9 and all(firm for *_, firm in expected["accounts"])
 
 
 async def test_a_batch_takes_a_bounded_number_of_statements(two_stores):
@@ -147,7 +150,10 @@ async def test_a_batch_takes_a_bounded_number_of_statements(two_stores):
         assert statements[("INSERT", table)] == 1, statements
     assert statements[("SELECT", "opportunities")] <= 1, statements
     assert statements[("SELECT", "stage_changes")] <= 1, statements
-    assert sum(n for (verb, _), n in statements.items() if verb == "SELECT") <= 8, statements
+    # accounts: read once, then held and written back once at commit
+    assert statements[("UPDATE", "accounts")] <= 1 and statements[("INSERT", "accounts")] == 0, statements
+    assert statements[("SELECT", "accounts")] == 2, statements
+    assert sum(n for (verb, _), n in statements.items() if verb == "SELECT") <= 9, statements
 
 
 async def test_a_rescore_beside_a_worker_waits_for_its_batch_and_keeps_its_facts(two_stores):
@@ -194,36 +200,74 @@ async def test_a_rescore_beside_a_worker_waits_for_its_batch_and_keeps_its_facts
     assert contact.stage == "sql"
 
 
-async def test_two_workers_merging_one_account_keep_both_facts(two_stores):
-    """Contacts of one company sit on different partitions, so two workers may merge into
-    the same account at once. The first batch holds the account (FOR UPDATE); the second
-    waits and merges into what the first wrote: no firmographic is lost to the later write."""
-    _, db = two_stores
+def lead(email: str, at: datetime, **firm) -> Delivery:  # noqa: ANN003
+    ev = make_event(LEAD_CAPTURED, LeadCaptured(email=email, occurred_at=at, **firm), source="/test",
+                    subject=email, time=at)
+    return Delivery(ev.topic, 0, 0, email.encode(), ev, ev.parsed_data(), 0)
+
+
+async def two_workers(db: Database, first: Delivery, second: Delivery) -> list[str]:
+    """Two batches at once, as two workers would apply them: the second starts while the
+    first is open (the first stays open 0.5 s after its handler). Returns what happened, in order."""
     table = handlers.bind(load_qualifier(ROOT / "deploy/config/scoring.yaml"))
-
-    def lead(email: str, at: datetime, **firm) -> Delivery:  # noqa: ANN003
-        ev = make_event(LEAD_CAPTURED, LeadCaptured(email=email, occurred_at=at, **firm), source="/test",
-                        subject=email, time=at)
-        return Delivery(ev.topic, 0, 0, email.encode(), ev, ev.parsed_data(), 0)
-
-    first = lead("ada@acme-robotics.io", T0, company="Acme Robotics", industry="robotics")
-    second = lead("bob@acme-robotics.io", T0 + timedelta(minutes=1), employees=250, country="DE")
-    await apply(db, [lead("eve@acme-robotics.io", T0 - timedelta(days=1), company="Acme")])  # the account exists
     holding = asyncio.Event()
+    happened: list[str] = []
 
-    async def worker(delivery: Delivery, *, wait_for: asyncio.Event | None) -> None:
+    async def worker(name: str, delivery: Delivery, *, wait_for: asyncio.Event | None) -> None:
         if wait_for is not None:
             await wait_for.wait()
         async with db.unit_of_work() as session:
             await handlers.prefetch(session, [delivery])
             await table[delivery.event.type](session, delivery)
+            happened.append(f"{name} applied")
             if wait_for is None:
                 holding.set()
                 await asyncio.sleep(0.5)  # the other worker's batch starts while this one is open
+        happened.append(f"{name} committed")
 
-    await asyncio.gather(worker(first, wait_for=None), worker(second, wait_for=holding))
+    await asyncio.gather(worker("first", first, wait_for=None), worker("second", second, wait_for=holding))
+    return happened
+
+
+async def stored_account(db: Database, domain: str) -> Account:
     async with db.reader() as session:
-        account = (await session.execute(select(Account).where(Account.domain == "acme-robotics.io"))).scalar_one()
+        return (await session.execute(select(Account).where(Account.domain == domain))).scalar_one()
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["stored", "new"])
+async def test_two_workers_merging_one_account_keep_both_facts(two_stores, exists):
+    """Contacts of one company sit on different partitions, so two workers may merge into
+    (or create) the same account at once. Each batch replays its merges onto the account as
+    it is when the batch commits, held for the write-back: no firmographic is lost to the
+    later write, and an account both create is stored once."""
+    _, db = two_stores
+    if exists:
+        await apply(db, [lead("eve@acme-robotics.io", T0 - timedelta(days=1), company="Acme")])
+    await two_workers(db, lead("ada@acme-robotics.io", T0, company="Acme Robotics", industry="robotics"),
+                      lead("bob@acme-robotics.io", T0 + timedelta(minutes=1), employees=250, country="DE"))
+    account = await stored_account(db, "acme-robotics.io")
     assert (account.company, account.industry, account.employees, account.country) == (
         "Acme Robotics", "robotics", 250, "DE")
     assert {"company", "industry", "employees", "country"} <= set(account.firmographics)
+    assert account.firmographics["company"]["value"] == "Acme Robotics"  # the later observation wins
+    async with db.reader() as session:
+        domains = (await session.execute(select(Contact.account_domain))).scalars().all()
+    assert set(domains) == {"acme-robotics.io"} and len(domains) == (3 if exists else 2)
+
+
+async def test_a_batch_holds_a_shared_account_only_for_its_write_back(two_stores):
+    """On PostgreSQL two workers run their batches at once even when both merge into one
+    account: the second applies and commits its batch while the first is still open (the
+    account is held only by a write-back and its commit), and the first, committing later,
+    keeps the second's fact. (SQLite has one writer: the second batch starts when the
+    first has committed.)"""
+    _, db = two_stores
+    await apply(db, [lead("eve@acme-robotics.io", T0 - timedelta(days=1), company="Acme")])
+    happened = await two_workers(db, lead("ada@acme-robotics.io", T0, industry="robotics"),
+                                 lead("bob@acme-robotics.io", T0 + timedelta(minutes=1), country="DE"))
+    if db.sqlite:
+        assert happened == ["first applied", "first committed", "second applied", "second committed"]
+    else:
+        assert happened == ["first applied", "second applied", "second committed", "first committed"]
+    account = await stored_account(db, "acme-robotics.io")
+    assert (account.company, account.industry, account.country) == ("Acme", "robotics", "DE")
