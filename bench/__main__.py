@@ -16,6 +16,7 @@ SECTIONS = {
     "qualification": qualification.run,
     "qualification-pg": qualification_pg.run,
     "e2e": e2e.run,
+    "e2e-pg": e2e.run_pg,
     "pipeline": pipeline.run,
 }
 
