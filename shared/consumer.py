@@ -476,18 +476,19 @@ class InboxConsumer:
         async with self.db.unit_of_work() as session:
             ids = [i.event.id for i in items if i.event is not None and i.reason is None]
             seen = await self._already_applied(session, ids)
+            deliveries = [self._delivery(i) if i.reason is None and i.event.id not in seen else None for i in items]
             if self.prefetch is not None:
-                fresh = [self._delivery(i) for i in items if i.reason is None and i.event.id not in seen]
+                fresh = [d for d in deliveries if d is not None]
                 if fresh:
                     await self.prefetch(session, fresh)
-            for item in items:
+            for item, delivery in zip(items, deliveries):
                 if item.reason is not None:
                     outcome.dead.append(item)
                     continue
                 if item.event.id in seen:
                     outcome.duplicates.append(item)
                     continue
-                await self.handlers[item.event.type](session, self._delivery(item))
+                await self.handlers[item.event.type](session, delivery)
                 r = item.record
                 stage_insert(session, self.inbox.__table__, dict(
                     event_id=item.event.id, event_type=item.event.type, topic=r.topic, partition=r.partition,

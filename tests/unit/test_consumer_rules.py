@@ -75,6 +75,17 @@ def test_rescore_moves_only_forward(current, target, steps):
     assert forward_steps(current, target) == steps
 
 
+@pytest.mark.parametrize("parts", [("contact", "ada@example.com"), ("stage.changed", "c1", "e1", "", "lead"),
+                                   ("opportunity", "ü✓ ünïcødé"), ("",), ("x" * 500, "y")])
+def test_derived_ids_are_rfc_4122_name_based_uuids(parts):
+    import uuid
+
+    from services.qualification.service import _NAMESPACE
+
+    assert derived_id(*parts) == str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
+    assert uuid.UUID(derived_id(*parts)).version == 5
+
+
 def test_derived_ids_are_stable_per_cause():
     assert derived_id("stage.changed", "c1", "e1", "lead", "mql") == derived_id("stage.changed", "c1", "e1", "lead", "mql")
     assert derived_id("stage.changed", "c1", "e1", "lead", "mql") != derived_id("stage.changed", "c1", "e2", "lead", "mql")
