@@ -208,9 +208,10 @@ def lead(email: str, at: datetime, **firm) -> Delivery:  # noqa: ANN003
 
 async def two_workers(db: Database, first: Delivery, second: Delivery) -> list[str]:
     """Two batches at once, as two workers would apply them: the second starts while the
-    first is open (the first stays open 0.5 s after its handler). Returns what happened, in order."""
+    first is open, and the first stays open until the second has committed (or 3 s have
+    passed: the second may be waiting for it). Returns what happened, in order."""
     table = handlers.bind(load_qualifier(ROOT / "deploy/config/scoring.yaml"))
-    holding = asyncio.Event()
+    holding, second_done = asyncio.Event(), asyncio.Event()
     happened: list[str] = []
 
     async def worker(name: str, delivery: Delivery, *, wait_for: asyncio.Event | None) -> None:
@@ -222,8 +223,13 @@ async def two_workers(db: Database, first: Delivery, second: Delivery) -> list[s
             happened.append(f"{name} applied")
             if wait_for is None:
                 holding.set()
-                await asyncio.sleep(0.5)  # the other worker's batch starts while this one is open
+                try:
+                    await asyncio.wait_for(second_done.wait(), 3.0)
+                except asyncio.TimeoutError:
+                    pass  # the second batch waits for this one (SQLite's one writer)
         happened.append(f"{name} committed")
+        if wait_for is not None:
+            second_done.set()
 
     await asyncio.gather(worker("first", first, wait_for=None), worker("second", second, wait_for=holding))
     return happened
