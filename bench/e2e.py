@@ -31,9 +31,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.harness import Row, Stack, rss_mib
 from bench.load import build_request, run_load
 from bench.qualification import RssSampler, wait_applied
+from bench.qualification_pg import pg_counts
 from shared.events import OPPORTUNITIES_QUALIFIED, OPPORTUNITY_QUALIFIED
 from shared.migrate import aupgrade
-from tests.support import ROOT, create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
+from tests.support import ROOT, create_postgres_database, drop_postgres_database, postgres_available
 
 LEADS = int(os.environ.get("BENCH_E2E_LEADS", "6000"))
 TOUCHES = int(os.environ.get("BENCH_E2E_TOUCHES", "24000"))
@@ -73,15 +74,11 @@ def batch_request(port: int, key: str):  # noqa: ANN201
 
 
 async def wait_applied_pg(url: str, n: int, timeout: float) -> float:
-    conn = await postgres_connect(url)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if await conn.fetchval("SELECT count(*) FROM processed_events") >= n:
-                return time.time()
-            await asyncio.sleep(0.05)
-    finally:
-        await conn.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await pg_counts(url))[0] >= n:
+            return time.time()
+        await asyncio.sleep(0.05)
     raise TimeoutError(f"fewer than {n} events applied after {timeout:.0f} s")
 
 

@@ -21,7 +21,8 @@ from shared.migrate import aupgrade
 from tests.support import create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
 
 
-async def _counts(url: str) -> tuple[int, int, float | None]:
+async def pg_counts(url: str) -> tuple[int, int, float | None]:
+    """Events applied, derived events unpublished, and when the first was applied."""
     conn = await postgres_connect(url)
     try:
         applied = await conn.fetchval("SELECT count(*) FROM processed_events")
@@ -45,7 +46,7 @@ def _measure(workers: int, messages: list, timeout: float = 600) -> float:
         asyncio.run(produce(own.broker.bootstrap, messages))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            applied, pending, first = asyncio.run(_counts(url))
+            applied, pending, first = asyncio.run(pg_counts(url))
             if applied >= len(messages) and pending == 0:
                 return len(messages) / (time.time() - first)
             time.sleep(0.05)

@@ -219,7 +219,7 @@ def _account_changes(session: AsyncSession) -> dict[str, tuple[AccountRecord, li
     changes = session.info.get(_key("account_changes"))
     if changes is None:
         changes = session.info[_key("account_changes")] = {}
-        _held(session)  # registers the write-back at commit
+        before_inserts(session, _key("records"), _write_records)  # the write-back at commit
     return changes
 
 
@@ -240,7 +240,7 @@ async def _write_accounts(session: AsyncSession) -> None:
     # worker's row, if it got there first, is kept and our changes replayed onto it
     await insert_missing(session, _ACCOUNTS, [changes[d][0].values() for d in domains if changes[d][0].new],
                          key="domain")
-    current: list[Record] = []
+    current: list[AccountRecord] = []
     for chunk in in_chunks(domains):
         rows = (await session.execute(_accounts_for_update(_ACCOUNTS.c.domain.in_(chunk)))).all()
         current += map(AccountRecord.from_row, rows)
