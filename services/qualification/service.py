@@ -21,7 +21,7 @@ from collections import Counter as Tally
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -298,7 +298,7 @@ async def apply_evaluation(session: AsyncSession, contact: ContactRecord, result
                            account_values: dict, steps: tuple[str, ...] | None = None) -> list[str]:
     """Store the score and attribution, and every stage entered with its event."""
     fit, engagement = result.fit, result.engagement
-    fit_reasons = _reasons(fit.reasons)
+    fit_reasons = _fit_reasons(fit.reasons)
     engagement_reasons = _reasons(engagement.reasons)
     repository.add_score(session, dict(
         contact_id=contact.id, fit_score=float(fit.points), fit_grade=fit.grade, fit_reasons=fit_reasons,
@@ -328,6 +328,14 @@ async def apply_evaluation(session: AsyncSession, contact: ContactRecord, result
     _set_touch(contact, "first", result.first)
     _set_touch(contact, "last", result.last)
     return list(steps)
+
+
+@lru_cache(maxsize=4096)
+def _fit_reasons(reasons: tuple) -> list[dict]:
+    """The stored form of a fit score's reasons, one list per distinct set: fit scores are
+    memoised per profile, so contacts alike share it (and its JSON text when a batch is
+    written). Shared: replaced, never changed in place, like every JSON value of a record."""
+    return _reasons(reasons)
 
 
 def _reasons(reasons: Any) -> list[dict]:

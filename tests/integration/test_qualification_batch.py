@@ -129,6 +129,25 @@ async def test_batches_leave_the_store_as_one_event_per_transaction_would(two_st
     assert len(expected["accounts"]) == 9 and all(firm for *_, firm in expected["accounts"])
 
 
+async def test_contacts_a_batch_loads_and_does_not_rescore_keep_their_stored_reasons(two_stores):
+    """A batch loads its contacts' reasons as stored text (it replaces them without reading
+    them): a contact it loads and leaves alone is written back with nothing changed."""
+    _, db = two_stores
+    deliveries = history(contacts=12, per_contact=3)
+    await apply(db, deliveries)
+    before = await snapshot(db)
+    assert any(c["fit_reasons"] and c["engagement_reasons"] for c in before["contacts"].values())
+    later = history(contacts=12, per_contact=4)[len(deliveries):]  # new facts of the same contacts
+    async with db.unit_of_work() as session:
+        await handlers.prefetch(session, later)  # loaded (and held), then not re-scored
+    assert await snapshot(db) == before
+    await apply(db, later)  # the same contacts re-scored: the new reasons are written
+    after = await snapshot(db)
+    assert all(isinstance(c["fit_reasons"], list) for c in after["contacts"].values())
+    assert any(after["contacts"][e]["engagement_reasons"] != c["engagement_reasons"]
+               for e, c in before["contacts"].items())
+
+
 async def test_a_batch_takes_a_bounded_number_of_statements(two_stores):
     _, db = two_stores
     deliveries = history(contacts=60, per_contact=6)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from services.qualification.domain.attribution import Touch
 from services.qualification.domain.identity import (
     FIRMOGRAPHIC_FIELDS,
     email_domain,
@@ -193,6 +194,9 @@ def decayed(points: float, age_days: float, half_life_days: float) -> float:
     return points * 0.5 ** (max(0.0, age_days) / half_life_days)
 
 
+_MOTIONS = ("inbound", "outbound")
+
+
 def signal_of(touch: Any) -> tuple[str, str] | None:
     """``(motion, form_type)`` of an inbound touch, ``(motion, outcome)`` of an outbound
     one; ``None`` for a touch that carries neither."""
@@ -222,8 +226,12 @@ def engagement_score(
     since = _aware(since) if since is not None else None
     totals: dict[tuple[str, str], float] = {}
     for touch in touches:
-        signal = signal_of(touch)
-        occurred_at = _attr(touch, "occurred_at")
+        if isinstance(touch, Touch):  # the usual case: read its fields directly
+            motion, occurred_at = touch.motion, touch.occurred_at
+            name = touch.form_type if motion == "inbound" else touch.outcome
+            signal = (motion, name) if name and motion in _MOTIONS else None
+        else:
+            signal, occurred_at = signal_of(touch), _attr(touch, "occurred_at")
         if signal is None or occurred_at is None:
             continue
         occurred_at = _aware(occurred_at)
