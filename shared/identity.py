@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from email_validator import EmailNotValidError, validate_email
 
 DOMAIN_ALIASES = {"googlemail.com": "gmail.com"}
@@ -19,8 +21,20 @@ def normalise_email(raw: str) -> str:
 def check_email(raw: str) -> str:
     """The email as typed (trimmed) if syntactically valid; ``ValueError`` naming the problem."""
     value = raw.strip()
+    # the verdicts remembered are of addresses no longer than any schema accepts (320)
+    problem = _email_problem(value) if len(value) <= 320 else _email_problem.__wrapped__(value)
+    if problem is not None:
+        raise ValueError(f"not a valid email address: {problem}")
+    return value
+
+
+@lru_cache(maxsize=8192)
+def _email_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid address (``None`` if it is). The check is syntax only,
+    so its verdict never changes: remembered for the addresses seen lately, as a sequence
+    touches the same prospects again and again (~12 % of a batch of touches' CPU)."""
     try:
         validate_email(value, check_deliverability=False)
     except EmailNotValidError as exc:
-        raise ValueError(f"not a valid email address: {exc}") from None
-    return value
+        return str(exc)
+    return None

@@ -156,3 +156,13 @@ def test_capture_event_data_is_what_the_lead_captured_model_would_dump(body):
     assert orjson.dumps(data) == orjson.dumps(built.model_dump(mode="json", exclude_none=True))
     validated = LeadCaptured.model_validate(lead.model_dump() | {"occurred_at": occurred_at})
     assert LeadCaptured.model_validate(data) == validated
+
+
+def test_check_email_gives_the_same_verdict_when_it_remembers_the_address():
+    for _ in range(3):
+        assert check_email(" Grace@Navy.example.com") == "Grace@Navy.example.com"
+        with pytest.raises(ValueError, match="not a valid email address: .*@"):
+            check_email("grace@@navy.example.com")
+    long_local = "a" * 400 + "@example.com"  # longer than any schema accepts: checked, not remembered
+    with pytest.raises(ValueError, match="not a valid email address"):
+        check_email(long_local)
