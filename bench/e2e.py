@@ -31,10 +31,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.harness import Row, Stack, rss_mib
 from bench.load import build_request, run_load
 from bench.qualification import RssSampler, wait_applied
-from bench.qualification_pg import pg_counts
+from bench.qualification_pg import counts_on
 from shared.events import OPPORTUNITIES_QUALIFIED, OPPORTUNITY_QUALIFIED
 from shared.migrate import aupgrade
-from tests.support import ROOT, create_postgres_database, drop_postgres_database, postgres_available
+from tests.support import ROOT, create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
 
 LEADS = int(os.environ.get("BENCH_E2E_LEADS", "6000"))
 TOUCHES = int(os.environ.get("BENCH_E2E_TOUCHES", "24000"))
@@ -74,11 +74,15 @@ def batch_request(port: int, key: str):  # noqa: ANN201
 
 
 async def wait_applied_pg(url: str, n: int, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (await pg_counts(url))[0] >= n:
-            return time.time()
-        await asyncio.sleep(0.05)
+    conn = await postgres_connect(url)  # one connection for the poll: no connect per look
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (await counts_on(conn))[0] >= n:
+                return time.time()
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
     raise TimeoutError(f"fewer than {n} events applied after {timeout:.0f} s")
 
 

@@ -25,12 +25,17 @@ async def pg_counts(url: str) -> tuple[int, int, float | None]:
     """Events applied, derived events unpublished, and when the first was applied."""
     conn = await postgres_connect(url)
     try:
-        applied = await conn.fetchval("SELECT count(*) FROM processed_events")
-        pending = await conn.fetchval("SELECT count(*) FROM pipeline_outbox WHERE published_at IS NULL")
-        first = await conn.fetchval("SELECT min(processed_at) FROM processed_events")
-        return applied, pending, first.timestamp() if first is not None else None
+        return await counts_on(conn)
     finally:
         await conn.close()
+
+
+async def counts_on(conn) -> tuple[int, int, float | None]:  # noqa: ANN001 - an asyncpg connection
+    """``pg_counts`` over a connection the caller keeps (a poll loop connects once)."""
+    applied = await conn.fetchval("SELECT count(*) FROM processed_events")
+    pending = await conn.fetchval("SELECT count(*) FROM pipeline_outbox WHERE published_at IS NULL")
+    first = await conn.fetchval("SELECT min(processed_at) FROM processed_events")
+    return applied, pending, first.timestamp() if first is not None else None
 
 
 def _measure(workers: int, messages: list, timeout: float = 600) -> float:

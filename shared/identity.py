@@ -7,6 +7,7 @@ from functools import lru_cache
 from email_validator import EmailNotValidError, validate_email
 
 DOMAIN_ALIASES = {"googlemail.com": "gmail.com"}
+EMAIL_MAX_LENGTH = 320  # the longest address the schemas accept: a 64-character local part, @, a 255-character domain
 
 
 def normalise_email(raw: str) -> str:
@@ -21,8 +22,8 @@ def normalise_email(raw: str) -> str:
 def check_email(raw: str) -> str:
     """The email as typed (trimmed) if syntactically valid; ``ValueError`` naming the problem."""
     value = raw.strip()
-    # the verdicts remembered are of addresses no longer than any schema accepts (320)
-    problem = _email_problem(value) if len(value) <= 320 else _email_problem.__wrapped__(value)
+    # only verdicts on addresses the schemas accept are remembered: the memo stays small
+    problem = _email_problem(value) if len(value) <= EMAIL_MAX_LENGTH else _email_problem.__wrapped__(value)
     if problem is not None:
         raise ValueError(f"not a valid email address: {problem}")
     return value

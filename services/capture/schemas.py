@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared.events import FormType
-from shared.identity import check_email
+from shared.identity import EMAIL_MAX_LENGTH, check_email
 from shared.schemas import Short, Strict, Url, not_in_future
 
 
@@ -55,7 +55,7 @@ class LeadIn(Strict):
         },
     )
 
-    email: Annotated[str, StringConstraints(max_length=320)] = Field(description="Required; kept as typed, normalised for identity.")
+    email: Annotated[str, StringConstraints(max_length=EMAIL_MAX_LENGTH)] = Field(description="Required; kept as typed, normalised for identity.")
     first_name: Short | None = None
     last_name: Short | None = None
     company: Short | None = None

@@ -9,10 +9,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, field_validator
 
 from shared.events import OutboundChannel, Outcome
-from shared.identity import check_email
+from shared.identity import EMAIL_MAX_LENGTH, check_email
 from shared.schemas import Short, Strict, Url, not_in_future
 
-Email = Annotated[str, StringConstraints(max_length=320)]
+Email = Annotated[str, StringConstraints(max_length=EMAIL_MAX_LENGTH)]
 Fields = Annotated[
     dict[Annotated[str, StringConstraints(max_length=100)], Annotated[str, StringConstraints(max_length=2000)]],
     Field(max_length=50, description="Custom string fields (at most 50)."),

@@ -179,6 +179,8 @@ def _present(value: Any) -> bool:
 
 
 def _attr(touch: Any, name: str) -> Any:
+    if type(touch) is Touch:  # the usual case, before the costlier ABC check
+        return getattr(touch, name)
     if isinstance(touch, Mapping):
         return touch.get(name)
     return getattr(touch, name, None)
@@ -192,9 +194,6 @@ def decayed(points: float, age_days: float, half_life_days: float) -> float:
     """``points`` after ``age_days``, halving every ``half_life_days`` (a touch from the
     future counts as now)."""
     return points * 0.5 ** (max(0.0, age_days) / half_life_days)
-
-
-_MOTIONS = ("inbound", "outbound")
 
 
 def signal_of(touch: Any) -> tuple[str, str] | None:
@@ -226,12 +225,8 @@ def engagement_score(
     since = _aware(since) if since is not None else None
     totals: dict[tuple[str, str], float] = {}
     for touch in touches:
-        if isinstance(touch, Touch):  # the usual case: read its fields directly
-            motion, occurred_at = touch.motion, touch.occurred_at
-            name = touch.form_type if motion == "inbound" else touch.outcome
-            signal = (motion, name) if name and motion in _MOTIONS else None
-        else:
-            signal, occurred_at = signal_of(touch), _attr(touch, "occurred_at")
+        signal = signal_of(touch)
+        occurred_at = _attr(touch, "occurred_at")
         if signal is None or occurred_at is None:
             continue
         occurred_at = _aware(occurred_at)
