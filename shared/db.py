@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
-from sqlalchemy import Column, DateTime, Table, bindparam, event, insert, select, text, update
+from sqlalchemy import Column, DateTime, Table, bindparam, event, exc, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -33,6 +35,14 @@ def _json_dumps(value: object) -> str:
 JSON_CODEC = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
+def _sqlite_pragmas(cursor) -> None:  # noqa: ANN001
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL survives a process crash; only an OS crash may lose the last commits.
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     path = make_url(url).database
     if path and path != ":memory:":
@@ -44,11 +54,7 @@ def _sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
         # Take transaction control from the driver so BEGIN IMMEDIATE below is ours.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL survives a process crash; only an OS crash may lose the last commits.
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA foreign_keys=ON")
+        _sqlite_pragmas(cur)
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -160,26 +166,36 @@ def _memoized(convert, memo: dict):  # noqa: ANN001, ANN202
     return run
 
 
+def _driver_parameters(dialect, kind: str, table: Table, rows: list[dict], statement,
+                       memo: dict) -> tuple[str, list[tuple]] | None:  # noqa: ANN001
+    """The driver's SQL and parameter tuples for an executemany of ``rows``, or ``None`` when
+    SQLAlchemy must build the parameters itself (see ``_plan``). ``memo`` lives for one
+    transaction (formatted datetimes)."""
+    plan = _plan(dialect, kind, table, tuple(rows[0]), statement)
+    if plan is None:
+        return None
+    sql, get, converters = plan
+    if not converters:
+        return sql, [get(row) for row in rows]
+    steps = [(i, _memoized(convert, memo) if memoizable else convert) for i, convert, memoizable in converters]
+    values = []
+    for row in rows:
+        value = list(get(row))
+        for i, convert in steps:
+            value[i] = convert(value[i])
+        values.append(tuple(value))
+    return sql, values
+
+
 async def _execute_many(session: AsyncSession, kind: str, table: Table, rows: list[dict],
                         statement) -> None:  # noqa: ANN001
     connection = await session.connection()
-    plan = _plan(connection.dialect, kind, table, tuple(rows[0]), statement)
-    if plan is None:
+    bound = _driver_parameters(connection.dialect, kind, table, rows, statement,
+                               session.info.setdefault("bind_memo", {}))
+    if bound is None:
         await session.execute(statement(), rows)
         return
-    sql, get, converters = plan
-    if converters:
-        memo = session.info.setdefault("bind_memo", {})  # for this transaction
-        steps = [(i, _memoized(convert, memo) if memoizable else convert) for i, convert, memoizable in converters]
-        values = []
-        for row in rows:
-            value = list(get(row))
-            for i, convert in steps:
-                value[i] = convert(value[i])
-            values.append(tuple(value))
-    else:
-        values = [get(row) for row in rows]
-    await connection.exec_driver_sql(sql, values)
+    await connection.exec_driver_sql(*bound)
 
 
 async def insert_many(session: AsyncSession, table: Table, rows: list[dict]) -> None:
@@ -210,6 +226,80 @@ async def update_many(session: AsyncSession, table: Table, key: str, rows: list[
                             lambda: update(table).where(table.c[key] == bindparam("_key")))
 
 
+class SqliteBatchWriter:
+    """Writes a whole transaction of bulk inserts in one hand-off to a thread of its own:
+    ``BEGIN IMMEDIATE``, one executemany per table, ``COMMIT``.
+
+    Through SQLAlchemy's aiosqlite adapter the same transaction takes about eleven trips to
+    aiosqlite's thread (a cursor opened and closed around each statement, the begin, the
+    commit, the pool's reset). Each trip is a wake-up of the event loop, and a group commit
+    is a serial path: every wake-up waits behind the requests ready to run, while those
+    requests wait for the commit. The SQL and its parameters are still SQLAlchemy's (the
+    compiled statements and the column types' bind processors, as ``insert_many``), and
+    errors are raised as SQLAlchemy's (``IntegrityError`` …)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-batch-writer")
+        self._connection: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            _sqlite_pragmas(connection)
+            self._connection = connection
+        return self._connection
+
+    def _write(self, statements: list[tuple[str, list[tuple]]]) -> None:
+        connection = self._connect()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, values in statements:
+                connection.executemany(sql, values)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                try:
+                    connection.execute("ROLLBACK")
+                except sqlite3.Error:
+                    # the connection is unusable: the next write opens another one
+                    self._close()
+            raise
+
+    async def write(self, statements: list[tuple[str, list[tuple]]]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._write, statements)
+        except sqlite3.Error as error:
+            raise exc.DBAPIError.instance(
+                "; ".join(sql for sql, _ in statements), None, error, sqlite3.Error
+            ) from error
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
+
+
+def staged_statements(session: AsyncSession, dialect) -> list[tuple[str, list[tuple]]] | None:  # noqa: ANN001
+    """The driver's statements for what this unit of work staged with ``stage_insert``, or
+    ``None`` if it holds anything else to write (ORM objects, ``before_inserts`` writes,
+    rows SQLAlchemy must complete itself)."""
+    if session.new or session.dirty or session.deleted or session.info.get("before_inserts"):
+        return None
+    statements, memo = [], {}
+    for table, rows in session.info.get("bulk_inserts", {}).items():
+        if rows:
+            bound = _driver_parameters(dialect, "insert", table, rows, lambda table=table: insert(table), memo)
+            if bound is None:
+                return None
+            statements.append(bound)
+    return statements
+
+
 class Database:
     """One database of a service: a writer engine and (on SQLite) a separate reader engine."""
 
@@ -227,8 +317,11 @@ class Database:
         # SQLite has one writer at a time; queueing this process's writers here avoids the
         # busy handler's sleeps (up to 100 ms each) when two of our own connections collide.
         self._write_lock = asyncio.Lock() if self.sqlite else None
+        path = make_url(url).database if self.sqlite else None
+        self.batch_writer = SqliteBatchWriter(path) if path and path != ":memory:" else None
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
+        self._staging_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
@@ -255,11 +348,31 @@ class Database:
             async with session.begin():
                 yield session
 
+    @asynccontextmanager
+    async def staging(self) -> AsyncIterator[AsyncSession]:
+        """A session that reads what is committed and never writes: nothing in it is flushed,
+        and it ends rolled back. Units of work stage inserts in it for ``write_staged``."""
+        async with self._staging_sessions() as session:
+            yield session
+
     async def ping(self) -> None:
         async with self.read_engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def write_staged(self, session: AsyncSession) -> bool:
+        """Write what ``session`` (a reader's) staged in one transaction of the batch writer;
+        ``False`` (nothing written) when only a unit of work can write it."""
+        statements = staged_statements(session, self.engine.dialect)
+        if statements is None:
+            return False
+        if statements:
+            async with self._write_lock:
+                await self.batch_writer.write(statements)
+        return True
+
     async def dispose(self) -> None:
+        if self.batch_writer is not None:
+            await self.batch_writer.close()
         await self.engine.dispose()
         if self.read_engine is not self.engine:
             await self.read_engine.dispose()
@@ -276,6 +389,9 @@ class GroupCommit:
     ``prepare(session, hints)``, if given, runs first in each transaction with the hints the
     batch's callers passed to ``submit`` (e.g. the idempotency keys to look up): one query
     for the batch instead of one per unit of work.
+
+    On SQLite (``Database.batch_writer``) the units of work read in a snapshot and only stage
+    inserts, and their rows are written in one hand-off to the batch writer's thread.
     """
 
     def __init__(self, db: Database, max_batch: int = 256, prepare=None) -> None:  # noqa: ANN001
@@ -297,15 +413,24 @@ class GroupCommit:
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)
 
+    async def _work(self, session: AsyncSession, batch) -> list:  # noqa: ANN001
+        hints = [hint for _, _, hint in batch if hint is not None]
+        if self.prepare is not None and hints:
+            await self.prepare(session, hints)
+        return [await work(session) for work, _, _ in batch]
+
     async def _commit(self, batch) -> None:  # noqa: ANN001
-        results = []
+        results = None
         try:
-            async with self.unit_of_work_for(batch) as session:
-                hints = [hint for _, _, hint in batch if hint is not None]
-                if self.prepare is not None and hints:
-                    await self.prepare(session, hints)
-                for work, _, _ in batch:
-                    results.append(await work(session))
+            if self.db.batch_writer is not None:
+                # anything but staged inserts goes through a unit of work
+                async with self.db.staging() as session:
+                    staged = await self._work(session, batch)
+                    if await self.db.write_staged(session):
+                        results = staged
+            if results is None:
+                async with self.db.unit_of_work() as session:
+                    results = await self._work(session, batch)
         except Exception:  # noqa: BLE001 - isolate the failing unit of work
             if len(batch) == 1:
                 _, future, _ = batch[0]
@@ -319,9 +444,7 @@ class GroupCommit:
             if not future.done():
                 future.set_result(result)
 
-    def unit_of_work_for(self, batch):  # noqa: ANN001, ANN201
-        return self.db.unit_of_work()
-
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
+

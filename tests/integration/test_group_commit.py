@@ -1,0 +1,188 @@
+"""The group commit (``shared.db.GroupCommit``) on SQLite and PostgreSQL: every unit of work
+is answered only after its rows are stored, a failing one fails alone, a unique conflict is
+SQLAlchemy's ``IntegrityError``; and SQLite's batch writer writes a transaction whole or not
+at all."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from services.capture.models import CapturedLead, CaptureOutbox
+from shared.db import Database, GroupCommit, SqliteBatchWriter, prefetch_rows, prefetched, stage_insert
+
+LEADS = CapturedLead.__table__
+OUTBOX = CaptureOutbox.__table__
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+
+
+def lead(n: int, idempotency_key: str | None = None) -> dict:
+    return dict(event_id=f"e-{n}", email=f"lead{n}@example.com", contact_key=f"lead{n}@example.com", form_id=None,
+                form_type=None, status="accepted", spam_reason=None, client_address="127.0.0.1",
+                payload={"n": n, "name": "Ünïcødé"}, idempotency_key=idempotency_key, request_fingerprint=None,
+                received_at=T0)
+
+
+def outbox_row(n: int) -> dict:
+    return dict(event_id=f"e-{n}", topic="leads.captured", key=f"lead{n}@example.com", value=b'{"n": %d}' % n,
+                created_at=T0, attempts=0)
+
+
+def capture(n: int, idempotency_key: str | None = None):  # noqa: ANN201
+    """A unit of work as capture's: a lead and its outbox row, staged."""
+
+    async def work(session):  # noqa: ANN001, ANN202
+        stage_insert(session, LEADS, lead(n, idempotency_key))
+        stage_insert(session, OUTBOX, outbox_row(n))
+        return n
+
+    return work
+
+
+async def counts(db: Database) -> tuple[int, int]:
+    async with db.reader() as session:
+        leads = (await session.execute(select(func.count()).select_from(LEADS))).scalar_one()
+        rows = (await session.execute(select(func.count()).select_from(OUTBOX))).scalar_one()
+    return leads, rows
+
+
+@pytest.fixture
+async def db(database_factory):
+    database = Database(await database_factory("capture"))
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def test_every_unit_of_work_is_stored_before_its_answer(db):
+    writer = GroupCommit(db)
+    try:
+        answers = await asyncio.gather(*(writer.submit(capture(n)) for n in range(200)))
+        assert sorted(answers) == list(range(200))
+        assert await counts(db) == (200, 200)
+        async with db.reader() as session:
+            payload, received = (await session.execute(
+                select(LEADS.c.payload, LEADS.c.received_at).where(LEADS.c.event_id == "e-7"))).one()
+            value = (await session.execute(select(OUTBOX.c.value).where(OUTBOX.c.event_id == "e-7"))).scalar_one()
+        assert payload == {"n": 7, "name": "Ünïcødé"}
+        assert received.replace(tzinfo=received.tzinfo or timezone.utc) == T0
+        assert bytes(value) == b'{"n": 7}'
+    finally:
+        await writer.stop()
+    if db.sqlite:
+        assert db.batch_writer is not None  # the file-backed SQLite store writes in one hand-off
+
+
+async def test_a_failing_unit_of_work_fails_alone(db):
+    writer = GroupCommit(db)
+
+    async def broken(session):  # noqa: ANN001, ANN202
+        stage_insert(session, LEADS, lead(999))
+        raise ValueError("bad request")
+
+    try:
+        results = await asyncio.gather(*(writer.submit(capture(n)) for n in range(20)), writer.submit(broken),
+                                       *(writer.submit(capture(n)) for n in range(20, 40)), return_exceptions=True)
+        assert [r for r in results if isinstance(r, Exception)] == [results[20]]
+        assert isinstance(results[20], ValueError)
+        assert await counts(db) == (40, 40)  # nothing of the broken unit of work
+    finally:
+        await writer.stop()
+
+
+async def test_a_unique_conflict_is_an_integrity_error_for_its_caller_only(db):
+    writer = GroupCommit(db)
+    try:
+        await writer.submit(capture(1, idempotency_key="key-1"))
+        results = await asyncio.gather(
+            *(writer.submit(capture(n)) for n in range(10, 20)),
+            writer.submit(capture(2, idempotency_key="key-1")),  # stored before: the unique index refuses it
+            return_exceptions=True,
+        )
+        assert all(not isinstance(r, Exception) for r in results[:10])
+        assert isinstance(results[10], IntegrityError)
+        assert await counts(db) == (11, 11)
+        # the writer goes on after a refused transaction
+        assert await writer.submit(capture(3)) == 3
+        assert await counts(db) == (12, 12)
+    finally:
+        await writer.stop()
+
+
+async def test_a_unit_of_work_reads_what_earlier_batches_stored(db):
+    """``prepare`` and the units of work read the rows committed before their batch (capture's
+    idempotency keys): a later batch finds the earlier one's key."""
+
+    async def prepare(session, keys):  # noqa: ANN001, ANN202
+        await prefetch_rows(session, LEADS.c.idempotency_key, keys, LEADS.c.event_id)
+
+    def keyed(n: int, key: str):  # noqa: ANN202
+        async def work(session):  # noqa: ANN001, ANN202
+            found = prefetched(session, LEADS.c.idempotency_key).get(key)
+            if found:
+                return f"duplicate of {found['event_id']}"
+            stage_insert(session, LEADS, lead(n, key))
+            return "stored"
+
+        return work
+
+    writer = GroupCommit(db, prepare=prepare)
+    try:
+        assert await writer.submit(keyed(1, "k"), hint="k") == "stored"
+        assert await writer.submit(keyed(2, "k"), hint="k") == "duplicate of e-1"
+    finally:
+        await writer.stop()
+
+
+async def test_units_of_work_with_orm_objects_are_written_by_a_unit_of_work(db):
+    """Only staged inserts take the batch writer's path; an ORM object in the batch sends the
+    whole batch through a unit of work, and nothing is written twice."""
+    writer = GroupCommit(db)
+
+    async def orm(session):  # noqa: ANN001, ANN202
+        session.add(CapturedLead(**lead(500)))
+        return "orm"
+
+    try:
+        results = await asyncio.gather(*(writer.submit(capture(n)) for n in range(5)), writer.submit(orm))
+        assert results[-1] == "orm"
+        assert await counts(db) == (6, 5)
+    finally:
+        await writer.stop()
+
+
+async def test_the_batch_writer_writes_a_transaction_whole_or_not_at_all(tmp_path):
+    from shared.migrate import aupgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'capture.db'}"
+    await aupgrade("capture", url)
+    db = Database(url)
+    try:
+        dialect = db.engine.dialect
+        compiled = insert(LEADS).compile(dialect=dialect, column_keys=list(lead(0)))
+        order = compiled.positiontup
+        processors = compiled._bind_processors  # noqa: SLF001
+
+        def params(row: dict) -> tuple:
+            return tuple(processors[k](row[k]) if k in processors else row[k] for k in order)
+
+        good = (compiled.string, [params(lead(1)), params(lead(2))])
+        clash = (compiled.string, [params(lead(3)), params(lead(1))])  # e-1 again: primary key
+        with pytest.raises(IntegrityError):
+            await db.batch_writer.write([good, clash])
+        assert await counts(db) == (0, 0)  # the good statement was rolled back with the other
+        await db.batch_writer.write([good])
+        assert await counts(db) == (2, 0)
+    finally:
+        await db.dispose()
+
+
+def test_an_in_memory_sqlite_database_has_no_batch_writer():
+    """A second connection to ``:memory:`` would be another, empty database."""
+    assert Database("sqlite+aiosqlite:///:memory:").batch_writer is None
+    assert isinstance(Database("sqlite+aiosqlite:////tmp/x.db").batch_writer, SqliteBatchWriter)
