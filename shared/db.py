@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import orjson
 from sqlalchemy import Column, DateTime, Table, bindparam, event, exc, insert, select, text, update
@@ -110,7 +110,8 @@ def before_inserts(session: AsyncSession, name: str, write) -> None:  # noqa: AN
     session.info.setdefault("before_inserts", {})[name] = write
 
 
-async def flush_inserts(session: AsyncSession) -> None:
+async def flush_inserts(session: AsyncSession) -> list[Table]:
+    """Write what the unit of work staged; the tables that staged rows went to."""
     writes = session.info.pop("before_inserts", None)
     pending = session.info.pop("bulk_inserts", None)
     if writes or pending:
@@ -119,6 +120,7 @@ async def flush_inserts(session: AsyncSession) -> None:
         await write(session)
     for table, rows in (pending or {}).items():
         await insert_many(session, table, rows)
+    return [table for table, rows in (pending or {}).items() if rows]
 
 
 _PLANS: dict[tuple, tuple | None] = {}
@@ -250,13 +252,19 @@ class SqliteBatchWriter:
             self._connection = connection
         return self._connection
 
-    def _write(self, statements: list[tuple[str, list[tuple]]]) -> None:
+    def _write(self, statements: list[tuple[str, list[tuple]]]) -> list[int | None]:
         connection = self._connect()
         connection.execute("BEGIN IMMEDIATE")
         try:
+            last_ids = []
             for sql, values in statements:
                 connection.executemany(sql, values)
+                # an executemany INSERT numbers its rows one after another (this transaction
+                # holds the write lock), so the last rowid gives all of them
+                last_ids.append(connection.execute("SELECT last_insert_rowid()").fetchone()[0]
+                                if sql.startswith("INSERT") else None)
             connection.execute("COMMIT")
+            return last_ids
         except BaseException:
             if connection.in_transaction:
                 try:
@@ -266,9 +274,10 @@ class SqliteBatchWriter:
                     self._close()
             raise
 
-    async def write(self, statements: list[tuple[str, list[tuple]]]) -> None:
+    async def write(self, statements: list[tuple[str, list[tuple]]]) -> list[int | None]:
+        """Write ``statements`` in one transaction; the last rowid of each INSERT (else ``None``)."""
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write, statements)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._write, statements)
         except sqlite3.Error as error:
             raise exc.DBAPIError.instance(
                 "; ".join(sql for sql, _ in statements), None, error, sqlite3.Error
@@ -280,14 +289,15 @@ class SqliteBatchWriter:
             self._connection = None
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        if self._connection is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
         self._executor.shutdown(wait=False)
 
 
-def staged_statements(session: AsyncSession, dialect) -> list[tuple[str, list[tuple]]] | None:  # noqa: ANN001
-    """The driver's statements for what this unit of work staged with ``stage_insert``, or
-    ``None`` if it holds anything else to write (ORM objects, ``before_inserts`` writes,
-    rows SQLAlchemy must complete itself)."""
+def staged_statements(session: AsyncSession, dialect) -> list[tuple[Table, list[dict], tuple]] | None:  # noqa: ANN001
+    """Each table's rows staged with ``stage_insert`` in this unit of work and the driver's
+    statement for them, or ``None`` if it holds anything else to write (ORM objects,
+    ``before_inserts`` writes, rows SQLAlchemy must complete itself)."""
     if session.new or session.dirty or session.deleted or session.info.get("before_inserts"):
         return None
     statements, memo = [], {}
@@ -296,8 +306,18 @@ def staged_statements(session: AsyncSession, dialect) -> list[tuple[str, list[tu
             bound = _driver_parameters(dialect, "insert", table, rows, lambda table=table: insert(table), memo)
             if bound is None:
                 return None
-            statements.append(bound)
+            statements.append((table, rows, bound))
     return statements
+
+
+class InsertListener(Protocol):
+    """Told of the rows inserted into a table (``Database.listen``), e.g. an outbox's relay."""
+
+    def inserted(self, rows: list[dict], first_id: int) -> None:
+        """``rows`` were committed, in order, with the integer keys ``first_id``, ``first_id + 1`` …"""
+
+    def inserted_unseen(self) -> None:
+        """Rows were committed that ``inserted`` was not told of."""
 
 
 class Database:
@@ -319,6 +339,7 @@ class Database:
         self._write_lock = asyncio.Lock() if self.sqlite else None
         path = make_url(url).database if self.sqlite else None
         self.batch_writer = SqliteBatchWriter(path) if path and path != ":memory:" else None
+        self._listeners: dict[Table, InsertListener] = {}
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
         self._staging_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False, autoflush=False)
@@ -333,13 +354,16 @@ class Database:
             async with self._sessions() as session:
                 async with session.begin():
                     yield session
-                    await flush_inserts(session)
-            return
-        async with self._write_lock:
-            async with self._sessions() as session:
-                async with session.begin():
-                    yield session
-                    await flush_inserts(session)
+                    written = await flush_inserts(session)
+        else:
+            async with self._write_lock:
+                async with self._sessions() as session:
+                    async with session.begin():
+                        yield session
+                        written = await flush_inserts(session)
+        for table in written:
+            if table in self._listeners:
+                self._listeners[table].inserted_unseen()
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:
@@ -359,16 +383,39 @@ class Database:
         async with self.read_engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    def listen(self, table: Table, listener: InsertListener) -> None:
+        """Tell ``listener`` of every row this process commits into ``table`` (a table whose
+        integer primary key SQLite assigns: its rowid, as an outbox's)."""
+        self._listeners[table] = listener
+
     async def write_staged(self, session: AsyncSession) -> bool:
-        """Write what ``session`` (a reader's) staged in one transaction of the batch writer;
-        ``False`` (nothing written) when only a unit of work can write it."""
+        """Write what ``session`` (a staging one) staged in one transaction of the batch
+        writer; ``False`` (nothing written) when only a unit of work can write it."""
         statements = staged_statements(session, self.engine.dialect)
         if statements is None:
             return False
         if statements:
             async with self._write_lock:
-                await self.batch_writer.write(statements)
+                last_ids = await self.batch_writer.write([bound for _, _, bound in statements])
+            for (table, rows, _), last_id in zip(statements, last_ids):
+                if table in self._listeners:
+                    self._listeners[table].inserted(rows, last_id - len(rows) + 1)
         return True
+
+    async def update_where_in(self, table: Table, key: str, keys: Sequence, values: dict) -> None:
+        """``UPDATE table SET values WHERE key IN keys`` in a transaction of its own (on SQLite
+        by the batch writer, as one executemany by key)."""
+        if not keys:
+            return
+        if self.batch_writer is not None:
+            bound = _driver_parameters(self.engine.dialect, "update", table, [{**values, "_key": k} for k in keys],
+                                       lambda: update(table).where(table.c[key] == bindparam("_key")), {})
+            if bound is not None:
+                async with self._write_lock:
+                    await self.batch_writer.write([bound])
+                return
+        async with self.unit_of_work() as session:
+            await session.execute(update(table).where(table.c[key].in_(keys)).values(**values))
 
     async def dispose(self) -> None:
         if self.batch_writer is not None:

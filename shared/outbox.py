@@ -9,12 +9,18 @@ and comes back empty), publishes the retained rows again. Consumers deduplicate 
 Right after such a restart the embedded broker can acknowledge a write and lose it (seen
 as a lead or two missing out of a hundred when the machine is busy), so what the relay
 publishes in the first seconds on a new cluster is published once more when they are over.
+
+On SQLite, where the group commit's batch writer tells the relay of each row it commits
+(``Database.listen``), the relay publishes those rows from memory instead of reading them
+back (``FreshRows``), in the same id order; the table stays the truth, read again whenever
+memory may not hold every pending row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from datetime import datetime, timedelta, timezone
 
 import structlog
@@ -83,6 +89,52 @@ SETTLING = "#settling"
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
 
+# in memory mode, the table is still read this often (rows other processes reset or wrote)
+SCAN_EVERY_S = 1.0
+
+
+class FreshRows:
+    """The outbox rows this process committed and has not yet published, in id order, as the
+    batch writer reports them: what the relay publishes without reading them back.
+
+    Memory is *trusted* only while it holds every pending row above the last one the relay
+    read from the table: from a read that found the table drained, until anything breaks
+    that (rows written another way, a failed publish, a new broker cluster, too many rows
+    waiting). Then the relay reads the table again until it is drained once more."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.rows: deque[tuple[int, str, str, bytes]] = deque()
+        self.trusted = False
+        self.epoch = 0  # bumped whenever memory stops being complete
+
+    def inserted(self, rows: list[dict], first_id: int) -> None:
+        if len(self.rows) + len(rows) > self.limit:
+            self.forget()
+            return
+        self.rows.extend((first_id + i, r["topic"], r["key"], r["value"]) for i, r in enumerate(rows))
+
+    def inserted_unseen(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        self.rows.clear()
+        self.trusted = False
+        self.epoch += 1
+
+    def read_through(self, last_id: int | None, drained: bool, epoch: int) -> None:
+        """The table was read (in id order) up to ``last_id``, and those rows published: drop
+        them from memory; a drained read, with memory complete since it began, trusts it."""
+        if last_id is not None:
+            while self.rows and self.rows[0][0] <= last_id:
+                self.rows.popleft()
+        if drained and epoch == self.epoch:
+            self.trusted = True
+
+    def take(self, limit: int) -> list[tuple[int, str, str, bytes]]:
+        return [self.rows.popleft() for _ in range(min(limit, len(self.rows)))]
+
+
 class OutboxRelay:
     """Publishes committed outbox rows; one per process that writes an outbox."""
 
@@ -101,7 +153,12 @@ class OutboxRelay:
         self._settle_until = 0.0
         self._housekept = 0.0
         self._metrics_at = 0.0
+        self._scanned_at = 0.0
         self.published = 0
+        self.fresh: FreshRows | None = None
+        if db.batch_writer is not None:
+            self.fresh = FreshRows(limit=4 * settings.outbox_batch_size)
+            db.listen(self.table, self.fresh)
 
     def wake(self) -> None:
         """Tell the relay a commit added rows (saves the poll interval)."""
@@ -158,6 +215,8 @@ class OutboxRelay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the broker or database is away: retry
+                if self.fresh is not None:
+                    self.fresh.forget()
                 OUTBOX_ERRORS.labels(self.service).inc()
                 log.warning("outbox relay failed, retrying", error=repr(exc), backoff_s=round(backoff, 2))
                 self._cluster_id = None  # re-check the cluster after any failure
@@ -184,6 +243,8 @@ class OutboxRelay:
                 .where(self.table.c.published_at.is_not(None), self.table.c.published_cluster != cluster_id)
                 .values(published_at=None, published_cluster=None)
             )
+        if self.fresh is not None:
+            self.fresh.forget()  # rows published before are pending again
         if result.rowcount:
             OUTBOX_REPUBLISHED.labels(self.service).inc(result.rowcount)
             log.warning("new broker cluster: re-publishing retained events", cluster_id=cluster_id, rows=result.rowcount)
@@ -201,12 +262,22 @@ class OutboxRelay:
                 .values(published_at=None, published_cluster=None)
             )
         self._settle_until = 0.0
+        if self.fresh is not None:
+            self.fresh.forget()
         if result.rowcount:
             OUTBOX_REPUBLISHED.labels(self.service).inc(result.rowcount)
             log.info("new broker cluster settled: re-publishing what was sent while it started", rows=result.rowcount)
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows in id order; returns how many were published."""
+        limit = self.settings.outbox_batch_size
+        fresh = self.fresh
+        now = asyncio.get_running_loop().time()
+        if fresh is not None and fresh.trusted and fresh.rows and now - self._scanned_at < SCAN_EVERY_S:
+            rows = fresh.take(limit)
+            return await self._publish(rows)
+        self._scanned_at = now
+        epoch = fresh.epoch if fresh is not None else 0
         m = self.table.c
         async with self.db.reader() as session:
             rows = (
@@ -214,31 +285,30 @@ class OutboxRelay:
                     select(m.id, m.topic, m.key, m.value)
                     .where(m.published_at.is_(None))
                     .order_by(m.id)
-                    .limit(self.settings.outbox_batch_size)
+                    .limit(limit)
                 )
             ).all()
-        if not rows:
-            return 0
+        sent = await self._publish(rows) if rows else 0
+        if fresh is not None:
+            fresh.read_through(rows[-1][0] if rows else None, drained=len(rows) < limit, epoch=epoch)
+        return sent
+
+    async def _publish(self, rows) -> int:  # noqa: ANN001 - (id, topic, key, value) rows
         # Rows are marked with the cluster seen just before sending. If the broker restarts
         # while they are in flight, the next check sees another id and publishes them again:
         # at worst a duplicate (same event id), never a loss.
         cluster_id = await self._check_cluster()
-        acked = await self.kafka.send_many([(r.topic, r.key.encode(), r.value, HEADERS) for r in rows])
-        done = [r.id for r, ok in zip(rows, acked) if ok]
-        async with self.db.unit_of_work() as session:
-            await session.execute(
-                update(self.table)
-                .where(m.id.in_(done))
-                .values(published_at=datetime.now(timezone.utc),
-                        published_cluster=cluster_id + SETTLING if self._settle_until else cluster_id)
-            )
-        if len(done) < len(rows):
-            # some sends failed: count the successes, then let the loop back off and retry the rest
-            OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
-            self.published += len(done)
-            raise ConnectionError(f"{len(rows) - len(done)} of {len(rows)} outbox rows not acknowledged")
+        acked = await self.kafka.send_many([(topic, key.encode(), value, HEADERS) for _, topic, key, value in rows])
+        done = [row[0] for row, ok in zip(rows, acked) if ok]
+        await self.db.update_where_in(self.table, "id", done, {
+            "published_at": datetime.now(timezone.utc),
+            "published_cluster": cluster_id + SETTLING if self._settle_until else cluster_id,
+        })
         OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
         self.published += len(done)
+        if len(done) < len(rows):
+            # some sends failed: let the loop back off and retry the rest (read from the table)
+            raise ConnectionError(f"{len(rows) - len(done)} of {len(rows)} outbox rows not acknowledged")
         return len(done)
 
     async def _housekeep(self) -> None:
