@@ -35,11 +35,11 @@ def _json_dumps(value: object) -> str:
 JSON_CODEC = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
-def _sqlite_pragmas(cursor) -> None:  # noqa: ANN001
+def _sqlite_pragmas(cursor, busy_timeout_ms: int = 30000) -> None:  # noqa: ANN001
     cursor.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL survives a process crash; only an OS crash may lose the last commits.
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.execute("PRAGMA foreign_keys=ON")
 
 
@@ -244,11 +244,30 @@ class SqliteBatchWriter:
         self.path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-batch-writer")
         self._connection: sqlite3.Connection | None = None
+        self._deferred: list[tuple[str, list[tuple]]] = []
+        self.busy_timeout_ms = 30000  # as the engines': how long a write waits for another's lock
+
+    def defer(self, statement: tuple[str, list[tuple]]) -> None:
+        """Write ``statement`` at the start of the next transaction (``write`` or ``flush``):
+        for writes worth no transaction of their own, that may wait a moment and may even be
+        lost without harm (the outbox's marks of published rows: a lost one only means the
+        row is published again)."""
+        self._deferred.append(statement)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._deferred)
+
+    async def flush(self) -> None:
+        """Write what was deferred, if anything."""
+        if self._deferred:
+            await self.write([])
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is None:
-            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            _sqlite_pragmas(connection)
+            connection = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None,
+                                         check_same_thread=False)
+            _sqlite_pragmas(connection, self.busy_timeout_ms)
             self._connection = connection
         return self._connection
 
@@ -275,22 +294,36 @@ class SqliteBatchWriter:
             raise
 
     async def write(self, statements: list[tuple[str, list[tuple]]]) -> list[int | None]:
-        """Write ``statements`` in one transaction; the last rowid of each INSERT (else ``None``)."""
+        """Write what was deferred and ``statements`` in one transaction; the last rowid of
+        each of ``statements`` that is an INSERT (else ``None``)."""
+        deferred, self._deferred = self._deferred, []
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._write, statements)
-        except sqlite3.Error as error:
-            raise exc.DBAPIError.instance(
-                "; ".join(sql for sql, _ in statements), None, error, sqlite3.Error
-            ) from error
+            last_ids = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._write, deferred + statements)
+        except BaseException as error:
+            if statements:
+                # the transaction may have failed for its own statements: the deferred go with
+                # the next; a flush that fails on them alone drops them (see ``defer``)
+                self._deferred[:0] = deferred
+            if isinstance(error, sqlite3.Error):
+                raise exc.DBAPIError.instance(
+                    "; ".join(sql for sql, _ in statements), None, error, sqlite3.Error
+                ) from error
+            raise
+        return last_ids[len(deferred):]
 
     def _close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
-    async def close(self) -> None:
+    async def disconnect(self) -> None:
+        """Close the connection (the next write opens another, e.g. with a new busy timeout)."""
         if self._connection is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+
+    async def close(self) -> None:
+        await self.disconnect()
         self._executor.shutdown(wait=False)
 
 
@@ -357,6 +390,8 @@ class Database:
                     written = await flush_inserts(session)
         else:
             async with self._write_lock:
+                if self.batch_writer is not None and self.batch_writer.pending:
+                    await self.batch_writer.flush()  # deferred writes come before any later one
                 async with self._sessions() as session:
                     async with session.begin():
                         yield session
@@ -402,23 +437,38 @@ class Database:
                     self._listeners[table].inserted(rows, last_id - len(rows) + 1)
         return True
 
-    async def update_where_in(self, table: Table, key: str, keys: Sequence, values: dict) -> None:
-        """``UPDATE table SET values WHERE key IN keys`` in a transaction of its own (on SQLite
-        by the batch writer, as one executemany by key)."""
+    async def update_where_in(self, table: Table, key: str, keys: Sequence, values: dict, *,
+                              deferred: bool = False) -> None:
+        """``UPDATE table SET values WHERE key IN keys`` in a transaction of its own; on SQLite
+        by the batch writer, as one executemany by key, and with ``deferred`` in the batch
+        writer's next transaction (call ``flush`` before reading what it changes)."""
         if not keys:
             return
         if self.batch_writer is not None:
             bound = _driver_parameters(self.engine.dialect, "update", table, [{**values, "_key": k} for k in keys],
                                        lambda: update(table).where(table.c[key] == bindparam("_key")), {})
             if bound is not None:
+                if deferred:
+                    self.batch_writer.defer(bound)
+                    return
                 async with self._write_lock:
                     await self.batch_writer.write([bound])
                 return
         async with self.unit_of_work() as session:
             await session.execute(update(table).where(table.c[key].in_(keys)).values(**values))
 
+    async def flush(self) -> None:
+        """Write what the batch writer deferred (``update_where_in(deferred=True)``)."""
+        if self.batch_writer is not None and self.batch_writer.pending:
+            async with self._write_lock:
+                await self.batch_writer.flush()
+
     async def dispose(self) -> None:
         if self.batch_writer is not None:
+            try:
+                await self.flush()
+            except exc.SQLAlchemyError:
+                pass  # deferred marks of published outbox rows: those rows are published again
             await self.batch_writer.close()
         await self.engine.dispose()
         if self.read_engine is not self.engine:

@@ -278,6 +278,7 @@ class OutboxRelay:
             return await self._publish(rows)
         self._scanned_at = now
         epoch = fresh.epoch if fresh is not None else 0
+        await self.db.flush()  # marks not yet written would read as pending
         m = self.table.c
         async with self.db.reader() as session:
             rows = (
@@ -300,10 +301,12 @@ class OutboxRelay:
         cluster_id = await self._check_cluster()
         acked = await self.kafka.send_many([(topic, key.encode(), value, HEADERS) for _, topic, key, value in rows])
         done = [row[0] for row, ok in zip(rows, acked) if ok]
+        # On SQLite the marks go with the group commit's next transaction (flushed before the
+        # table is read): a crash before then publishes the rows again, never loses them.
         await self.db.update_where_in(self.table, "id", done, {
             "published_at": datetime.now(timezone.utc),
             "published_cluster": cluster_id + SETTLING if self._settle_until else cluster_id,
-        })
+        }, deferred=True)
         OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
         self.published += len(done)
         if len(done) < len(rows):
@@ -320,6 +323,7 @@ class OutboxRelay:
 
     async def _update_metrics(self) -> None:
         m = self.table.c
+        await self.db.flush()
         async with self.db.reader() as session:
             count, oldest = (
                 await session.execute(select(func.count(m.id), func.min(m.created_at)).where(m.published_at.is_(None)))

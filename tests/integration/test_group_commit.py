@@ -186,3 +186,97 @@ def test_an_in_memory_sqlite_database_has_no_batch_writer():
     """A second connection to ``:memory:`` would be another, empty database."""
     assert Database("sqlite+aiosqlite:///:memory:").batch_writer is None
     assert isinstance(Database("sqlite+aiosqlite:////tmp/x.db").batch_writer, SqliteBatchWriter)
+
+
+async def sqlite_db(tmp_path) -> Database:
+    from shared.migrate import aupgrade
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'capture.db'}"
+    await aupgrade("capture", url)
+    return Database(url)
+
+
+async def unpublished(db: Database) -> int:
+    async with db.reader() as session:
+        return (await session.execute(
+            select(func.count()).select_from(OUTBOX).where(OUTBOX.c.published_at.is_(None)))).scalar_one()
+
+
+async def test_a_deferred_update_is_written_with_the_next_transaction_or_a_flush(tmp_path):
+    db = await sqlite_db(tmp_path)
+    writer = GroupCommit(db)
+    try:
+        await asyncio.gather(*(writer.submit(capture(n)) for n in range(4)))
+        async with db.reader() as session:
+            ids = (await session.execute(select(OUTBOX.c.id).order_by(OUTBOX.c.id))).scalars().all()
+        await db.update_where_in(OUTBOX, "id", ids[:2], {"published_at": T0}, deferred=True)
+        assert await unpublished(db) == 4  # not yet
+        await writer.submit(capture(10))  # the group commit's transaction carries it
+        assert await unpublished(db) == 3
+        await db.update_where_in(OUTBOX, "id", ids[2:], {"published_at": T0}, deferred=True)
+        await db.flush()
+        assert await unpublished(db) == 1
+    finally:
+        await writer.stop()
+        await db.dispose()
+
+
+async def test_deferred_writes_come_before_any_later_unit_of_work(tmp_path):
+    """The relay defers its marks; a unit of work that then resets rows (a new broker
+    cluster) must find them marked, or the reset would be overwritten and the rows lost."""
+    from sqlalchemy import update
+
+    db = await sqlite_db(tmp_path)
+    writer = GroupCommit(db)
+    try:
+        await writer.submit(capture(1))
+        async with db.reader() as session:
+            (row_id,) = (await session.execute(select(OUTBOX.c.id))).scalars().all()
+        await db.update_where_in(OUTBOX, "id", [row_id], {"published_at": T0, "published_cluster": "old"},
+                                 deferred=True)
+        async with db.unit_of_work() as session:
+            await session.execute(update(OUTBOX).where(OUTBOX.c.published_cluster != "new")
+                                  .values(published_at=None, published_cluster=None))
+        assert await unpublished(db) == 1  # reset after the mark, not overwritten by it
+    finally:
+        await writer.stop()
+        await db.dispose()
+
+
+async def test_a_failed_transaction_keeps_the_deferred_writes_for_the_next(tmp_path):
+    db = await sqlite_db(tmp_path)
+    writer = GroupCommit(db)
+    try:
+        await writer.submit(capture(1, idempotency_key="k"))
+        async with db.reader() as session:
+            (row_id,) = (await session.execute(select(OUTBOX.c.id))).scalars().all()
+        await db.update_where_in(OUTBOX, "id", [row_id], {"published_at": T0}, deferred=True)
+        with pytest.raises(IntegrityError):
+            await writer.submit(capture(2, idempotency_key="k"))  # refused: rolled back with the mark
+        assert await unpublished(db) == 1
+        await writer.submit(capture(3))
+        assert await unpublished(db) == 1  # the mark went with this one; row 3 is new
+        async with db.reader() as session:
+            marked = (await session.execute(select(OUTBOX.c.published_at).where(OUTBOX.c.id == row_id))).scalar_one()
+        assert marked is not None
+    finally:
+        await writer.stop()
+        await db.dispose()
+
+
+async def test_a_deferred_write_that_fails_alone_is_dropped(tmp_path):
+    """Deferred writes may be lost without harm; one that cannot be written must not block
+    every later transaction."""
+    db = await sqlite_db(tmp_path)
+    writer = GroupCommit(db)
+    try:
+        db.batch_writer.defer(("UPDATE no_such_table SET x = ?", [(1,)]))
+        with pytest.raises(Exception):  # noqa: B017 - the group commit's batch fails with it …
+            await writer.submit(capture(1))
+        with pytest.raises(Exception):  # noqa: B017 - … and a flush of it alone
+            await db.flush()
+        assert not db.batch_writer.pending
+        assert await writer.submit(capture(2)) == 2  # … after which writes go on
+    finally:
+        await writer.stop()
+        await db.dispose()

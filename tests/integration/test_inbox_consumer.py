@@ -206,6 +206,9 @@ class outage:  # noqa: N801
                 dbapi_conn.cursor().execute("PRAGMA busy_timeout=100")
 
             await self.db.engine.dispose()
+            if self.db.batch_writer is not None:  # its own connection (group commits, deferred marks)
+                self.db.batch_writer.busy_timeout_ms = 100
+                await self.db.batch_writer.disconnect()
             self._lock = sqlite3.connect(make_url(self.db.url).database, timeout=5, isolation_level=None)
             self._lock.execute("BEGIN EXCLUSIVE")
         else:
