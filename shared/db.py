@@ -475,6 +475,13 @@ class Database:
             await self.read_engine.dispose()
 
 
+# Loop passes a group commit lets run before it takes its batch. Capture, 32 connections, 10 s
+# runs on SQLite: 0 → 3,300-3,450 leads/s (228-238 µs of main-thread CPU per lead), 2 → 3,620-3,800,
+# 3 → 3,730-3,840 (204-209 µs), 4 → 3,810; a 1 ms linger instead: 3,400 (a timer adds latency
+# when idle, a pass does not).
+GATHER_YIELDS = 3
+
+
 class GroupCommit:
     """Group commit: the units of work of many concurrent requests share one transaction.
 
@@ -506,6 +513,12 @@ class GroupCommit:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            for _ in range(GATHER_YIELDS):
+                # Let the requests the loop already holds reach the queue: each pass runs what
+                # is ready (a request parsed, a response sent and the next one read), so under
+                # load a batch grows by what one commit would otherwise leave for the next; idle,
+                # a pass costs microseconds.
+                await asyncio.sleep(0)
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)
