@@ -390,7 +390,7 @@ class Database:
                     written = await flush_inserts(session)
         else:
             async with self._write_lock:
-                if self.batch_writer is not None and self.batch_writer.pending:
+                if self.batch_writer is not None:
                     await self.batch_writer.flush()  # deferred writes come before any later one
                 async with self._sessions() as session:
                     async with session.begin():
@@ -437,28 +437,24 @@ class Database:
                     self._listeners[table].inserted(rows, last_id - len(rows) + 1)
         return True
 
-    async def update_where_in(self, table: Table, key: str, keys: Sequence, values: dict, *,
-                              deferred: bool = False) -> None:
-        """``UPDATE table SET values WHERE key IN keys`` in a transaction of its own; on SQLite
-        by the batch writer, as one executemany by key, and with ``deferred`` in the batch
-        writer's next transaction (call ``flush`` before reading what it changes)."""
+    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict) -> None:
+        """``UPDATE table SET values WHERE key IN keys``, for an update that may wait and may
+        even be lost without harm (see ``SqliteBatchWriter.defer``): on SQLite it goes with the
+        batch writer's next transaction (``flush`` before reading what it changes), elsewhere
+        in a transaction of its own."""
         if not keys:
             return
         if self.batch_writer is not None:
             bound = _driver_parameters(self.engine.dialect, "update", table, [{**values, "_key": k} for k in keys],
                                        lambda: update(table).where(table.c[key] == bindparam("_key")), {})
             if bound is not None:
-                if deferred:
-                    self.batch_writer.defer(bound)
-                    return
-                async with self._write_lock:
-                    await self.batch_writer.write([bound])
+                self.batch_writer.defer(bound)
                 return
         async with self.unit_of_work() as session:
             await session.execute(update(table).where(table.c[key].in_(keys)).values(**values))
 
     async def flush(self) -> None:
-        """Write what the batch writer deferred (``update_where_in(deferred=True)``)."""
+        """Write what the batch writer deferred (``update_later``)."""
         if self.batch_writer is not None and self.batch_writer.pending:
             async with self._write_lock:
                 await self.batch_writer.flush()

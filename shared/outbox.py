@@ -303,10 +303,10 @@ class OutboxRelay:
         done = [row[0] for row, ok in zip(rows, acked) if ok]
         # On SQLite the marks go with the group commit's next transaction (flushed before the
         # table is read): a crash before then publishes the rows again, never loses them.
-        await self.db.update_where_in(self.table, "id", done, {
+        await self.db.update_later(self.table, "id", done, {
             "published_at": datetime.now(timezone.utc),
             "published_cluster": cluster_id + SETTLING if self._settle_until else cluster_id,
-        }, deferred=True)
+        })
         OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
         self.published += len(done)
         if len(done) < len(rows):

@@ -209,11 +209,11 @@ async def test_a_deferred_update_is_written_with_the_next_transaction_or_a_flush
         await asyncio.gather(*(writer.submit(capture(n)) for n in range(4)))
         async with db.reader() as session:
             ids = (await session.execute(select(OUTBOX.c.id).order_by(OUTBOX.c.id))).scalars().all()
-        await db.update_where_in(OUTBOX, "id", ids[:2], {"published_at": T0}, deferred=True)
+        await db.update_later(OUTBOX, "id", ids[:2], {"published_at": T0})
         assert await unpublished(db) == 4  # not yet
         await writer.submit(capture(10))  # the group commit's transaction carries it
         assert await unpublished(db) == 3
-        await db.update_where_in(OUTBOX, "id", ids[2:], {"published_at": T0}, deferred=True)
+        await db.update_later(OUTBOX, "id", ids[2:], {"published_at": T0})
         await db.flush()
         assert await unpublished(db) == 1
     finally:
@@ -232,8 +232,7 @@ async def test_deferred_writes_come_before_any_later_unit_of_work(tmp_path):
         await writer.submit(capture(1))
         async with db.reader() as session:
             (row_id,) = (await session.execute(select(OUTBOX.c.id))).scalars().all()
-        await db.update_where_in(OUTBOX, "id", [row_id], {"published_at": T0, "published_cluster": "old"},
-                                 deferred=True)
+        await db.update_later(OUTBOX, "id", [row_id], {"published_at": T0, "published_cluster": "old"})
         async with db.unit_of_work() as session:
             await session.execute(update(OUTBOX).where(OUTBOX.c.published_cluster != "new")
                                   .values(published_at=None, published_cluster=None))
@@ -250,7 +249,7 @@ async def test_a_failed_transaction_keeps_the_deferred_writes_for_the_next(tmp_p
         await writer.submit(capture(1, idempotency_key="k"))
         async with db.reader() as session:
             (row_id,) = (await session.execute(select(OUTBOX.c.id))).scalars().all()
-        await db.update_where_in(OUTBOX, "id", [row_id], {"published_at": T0}, deferred=True)
+        await db.update_later(OUTBOX, "id", [row_id], {"published_at": T0})
         with pytest.raises(IntegrityError):
             await writer.submit(capture(2, idempotency_key="k"))  # refused: rolled back with the mark
         assert await unpublished(db) == 1
