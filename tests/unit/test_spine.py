@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -10,7 +12,8 @@ import pytest
 from services.capture.forms import FormsError, load_forms
 from shared.errors import field_errors
 from shared.events import (
-    LEAD_CAPTURED, LEADS_CAPTURED, STAGE_CHANGED, InvalidEvent, LeadCaptured, make_event, parse_event, utcnow,
+    LEAD_CAPTURED, LEADS_CAPTURED, STAGE_CHANGED, InvalidEvent, LeadCaptured, make_event, new_event_id, parse_event,
+    utcnow,
 )
 from shared.identity import check_email, normalise_email
 from shared.settings import Settings, async_url
@@ -27,6 +30,23 @@ def test_event_round_trip_is_cloudevents_structured_json():
     again = parse_event(event.to_bytes())
     assert again.id == event.id and again.topic == LEADS_CAPTURED
     assert again.parsed_data().email == "A@B.co"
+
+
+def test_event_ids_are_unique_uuid7_that_grow_with_time():
+    before = time.time_ns() // 1_000_000
+    ids = [new_event_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(str(u) == i for u, i in zip(parsed, ids))  # canonical text
+    assert {u.version for u in parsed} == {7} and {u.variant for u in parsed} == {uuid.RFC_4122}
+    millis = [u.int >> 80 for u in parsed]
+    assert before <= millis[0] and millis == sorted(millis) and millis[-1] <= after
+    # ids of later milliseconds sort after earlier ones as text too (what an index orders by)
+    later = [i for i, m in zip(ids, millis) if m > millis[0]]
+    assert not later or min(later) > max(i for i, m in zip(ids, millis) if m == millis[0])
+    event = make_event(LEAD_CAPTURED, LeadCaptured(email="a@b.co", occurred_at=utcnow()), source="/c", subject="a@b.co")
+    assert uuid.UUID(event.id).version == 7
 
 
 @pytest.mark.parametrize(
