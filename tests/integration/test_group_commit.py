@@ -279,3 +279,66 @@ async def test_a_deferred_write_that_fails_alone_is_dropped(tmp_path):
     finally:
         await writer.stop()
         await db.dispose()
+
+
+def rows_in_the_main_file(path, tmp_path) -> int:
+    """Leads stored in the database file itself, without its write-ahead log: a copy of the
+    file alone holds only what a checkpoint has copied back."""
+    import shutil
+    import sqlite3
+
+    alone = tmp_path / "alone.db"
+    shutil.copyfile(path, alone)
+    with sqlite3.connect(alone) as conn:
+        return conn.execute("SELECT count(*) FROM capture_leads").fetchone()[0]
+
+
+@pytest.mark.parametrize("through", ["group commit", "unit of work"])
+async def test_commits_only_append_and_a_thread_copies_the_log_back(tmp_path, through):
+    """SQLite's own checkpoint is pushed out to ~40 MB of log, so a commit never stalls copying
+    the log back: the checkpointer's thread does it, after group commits and units of work."""
+    db = await sqlite_db(tmp_path)
+    writer = GroupCommit(db)
+    try:
+        path = db.batch_writer.path
+        async with db.engine.connect() as conn:  # the safety net, on every connection of ours
+            assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 10000
+        assert rows_in_the_main_file(path, tmp_path) == 0
+        if through == "group commit":
+            await asyncio.gather(*(writer.submit(capture(n)) for n in range(20)))
+        else:
+            async with db.unit_of_work() as session:
+                for n in range(20):
+                    stage_insert(session, LEADS, lead(n))
+        await eventually_true(lambda: rows_in_the_main_file(path, tmp_path) == 20)
+        assert db.batch_writer.checkpointer.checkpoints >= 1
+    finally:
+        await writer.stop()
+        await db.dispose()
+    thread = db.batch_writer.checkpointer._thread  # noqa: SLF001
+    assert thread is not None and not thread.is_alive()  # stopped with the database
+
+
+async def eventually_true(check, timeout: float = 10.0) -> None:  # noqa: ANN001
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "not within the timeout"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_checkpoint_waits_for_no_reader(tmp_path):
+    """A reader holding an old snapshot keeps its pages; commits go on and nothing fails."""
+    db = await sqlite_db(tmp_path)
+    writer = GroupCommit(db)
+    try:
+        async with db.reader() as session:
+            assert (await session.execute(select(func.count()).select_from(LEADS))).scalar_one() == 0
+            await asyncio.gather(*(writer.submit(capture(n)) for n in range(10)))
+            await asyncio.sleep(3 * db.batch_writer.checkpointer.INTERVAL_S)
+            # still the reader's snapshot
+            assert (await session.execute(select(func.count()).select_from(LEADS))).scalar_one() == 0
+        await asyncio.gather(*(writer.submit(capture(n)) for n in range(10, 20)))
+        assert await counts(db) == (20, 20)
+    finally:
+        await writer.stop()
+        await db.dispose()
