@@ -83,6 +83,9 @@ def stage_event(session: AsyncSession, outbox_model: type[OutboxMixin], event: C
 
 
 LINGER_S = 0.01
+# With nothing more committed for this long after a send, the relay writes its deferred marks
+# of published rows itself (on SQLite they otherwise go with the next group commit).
+MARKS_IDLE_S = 0.05
 # after a broker restart: rows published this soon are published again when it is over
 SETTLE_S = 3.0
 SETTLING = "#settling"
@@ -205,13 +208,16 @@ class OutboxRelay:
                 if sent >= self.settings.outbox_batch_size:
                     continue
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_interval_s)
-                    if sent:
-                        # Busy: let a few more commits land so one round trip carries them all.
-                        await asyncio.sleep(LINGER_S)
-                except asyncio.TimeoutError:
-                    pass
+                poll = self.settings.outbox_poll_interval_s
+                woken = await self._woken(min(MARKS_IDLE_S, poll) if sent else poll)
+                if sent and not woken:
+                    # Quiet: the marks of what was just sent would wait for a commit that may
+                    # not come (or for the next poll); write them now.
+                    await self.db.flush()
+                    woken = await self._woken(max(poll - MARKS_IDLE_S, 0))
+                if woken and sent:
+                    # Busy: let a few more commits land so one round trip carries them all.
+                    await asyncio.sleep(LINGER_S)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the broker or database is away: retry
@@ -224,6 +230,13 @@ class OutboxRelay:
                     return
                 await asyncio.sleep(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, self.settings.outbox_max_backoff_s)
+
+    async def _woken(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def _check_cluster(self) -> str:
         """The current cluster id; on a new one (an embedded broker started anew, empty),

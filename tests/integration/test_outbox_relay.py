@@ -314,3 +314,20 @@ async def test_a_broker_outage_in_memory_mode_loses_nothing(setup):
     # and is marked with the old cluster: published again, and once more after settling
     # (duplicates have the same event id; consumers drop them)
     assert set(got) == set(later) and max(got.values()) <= 3
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_quiet_relay_writes_its_deferred_marks_without_waiting_for_a_commit(setup):
+    """On SQLite the marks of published rows go with the next group commit. When none comes,
+    the relay writes them itself at once, not at its next poll (here 30 s away): the table
+    shows what is published while the system is quiet."""
+    broker, db, relay, settings = setup
+    relay.start()
+    await eventually(lambda: _trusted(relay))
+    settings.outbox_poll_interval_s = 30.0
+    await asyncio.sleep(0.5)  # the relay is now in a 30 s wait, woken only by commits
+    ids = await group_commit_many(db, relay, 30)
+    await eventually(lambda: _zero(db), timeout=5)
+    assert not db.batch_writer.pending
+    records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=30, settle=0.5)
+    assert_once_in_order(records, ids)
