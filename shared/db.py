@@ -253,6 +253,7 @@ class WalCheckpointer:
         self.path = path
         self.checkpoints = 0
         self._dirty = threading.Event()
+        self._wake = threading.Event()  # set only to stop
         self._stopping = False
         self._started = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -269,11 +270,12 @@ class WalCheckpointer:
     def _run(self) -> None:
         connection = None
         try:
-            while True:
+            while not self._stopping:
                 self._dirty.wait()
                 if self._stopping:
                     return
-                time.sleep(self.INTERVAL_S)  # let a few more commits append first
+                if self._wake.wait(self.INTERVAL_S):  # let a few more commits append first
+                    return
                 self._dirty.clear()
                 try:
                     if connection is None:
@@ -293,6 +295,7 @@ class WalCheckpointer:
 
     def stop(self) -> None:
         self._stopping = True
+        self._wake.set()
         self._dirty.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -342,3 +342,17 @@ async def test_a_checkpoint_waits_for_no_reader(tmp_path):
     finally:
         await writer.stop()
         await db.dispose()
+
+
+def test_the_checkpointer_stops_at_once_even_while_it_waits_to_checkpoint(tmp_path):
+    from shared.db import WalCheckpointer
+
+    for _ in range(5):
+        checkpointer = WalCheckpointer(str(tmp_path / "x.db"))
+        checkpointer.written()  # its thread now waits INTERVAL_S before checkpointing
+        checkpointer.stop()
+        assert not checkpointer._thread.is_alive()  # noqa: SLF001 - not left behind
+    idle = WalCheckpointer(str(tmp_path / "y.db"))
+    idle.stop()  # never started: nothing to stop
+    idle.written()
+    assert idle._thread is None  # noqa: SLF001 - a stopped one starts no thread
