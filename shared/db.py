@@ -253,8 +253,7 @@ class WalCheckpointer:
         self.path = path
         self.checkpoints = 0
         self._dirty = threading.Event()
-        self._wake = threading.Event()  # set only to stop
-        self._stopping = False
+        self._stop = threading.Event()
         self._started = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -262,7 +261,7 @@ class WalCheckpointer:
         """A commit appended to the log (from the batch writer's thread or the event loop's)."""
         if self._thread is None:
             with self._started:
-                if self._thread is None and not self._stopping:
+                if self._thread is None and not self._stop.is_set():
                     self._thread = threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True)
                     self._thread.start()
         self._dirty.set()
@@ -270,11 +269,9 @@ class WalCheckpointer:
     def _run(self) -> None:
         connection = None
         try:
-            while not self._stopping:
+            while not self._stop.is_set():
                 self._dirty.wait()
-                if self._stopping:
-                    return
-                if self._wake.wait(self.INTERVAL_S):  # let a few more commits append first
+                if self._stop.wait(self.INTERVAL_S):  # let a few more commits append first
                     return
                 self._dirty.clear()
                 try:
@@ -294,8 +291,7 @@ class WalCheckpointer:
                 connection.close()
 
     def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+        self._stop.set()
         self._dirty.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
