@@ -41,7 +41,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Database, in_chunks, stage_insert
+from shared.db import Database, WriteConflict, check_before_write, in_chunks, stage_insert
 from shared.events import EVENT_TYPES, CloudEvent, InvalidEvent, dlq_topic, parse_event
 from shared.kafka import ConsumerRebalanceListener, KafkaGateway, create_consumer
 from shared.settings import Settings
@@ -91,7 +91,7 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away by themselves: database busy or down, broker away."""
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+    if isinstance(exc, (WriteConflict, sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
                         sa_exc.TimeoutError, TimeoutError, ConnectionError, OSError, KafkaError)):
         return True
     if isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)):
@@ -177,6 +177,10 @@ class InboxConsumer:
     another topic (``shared.events.EVENT_TYPES``) is dead-lettered rather than applied.
     ``prefetch(session, deliveries)`` (optional) runs first in each transaction with the
     new events of the batch, to load in a few queries what the handlers will read.
+    ``snapshot``: apply each batch in ``Database.snapshot_unit_of_work`` (on SQLite, members
+    in several processes then compute at once and take turns only to write): for handlers
+    that register, with ``check_before_write``, a check of everything they read. The
+    consumer checks its own reads (the inbox); a stale snapshot retries the batch.
     """
 
     def __init__(
@@ -196,6 +200,7 @@ class InboxConsumer:
         max_backoff_s: float = 5.0,
         strict_topics: bool = True,
         prefetch: Callable[[AsyncSession, list[Delivery]], Awaitable[None]] | None = None,
+        snapshot: bool = False,
     ) -> None:
         if inbox_model is None:
             from shared.store.models import ProcessedEvent
@@ -213,6 +218,7 @@ class InboxConsumer:
         self.max_backoff_s = max_backoff_s
         self.strict_topics = strict_topics  # an event on another type's topic is dead-lettered
         self.prefetch = prefetch
+        self.snapshot = snapshot
         self.consumer = None
         self.assignment: set[TopicPartition] = set()
         self.assigned = asyncio.Event()
@@ -473,9 +479,11 @@ class InboxConsumer:
         """Apply every valid, new event of ``items`` in one transaction (with its inbox rows)."""
         outcome = _Outcome()
         now = datetime.now(timezone.utc)
-        async with self.db.unit_of_work() as session:
+        async with (self.db.snapshot_unit_of_work() if self.snapshot else self.db.unit_of_work()) as session:
             ids = [i.event.id for i in items if i.event is not None and i.reason is None]
             seen = await self._already_applied(session, ids)
+            if self.snapshot:
+                check_before_write(session, "inbox", lambda writer: self._check_unapplied(writer, outcome))
             deliveries = [self._delivery(i) if i.reason is None and i.event.id not in seen else None for i in items]
             if self.prefetch is not None:
                 fresh = [d for d in deliveries if d is not None]
@@ -496,6 +504,12 @@ class InboxConsumer:
                 seen.add(item.event.id)
                 outcome.applied.append(item)
         return outcome
+
+    async def _check_unapplied(self, writer: AsyncSession, outcome: _Outcome) -> None:
+        """Before a snapshot's batch is written: none of the events it applies was applied
+        meanwhile (by the member that held the partition before a rebalance)."""
+        if await self._already_applied(writer, [item.event.id for item in outcome.applied]):
+            raise WriteConflict("events of the batch were applied since its snapshot")
 
     async def _already_applied(self, session: AsyncSession, ids: list[str]) -> set[str]:
         seen: set[str] = set()
@@ -580,10 +594,12 @@ class InboxConsumer:
             except Exception as exc:  # noqa: BLE001
                 if not is_transient(exc):
                     raise
-                RETRIES.labels(self.name, kind).inc()
+                conflict = isinstance(exc, WriteConflict)
+                RETRIES.labels(self.name, "conflict" if conflict else kind).inc()
                 self.retries += 1
-                log.warning("transient failure, retrying", consumer=self.name, kind=kind, error=repr(exc)[:500],
-                            backoff_s=round(delay, 2))
+                (log.info if conflict else log.warning)(
+                    "stale snapshot, applying again" if conflict else "transient failure, retrying",
+                    consumer=self.name, kind=kind, error=repr(exc)[:500], backoff_s=round(delay, 2))
                 if self._stopping or self._revoking:
                     raise _Abandoned from exc
                 await self._sleep(delay)

@@ -111,6 +111,19 @@ def prefetched(session: AsyncSession, key_column: Column) -> dict[str, dict | No
     return session.info.get(_prefetch_slot(key_column), {})
 
 
+class WriteConflict(Exception):
+    """What a snapshot unit of work read has changed since (another process wrote it): the
+    work must run again on a new snapshot. Transient (``shared.consumer.is_transient``)."""
+
+
+def check_before_write(session: AsyncSession, name: str, check) -> None:  # noqa: ANN001
+    """Run ``await check(writer)`` when a snapshot unit of work (``Database.snapshot_unit_of_work``)
+    writes: under the write lock, before anything is written, in the writing transaction
+    ``writer`` (which sees every commit). ``check`` raises ``WriteConflict`` if what the work
+    read in its snapshot has changed since."""
+    session.info.setdefault("write_checks", {})[name] = check
+
+
 def before_inserts(session: AsyncSession, name: str, write) -> None:  # noqa: ANN001
     """Run ``await write(session)`` once when this unit of work commits, after the ORM flush
     and before the staged inserts: rows written with Core that staged rows may refer to."""
@@ -473,6 +486,38 @@ class Database:
         for table in written:
             if table in self._listeners:
                 self._listeners[table].inserted_unseen()
+
+    @asynccontextmanager
+    async def snapshot_unit_of_work(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work that reads without holding SQLite's write lock.
+
+        SQLite has one writer at a time, and ``unit_of_work`` takes the write lock when it
+        begins (``BEGIN IMMEDIATE``), so two processes whose transactions compute for long
+        (qualification's workers, a second apart per batch) would run one after the other.
+        Here the work reads in a snapshot (a deferred transaction of the read engine) and
+        only stages its writes (``stage_insert``, ``before_inserts``); then one transaction
+        of the writer engine takes the lock, runs the checks the work registered
+        (``check_before_write``: has anything it read changed since?) and writes. The
+        processes compute at once and take turns only to write. A check that finds the
+        snapshot stale raises ``WriteConflict`` and nothing is written: the caller runs the
+        work again. On PostgreSQL (row locks: the work reads ``FOR UPDATE``) it is
+        ``unit_of_work``, and the checks are not needed.
+        """
+        if not self.sqlite:
+            async with self.unit_of_work() as session:
+                yield session
+            return
+        async with self._staging_sessions() as reading:
+            async with reading.begin():
+                yield reading
+                if reading.new or reading.dirty or reading.deleted:
+                    raise RuntimeError("a snapshot unit of work writes only what it stages (stage_insert, "
+                                       "before_inserts), never ORM objects")
+                staged = dict(reading.info)
+        async with self.unit_of_work() as writing:
+            writing.info.update(staged)
+            for check in writing.info.pop("write_checks", {}).values():
+                await check(writing)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[AsyncSession]:

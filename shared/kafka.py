@@ -10,6 +10,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared.events import ALL_TOPICS
@@ -223,7 +224,13 @@ def create_consumer(
     client_id: str,
     listener: ConsumerRebalanceListener | None = None,
 ) -> AIOKafkaConsumer:
-    """A consumer with manual commits: offsets are committed only after the effect is stored."""
+    """A consumer with manual commits: offsets are committed only after the effect is stored.
+
+    Partitions are assigned by range, topic by topic: with topics of equal partition counts
+    keyed alike (``leads.captured`` and ``outreach.touches``, both by contact email) each
+    member gets the same partition numbers of every topic, so all of a contact's events go
+    to one member (co-partitioning) and two members rarely write the same contact at once.
+    """
     consumer = AIOKafkaConsumer(
         group_id=group_id,
         client_id=client_id,
@@ -232,6 +239,7 @@ def create_consumer(
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_records=settings.consumer_batch_size,
+        partition_assignment_strategy=(RangePartitionAssignor,),
         request_timeout_ms=max(settings.kafka_request_timeout_ms, settings.kafka_session_timeout_ms + 2000),
         **connection_options(settings),
     )

@@ -40,6 +40,7 @@ class QualificationRuntime(ServiceRuntime):
             inbox_model=ProcessedEvent,
             after_commit=self.relay.wake,
             prefetch=prefetch,
+            snapshot=True,  # the repository checks what a batch read (services/qualification/repository.py)
         )
 
     async def start(self) -> None:

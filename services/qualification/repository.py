@@ -11,7 +11,10 @@ from sqlalchemy import Table, Text, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.qualification.domain import attribution
-from shared.db import before_inserts, in_chunks, insert_many, insert_missing, stage_insert, update_many
+from shared.db import (
+    WriteConflict, before_inserts, check_before_write, in_chunks, insert_many, insert_missing, stage_insert,
+    update_many,
+)
 from shared.store.models import Account, Contact, Opportunity, Score, StageChange, Touch
 
 # A batch of events is applied in one transaction. Contacts and accounts are read and written
@@ -172,7 +175,25 @@ def _held(session: AsyncSession) -> dict[str, Record]:
     if held is None:
         held = session.info[_key("held")] = {}
         before_inserts(session, _key("records"), _write_records)
+        check_before_write(session, _key("contacts"), _check_contacts)
     return held
+
+
+async def _check_contacts(writer: AsyncSession) -> None:
+    """Before a batch read in a snapshot is written (SQLite, ``Database.snapshot_unit_of_work``):
+    every contact it read is as it was read, and none it creates exists. Every fact about a
+    contact (a touch, a stage move by sales or by a re-score) changes its row, so an unchanged
+    row also means an unchanged timeline, stage history and opportunity."""
+    found = [r for r in writer.info.get(_key("contacts"), {}).values() if r is not None and r.loaded is not None]
+    for chunk in in_chunks(found):
+        rows = (await writer.execute(select(*_CONTACT_COLUMNS).where(_CONTACTS.c.id.in_([r.id for r in chunk])))).all()
+        current = {row[0]: tuple(row) for row in rows}
+        if any(current.get(r.id) != r.loaded for r in chunk):
+            raise WriteConflict("contacts of the batch changed since its snapshot")
+    new = [r.email for r in writer.info.get(_key("held"), {}).values() if isinstance(r, ContactRecord) and r.new]
+    for chunk in in_chunks(new):
+        if (await writer.execute(select(_CONTACTS.c.id).where(_CONTACTS.c.email.in_(chunk)).limit(1))).first():
+            raise WriteConflict("contacts the batch creates were created since its snapshot")
 
 
 def _hold(session: AsyncSession, record: Record | None) -> Record | None:

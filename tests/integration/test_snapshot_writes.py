@@ -1,0 +1,336 @@
+"""Snapshot units of work: on SQLite, workers in several processes compute their batches at
+once and take turns only to write; a batch whose snapshot went stale writes nothing and
+runs again (``Database.snapshot_unit_of_work``, ``check_before_write``, ``WriteConflict``).
+
+Real migrated stores, SQLite and PostgreSQL (where the same unit of work holds row locks
+instead, and the checks are not needed); the consumer's own check against the real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import namedtuple
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select, update
+
+from services.qualification import handlers
+from services.qualification.service import load_qualifier
+from shared.broker import EmbeddedBroker, free_port
+from shared.consumer import Delivery, InboxConsumer, is_transient
+from shared.db import Database, WriteConflict, check_before_write, stage_insert
+from shared.events import (
+    LEAD_CAPTURED, LEADS_CAPTURED, OUTREACH_TOUCHES, TOUCH_RECORDED, LeadCaptured, TouchRecorded, make_event, utcnow,
+)
+from shared.kafka import KafkaGateway
+from shared.store.models import Account, Contact, ProcessedEvent, Score, Touch
+from tests.integration.test_qualification_batch import T0, apply, lead, snapshot, stored_account
+from tests.support import ROOT, eventually, make_settings
+
+pytestmark = pytest.mark.timeout(120)
+
+TABLE = handlers.bind(load_qualifier(ROOT / "deploy/config/scoring.yaml"))
+
+
+@pytest.fixture
+async def db(database_factory):
+    database = Database(await database_factory("pipeline"))
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+def touch(email: str, at, outcome: str = "replied") -> Delivery:  # noqa: ANN001
+    ev = make_event(TOUCH_RECORDED, TouchRecorded(email=email, channel="cold_email", outcome=outcome, rep="sam",
+                                                  occurred_at=at), source="/test", subject=email, time=at)
+    return Delivery(ev.topic, 0, 0, email.encode(), ev, ev.parsed_data(), 0)
+
+
+async def apply_in_snapshot(db: Database, deliveries: list[Delivery], *, opened: asyncio.Event | None = None,
+                            hold: asyncio.Event | None = None) -> None:
+    """What the qualification worker does with a batch, in a snapshot unit of work;
+    ``opened`` is set once the batch has read and applied, and the write waits for ``hold``."""
+    async with db.snapshot_unit_of_work() as session:
+        await handlers.prefetch(session, deliveries)
+        for d in deliveries:
+            await TABLE[d.event.type](session, d)
+        if opened is not None:
+            opened.set()
+        if hold is not None:
+            try:
+                await asyncio.wait_for(hold.wait(), 3.0)
+            except asyncio.TimeoutError:
+                pass  # PostgreSQL: the other batch waits for this one's row locks
+
+
+async def until_written(db: Database, deliveries: list[Delivery], **kw) -> int:  # noqa: ANN003
+    """Apply, again on a new snapshot after each ``WriteConflict`` (the consumer's retry); the
+    conflicts. On PostgreSQL two batches creating one contact race on its unique email
+    instead (the consumer applies the loser again alone), the one conflict rows locked
+    ``FOR UPDATE`` cannot prevent: there is no row yet."""
+    conflicts = 0
+    while True:
+        try:
+            await apply_in_snapshot(db, deliveries, **kw)
+            return conflicts
+        except (WriteConflict, sa_exc.IntegrityError) as exc:
+            assert isinstance(exc, WriteConflict) == db.sqlite, exc
+            conflicts += 1
+            kw = {}
+
+
+async def count(db: Database, model) -> int:  # noqa: ANN001
+    async with db.reader() as session:
+        return (await session.execute(select(func.count()).select_from(model))).scalar_one()
+
+
+# ---------------------------------------------------------------------- the unit of work
+
+
+async def test_checks_run_in_the_writing_transaction_and_a_conflict_writes_nothing(db):
+    seen_by_check: list[int] = []
+    now = utcnow()
+
+    async def other_writer() -> None:
+        async with db.unit_of_work() as session:
+            stage_insert(session, Account.__table__, dict(domain="other.io", firmographics={}, created_at=now,
+                                                          updated_at=now))
+
+    async def check(writer) -> None:  # noqa: ANN001
+        seen_by_check.append((await writer.execute(select(func.count()).select_from(Account))).scalar_one())
+        raise WriteConflict("stale")
+
+    with pytest.raises(WriteConflict) if db.sqlite else contextlib.nullcontext():
+        async with db.snapshot_unit_of_work() as session:
+            assert (await session.execute(select(func.count()).select_from(Account))).scalar_one() == 0
+            await other_writer()  # commits after the snapshot began
+            stage_insert(session, Account.__table__, dict(domain="mine.io", firmographics={}, created_at=now,
+                                                          updated_at=now))
+            check_before_write(session, "test", check)
+    async with db.reader() as session:
+        domains = (await session.execute(select(Account.domain))).scalars().all()
+    if db.sqlite:
+        assert seen_by_check == [1]  # the check saw the other writer's commit ...
+        assert domains == ["other.io"]  # ... and nothing staged was written
+    else:
+        assert seen_by_check == []  # row locks instead of checks: the work is written as it is
+        assert sorted(domains) == ["mine.io", "other.io"]
+    assert is_transient(WriteConflict("stale"))  # the consumer retries it, never dead-letters it
+
+
+async def test_a_snapshot_unit_of_work_refuses_orm_objects_on_sqlite(db):
+    if not db.sqlite:
+        pytest.skip("PostgreSQL's snapshot unit of work is the ordinary one")
+    now = utcnow()
+    with pytest.raises(RuntimeError, match="never ORM objects"):
+        async with db.snapshot_unit_of_work() as session:
+            session.add(Account(domain="orm.io", firmographics={}, created_at=now, updated_at=now))
+    assert await count(db, Account) == 0
+
+
+# ---------------------------------------------------------------------- qualification's checks
+
+
+async def test_two_batches_on_one_account_compute_at_once_on_both_backends(db):
+    """Different contacts of one company: neither batch waits for the other to compute, and
+    the account keeps both facts (SQLite included, unlike ``unit_of_work``)."""
+    await apply(db, [lead("eve@acme-robotics.io", T0 - timedelta(days=1), company="Acme")])
+    opened, second_done = asyncio.Event(), asyncio.Event()
+    happened: list[str] = []
+
+    async def first() -> None:
+        await apply_in_snapshot(db, [lead("ada@acme-robotics.io", T0, industry="robotics")], opened=opened,
+                                hold=second_done)
+        happened.append("first committed")
+
+    async def second() -> None:
+        await opened.wait()
+        await apply_in_snapshot(db, [lead("bob@acme-robotics.io", T0 + timedelta(minutes=1), country="DE")])
+        happened.append("second committed")
+        second_done.set()
+
+    await asyncio.gather(first(), second())
+    assert happened == ["second committed", "first committed"]
+    account = await stored_account(db, "acme-robotics.io")
+    assert (account.company, account.industry, account.country) == ("Acme", "robotics", "DE")
+    assert await count(db, Contact) == 3
+
+
+async def test_a_contact_written_since_the_snapshot_makes_the_batch_run_again(db, database_factory):
+    """Another worker applies a touch to a contact while this batch holds it in its snapshot:
+    the batch's write finds the row changed and writes nothing; run again, the store is what
+    the two batches applied one after the other give."""
+    email = "vp@acme-robotics.io"
+    seed = [lead(email, T0, title="VP Sales", company="Acme Robotics", employees=250)]
+    mine, theirs = [touch(email, T0 + timedelta(hours=1))], [touch(email, T0 + timedelta(hours=2), "positive_reply")]
+    await apply(db, seed)
+    opened, theirs_done = asyncio.Event(), asyncio.Event()
+
+    async def other_worker() -> None:
+        await opened.wait()
+        await until_written(db, theirs)
+        theirs_done.set()
+
+    conflicts, _ = await asyncio.gather(until_written(db, mine, opened=opened, hold=theirs_done), other_worker())
+    assert conflicts == (1 if db.sqlite else 0)  # PostgreSQL: the other worker waited for the row lock
+    async with db.reader() as session:
+        touches = (await session.execute(select(Touch.event_id))).scalars().all()
+        scores = (await session.execute(select(Score.cause_event_id))).scalars().all()
+    assert sorted(touches) == sorted(d.event.id for d in seed + mine + theirs)  # each once
+    assert sorted(scores) == sorted(d.event.id for d in seed + mine + theirs)
+
+    # the same facts applied one batch after the other, in the order they were committed
+    order = [seed, theirs, mine] if db.sqlite else [seed, mine, theirs]
+    sequential = Database(await database_factory("pipeline"))
+    try:
+        for batch in order:
+            await apply(sequential, batch)
+        expected, got = await snapshot(sequential), await snapshot(db)
+    finally:
+        await sequential.dispose()
+    assert got == expected
+
+
+async def test_a_contact_created_since_the_snapshot_makes_the_batch_run_again(db):
+    """Two batches both create one new contact: one contact, both facts on its timeline."""
+    email = "new@acme-robotics.io"
+    opened, theirs_done = asyncio.Event(), asyncio.Event()
+
+    async def other_worker() -> None:
+        await opened.wait()
+        await until_written(db, [lead(email, T0 + timedelta(minutes=5))])
+        theirs_done.set()
+
+    conflicts, _ = await asyncio.gather(
+        until_written(db, [lead(email, T0)], opened=opened, hold=theirs_done), other_worker())
+    assert conflicts == 1
+    async with db.reader() as session:
+        contacts = (await session.execute(select(Contact.id))).scalars().all()
+        touches = (await session.execute(select(Touch.contact_id))).scalars().all()
+    assert len(contacts) == 1 and touches == contacts * 2
+
+
+async def test_a_stage_moved_by_sales_since_the_snapshot_is_not_overwritten(db):
+    """Any change to the contact's row (here a sales transition's, written directly) is seen."""
+    if not db.sqlite:
+        pytest.skip("PostgreSQL: the batch holds the row FOR UPDATE; sales waits for it")
+    email = "vp@acme-robotics.io"
+    await apply(db, [lead(email, T0, title="VP Sales", company="Acme Robotics", employees=250)])
+    opened, moved = asyncio.Event(), asyncio.Event()
+
+    async def sales() -> None:
+        await opened.wait()
+        async with db.unit_of_work() as session:
+            await session.execute(update(Contact).where(Contact.email == email)
+                                  .values(stage="opportunity", updated_at=utcnow()))
+        moved.set()
+
+    conflicts, _ = await asyncio.gather(
+        until_written(db, [touch(email, T0 + timedelta(hours=1))], opened=opened, hold=moved), sales())
+    assert conflicts == 1
+    async with db.reader() as session:
+        stage = (await session.execute(select(Contact.stage))).scalar_one()
+    assert stage == "opportunity"  # sales' move stands: qualification never moves a contact back
+
+
+# ---------------------------------------------------------------------- the consumer's check
+
+Record = namedtuple("Record", "topic partition offset key value headers timestamp")
+
+
+async def stage_lead(session, delivery: Delivery) -> None:  # noqa: ANN001
+    now = utcnow()
+    stage_insert(session, Account.__table__, dict(domain=delivery.event.id, company=delivery.data.email,
+                                                  firmographics={}, created_at=now, updated_at=now))
+
+
+async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated(db, tmp_path):
+    """A partition moved mid-batch: the old and the new member apply the same records at
+    once. The one that writes second finds them in the inbox, writes nothing, and on its
+    new snapshot counts them as duplicates: each effect once."""
+    broker = EmbeddedBroker(port=free_port())
+    await broker.astart()
+    settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=db.url,
+                             kafka_consumer_group=f"test-{uuid.uuid4().hex[:8]}")
+    kafka = KafkaGateway(settings, "test-producer")
+    try:
+        entered, other_done = asyncio.Event(), asyncio.Event()
+
+        async def slow(session, delivery: Delivery) -> None:  # noqa: ANN001
+            await stage_lead(session, delivery)
+            entered.set()
+            try:
+                await asyncio.wait_for(other_done.wait(), 3.0)
+            except asyncio.TimeoutError:
+                pass
+
+        old = InboxConsumer(db, kafka, settings, topics=[LEADS_CAPTURED], handlers={LEAD_CAPTURED: slow},
+                            name="old", snapshot=True, max_backoff_s=0.2)
+        new = InboxConsumer(db, kafka, settings, topics=[LEADS_CAPTURED], handlers={LEAD_CAPTURED: stage_lead},
+                            name="new", snapshot=True, max_backoff_s=0.2)
+        event = make_event(LEAD_CAPTURED, LeadCaptured(email="ada@acme.io", occurred_at=utcnow()), source="/test",
+                           subject="ada@acme.io")
+        record = Record(LEADS_CAPTURED, 0, 7, b"ada@acme.io", event.to_bytes(), [], 0)
+
+        async def new_member() -> None:
+            await entered.wait()
+            outcome = await new._retrying(lambda: new._apply([new._prepare(record)]), "database")
+            assert len(outcome.applied) == 1
+            other_done.set()
+
+        async def old_member():  # noqa: ANN202
+            try:
+                return await old._retrying(lambda: old._apply([old._prepare(record)]), "database")
+            except sa_exc.IntegrityError:
+                # PostgreSQL: nothing held the inbox row, so the unique keys caught the race
+                # (the consumer then applies the batch one message per transaction)
+                assert not db.sqlite
+                return await old._apply([old._prepare(record)])
+
+        outcome, _ = await asyncio.gather(old_member(), new_member())
+        assert (len(outcome.applied), len(outcome.duplicates)) == (0, 1)
+        assert old.retries == (1 if db.sqlite else 0)
+        assert await count(db, Account) == 1 and await count(db, ProcessedEvent) == 1
+    finally:
+        await kafka.stop()
+        broker.stop()
+
+
+async def test_members_of_a_group_get_the_same_partitions_of_both_topics(db, tmp_path):
+    """Range assignment: a contact's leads and touches (both keyed by its email) go to one member."""
+    broker = EmbeddedBroker(port=free_port())
+    await broker.astart()
+    settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=db.url,
+                             kafka_consumer_group=f"test-{uuid.uuid4().hex[:8]}")
+    kafka = KafkaGateway(settings, "test-producer")
+    await kafka.start()
+    members = [InboxConsumer(db, kafka, settings, topics=[LEADS_CAPTURED, OUTREACH_TOUCHES],
+                             handlers={LEAD_CAPTURED: stage_lead}, name="qualification", client_id=f"m{n}")
+               for n in range(2)]
+    try:
+        for member in members:
+            member.start()
+
+        def settled() -> bool:
+            parts = [m.assignment for m in members]
+            return all(parts) and sum(len(p) for p in parts) == 8
+
+        await eventually(lambda: _ready(settled()), timeout=60)
+        for member in members:
+            by_topic = {t: {tp.partition for tp in member.assignment if tp.topic == t}
+                        for t in (LEADS_CAPTURED, OUTREACH_TOUCHES)}
+            assert by_topic[LEADS_CAPTURED] == by_topic[OUTREACH_TOUCHES] and len(by_topic[LEADS_CAPTURED]) == 2
+    finally:
+        for member in members:
+            await member.stop()
+        await kafka.stop()
+        broker.stop()
+
+
+async def _ready(value: bool) -> bool:
+    return value
