@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -549,12 +550,15 @@ class InboxConsumer:
         if outcome.dead:
             await self._retrying(lambda: self._dead_letter(outcome.dead), "kafka")
         now = time.time()
+        latency = LATENCY.labels(self.name)
         for item in outcome.applied:
-            APPLIED.labels(self.name, item.record.topic, item.event.type).inc()
             if item.record.timestamp:
-                LATENCY.labels(self.name).observe(max(now - item.record.timestamp / 1000, 0))
-        for item in outcome.duplicates:
-            DUPLICATES.labels(self.name, item.record.topic).inc()
+                latency.observe(max(now - item.record.timestamp / 1000, 0))
+        # counted per label set, not per event (a batch holds up to thousands)
+        for (topic, type_), n in Tally((i.record.topic, i.event.type) for i in outcome.applied).items():
+            APPLIED.labels(self.name, topic, type_).inc(n)
+        for topic, n in Tally(i.record.topic for i in outcome.duplicates).items():
+            DUPLICATES.labels(self.name, topic).inc(n)
         self.applied += len(outcome.applied)
         self.duplicates += len(outcome.duplicates)
         self.dead_lettered += len(outcome.dead)
