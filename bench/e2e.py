@@ -10,9 +10,12 @@ company, title and size (each reaches ``sql`` at once under the shipped policy),
 arrival of each ``202`` until a consumer reading ``opportunities.qualified`` sees the event
 whose subject is that lead's email.
 
-``e2e-pg`` runs the same throughput with the pipeline store on PostgreSQL and two workers in
-the group (``BENCH_E2E_PG_WORKERS``), on the same 2 cores as the APIs, the broker and the
-PostgreSQL server.
+Two qualification workers in one group apply the stream (``BENCH_E2E_WORKERS``; on SQLite
+their batches read in a snapshot and take turns only to write, and a row counts the batches
+applied again because another worker wrote a contact they had read). ``e2e-pg`` runs the
+same throughput with the pipeline store on PostgreSQL and two workers in the group
+(``BENCH_E2E_PG_WORKERS``), on the same 2 cores as the APIs, the broker and the PostgreSQL
+server.
 """
 
 from __future__ import annotations
