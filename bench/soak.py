@@ -198,7 +198,7 @@ async def soak(events: int, minimum_faults: int, backend: str, seed: int) -> int
         print(f"  all sent in {sent_s:.0f} s; waiting until applied", file=sys.stderr, flush=True)
         applied = await wait_applied(stack, workload.accepted, timeout=1200)
         total_s = time.monotonic() - started
-        counts = report("soak", workload.accepted, applied, await stack.qualified_report())
+        counts = report("soak", workload.accepted, applied, await stack.qualified_report(), tmp)
         if counts["lost"]:
             print(await diagnose(stack, workload.accepted))
         accepted = len(set(workload.accepted.ids))

@@ -70,6 +70,7 @@ BATCH_SECONDS = Histogram(
 
 
 START_TIMEOUT_S = 60.0
+STALE_SNAPSHOT = "stale snapshot, applying the batch again"  # logged per retry (the fault suite counts them)
 
 
 class PermanentError(Exception):
@@ -601,9 +602,8 @@ class InboxConsumer:
                 conflict = isinstance(exc, WriteConflict)
                 RETRIES.labels(self.name, "conflict" if conflict else kind).inc()
                 self.retries += 1
-                (log.info if conflict else log.warning)(
-                    "stale snapshot, applying again" if conflict else "transient failure, retrying",
-                    consumer=self.name, kind=kind, error=repr(exc)[:500], backoff_s=round(delay, 2))
+                log.warning(STALE_SNAPSHOT if conflict else "transient failure, retrying", consumer=self.name,
+                            kind=kind, error=repr(exc)[:500], backoff_s=round(delay, 2))
                 if self._stopping or self._revoking:
                     raise _Abandoned from exc
                 await self._sleep(delay)

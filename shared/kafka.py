@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.partitioner import DefaultPartitioner
 
 from shared.events import ALL_TOPICS
@@ -230,6 +231,9 @@ def create_consumer(
     keyed alike (``leads.captured`` and ``outreach.touches``, both by contact email) each
     member gets the same partition numbers of every topic, so all of a contact's events go
     to one member (co-partitioning) and two members rarely write the same contact at once.
+    Round robin stays second choice, so members of a release before this one (round robin
+    only) and of this one form one group during a rolling upgrade (on Apache Kafka the
+    group takes range once every member offers it).
     """
     consumer = AIOKafkaConsumer(
         group_id=group_id,
@@ -239,7 +243,7 @@ def create_consumer(
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_records=settings.consumer_batch_size,
-        partition_assignment_strategy=(RangePartitionAssignor,),
+        partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
         request_timeout_ms=max(settings.kafka_request_timeout_ms, settings.kafka_session_timeout_ms + 2000),
         **connection_options(settings),
     )

@@ -190,13 +190,25 @@ async def send_workload(stack: FullStack, client: httpx.AsyncClient, accepted: A
     await asyncio.gather(*(lead(i) for i in range(leads)), *(prospect(i) for i in range(prospects)))
 
 
-def report(name: str, accepted: Accepted, applied: int, qualified: dict[str, int]) -> dict[str, int]:
+def report(name: str, accepted: Accepted, applied: int, qualified: dict[str, int],
+           logs: Path | None = None) -> dict[str, int]:
     ids = Counter(accepted.ids)
     lost = len(ids) - applied
     duplicated = qualified["contacts_with_several_opportunities"] + qualified["contacts_with_several_qualified_events"]
+    stale = f" stale_snapshots={stale_snapshots(logs)}" if logs is not None else ""
     print(f"\n[{name}] accepted={len(ids)} applied={applied} lost={lost} duplicated={duplicated} "
-          f"opportunities={qualified['opportunities']} qualified_on_topic={qualified['qualified_contacts_on_topic']}")
+          f"opportunities={qualified['opportunities']} qualified_on_topic={qualified['qualified_contacts_on_topic']}"
+          f"{stale}")
     return {"lost": lost, "duplicated": duplicated}
+
+
+def stale_snapshots(logs: Path) -> int:
+    """Batches the workers applied again so far because another wrote what they had read
+    (SQLite's snapshot reads: ``shared.consumer.STALE_SNAPSHOT`` in their logs)."""
+    from shared.consumer import STALE_SNAPSHOT
+
+    return sum(path.read_text(errors="replace").count(STALE_SNAPSHOT)
+               for path in logs.glob("qualification*.log"))
 
 
 async def diagnose(stack: FullStack, accepted: Accepted) -> str:

@@ -42,7 +42,7 @@ async def _during(workload, fault) -> None:  # noqa: ANN001
 
 async def _check(stack: FullStack, name: str, accepted: Accepted) -> None:
     applied = await stack.wait_applied(accepted, timeout=150)
-    counts = report(name, accepted, applied, await stack.qualified_report())
+    counts = report(name, accepted, applied, await stack.qualified_report(), stack.tmp)
     if counts["lost"]:
         print(await diagnose(stack, accepted))
     assert counts == {"lost": 0, "duplicated": 0}

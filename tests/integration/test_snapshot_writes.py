@@ -302,7 +302,8 @@ async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated
 
 
 async def test_members_of_a_group_get_the_same_partitions_of_both_topics(db, tmp_path):
-    """Range assignment: a contact's leads and touches (both keyed by its email) go to one member."""
+    """Range assignment: a contact's leads and touches (both keyed by its email) go to one
+    member. Three members, as two would get matching partitions by round robin too."""
     broker = EmbeddedBroker(port=free_port())
     await broker.astart()
     settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=db.url,
@@ -311,7 +312,7 @@ async def test_members_of_a_group_get_the_same_partitions_of_both_topics(db, tmp
     await kafka.start()
     members = [InboxConsumer(db, kafka, settings, topics=[LEADS_CAPTURED, OUTREACH_TOUCHES],
                              handlers={LEAD_CAPTURED: stage_lead}, name="qualification", client_id=f"m{n}")
-               for n in range(2)]
+               for n in range(3)]
     try:
         for member in members:
             member.start()
@@ -324,7 +325,7 @@ async def test_members_of_a_group_get_the_same_partitions_of_both_topics(db, tmp
         for member in members:
             by_topic = {t: {tp.partition for tp in member.assignment if tp.topic == t}
                         for t in (LEADS_CAPTURED, OUTREACH_TOUCHES)}
-            assert by_topic[LEADS_CAPTURED] == by_topic[OUTREACH_TOUCHES] and len(by_topic[LEADS_CAPTURED]) == 2
+            assert by_topic[LEADS_CAPTURED] == by_topic[OUTREACH_TOUCHES], by_topic
     finally:
         for member in members:
             await member.stop()
