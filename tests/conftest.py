@@ -8,7 +8,7 @@ from shared.broker import EmbeddedBroker, free_port
 from shared.kafka import ensure_topics
 from shared.migrate import aupgrade
 from shared.settings import Settings
-from tests.support import create_postgres_database, drop_postgres_database, postgres_available
+from tests.support import create_postgres_database, drop_postgres_database, migrated_store, postgres_available
 
 
 # Point the suite at an external Kafka (e.g. deploy/compose.yaml's, localhost:19092) instead of
@@ -81,3 +81,10 @@ async def database_factory(backend, tmp_path):
         yield factory
     finally:
         await factory.drop()
+
+
+@pytest.fixture
+async def pipeline_store(database_factory):
+    """A migrated pipeline store on the test's backend, opened as its services open it."""
+    async with migrated_store(database_factory, "pipeline") as db:
+        yield db

@@ -70,6 +70,18 @@ async def drop_postgres_database(url: str) -> None:
         await conn.close()
 
 
+@asynccontextmanager
+async def migrated_store(database_factory, database: str):  # noqa: ANN001, ANN201
+    """A service's database (``database_factory`` migrates it), opened as the service opens it."""
+    from shared.db import Database
+
+    db = Database(await database_factory(database))
+    try:
+        yield db
+    finally:
+        await db.dispose()
+
+
 def make_settings(bootstrap: str, data_dir: Path, **overrides) -> Settings:  # noqa: ANN003
     values = dict(
         kafka_bootstrap_servers=bootstrap,

@@ -47,12 +47,8 @@ async def stored(db: Database, prefix: str) -> list[dict]:
 
 
 @pytest.fixture
-async def store(database_factory):
-    db = Database(await database_factory("pipeline"))
-    try:
-        yield db
-    finally:
-        await db.dispose()
+def store(pipeline_store):
+    return pipeline_store
 
 
 async def test_insert_many_stores_what_sqlalchemys_executemany_stores(store):

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.capture.models import CapturedLead, CaptureOutbox
 from shared.db import Database, GroupCommit, SqliteBatchWriter, prefetch_rows, prefetched, stage_insert
+from tests.support import migrated_store
 
 LEADS = CapturedLead.__table__
 OUTBOX = CaptureOutbox.__table__
@@ -52,11 +53,8 @@ async def counts(db: Database) -> tuple[int, int]:
 
 @pytest.fixture
 async def db(database_factory):
-    database = Database(await database_factory("capture"))
-    try:
+    async with migrated_store(database_factory, "capture") as database:
         yield database
-    finally:
-        await database.dispose()
 
 
 async def test_every_unit_of_work_is_stored_before_its_answer(db):

@@ -37,12 +37,8 @@ TABLE = handlers.bind(load_qualifier(ROOT / "deploy/config/scoring.yaml"))
 
 
 @pytest.fixture
-async def db(database_factory):
-    database = Database(await database_factory("pipeline"))
-    try:
-        yield database
-    finally:
-        await database.dispose()
+def db(pipeline_store):
+    return pipeline_store
 
 
 def touch(email: str, at, outcome: str = "replied") -> Delivery:  # noqa: ANN001
