@@ -135,8 +135,9 @@ def _record_class(table: Table) -> type[Record]:
 ContactRecord = _record_class(Contact.__table__)
 AccountRecord = _record_class(Account.__table__)
 
-# Contacts are read FOR UPDATE (row locks on PostgreSQL; SQLite's one writer already holds
-# the database), so the batch may write back the columns that changed in any of them at
+# Contacts are read FOR UPDATE (row locks on PostgreSQL; on SQLite the batch reads in a
+# snapshot and ``_check_contacts`` finds them unchanged under the write lock, or the batch
+# runs again), so the batch may write back the columns that changed in any of them at
 # once (one statement; columns nobody changed, often indexed ones, are left alone).
 _FIXED = {"id", "email", "email_as_typed", "created_at"}
 _CONTACT_UPDATE = frozenset(c for c in ContactRecord.columns if c not in _FIXED)
