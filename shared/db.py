@@ -492,8 +492,8 @@ class Database:
         """A unit of work that reads without holding SQLite's write lock.
 
         SQLite has one writer at a time, and ``unit_of_work`` takes the write lock when it
-        begins (``BEGIN IMMEDIATE``), so two processes whose transactions compute for long
-        (qualification's workers, a second apart per batch) would run one after the other.
+        begins (``BEGIN IMMEDIATE``), so processes whose transactions compute for long (a
+        qualification worker's batch: about a second) would run one after the other.
         Here the work reads in a snapshot (a deferred transaction of the read engine) and
         only stages its writes (``stage_insert``, ``before_inserts``); then one transaction
         of the writer engine takes the lock, runs the checks the work registered
@@ -501,9 +501,10 @@ class Database:
         processes compute at once and take turns only to write. A check that finds the
         snapshot stale raises ``WriteConflict`` and nothing is written: the caller runs the
         work again. On PostgreSQL (row locks: the work reads ``FOR UPDATE``) it is
-        ``unit_of_work``, and the checks are not needed.
+        ``unit_of_work``, and the checks are not needed; so it is on an in-memory SQLite
+        database, which only one connection sees.
         """
-        if not self.sqlite:
+        if not self.sqlite or self.batch_writer is None:
             async with self.unit_of_work() as session:
                 yield session
             return
