@@ -30,6 +30,7 @@ import time
 import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.harness import Row, Stack, rss_mib
 from bench.load import build_request, run_load
@@ -161,14 +162,14 @@ async def lag(stack: Stack) -> list[float]:
 
 def snapshot_retries(stack: Stack) -> int:
     """Batches the workers applied again because their snapshot went stale (``WriteConflict``)."""
-    total = 0
+    total = 0.0
     for name, proc in stack.services.items():
         if name.startswith("qualification"):
             text = httpx.get(f"http://127.0.0.1:{proc.port}/metrics", timeout=10).text
-            for line in text.splitlines():
-                if line.startswith("leadstream_consumer_retries_total{") and 'kind="conflict"' in line:
-                    total += int(float(line.rsplit(" ", 1)[1]))
-    return total
+            total += sum(sample.value for family in text_string_to_metric_families(text)
+                         if family.name == "leadstream_consumer_retries" for sample in family.samples
+                         if sample.name.endswith("_total") and sample.labels.get("kind") == "conflict")
+    return int(total)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -202,9 +203,7 @@ def _run(section: str, workers: int, pipeline_url: str | None = None) -> list[Ro
         ).stdout.strip()
         own.start("capture")
         own.start("outreach")
-        for n in range(workers):
-            own.start("qualification", **store)
-            own.services[f"qualification-{n}"] = own.services.pop("qualification")
+        own.start_workers(workers, **store)
         pids = {name: p.process.pid for name, p in own.services.items()}
         time.sleep(6 + 3 * (workers - 1))  # the group settles (Tansu's join waits about half the session timeout)
         rest = {name: rss_mib(pid) for name, pid in pids.items()}

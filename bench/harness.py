@@ -66,6 +66,14 @@ class Stack:
         self.services[service] = proc
         return proc
 
+    def start_workers(self, n: int, **env: str) -> list[ServiceProcess]:
+        """``n`` qualification workers in one group, named ``qualification-0`` …"""
+        workers = []
+        for i in range(n):
+            workers.append(self.start("qualification", **env))
+            self.services[f"qualification-{i}"] = self.services.pop("qualification")
+        return workers
+
     def stop(self) -> None:
         for proc in self.services.values():
             proc.stop()

@@ -222,9 +222,7 @@ def two_workers(messages: list[tuple[str, bytes, bytes]], timeout: float = 600) 
     own = Stack()
     try:
         own.start_broker()
-        for n in range(2):
-            own.start("qualification")
-            own.services[f"qualification-{n}"] = own.services.pop("qualification")
+        own.start_workers(2)
         time.sleep(9)  # the group settles before the first record arrives
         asyncio.run(produce(own.broker.bootstrap, messages))
         db = own.tmp / "pipeline.db"

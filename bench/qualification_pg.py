@@ -44,9 +44,7 @@ def _measure(workers: int, messages: list, timeout: float = 600) -> float:
     try:
         own.start_broker()
         asyncio.run(aupgrade("pipeline", url))
-        for n in range(workers):
-            own.start("qualification", LEADSTREAM_PIPELINE_DATABASE_URL=url)
-            own.services[f"qualification-{n}"] = own.services.pop("qualification")
+        own.start_workers(workers, LEADSTREAM_PIPELINE_DATABASE_URL=url)
         time.sleep(6 + 3 * (workers - 1))  # the group settles before the first record arrives
         asyncio.run(produce(own.broker.bootstrap, messages))
         deadline = time.monotonic() + timeout

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections import namedtuple
 from datetime import timedelta
 
@@ -20,16 +19,15 @@ from sqlalchemy import func, select, update
 
 from services.qualification import handlers
 from services.qualification.service import load_qualifier
-from shared.broker import EmbeddedBroker, free_port
 from shared.consumer import Delivery, InboxConsumer, is_transient
 from shared.db import Database, WriteConflict, check_before_write, stage_insert
 from shared.events import (
     LEAD_CAPTURED, LEADS_CAPTURED, OUTREACH_TOUCHES, TOUCH_RECORDED, LeadCaptured, TouchRecorded, make_event, utcnow,
 )
-from shared.kafka import KafkaGateway
 from shared.store.models import Account, Contact, ProcessedEvent, Score, Touch
+from tests.integration.test_inbox_consumer import harness  # noqa: F401 - the fixture: a broker, a store, a gateway
 from tests.integration.test_qualification_batch import T0, apply, lead, snapshot, stored_account
-from tests.support import ROOT, eventually, make_settings
+from tests.support import ROOT, eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -245,89 +243,65 @@ async def stage_lead(session, delivery: Delivery) -> None:  # noqa: ANN001
                                                   firmographics={}, created_at=now, updated_at=now))
 
 
-async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated(db, tmp_path):
+async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated(harness):
     """A partition moved mid-batch: the old and the new member apply the same records at
     once. The one that writes second finds them in the inbox, writes nothing, and on its
     new snapshot counts them as duplicates: each effect once."""
-    broker = EmbeddedBroker(port=free_port())
-    await broker.astart()
-    settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=db.url,
-                             kafka_consumer_group=f"test-{uuid.uuid4().hex[:8]}")
-    kafka = KafkaGateway(settings, "test-producer")
-    try:
-        entered, other_done = asyncio.Event(), asyncio.Event()
+    db = harness.db
+    entered, other_done = asyncio.Event(), asyncio.Event()
 
-        async def slow(session, delivery: Delivery) -> None:  # noqa: ANN001
-            await stage_lead(session, delivery)
-            entered.set()
-            try:
-                await asyncio.wait_for(other_done.wait(), 3.0)
-            except asyncio.TimeoutError:
-                pass
+    async def slow(session, delivery: Delivery) -> None:  # noqa: ANN001
+        await stage_lead(session, delivery)
+        entered.set()
+        try:
+            await asyncio.wait_for(other_done.wait(), 3.0)
+        except asyncio.TimeoutError:
+            pass
 
-        old = InboxConsumer(db, kafka, settings, topics=[LEADS_CAPTURED], handlers={LEAD_CAPTURED: slow},
-                            name="old", snapshot=True, max_backoff_s=0.2)
-        new = InboxConsumer(db, kafka, settings, topics=[LEADS_CAPTURED], handlers={LEAD_CAPTURED: stage_lead},
-                            name="new", snapshot=True, max_backoff_s=0.2)
-        event = make_event(LEAD_CAPTURED, LeadCaptured(email="ada@acme.io", occurred_at=utcnow()), source="/test",
-                           subject="ada@acme.io")
-        record = Record(LEADS_CAPTURED, 0, 7, b"ada@acme.io", event.to_bytes(), [], 0)
+    old, new = (InboxConsumer(db, harness.kafka, harness.settings, topics=[LEADS_CAPTURED],
+                              handlers={LEAD_CAPTURED: handler}, name=name, snapshot=True, max_backoff_s=0.2)
+                for name, handler in (("old", slow), ("new", stage_lead)))
+    event = make_event(LEAD_CAPTURED, LeadCaptured(email="ada@acme.io", occurred_at=utcnow()), source="/test",
+                       subject="ada@acme.io")
+    record = Record(LEADS_CAPTURED, 0, 7, b"ada@acme.io", event.to_bytes(), [], 0)
 
-        async def new_member() -> None:
-            await entered.wait()
-            outcome = await new._retrying(lambda: new._apply([new._prepare(record)]), "database")
-            assert len(outcome.applied) == 1
-            other_done.set()
+    async def new_member() -> None:
+        await entered.wait()
+        outcome = await new._retrying(lambda: new._apply([new._prepare(record)]), "database")
+        assert len(outcome.applied) == 1
+        other_done.set()
 
-        async def old_member():  # noqa: ANN202
-            try:
-                return await old._retrying(lambda: old._apply([old._prepare(record)]), "database")
-            except sa_exc.IntegrityError:
-                # PostgreSQL: nothing held the inbox row, so the unique keys caught the race
-                # (the consumer then applies the batch one message per transaction)
-                assert not db.sqlite
-                return await old._apply([old._prepare(record)])
+    async def old_member():  # noqa: ANN202
+        try:
+            return await old._retrying(lambda: old._apply([old._prepare(record)]), "database")
+        except sa_exc.IntegrityError:
+            # PostgreSQL: nothing held the inbox row, so the unique keys caught the race
+            # (the consumer then applies the batch one message per transaction)
+            assert not db.sqlite
+            return await old._apply([old._prepare(record)])
 
-        outcome, _ = await asyncio.gather(old_member(), new_member())
-        assert (len(outcome.applied), len(outcome.duplicates)) == (0, 1)
-        assert old.retries == (1 if db.sqlite else 0)
-        assert await count(db, Account) == 1 and await count(db, ProcessedEvent) == 1
-    finally:
-        await kafka.stop()
-        broker.stop()
+    outcome, _ = await asyncio.gather(old_member(), new_member())
+    assert (len(outcome.applied), len(outcome.duplicates)) == (0, 1)
+    assert old.retries == (1 if db.sqlite else 0)
+    assert await count(db, Account) == 1 and await count(db, ProcessedEvent) == 1
 
 
-async def test_members_of_a_group_get_the_same_partitions_of_both_topics(db, tmp_path):
+async def test_members_of_a_group_get_the_same_partitions_of_both_topics(harness):
     """Range assignment: a contact's leads and touches (both keyed by its email) go to one
     member. Three members, as two would get matching partitions by round robin too."""
-    broker = EmbeddedBroker(port=free_port())
-    await broker.astart()
-    settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=db.url,
-                             kafka_consumer_group=f"test-{uuid.uuid4().hex[:8]}")
-    kafka = KafkaGateway(settings, "test-producer")
-    await kafka.start()
-    members = [InboxConsumer(db, kafka, settings, topics=[LEADS_CAPTURED, OUTREACH_TOUCHES],
+    members = [InboxConsumer(harness.db, harness.kafka, harness.settings, topics=[LEADS_CAPTURED, OUTREACH_TOUCHES],
                              handlers={LEAD_CAPTURED: stage_lead}, name="qualification", client_id=f"m{n}")
                for n in range(3)]
-    try:
-        for member in members:
-            member.start()
+    harness.consumers += members  # stopped by the fixture
+    for member in members:
+        member.start()
 
-        def settled() -> bool:
-            parts = [m.assignment for m in members]
-            return all(parts) and sum(len(p) for p in parts) == 8
+    async def settled() -> bool:
+        parts = [m.assignment for m in members]
+        return all(parts) and sum(len(p) for p in parts) == 8
 
-        await eventually(lambda: _ready(settled()), timeout=60)
-        for member in members:
-            by_topic = {t: {tp.partition for tp in member.assignment if tp.topic == t}
-                        for t in (LEADS_CAPTURED, OUTREACH_TOUCHES)}
-            assert by_topic[LEADS_CAPTURED] == by_topic[OUTREACH_TOUCHES], by_topic
-    finally:
-        for member in members:
-            await member.stop()
-        await kafka.stop()
-        broker.stop()
-
-
-async def _ready(value: bool) -> bool:
-    return value
+    await eventually(settled, timeout=60)
+    for member in members:
+        by_topic = {t: {tp.partition for tp in member.assignment if tp.topic == t}
+                    for t in (LEADS_CAPTURED, OUTREACH_TOUCHES)}
+        assert by_topic[LEADS_CAPTURED] == by_topic[OUTREACH_TOUCHES], by_topic
