@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from services.capture.forms import FormsError, load_forms
 from shared.errors import field_errors
 from shared.events import (
-    LEAD_CAPTURED, LEADS_CAPTURED, STAGE_CHANGED, InvalidEvent, LeadCaptured, make_event, new_event_id, parse_event,
-    utcnow,
+    LEAD_CAPTURED, LEADS_CAPTURED, STAGE_CHANGED, CloudEvent, InvalidEvent, LeadCaptured, make_event, new_event_id,
+    parse_event, utcnow,
 )
 from shared.identity import check_email, normalise_email
 from shared.settings import Settings, async_url
@@ -30,6 +34,19 @@ def test_event_round_trip_is_cloudevents_structured_json():
     again = parse_event(event.to_bytes())
     assert again.id == event.id and again.topic == LEADS_CAPTURED
     assert again.parsed_data().email == "A@B.co"
+
+
+@pytest.mark.parametrize("data", [
+    {"email": "a@b.co", "note": "tab\there\nnewline \u0001 \u2028 ünï ☃ \"quoted\" /slash", "n": 1.0,
+     "big": 2 ** 62, "small": 1e-300, "inf": float("inf"), "nested": {"a": [1, None, {"b": None}], "c": True}},
+    {"email": "a@b.co", "at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+     "local": datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone(timedelta(hours=2)))},
+])
+def test_event_bytes_are_the_json_mode_dump_without_nones(data):
+    """``to_bytes`` (pydantic-core in one pass) writes what orjson writes of the JSON-mode dump."""
+    event = CloudEvent.model_validate({"source": "/t", "type": LEAD_CAPTURED, "time": "2026-01-02T03:04:05+01:00",
+                                       "subject": "a@b.co", "data": data, "partitionkey": "x", "ext": None})
+    assert event.to_bytes() == orjson.dumps(event.model_dump(mode="json", exclude_none=True))
 
 
 def test_event_ids_are_unique_uuid7_that_grow_with_time():
@@ -186,3 +203,32 @@ def test_check_email_gives_the_same_verdict_when_it_remembers_the_address():
     long_local = "a" * 400 + "@example.com"  # longer than any schema accepts: checked, not remembered
     with pytest.raises(ValueError, match="not a valid email address"):
         check_email(long_local)
+
+
+_EMAIL_EDGES = [
+    "ada@example.com", "a@b..co", "a@-x.com", "a@x-.com", "a@x", "a@1.2.3.4", "a@localhost", "a@example.com.",
+    "a@.example.com", "a@exa_mple.com", "a@" + "x" * 64 + ".com", "a@" + ".".join(["x" * 63] * 4) + ".com",
+    "a" * 65 + "@x.com", "a@xn--e1afmkfd.xn--p1ai", "a@xn--zz.com", "a@example.test", "a@x.local", "a@x.123",
+    "b" * 64 + "@" + ("c" * 63 + ".") * 3 + "c" * 57, "b" * 60 + "@" + ("c" * 63 + ".") * 3 + "c" * 57,
+    "Postmaster@Example.COM", "o'brien+tag@example.ie", "a.b.c@example.co.uk", ".a@x.com", "a.@x.com",
+    '"quoted"@example.com', "Ada <ada@example.com>", "ada@[127.0.0.1]", "ädä@example.com", "ada@exämple.com",
+]
+
+
+@pytest.mark.parametrize("address", _EMAIL_EDGES)
+def test_email_verdict_by_domain_is_the_verdict_of_the_whole_check(address):
+    """Plain addresses are judged by their domain's remembered verdict: always the verdict
+    (and the message) that email-validator gives for the whole address."""
+    from shared.identity import _address_problem, _email_problem
+
+    assert _email_problem.__wrapped__(address) == _address_problem(address)
+
+
+@hypothesis_settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="aZ09._-+'!#@[]\"<> ä", min_size=1, max_size=80),
+       st.sampled_from(["", "example.com", "x.co", "-", ".", "a..b", "exa_mple.com", "x" * 64 + ".io"]))
+def test_email_verdict_by_domain_matches_the_whole_check_on_any_text(text, suffix):
+    from shared.identity import _address_problem, _email_problem
+
+    address = text + suffix
+    assert _email_problem.__wrapped__(address) == _address_problem(address)
