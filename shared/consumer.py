@@ -42,7 +42,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Database, WriteConflict, check_before_write, in_chunks, stage_insert
+from shared.db import Database, WriteConflict, check_before_write, in_chunks, stage_insert, transaction_time
 from shared.events import EVENT_TYPES, CloudEvent, InvalidEvent, dlq_topic, parse_event
 from shared.kafka import ConsumerRebalanceListener, KafkaGateway, create_consumer
 from shared.settings import Settings
@@ -480,8 +480,8 @@ class InboxConsumer:
     async def _apply(self, items: list[_Item]) -> _Outcome:
         """Apply every valid, new event of ``items`` in one transaction (with its inbox rows)."""
         outcome = _Outcome()
-        now = datetime.now(timezone.utc)
         async with (self.db.snapshot_unit_of_work() if self.snapshot else self.db.unit_of_work()) as session:
+            now = transaction_time(session)
             ids = [i.event.id for i in items if i.event is not None and i.reason is None]
             seen = await self._already_applied(session, ids)
             if self.snapshot:

@@ -10,7 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from operator import itemgetter
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -77,6 +77,16 @@ def in_chunks(values: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
     """``values`` in slices short enough for one ``IN (...)`` list or one request."""
     for start in range(0, len(values), size):
         yield values[start:start + size]
+
+
+def transaction_time(session: AsyncSession) -> datetime:
+    """One instant for everything a unit of work records as "now" (``recorded_at``,
+    ``updated_at``, an outbox row's ``created_at``), as PostgreSQL's ``now()`` is the
+    transaction's start: a batch's rows share it, and on SQLite its text is formatted once."""
+    now = session.info.get("transaction_time")
+    if now is None:
+        now = session.info["transaction_time"] = datetime.now(timezone.utc)
+    return now
 
 
 def stage_insert(session: AsyncSession, table: Table, row: dict) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, LargeBinary, 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
-from shared.db import stage_insert
+from shared.db import stage_insert, transaction_time
 from shared.events import CONTENT_TYPE, CloudEvent
 from shared.kafka import KafkaGateway
 
@@ -76,7 +76,7 @@ def stage_event(session: AsyncSession, outbox_model: type[OutboxMixin], event: C
             "topic": event.topic,
             "key": key,
             "value": event.to_bytes(),
-            "created_at": datetime.now(timezone.utc),
+            "created_at": transaction_time(session),
             "attempts": 0,
         },
     )

@@ -20,7 +20,7 @@ import uuid
 from collections import Counter as Tally
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from services.qualification.domain import scoring, stages
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
 from services.qualification.repository import AccountRecord, ContactRecord, utc
 from shared.consumer import PermanentError, is_transient
+from shared.db import transaction_time
 from shared.events import (
     OPPORTUNITY_QUALIFIED, STAGE_CHANGED, AccountOut, CloudEvent, ContactOut, LeadCaptured,
     OpportunityQualified, ProspectAdded, ScoreOut, ScoreReason, StageChanged, TouchOut, TouchRecorded,
@@ -213,10 +214,10 @@ async def _add_touch(session: AsyncSession, contact: ContactRecord, event: Cloud
                      **fields: Any) -> None:
     await repository.add_touch(session, {
         **_TOUCH_FIELDS, **fields, "event_id": event.id, "contact_id": contact.id, "event_type": event.type,
-        "occurred_at": at, "recorded_at": datetime.now(timezone.utc), "data": event.data,
+        "occurred_at": at, "recorded_at": transaction_time(session), "data": event.data,
     })
     contact.last_activity_at = max(utc(contact.last_activity_at) or at, at)
-    contact.updated_at = datetime.now(timezone.utc)
+    contact.updated_at = transaction_time(session)
 
 
 # ---------------------------------------------------------------------- qualification
@@ -356,14 +357,16 @@ def _stamp(contact: ContactRecord, stage: str, at: datetime) -> None:
         setattr(contact, column, at)
 
 
+_TOUCH_ATTRIBUTES = (("motion", "motion"), ("channel", "channel"), ("campaign", "campaign"), ("form_id", "form_id"),
+                     ("sequence", "sequence"), ("event_id", "event_id"), ("at", "occurred_at"))
+# the contact's columns of its first and last touch, and the attribute of the touch each holds
+_TOUCH_COLUMNS = {which: tuple((f"{which}_touch_{column}", attribute) for column, attribute in _TOUCH_ATTRIBUTES)
+                  for which in ("first", "last")}
+
+
 def _set_touch(contact: ContactRecord, which: str, touch: attribution.Touch | None) -> None:
-    setattr(contact, f"{which}_touch_motion", touch.motion if touch else None)
-    setattr(contact, f"{which}_touch_channel", touch.channel if touch else None)
-    setattr(contact, f"{which}_touch_campaign", touch.campaign if touch else None)
-    setattr(contact, f"{which}_touch_form_id", touch.form_id if touch else None)
-    setattr(contact, f"{which}_touch_sequence", touch.sequence if touch else None)
-    setattr(contact, f"{which}_touch_event_id", touch.event_id if touch else None)
-    setattr(contact, f"{which}_touch_at", touch.occurred_at if touch else None)
+    for column, attribute in _TOUCH_COLUMNS[which]:
+        setattr(contact, column, getattr(touch, attribute) if touch is not None else None)
 
 
 def _record_stage_change(session: AsyncSession, contact: ContactRecord, from_stage: str | None, to_stage: str,

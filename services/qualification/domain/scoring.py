@@ -224,17 +224,23 @@ def engagement_score(
     now = _aware(now)
     since = _aware(since) if since is not None else None
     totals: dict[tuple[str, str], float] = {}
+    weights = {motion: policy.for_motion(motion).weights for motion in ("inbound", "outbound")}
+    half_life_days = policy.half_life_days
     for touch in touches:
-        signal = signal_of(touch)
-        occurred_at = _attr(touch, "occurred_at")
+        if type(touch) is Touch:  # the timeline's touches: read directly (once per fact of each event)
+            motion, occurred_at = touch.motion, touch.occurred_at
+            name = touch.form_type if motion == "inbound" else touch.outcome
+            signal = (motion, name) if motion in weights and name else None
+        else:
+            signal, occurred_at = signal_of(touch), _attr(touch, "occurred_at")
         if signal is None or occurred_at is None:
             continue
         occurred_at = _aware(occurred_at)
         if since is not None and occurred_at < since:
             continue
-        weight = policy.for_motion(signal[0]).weights.get(signal[1], 0)
         age_days = (now - occurred_at).total_seconds() / 86_400
-        totals[signal] = totals.get(signal, 0.0) + decayed(weight, age_days, policy.half_life_days)
+        totals[signal] = totals.get(signal, 0.0) + decayed(weights[signal[0]].get(signal[1], 0), age_days,
+                                                           half_life_days)
 
     reasons: list[Reason] = []
     for (motion, name), total in totals.items():
