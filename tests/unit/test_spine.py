@@ -232,3 +232,11 @@ def test_email_verdict_by_domain_matches_the_whole_check_on_any_text(text, suffi
 
     address = text + suffix
     assert _email_problem.__wrapped__(address) == _address_problem(address)
+
+
+def test_readme_configuration_names_every_setting():
+    """Every ``Settings`` field is a row of README's Configuration table, by its full name."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):readme.index("## Measured")]
+    missing = [name for name in Settings.model_fields if f"`LEADSTREAM_{name.upper()}`" not in section]
+    assert not missing, f"README's Configuration table lacks {missing}"
