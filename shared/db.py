@@ -79,6 +79,17 @@ def in_chunks(values: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
         yield values[start:start + size]
 
 
+def is_unique_violation(exc: BaseException) -> bool:
+    """True for an ``IntegrityError`` of a duplicate key (PostgreSQL's SQLSTATE 23505,
+    SQLite's UNIQUE or PRIMARY KEY constraint), not of another constraint."""
+    orig = getattr(exc, "orig", None)
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code == "23505"
+    return isinstance(orig, sqlite3.IntegrityError) and str(orig).startswith("UNIQUE constraint failed")
+
+
 def transaction_time(session: AsyncSession) -> datetime:
     """One instant for everything a unit of work records as "now" (``recorded_at``,
     ``updated_at``, an outbox row's ``created_at``), as PostgreSQL's ``now()`` is the

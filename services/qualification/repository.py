@@ -8,12 +8,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Table, Text, select, type_coerce
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.qualification.domain import attribution
 from shared.db import (
-    WriteConflict, before_inserts, check_before_write, in_chunks, insert_many, insert_missing, stage_insert,
-    update_many,
+    WriteConflict, before_inserts, check_before_write, in_chunks, insert_many, insert_missing, is_unique_violation,
+    stage_insert, update_many,
 )
 from shared.store.models import Account, Contact, Opportunity, Score, StageChange, Touch
 
@@ -212,7 +213,16 @@ async def _write_records(session: AsyncSession) -> None:
     await _write_accounts(session)
     new_contacts = [r.values() for r in held.values() if isinstance(r, ContactRecord) and r.new]
     if new_contacts:
-        await insert_many(session, _CONTACTS, new_contacts)
+        try:
+            await insert_many(session, _CONTACTS, new_contacts)
+        except IntegrityError as exc:
+            # The batch found these contacts absent, and another transaction has created one
+            # since (on PostgreSQL ``FOR UPDATE`` cannot lock a row that does not exist yet):
+            # the batch runs again, and then finds it. Only a duplicate key, never another
+            # violation, which a new attempt would only repeat.
+            if is_unique_violation(exc):
+                raise WriteConflict("a contact the batch creates was created meanwhile") from exc
+            raise
     await _update_changed(session, ContactRecord, _CONTACT_UPDATE,
                           [r for r in held.values() if isinstance(r, ContactRecord) and not r.new])
 

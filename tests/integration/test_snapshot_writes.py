@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from services.qualification import handlers
 from services.qualification.service import load_qualifier
 from shared.consumer import Delivery, InboxConsumer, is_transient
-from shared.db import Database, WriteConflict, check_before_write, stage_insert
+from shared.db import Database, WriteConflict, check_before_write, is_unique_violation, stage_insert
 from shared.events import (
     LEAD_CAPTURED, LEADS_CAPTURED, OUTREACH_TOUCHES, TOUCH_RECORDED, LeadCaptured, TouchRecorded, make_event, utcnow,
 )
@@ -64,16 +64,15 @@ async def apply_in_snapshot(db: Database, deliveries: list[Delivery], *, opened:
 
 async def until_written(db: Database, deliveries: list[Delivery], **kw) -> int:  # noqa: ANN003
     """Apply, again on a new snapshot after each ``WriteConflict`` (the consumer's retry); the
-    conflicts. On PostgreSQL two batches creating one contact race on its unique email
-    instead (the consumer applies the loser again alone), the one conflict rows locked
-    ``FOR UPDATE`` cannot prevent: there is no row yet."""
+    conflicts. On PostgreSQL the one conflict rows locked ``FOR UPDATE`` cannot prevent is
+    two batches creating one contact (there is no row yet): the loser's duplicate key is a
+    ``WriteConflict`` too, and its next attempt finds the contact."""
     conflicts = 0
     while True:
         try:
             await apply_in_snapshot(db, deliveries, **kw)
             return conflicts
-        except (WriteConflict, sa_exc.IntegrityError) as exc:
-            assert isinstance(exc, WriteConflict) == db.sqlite, exc
+        except WriteConflict:
             conflicts += 1
             kw = {}
 
@@ -305,3 +304,21 @@ async def test_members_of_a_group_get_the_same_partitions_of_both_topics(harness
         by_topic = {t: {tp.partition for tp in member.assignment if tp.topic == t}
                     for t in (LEADS_CAPTURED, OUTREACH_TOUCHES)}
         assert by_topic[LEADS_CAPTURED] == by_topic[OUTREACH_TOUCHES], by_topic
+
+
+async def test_only_a_duplicate_key_counts_as_a_unique_violation(db):
+    """A duplicate key makes the batch run again (``WriteConflict``); any other violation
+    would fail the same way again, so it stays an ``IntegrityError``."""
+    now = utcnow()
+    row = dict(domain="dup.io", firmographics={}, created_at=now, updated_at=now)
+    async with db.unit_of_work() as session:
+        stage_insert(session, Account.__table__, row)
+    with pytest.raises(sa_exc.IntegrityError) as duplicate:
+        async with db.unit_of_work() as session:
+            stage_insert(session, Account.__table__, row)
+    with pytest.raises(sa_exc.IntegrityError) as missing:
+        async with db.unit_of_work() as session:
+            stage_insert(session, Account.__table__, row | {"domain": "null.io", "created_at": None})
+    assert is_unique_violation(duplicate.value)
+    assert not is_unique_violation(missing.value)
+    assert not is_unique_violation(ValueError("not a database error"))
