@@ -42,7 +42,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import Database, WriteConflict, check_before_write, in_chunks, stage_insert, transaction_time
+from shared.db import (
+    Database, WriteConflict, check_before_write, in_chunks, sqlstate, stage_insert, transaction_time,
+)
 from shared.events import EVENT_TYPES, CloudEvent, InvalidEvent, dlq_topic, parse_event
 from shared.kafka import ConsumerRebalanceListener, KafkaGateway, create_consumer
 from shared.settings import Settings
@@ -82,15 +84,6 @@ class PermanentError(Exception):
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "40001", "40P01", "55P03", "57", "53", "58")
 
 
-def _sqlstate(exc: BaseException) -> str | None:
-    orig = getattr(exc, "orig", None)
-    for candidate in (orig, getattr(orig, "__cause__", None), exc):
-        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(code, str):
-            return code
-    return None
-
-
 def is_transient(exc: BaseException) -> bool:
     """True for failures that go away by themselves: database busy or down, broker away."""
     if isinstance(exc, (WriteConflict, sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
@@ -101,7 +94,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True
-        code = _sqlstate(exc)
+        code = sqlstate(exc)
         if code and code.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
             return True
         text = str(exc).lower()

@@ -79,14 +79,23 @@ def in_chunks(values: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
         yield values[start:start + size]
 
 
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error (PostgreSQL's drivers give one; SQLite's does not)."""
+    orig = getattr(exc, "orig", None)
+    for candidate in (orig, getattr(orig, "__cause__", None), exc):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
 def is_unique_violation(exc: BaseException) -> bool:
     """True for an ``IntegrityError`` of a duplicate key (PostgreSQL's SQLSTATE 23505,
     SQLite's UNIQUE or PRIMARY KEY constraint), not of another constraint."""
+    code = sqlstate(exc)
+    if code is not None:
+        return code == "23505"
     orig = getattr(exc, "orig", None)
-    for candidate in (orig, getattr(orig, "__cause__", None)):
-        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
-        if isinstance(code, str):
-            return code == "23505"
     return isinstance(orig, sqlite3.IntegrityError) and str(orig).startswith("UNIQUE constraint failed")
 
 
