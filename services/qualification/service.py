@@ -357,11 +357,10 @@ def _stamp(contact: ContactRecord, stage: str, at: datetime) -> None:
         setattr(contact, column, at)
 
 
-_TOUCH_ATTRIBUTES = (("motion", "motion"), ("channel", "channel"), ("campaign", "campaign"), ("form_id", "form_id"),
-                     ("sequence", "sequence"), ("event_id", "event_id"), ("at", "occurred_at"))
 # the contact's columns of its first and last touch, and the attribute of the touch each holds
-_TOUCH_COLUMNS = {which: tuple((f"{which}_touch_{column}", attribute) for column, attribute in _TOUCH_ATTRIBUTES)
-                  for which in ("first", "last")}
+_TOUCH_COLUMNS = {which: tuple((f"{which}_touch_{attribute}", attribute) for attribute in (
+    "motion", "channel", "campaign", "form_id", "sequence", "event_id")) + ((f"{which}_touch_at", "occurred_at"),)
+    for which in ("first", "last")}
 
 
 def _set_touch(contact: ContactRecord, which: str, touch: attribution.Touch | None) -> None:

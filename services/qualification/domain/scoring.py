@@ -227,12 +227,8 @@ def engagement_score(
     weights = {motion: policy.for_motion(motion).weights for motion in ("inbound", "outbound")}
     half_life_days = policy.half_life_days
     for touch in touches:
-        if type(touch) is Touch:  # the timeline's touches: read directly (once per fact of each event)
-            motion, occurred_at = touch.motion, touch.occurred_at
-            name = touch.form_type if motion == "inbound" else touch.outcome
-            signal = (motion, name) if motion in weights and name else None
-        else:
-            signal, occurred_at = signal_of(touch), _attr(touch, "occurred_at")
+        signal = signal_of(touch)
+        occurred_at = _attr(touch, "occurred_at")
         if signal is None or occurred_at is None:
             continue
         occurred_at = _aware(occurred_at)
