@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
-from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
-from services.capture import service
+from services.capture import forms, service
 from services.capture.forms import Form
-from services.capture.schemas import FLAT_CONSENT, FLAT_UTM, Accepted, LeadIn
-from shared.errors import PROBLEM_JSON, ProblemError, field_errors
+from services.capture.schemas import Accepted, LeadIn
+from shared.errors import PROBLEM_JSON, ProblemError
 from shared.runtime import Runtime, runtime_of
 from shared.web import header_openapi, header_value, json_body_openapi, parse_json_body, require_json
 
@@ -85,52 +83,6 @@ def _form(runtime, form_id: str) -> Form:
     return form
 
 
-def _cors_headers(form: Form, origin: str | None) -> dict[str, str]:
-    if origin and form.allows(origin):
-        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-    return {"Vary": "Origin"}
-
-
-def _flat_to_lead(form: Form, submitted: dict[str, Any]) -> dict[str, Any]:
-    """Flat HTML-form names into the JSON shape; unknown inputs become custom ``fields``."""
-    known = set(LeadIn.model_fields) - {"utm", "consent", "fields"}
-    body: dict[str, Any] = {"utm": {}, "fields": {}}
-    consent: dict[str, Any] = {}
-    for name, value in submitted.items():
-        if name == form.honeypot:
-            continue
-        if value == "" and name != "email":
-            continue
-        if name in known:
-            body[name] = value
-        elif name in FLAT_UTM:
-            body["utm"][FLAT_UTM[name]] = value
-        elif name in FLAT_CONSENT:
-            consent[FLAT_CONSENT[name]] = value
-        elif name.startswith("fields[") and name.endswith("]"):
-            body["fields"][name[7:-1]] = value
-        else:
-            body["fields"][name] = value
-    if consent:
-        consent.setdefault("marketing", False)
-        if str(consent["marketing"]).lower() in ("on", "yes", "1", "true"):
-            consent["marketing"] = True
-        elif str(consent["marketing"]).lower() in ("off", "no", "0", "false"):
-            consent["marketing"] = False
-        body["consent"] = consent
-    return body
-
-
-def _flat_name(field: str) -> str:
-    for flat, nested in FLAT_UTM.items():
-        if field == f"utm.{nested}":
-            return flat
-    for flat, nested in FLAT_CONSENT.items():
-        if field == f"consent.{nested}":
-            return flat
-    return field
-
-
 def _wants_json(request: Request) -> bool:
     return "application/json" in request.headers.get("accept", "")
 
@@ -139,7 +91,7 @@ def _wants_json(request: Request) -> bool:
 async def form_preflight(form_id: str, request: Request, runtime: Runtime) -> Response:
     form = _form(runtime, form_id)
     origin = request.headers.get("origin")
-    headers = _cors_headers(form, origin)
+    headers = forms.cors_headers(form, origin)
     if "Access-Control-Allow-Origin" in headers:
         headers |= {
             "Access-Control-Allow-Methods": "POST, OPTIONS",
@@ -182,21 +134,16 @@ async def post_form_submission(form_id: str, request: Request, runtime: Runtime)
         raise ProblemError(422, f"The form body could not be parsed: {exc}") from None
     submitted = {k: v for k, v in raw.items() if isinstance(v, str)}
     origin = request.headers.get("origin")
-    cors = _cors_headers(form, origin)
-    spam_reason = None
-    if form.honeypot and submitted.get(form.honeypot, "").strip():
-        spam_reason = f"honeypot field {form.honeypot!r} filled"
-    elif not form.allows(origin):
-        spam_reason = f"origin {origin!r} not allowed for form {form.id!r}"
+    cors = forms.cors_headers(form, origin)
+    spam_reason = forms.spam_verdict(form, submitted.get(form.honeypot) if form.honeypot else None, origin)
     if spam_reason:
         async with runtime.db.unit_of_work() as session:
             result = await service.record_spam(session, form, submitted, spam_reason, client_address(request))
     else:
         try:
-            lead = LeadIn.model_validate(_flat_to_lead(form, submitted))
-        except ValidationError as exc:
-            errors = [e | {"field": _flat_name(e["field"])} for e in field_errors(list(exc.errors()))]
-            raise ProblemError(422, "The form has invalid fields.", errors=errors,
+            lead = forms.lead_of(form, submitted)
+        except forms.InvalidSubmission as exc:
+            raise ProblemError(422, "The form has invalid fields.", errors=exc.errors,
                                type_="https://leadstream.dev/problems/validation", headers=cors) from None
         lead = service.apply_form(lead, form)
         result = await _capture(runtime, lead, request.headers.get("idempotency-key"), request)

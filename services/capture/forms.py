@@ -1,13 +1,32 @@
-"""The website forms declared in ``forms.yaml``."""
+"""The website forms declared in ``forms.yaml`` and the rules of a submission to one.
+
+Pure functions (values in, values out): the flat HTML names of a lead's fields, a
+consent checkbox's value, and the spam verdict (honeypot, then origin). The routes
+parse the request and call these; they hold no rule of their own.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.capture.schemas import LeadIn
+from shared.errors import field_errors
 from shared.events import FormType
+
+# the flat form names of the nested JSON fields
+FLAT_UTM = {f"utm_{k}": k for k in ("source", "medium", "campaign", "term", "content")}
+FLAT_CONSENT = {"consent_marketing": "marketing", "consent_text": "text"}
+_NESTED = {"utm", "consent", "fields"}
+_TOP_LEVEL = frozenset(LeadIn.model_fields) - _NESTED
+
+# what a checkbox or a select may send for "yes" and "no" (anything else is left for validation)
+CONSENT_YES = frozenset({"on", "yes", "1", "true"})
+CONSENT_NO = frozenset({"off", "no", "0", "false"})
 
 
 class Form(BaseModel):
@@ -49,3 +68,90 @@ def load_forms(path: Path) -> dict[str, Form]:
     if len(forms) != len(parsed.forms):
         raise FormsError(f"{path}: form ids must be unique")
     return forms
+
+
+def consent_value(value: Any) -> Any:
+    """A consent checkbox's value as a bool (``on``/``yes``/``1``/``true`` and their opposites,
+    any case); anything else is returned as sent, for validation to name."""
+    text = str(value).strip().lower()
+    if text in CONSENT_YES:
+        return True
+    if text in CONSENT_NO:
+        return False
+    return value
+
+
+def flatten(form: Form, submitted: Mapping[str, str]) -> dict[str, Any]:
+    """A flat HTML submission in ``LeadIn``'s JSON shape.
+
+    Known names go to the top level, ``utm_*`` and ``consent_*`` to their objects, and
+    every other input (``fields[name]`` or a bare ``name``) to the custom ``fields``. The
+    honeypot and empty inputs (except ``email``, so a blank one is named) are left out. A
+    consent given without ``consent_marketing`` (an unticked checkbox sends nothing) is
+    ``marketing: false``."""
+    body: dict[str, Any] = {"utm": {}, "fields": {}}
+    consent: dict[str, Any] = {}
+    for name, value in submitted.items():
+        if name == form.honeypot:
+            continue
+        if value == "" and name != "email":
+            continue
+        if name in _TOP_LEVEL:
+            body[name] = value
+        elif name in FLAT_UTM:
+            body["utm"][FLAT_UTM[name]] = value
+        elif name in FLAT_CONSENT:
+            consent[FLAT_CONSENT[name]] = value
+        elif name.startswith("fields[") and name.endswith("]"):
+            body["fields"][name[7:-1]] = value
+        else:
+            body["fields"][name] = value
+    if consent:
+        consent["marketing"] = consent_value(consent.get("marketing", False))
+        body["consent"] = consent
+    return body
+
+
+_FLAT_NAMES = {f"utm.{nested}": flat for flat, nested in FLAT_UTM.items()} | {
+    f"consent.{nested}": flat for flat, nested in FLAT_CONSENT.items()
+}
+
+
+def flat_name(field: str) -> str:
+    """The name an HTML form uses for a ``LeadIn`` field (``utm.source`` -> ``utm_source``)."""
+    return _FLAT_NAMES.get(field, field)
+
+
+class InvalidSubmission(ValueError):
+    """A submission that is not a valid lead; ``errors`` name the form's own inputs."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("invalid form submission")
+        self.errors = errors
+
+
+def lead_of(form: Form, submitted: Mapping[str, str]) -> LeadIn:
+    """The submission as a validated lead, or ``InvalidSubmission`` naming each bad input."""
+    try:
+        return LeadIn.model_validate(flatten(form, submitted))
+    except ValidationError as exc:
+        raise InvalidSubmission(
+            [e | {"field": flat_name(e["field"])} for e in field_errors(list(exc.errors()))]
+        ) from None
+
+
+def spam_verdict(form: Form, honeypot_value: str | None, origin: str | None) -> str | None:
+    """Why a submission to ``form`` is spam, or ``None``: a filled honeypot first, then an
+    ``Origin`` the form does not allow (no ``Origin`` at all is a server or curl: allowed)."""
+    if form.honeypot and (honeypot_value or "").strip():
+        return f"honeypot field {form.honeypot!r} filled"
+    if not form.allows(origin):
+        return f"origin {origin!r} not allowed for form {form.id!r}"
+    return None
+
+
+def cors_headers(form: Form, origin: str | None) -> dict[str, str]:
+    """CORS answer headers for a browser ``Origin`` posting to ``form``."""
+    if origin and form.allows(origin):
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {"Vary": "Origin"}

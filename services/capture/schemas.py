@@ -92,7 +92,3 @@ class Accepted(BaseModel):
     event_id: str
     status: Literal["accepted"] = "accepted"
 
-
-# the flat form names of the nested JSON fields
-FLAT_UTM = {f"utm_{k}": k for k in ("source", "medium", "campaign", "term", "content")}
-FLAT_CONSENT = {"consent_marketing": "marketing", "consent_text": "text"}
