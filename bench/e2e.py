@@ -198,7 +198,7 @@ def _run(section: str, workers: int, pipeline_url: str | None = None) -> list[Ro
     try:
         own.start_broker()
         key = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "api-keys", "create", "--name", "bench-e2e", "--scope", "outreach"],
+            [sys.executable, "-m", "leadstream.cli", "api-keys", "create", "--name", "bench-e2e", "--scope", "outreach"],
             env={**os.environ, **own.env}, cwd=ROOT, check=True, capture_output=True, text=True,
         ).stdout.strip()
         own.start("capture")

@@ -57,7 +57,7 @@ class Stack:
             "LEADSTREAM_API_RATE_LIMIT": "off",
             "LEADSTREAM_LOG_LEVEL": "WARNING",
         }
-        subprocess.run([sys.executable, "-m", "shared.cli", "migrate"], env={**os.environ, **self.env}, cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "leadstream.cli", "migrate"], env={**os.environ, **self.env}, cwd=ROOT,
                        check=True, capture_output=True)
 
     def start(self, service: str, **env: str) -> ServiceProcess:

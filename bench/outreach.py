@@ -47,7 +47,7 @@ def run(stack: Stack, seconds: float = 8.0) -> list[Row]:
     finally:
         baseline.stop()
     key = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "api-keys", "create", "--name", "bench"],
+        [sys.executable, "-m", "leadstream.cli", "api-keys", "create", "--name", "bench"],
         env={**os.environ, **stack.env}, cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout.strip()
     outreach = stack.services.get("outreach") or stack.start("outreach")

@@ -24,9 +24,9 @@ import httpx
 from sqlalchemy import create_engine, func, insert, select
 
 from bench.harness import Row, Stack
+from pipeline_store.models import Account, Contact, Opportunity, PipelineApiKey
 from services.pipeline.cursor import encode_cursor
 from shared.auth import hash_key, new_key
-from shared.store.models import Account, Contact, Opportunity, PipelineApiKey
 
 CONTACTS = int(os.environ.get("BENCH_PIPELINE_CONTACTS", "100000"))
 REQUESTS = 20

@@ -167,9 +167,12 @@ class InboxConsumer:
     """A consumer-group member applying events through ``handlers`` (event type → handler).
 
     ``handler(session, delivery)`` runs inside the consumer's unit of work; it only adds
-    and flushes. ``after_commit`` (optional) is called after each committed transaction,
-    e.g. to wake the outbox relay. With ``strict_topics`` an event whose type belongs on
-    another topic (``shared.events.EVENT_TYPES``) is dead-lettered rather than applied.
+    and flushes. ``inbox_model`` is the inbox table of the database the handlers write
+    (columns ``event_id``, ``event_type``, ``topic``, ``partition``, ``offset``,
+    ``processed_at``; e.g. the pipeline store's ``ProcessedEvent``). ``after_commit``
+    (optional) is called after each committed transaction, e.g. to wake the outbox relay.
+    With ``strict_topics`` an event whose type belongs on another topic
+    (``shared.events.EVENT_TYPES``) is dead-lettered rather than applied.
     ``prefetch(session, deliveries)`` (optional) runs first in each transaction with the
     new events of the batch, to load in a few queries what the handlers will read.
     ``snapshot``: apply each batch in ``Database.snapshot_unit_of_work`` (on SQLite, members
@@ -187,7 +190,7 @@ class InboxConsumer:
         topics: Iterable[str],
         handlers: Mapping[str, Handler],
         name: str,
-        inbox_model: type | None = None,
+        inbox_model: type,
         group_id: str | None = None,
         client_id: str | None = None,
         after_commit: Callable[[], None] | None = None,
@@ -197,10 +200,6 @@ class InboxConsumer:
         prefetch: Callable[[AsyncSession, list[Delivery]], Awaitable[None]] | None = None,
         snapshot: bool = False,
     ) -> None:
-        if inbox_model is None:
-            from shared.store.models import ProcessedEvent
-
-            inbox_model = ProcessedEvent
         self.db, self.kafka, self.settings = db, kafka, settings
         self.topics = list(topics)
         self.handlers = dict(handlers)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS: dict[str, Path] = {
     "capture": ROOT / "services" / "capture" / "migrations",
     "outreach": ROOT / "services" / "outreach" / "migrations",
-    "pipeline": ROOT / "shared" / "store" / "migrations",
+    "pipeline": ROOT / "pipeline_store" / "migrations",
 }
 
 

@@ -152,7 +152,7 @@ class ServiceProcess:
     def start(self, wait: bool = True) -> "ServiceProcess":
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "serve", self.service, "--port", str(self.port)],
+            [sys.executable, "-m", "leadstream.cli", "serve", self.service, "--port", str(self.port)],
             env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
             preexec_fn=_die_with_parent,
         )

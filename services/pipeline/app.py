@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from pipeline_store.models import PipelineApiKey, PipelineOutbox
 from services.pipeline.analytics import Thresholds
 from services.pipeline.api import router
 from services.pipeline.dashboard import STATIC_PATH, Sessions, static_files
@@ -11,7 +12,6 @@ from services.pipeline.dashboard import router as dashboard_router
 from shared.auth import ApiKeyAuth
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
-from shared.store.models import PipelineApiKey, PipelineOutbox
 from shared.web import create_service_app
 
 

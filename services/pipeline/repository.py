@@ -16,8 +16,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
+from pipeline_store.models import Account, Contact, Opportunity, Score, StageChange, Touch, TransitionRequest
 from services.pipeline.cursor import Position
-from shared.store.models import Account, Contact, Opportunity, Score, StageChange, Touch, TransitionRequest
 
 C, O = Contact, Opportunity
 

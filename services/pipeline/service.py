@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pipeline_store.models import Account, Contact, Opportunity, PipelineOutbox, StageChange, TransitionRequest
 from services.pipeline import repository, transitions
 from services.pipeline.analytics import Thresholds, concentration_index, dependency_warnings
 from services.pipeline.cursor import BadCursor, Position, decode_cursor, encode_cursor
@@ -40,7 +41,6 @@ from shared.errors import ProblemError
 from shared.events import STAGE_CHANGED, StageChanged, make_event
 from shared.identity import normalise_email
 from shared.outbox import stage_event
-from shared.store.models import Account, Contact, Opportunity, PipelineOutbox, StageChange, TransitionRequest
 
 SOURCE = "/leadstream/pipeline"
 ACCOUNT_CONTACTS_LIMIT = 1000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import structlog
 from fastapi import APIRouter, FastAPI
 
+from pipeline_store.models import PipelineOutbox, ProcessedEvent
 from services.qualification.domain import identity
 from services.qualification.domain.policy import PolicyError
 from services.qualification.handlers import bind, prefetch
@@ -18,7 +19,6 @@ from shared.consumer import InboxConsumer
 from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES
 from shared.runtime import Runtime, ServiceRuntime
 from shared.settings import Settings, get_settings
-from shared.store.models import PipelineOutbox, ProcessedEvent
 from shared.web import create_service_app
 
 log = structlog.get_logger("qualification")

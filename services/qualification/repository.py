@@ -1,4 +1,4 @@
-"""All SQL of the qualification service, over the pipeline store (``shared/store/models.py``)."""
+"""All SQL of the qualification service, over the pipeline store (``pipeline_store/models.py``)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from sqlalchemy import Table, Text, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pipeline_store.models import Account, Contact, Opportunity, Score, StageChange, Touch
 from services.qualification.domain import attribution
 from shared.db import (
     WriteConflict, before_inserts, check_before_write, in_chunks, insert_many, insert_missing, is_unique_violation,
     stage_insert, update_many,
 )
-from shared.store.models import Account, Contact, Opportunity, Score, StageChange, Touch
 
 # A batch of events is applied in one transaction. Contacts and accounts are read and written
 # with Core as plain records (no ORM identity map, attribute instrumentation or flush): the

@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pipeline_store.models import PipelineOutbox, Touch
 from services.qualification import repository
 from services.qualification.domain import attribution, identity
 from services.qualification.domain import scoring, stages
@@ -40,7 +41,6 @@ from shared.events import (
     make_event,
 )
 from shared.outbox import stage_event
-from shared.store.models import PipelineOutbox, Touch
 
 SOURCE = "/leadstream/qualification"
 CHANGED_BY = "qualification"

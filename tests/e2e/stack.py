@@ -13,10 +13,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
+from pipeline_store.models import Opportunity, ProcessedEvent
 from shared.broker import EmbeddedBroker, free_port
 from shared.db import Database
 from shared.events import OPPORTUNITIES_QUALIFIED
-from shared.store.models import Opportunity, ProcessedEvent
 from tests.support import ROOT, ServiceProcess, read_raw
 
 
@@ -60,7 +60,7 @@ class FullStack:
             "LEADSTREAM_LOG_LEVEL": "WARNING",
         }
         created = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "api-keys", "create", "--name", "fault-suite",
+            [sys.executable, "-m", "leadstream.cli", "api-keys", "create", "--name", "fault-suite",
              "--scope", "outreach", "--scope", "pipeline"],
             env={**os.environ, **self.env}, cwd=ROOT, capture_output=True, text=True,
         )

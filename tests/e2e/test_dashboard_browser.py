@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.demo import plan, seed
+from leadstream.demo import plan, seed
 from shared.migrate import aupgrade
 from tests.e2e.stack import FullStack
 from tests.support import ROOT

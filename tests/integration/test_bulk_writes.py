@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import insert, select
 
+from pipeline_store.models import Account, PipelineOutbox
 from services.qualification.repository import AccountRecord, ContactRecord
 from shared.db import Database, insert_many, insert_missing, update_many
-from shared.store.models import Account, PipelineOutbox
 
 T0 = datetime(2026, 11, 30, 9, 30, 15, 123456, tzinfo=timezone.utc)
 CET = timezone(timedelta(hours=1))

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import update
 
+from pipeline_store.models import PipelineApiKey, Score
 from services.pipeline.dashboard import COOKIE, LATEST
-from shared.store.models import PipelineApiKey, Score
 from tests.integration.test_pipeline_api import T0, _seed_history, add_key, pipeline  # noqa: F401 - fixture
 
 

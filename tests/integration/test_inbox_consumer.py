@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from pipeline_store.models import Account, ProcessedEvent
 from shared.broker import EmbeddedBroker, free_port
 from shared.consumer import Delivery, InboxConsumer, PermanentError
 from shared.db import Database
@@ -21,7 +22,6 @@ from shared.events import (
     CONTENT_TYPE, LEAD_CAPTURED, LEADS_CAPTURED, LeadCaptured, dlq_topic, make_event, utcnow,
 )
 from shared.kafka import KafkaGateway
-from shared.store.models import Account, ProcessedEvent
 from tests.support import eventually, make_settings, read_raw
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,7 +60,8 @@ class Harness:
 
     def consumer(self, name: str = "test") -> InboxConsumer:
         c = InboxConsumer(self.db, self.kafka, self.settings, topics=[LEADS_CAPTURED],
-                          handlers={LEAD_CAPTURED: record_account}, name=name, client_id=f"{name}-{len(self.consumers)}",
+                          handlers={LEAD_CAPTURED: record_account}, name=name, inbox_model=ProcessedEvent,
+                          client_id=f"{name}-{len(self.consumers)}",
                           max_backoff_s=0.5)
         self.consumers.append(c)
         return c

@@ -13,13 +13,13 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import func, select, update
 
+from pipeline_store.models import PipelineApiKey
 from services.outreach.app import create_app
 from services.outreach.models import OutreachApiKey, OutreachOutbox, OutreachProspect, OutreachTouch, OutreachWebhookSecret
 from services.outreach.signatures import sign
 from shared.auth import hash_key, new_key
 from shared.db import Database
 from shared.events import OUTREACH_TOUCHES, PROSPECT_ADDED, TOUCH_RECORDED, parse_event
-from shared.store.models import PipelineApiKey
 from tests.support import ROOT, eventually, make_settings, read_raw, selects_on, serve_app
 
 PROBLEM = "application/problem+json"
@@ -477,7 +477,7 @@ async def test_docs_describe_the_webhook_payload_and_auth(outreach):
 
 async def leadstream(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", *args, cwd=ROOT, env={**os.environ, **env},
+        sys.executable, "-m", "leadstream.cli", *args, cwd=ROOT, env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:

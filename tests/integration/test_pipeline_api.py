@@ -16,10 +16,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from services.pipeline.app import create_app
-from shared.auth import hash_key, new_key
-from shared.events import PIPELINE_CHANGES, STAGE_CHANGED
-from shared.store.models import (
+from pipeline_store.models import (
     Account,
     Contact,
     Opportunity,
@@ -30,6 +27,9 @@ from shared.store.models import (
     Touch,
     TransitionRequest,
 )
+from services.pipeline.app import create_app
+from shared.auth import hash_key, new_key
+from shared.events import PIPELINE_CHANGES, STAGE_CHANGED
 from tests.support import eventually, make_settings, read_topic, serve_app
 
 pytestmark = pytest.mark.timeout(120)

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
+from pipeline_store.models import Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch
 from services.qualification.app import create_app
 from services.qualification.domain.policy import PolicyError
 from services.qualification.service import load_qualifier, rescore_all
@@ -27,7 +28,6 @@ from shared.events import (
     PROSPECT_ADDED, TOUCH_RECORDED, LeadCaptured, ProspectAdded, TouchRecorded, dlq_topic, make_event,
 )
 from shared.kafka import KafkaGateway
-from shared.store.models import Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch
 from tests.integration.test_inbox_consumer import outage
 from tests.support import ROOT, eventually, make_settings, read_raw, read_topic, serve_app
 
@@ -438,7 +438,7 @@ async def test_rescore_dry_run_changes_nothing_and_apply_moves_forward(stack, tm
 
     env = {**os.environ, "LEADSTREAM_PIPELINE_DATABASE_URL": stack.url, "LEADSTREAM_DATA_DIR": str(tmp_path),
            "LEADSTREAM_LOG_JSON": "false"}
-    dry = subprocess.run([sys.executable, "-m", "shared.cli", "rescore", "--policy", str(path), "--dry-run"],
+    dry = subprocess.run([sys.executable, "-m", "leadstream.cli", "rescore", "--policy", str(path), "--dry-run"],
                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert "policy test-lenient: 4 contacts re-scored" in dry.stdout
@@ -472,7 +472,7 @@ async def test_replay_queues_retained_outbox_events_again(stack, tmp_path):
     env = {**os.environ, "LEADSTREAM_PIPELINE_DATABASE_URL": stack.url, "LEADSTREAM_DATA_DIR": str(tmp_path),
            "LEADSTREAM_CAPTURE_DATABASE_URL": f"sqlite:///{tmp_path}/capture-replay.db",
            "LEADSTREAM_OUTREACH_DATABASE_URL": f"sqlite:///{tmp_path}/outreach-replay.db"}
-    out = subprocess.run([sys.executable, "-m", "shared.cli", "replay"], env=env, cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "leadstream.cli", "replay"], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert f"pipeline.pipeline_outbox: {total} events queued" in out.stdout

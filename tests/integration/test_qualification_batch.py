@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, select
 
+from pipeline_store.models import Account, Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch
 from services.qualification import handlers
 from services.qualification.service import load_qualifier
 from shared.consumer import Delivery
@@ -23,7 +24,6 @@ from shared.db import Database, stage_insert
 from shared.events import (
     LEAD_CAPTURED, PROSPECT_ADDED, TOUCH_RECORDED, LeadCaptured, ProspectAdded, TouchRecorded, make_event,
 )
-from shared.store.models import Account, Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch
 from tests.support import ROOT
 
 pytestmark = pytest.mark.timeout(120)

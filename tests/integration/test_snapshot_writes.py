@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, update
 
+from pipeline_store.models import Account, Contact, ProcessedEvent, Score, Touch
 from services.qualification import handlers
 from services.qualification.service import load_qualifier
 from shared.consumer import Delivery, InboxConsumer, is_transient
@@ -24,7 +25,6 @@ from shared.db import Database, WriteConflict, check_before_write, is_unique_vio
 from shared.events import (
     LEAD_CAPTURED, LEADS_CAPTURED, OUTREACH_TOUCHES, TOUCH_RECORDED, LeadCaptured, TouchRecorded, make_event, utcnow,
 )
-from shared.store.models import Account, Contact, ProcessedEvent, Score, Touch
 from tests.integration.test_inbox_consumer import harness  # noqa: F401 - the fixture: a broker, a store, a gateway
 from tests.integration.test_qualification_batch import T0, apply, lead, snapshot, stored_account
 from tests.support import ROOT, eventually
@@ -258,7 +258,8 @@ async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated
             pass
 
     old, new = (InboxConsumer(db, harness.kafka, harness.settings, topics=[LEADS_CAPTURED],
-                              handlers={LEAD_CAPTURED: handler}, name=name, snapshot=True, max_backoff_s=0.2)
+                              handlers={LEAD_CAPTURED: handler}, name=name, inbox_model=ProcessedEvent, snapshot=True,
+                              max_backoff_s=0.2)
                 for name, handler in (("old", slow), ("new", stage_lead)))
     event = make_event(LEAD_CAPTURED, LeadCaptured(email="ada@acme.io", occurred_at=utcnow()), source="/test",
                        subject="ada@acme.io")
@@ -289,7 +290,8 @@ async def test_members_of_a_group_get_the_same_partitions_of_both_topics(harness
     """Range assignment: a contact's leads and touches (both keyed by its email) go to one
     member. Three members, as two would get matching partitions by round robin too."""
     members = [InboxConsumer(harness.db, harness.kafka, harness.settings, topics=[LEADS_CAPTURED, OUTREACH_TOUCHES],
-                             handlers={LEAD_CAPTURED: stage_lead}, name="qualification", client_id=f"m{n}")
+                             handlers={LEAD_CAPTURED: stage_lead}, name="qualification",
+                             inbox_model=ProcessedEvent, client_id=f"m{n}")
                for n in range(3)]
     harness.consumers += members  # stopped by the fixture
     for member in members:

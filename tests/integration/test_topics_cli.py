@@ -19,7 +19,7 @@ from tests.support import ROOT
 def topics_create(bootstrap: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LEADSTREAM_")}
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "topics", "create", *args],
+        [sys.executable, "-m", "leadstream.cli", "topics", "create", *args],
         env={**clean, "LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap, **env},
         capture_output=True, text=True, timeout=90, cwd=ROOT,
     )

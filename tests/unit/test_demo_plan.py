@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.demo import INBOUND, plan
+from leadstream.demo import INBOUND, plan
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
 

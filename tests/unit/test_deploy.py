@@ -23,7 +23,7 @@ import typer
 import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema
 
-from shared.cli import SERVICES, app
+from leadstream.cli import SERVICES, app
 from shared.settings import SERVICE_DATABASE, SERVICE_PORTS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.37"  # the newest schemas kubernetes-validate ships (see test below)
 SETTING_NAMES = {f"LEADSTREAM_{name.upper()}" for name in Settings.model_fields}
-UVICORN_GRACEFUL_S = 10  # shared/cli.py serve: timeout_graceful_shutdown
+UVICORN_GRACEFUL_S = 10  # leadstream/cli.py serve: timeout_graceful_shutdown
 
 
 # ---------------------------------------------------------------- helpers

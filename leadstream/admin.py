@@ -29,7 +29,7 @@ def _key_databases(settings: Settings) -> dict[str, tuple[str, type]]:
     """database name -> (url, key model) of every database that checks API keys, migrated."""
     from services.outreach.models import OutreachApiKey
     from shared.migrate import upgrade
-    from shared.store.models import PipelineApiKey
+    from pipeline_store.models import PipelineApiKey
 
     databases = {
         "outreach": (settings.database_url("outreach"), OutreachApiKey),

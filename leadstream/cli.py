@@ -127,7 +127,7 @@ def run() -> None:
     procs: list[subprocess.Popen] = []
     try:
         for service in available_services():
-            procs.append(subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", service], env=os.environ.copy(),
+            procs.append(subprocess.Popen([sys.executable, "-m", "leadstream.cli", "serve", service], env=os.environ.copy(),
                                           preexec_fn=_die_with_parent))
             typer.echo(f"{service} on http://{settings.host}:{settings.port_of(service)} (docs at /docs)", err=True)
         _wait_for_signal(until=lambda: any(p.poll() is not None for p in procs))
@@ -147,8 +147,8 @@ def run() -> None:
         typer.echo("stopped", err=True)
 
 
-# credentials of the authenticated APIs (API keys, webhook secrets): see shared/admin.py
-from shared.admin import api_keys_app, webhooks_app  # noqa: E402
+# credentials of the authenticated APIs (API keys, webhook secrets): see leadstream/admin.py
+from leadstream.admin import api_keys_app, webhooks_app  # noqa: E402
 
 app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(webhooks_app, name="webhooks")
@@ -220,7 +220,7 @@ def _outbox_models(database: str) -> list[type]:
     """The outbox tables of one database (found in its models module)."""
     from shared.outbox import OutboxMixin
 
-    module_name = "shared.store.models" if database == "pipeline" else f"services.{database}.models"
+    module_name = "pipeline_store.models" if database == "pipeline" else f"services.{database}.models"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError:
@@ -314,12 +314,12 @@ def demo(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
 ) -> None:
     """Seed a realistic 90-day history through the public APIs (the services must be running)."""
-    from shared.demo import plan, seed as seed_history
+    from leadstream.demo import plan, seed as seed_history
 
     settings = get_settings()
     if api_key is None:
         created = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "api-keys", "create", "--name", f"demo-seed-{seed}",
+            [sys.executable, "-m", "leadstream.cli", "api-keys", "create", "--name", f"demo-seed-{seed}",
              "--scope", "outreach", "--scope", "pipeline"], capture_output=True, text=True, check=True,
         )
         api_key = created.stdout.strip()

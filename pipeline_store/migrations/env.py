@@ -1,4 +1,4 @@
 from shared.migrate import run_migrations
-from shared.store.models import StoreBase
+from pipeline_store.models import StoreBase
 
 run_migrations(StoreBase.metadata, "pipeline")
