@@ -107,6 +107,7 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        **settings.proxy_headers(),
     )
 
 

@@ -157,10 +157,17 @@ async def seed(
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         sem = asyncio.Semaphore(16)
 
-        async def post(url: str, body: dict, headers: dict | None = None) -> httpx.Response:
+        async def post(url: str, body: dict, headers: dict | None = None, via: httpx.AsyncClient | None = None
+                       ) -> httpx.Response:
             async with sem:
                 for _ in range(RETRIES):
-                    r = await client.post(url, json=body, headers=headers)
+                    try:
+                        r = await (via or client).post(url, json=body, headers=headers)
+                    except httpx.ConnectError:
+                        if via is None:
+                            raise
+                        via = None  # this system has no such loopback address: one address, paced by 429s
+                        continue
                     if r.status_code != 429:
                         break
                     # a rate limit is a pause, not a failure; retries carry the same idempotency key
@@ -170,12 +177,17 @@ async def seed(
                 tick(1)
                 return r
 
-        # Each visitor has an address of its own (capture rate-limits per client address;
-        # uvicorn takes X-Forwarded-For from a proxy on 127.0.0.1, as the demo is).
-        await asyncio.gather(*(post(f"{capture_url}/v1/leads", lead, {
-            "Idempotency-Key": f"demo-{seed_value}-{n}",
-            "X-Forwarded-For": f"198.51.{(n // 250) % 256}.{n % 250 + 1}",
-        }) for n, lead in enumerate(demo.leads)))
+        # Visitors come from addresses of their own (capture rate-limits per client address and
+        # believes no X-Forwarded-For by default): on a loopback capture, from 127.0.0.2-65
+        # (Linux answers the whole 127/8).
+        visitors = _visitor_clients(capture_url)
+        try:
+            await asyncio.gather(*(post(f"{capture_url}/v1/leads", lead, {"Idempotency-Key": f"demo-{seed_value}-{n}"},
+                                        visitors[n % len(visitors)] if visitors else None)
+                                   for n, lead in enumerate(demo.leads)))
+        finally:
+            for visitor in visitors:
+                await visitor.aclose()
         sent["leads"] = len(demo.leads)
         await asyncio.gather(*(post(f"{outreach_url}/v1/prospects", p, auth) for p in demo.prospects))
         sent["prospects"] = len(demo.prospects)
@@ -210,6 +222,14 @@ async def seed(
                            auth | {"Idempotency-Key": key["Idempotency-Key"] + "-lost"})
                 sent["lost"] += 1
     return sent
+
+
+def _visitor_clients(capture_url: str, count: int = 64) -> list[httpx.AsyncClient]:
+    """Clients bound to loopback addresses of their own when capture listens on loopback."""
+    if httpx.URL(capture_url).host not in ("127.0.0.1", "localhost"):
+        return []
+    return [httpx.AsyncClient(timeout=30, transport=httpx.AsyncHTTPTransport(local_address=f"127.0.0.{2 + i}"))
+            for i in range(count)]
 
 
 async def _settled_opportunities(client: httpx.AsyncClient, pipeline_url: str, auth: dict, timeout: float) -> list[dict]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["capture", "outreach", "qualification", "pipeline"]
@@ -66,9 +67,14 @@ class Settings(BaseSettings):
     qualification_port: int = SERVICE_PORTS["qualification"]
     pipeline_port: int = SERVICE_PORTS["pipeline"]
     host: str = "127.0.0.1"
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips): comma-separated addresses or networks, "*" for any. Empty (the
+    # default): none, so a client cannot name its own address by sending the header.
+    forwarded_allow_ips: str = ""
 
     capture_rate_limit: str = "100/minute"
-    capture_form_rate_limit: str = "1000/minute"
+    # per form and client address, counting only well-formed submissions
+    capture_form_rate_limit: str = "20/minute"
     api_rate_limit: str = "6000/minute"
 
     outbox_poll_interval_s: float = 0.2
@@ -95,6 +101,19 @@ class Settings(BaseSettings):
     # (shared.observability.tune_gc); off for apps built inside another process (tests)
     gc_freeze: bool = True
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        """Each entry an address, a network or ``*`` (uvicorn would take a typo as a host name)."""
+        for entry in filter(None, (e.strip() for e in value.split(","))):
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError:
+                raise ValueError(f"LEADSTREAM_FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network") from None
+        return value.strip()
+
     @model_validator(mode="after")
     def _kafka_credentials(self) -> "Settings":
         if self.kafka_security_protocol.startswith("SASL") and not (
@@ -112,6 +131,10 @@ class Settings(BaseSettings):
     def embedded_broker(self) -> bool:
         """True when the default address is used: ``make run`` starts Tansu there."""
         return self.kafka_bootstrap_servers == EMBEDDED_BOOTSTRAP
+
+    def proxy_headers(self) -> dict[str, object]:
+        """uvicorn's options for forwarded headers: believed only from ``forwarded_allow_ips``."""
+        return {"proxy_headers": bool(self.forwarded_allow_ips), "forwarded_allow_ips": self.forwarded_allow_ips}
 
     def port_of(self, service: str) -> int:
         return int(getattr(self, f"{service}_port"))

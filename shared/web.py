@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -84,6 +85,18 @@ class BodyLimitMiddleware:
     async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = problem_response(413, f"The request body is larger than {limit} bytes.", limit=limit)
         await response(scope, receive, send)
+
+
+def ip_address_or_none(host: str | None) -> str | None:
+    """``host`` if it is an IP address (in its canonical text), else ``None``: what a proxy
+    forwarded is text from the client, not to be stored or keyed on as an address."""
+    if not host:
+        return None
+    try:
+        text = str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+    return text if len(text) <= 45 else None  # INET6_ADDRSTRLEN: an IPv6 zone id is free text
 
 
 async def require_json(request: Request) -> None:

@@ -228,3 +228,37 @@ def selects_on(engine, table: str) -> Iterator[list[str]]:  # noqa: ANN001
         yield seen
     finally:
         sa_event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+@asynccontextmanager
+async def serve_over_http(app, settings: Settings):  # noqa: ANN001, ANN201
+    """Run ``app`` in uvicorn on a free port with the options ``leadstream serve`` gives it
+    (forwarded headers believed as ``settings`` say); yields ``client(host)``, which opens a
+    client of it connecting from ``host`` (any 127/8 address on Linux)."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
+                            **settings.proxy_headers())
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    clients: list[httpx.AsyncClient] = []
+
+    def client(host: str = "127.0.0.1") -> httpx.AsyncClient:
+        made = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(local_address=host),
+                                 base_url=f"http://127.0.0.1:{port}", timeout=30)
+        clients.append(made)
+        return made
+
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.02)
+        yield client
+    finally:
+        for made in clients:
+            await made.aclose()
+        server.should_exit = True
+        await task

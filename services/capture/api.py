@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.exc import IntegrityError
 
@@ -12,7 +11,9 @@ from services.capture.forms import Form
 from services.capture.schemas import Accepted, LeadIn
 from shared.errors import PROBLEM_JSON, ProblemError
 from shared.runtime import Runtime, runtime_of
-from shared.web import header_openapi, header_value, json_body_openapi, parse_json_body, require_json
+from shared.web import (
+    header_openapi, header_value, ip_address_or_none, json_body_openapi, parse_json_body, require_json,
+)
 
 router = APIRouter(prefix="/v1", tags=["capture"])
 
@@ -25,12 +26,14 @@ ERRORS = {
 }
 
 
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def client_address(request: Request) -> str | None:
+    """The client's IP address as the server sees it (a configured proxy's X-Forwarded-For
+    already applied by uvicorn), or ``None`` when that is not an IP address."""
+    return ip_address_or_none(request.client.host if request.client else None)
 
 
-async def _limit_client(request: Request) -> None:
-    await runtime_of(request).client_limit.check(client_address(request))
+def _limit_key(address: str | None) -> str:
+    return address or "unknown"
 
 
 async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: Request) -> service.Capture:
@@ -69,7 +72,7 @@ async def post_lead(request: Request) -> Accepted:
     runtime = runtime_of(request)
     # 415, then the limit (so invalid bodies count against it too), then 422
     await require_json(request)
-    await runtime.client_limit.check(client_address(request))
+    await runtime.client_limit.check(_limit_key(client_address(request)))
     idempotency_key = header_value(request, "idempotency-key", 255)
     lead = await parse_json_body(request, LeadIn)
     result = await _capture(runtime, lead, idempotency_key, request)
@@ -120,11 +123,13 @@ async def form_preflight(form_id: str, request: Request, runtime: Runtime) -> Re
         303: {"description": "Accepted; redirect to the thank-you URL"},
         404: {"description": "Unknown form", **PROBLEM},
     },
-    dependencies=[Depends(_limit_client)],
 )
 async def post_form_submission(form_id: str, request: Request, runtime: Runtime) -> Response:
+    # every request counts against its address; only a well-formed submission (a lead or
+    # spam, after 404, 415 and 422) counts against the form's limit for that address
+    address = client_address(request)
+    await runtime.client_limit.check(_limit_key(address))
     form = _form(runtime, form_id)
-    await runtime.form_limit.check(form_id)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
         raise ProblemError(415, "Post the form as application/x-www-form-urlencoded or multipart/form-data.")
@@ -136,16 +141,18 @@ async def post_form_submission(form_id: str, request: Request, runtime: Runtime)
     origin = request.headers.get("origin")
     cors = forms.cors_headers(form, origin)
     spam_reason = forms.spam_verdict(form, submitted.get(form.honeypot) if form.honeypot else None, origin)
-    if spam_reason:
-        async with runtime.db.unit_of_work() as session:
-            result = await service.record_spam(session, form, submitted, spam_reason, client_address(request))
-    else:
+    lead = None
+    if not spam_reason:
         try:
-            lead = forms.lead_of(form, submitted)
+            lead = service.apply_form(forms.lead_of(form, submitted), form)
         except forms.InvalidSubmission as exc:
             raise ProblemError(422, "The form has invalid fields.", errors=exc.errors,
                                type_="https://leadstream.dev/problems/validation", headers=cors) from None
-        lead = service.apply_form(lead, form)
+    await runtime.form_limit.check(f"{form.id} {_limit_key(address)}")
+    if spam_reason:
+        async with runtime.db.unit_of_work() as session:
+            result = await service.record_spam(session, form, submitted, spam_reason, address)
+    else:
         result = await _capture(runtime, lead, request.headers.get("idempotency-key"), request)
     if _wants_json(request):
         return JSONResponse(Accepted(event_id=result.event_id).model_dump(), status_code=202, headers=cors)

@@ -21,7 +21,7 @@ class CaptureRuntime(ServiceRuntime):
         super().__init__(settings, "capture", CaptureOutbox)
         self.forms = load_forms(settings.forms_file)
         self.client_limit = RateLimit(settings.capture_rate_limit, "client address")
-        self.form_limit = RateLimit(settings.capture_form_rate_limit, "form")
+        self.form_limit = RateLimit(settings.capture_form_rate_limit, "form and client address")
         self.writer = GroupCommit(self.db, prepare=repository.prefetch_idempotency_keys)
 
     async def stop(self) -> None:

@@ -17,7 +17,8 @@ ANY_ORIGIN = FORM.model_copy(update={"allowed_origins": ["*"], "honeypot": None}
     ({"email": "a@b.co"}, {"email": "a@b.co", "utm": {}, "fields": {}}),
     ({"email": ""}, {"email": "", "utm": {}, "fields": {}}),  # a blank email stays, so it is named
     ({"email": "a@b.co", "company": "", "title": "CTO"}, {"email": "a@b.co", "title": "CTO", "utm": {}, "fields": {}}),
-    ({"email": "a@b.co", "website_url": "http://spam"}, {"email": "a@b.co", "utm": {}, "fields": {}}),  # honeypot left out
+    # the honeypot is left out
+    ({"email": "a@b.co", "website_url": "http://spam"}, {"email": "a@b.co", "utm": {}, "fields": {}}),
     ({"email": "a@b.co", "utm_source": "google", "utm_content": "hero"},
      {"email": "a@b.co", "utm": {"source": "google", "content": "hero"}, "fields": {}}),
     ({"email": "a@b.co", "fields[use case]": "analytics", "colour": "blue"},

@@ -267,6 +267,7 @@ def test_compose_settings_are_real_settings_and_load():
         assert not settings.embedded_broker
         assert settings.kafka_replication_factor <= 3
         assert str(settings.config_dir) == "/app/deploy/config"
+        assert not settings.proxy_headers()["proxy_headers"]  # no proxy in front: no forwarded header believed
     qualification = services["qualification"]["environment"]
     assert services["qualification"]["deploy"]["replicas"] <= int(qualification["LEADSTREAM_KAFKA_PARTITIONS"])
 
@@ -478,4 +479,6 @@ def test_settings_and_secret_references_are_real_settings(rendered, k8s_settings
     values = {**k8s_settings, **example_secret["stringData"]}
     settings = Settings(**{k.removeprefix("LEADSTREAM_").lower(): v for k, v in values.items()})
     assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism.startswith("SCRAM")
+    # behind the ingress: its X-Forwarded-For is believed, and only from a network, never "*"
+    assert settings.proxy_headers()["proxy_headers"] and "*" not in settings.forwarded_allow_ips
     assert settings.database_url("pipeline").startswith("postgresql+asyncpg://")
