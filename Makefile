@@ -29,8 +29,12 @@ run: install
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || echo "chromium not installed: browser tests will be skipped"
 
+# The suite mostly waits (brokers, processes, timeouts), so it runs on PYTEST_WORKERS processes;
+# PYTEST_WORKERS=0 runs it serially in one process, for debugging.
+PYTEST_WORKERS ?= 4
+
 test: install browser
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -x tests/unit $(PYTEST_ARGS)

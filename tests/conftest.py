@@ -4,11 +4,29 @@ import os
 
 import pytest
 
-from shared.broker import EmbeddedBroker, free_port
+from shared.broker import PORT_RANGE_VARIABLE, EmbeddedBroker, free_port
 from shared.kafka import ensure_topics
 from shared.migrate import aupgrade
 from shared.settings import Settings
 from tests.support import create_postgres_database, drop_postgres_database, migrated_store, postgres_available
+
+
+def pytest_configure(config) -> None:  # noqa: ANN001, ARG001
+    """Each parallel worker (pytest-xdist) hands out ports from a range of its own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    low = PORTS_LOW + (index % PORT_RANGES) * PORTS_PER_WORKER
+    os.environ[PORT_RANGE_VARIABLE] = f"{low}-{low + PORTS_PER_WORKER - 1}"
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001, ARG001
+    """The longest tests first: the parallel run hands its first tests out round robin, so each
+    worker starts one of them and the wall time is the slowest worker's, not a queue of them."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1 if "/e2e/" in item.nodeid else 2)
+
+
+# Below the kernel's ephemeral ports (32768-60999), so no outgoing connection takes one first.
+PORTS_LOW, PORTS_PER_WORKER, PORT_RANGES = 12000, 2500, 8
 
 
 # Point the suite at an external Kafka (e.g. deploy/compose.yaml's, localhost:19092) instead of

@@ -50,7 +50,7 @@ async def create_postgres_database() -> str:
     from sqlalchemy.engine import make_url
 
     base = make_url(POSTGRES_URL)
-    name = f"ls_{uuid.uuid4().hex[:12]}"
+    name = f"ls_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{uuid.uuid4().hex[:12]}"
     conn = await postgres_connect(POSTGRES_URL)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')

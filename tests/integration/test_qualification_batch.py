@@ -103,6 +103,7 @@ async def two_stores(database_factory):
         await batched.dispose()
 
 
+@pytest.mark.slow  # about a minute on PostgreSQL: started first in a parallel run
 async def test_batches_leave_the_store_as_one_event_per_transaction_would(two_stores):
     one, batched = two_stores
     deliveries = history()
