@@ -38,12 +38,11 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import (
-    Database, WriteConflict, check_before_write, in_chunks, sqlstate, stage_insert, transaction_time,
+    Database, WriteConflict, check_before_write, in_chunks, is_transient_db_error, stage_insert, transaction_time,
 )
 from shared.events import EVENT_TYPES, CloudEvent, InvalidEvent, dlq_topic, parse_event
 from shared.kafka import ConsumerRebalanceListener, KafkaGateway, create_consumer
@@ -79,28 +78,10 @@ class PermanentError(Exception):
     """Handling failed for a reason that retrying cannot fix: the message is dead-lettered."""
 
 
-# PostgreSQL SQLSTATEs worth retrying: connection trouble, serialization/deadlock,
-# lock not available, operator intervention (shutdown, terminated backend), resources.
-_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40001", "40P01", "55P03", "57", "53", "58")
-
-
 def is_transient(exc: BaseException) -> bool:
-    """True for failures that go away by themselves: database busy or down, broker away."""
-    if isinstance(exc, (WriteConflict, sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
-                        sa_exc.TimeoutError, TimeoutError, ConnectionError, OSError, KafkaError)):
-        return True
-    if isinstance(exc, (sa_exc.IntegrityError, sa_exc.DataError, sa_exc.ProgrammingError)):
-        return False
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        code = sqlstate(exc)
-        if code and code.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
-            return True
-        text = str(exc).lower()
-        return any(s in text for s in ("connection", "not currently accepting", "database is locked", "shutdown"))
-    name = type(exc).__name__
-    return "Connection" in name or "CannotConnectNow" in name
+    """True for failures that go away by themselves: database busy or down (``shared.db.errors``),
+    broker away."""
+    return isinstance(exc, KafkaError) or is_transient_db_error(exc)
 
 
 def is_permanent(exc: BaseException) -> bool:

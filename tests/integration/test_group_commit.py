@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.capture.models import CapturedLead, CaptureOutbox
 from shared.db import Database, GroupCommit, SqliteBatchWriter, prefetch_rows, prefetched, stage_insert
+from shared.db.compiled import driver_form
 from tests.support import migrated_store
 
 LEADS = CapturedLead.__table__
@@ -164,7 +165,7 @@ async def test_the_batch_writer_writes_a_transaction_whole_or_not_at_all(tmp_pat
         dialect = db.engine.dialect
         compiled = insert(LEADS).compile(dialect=dialect, column_keys=list(lead(0)))
         order = compiled.positiontup
-        processors = compiled._bind_processors  # noqa: SLF001
+        processors = driver_form(compiled)[2]
 
         def params(row: dict) -> tuple:
             return tuple(processors[k](row[k]) if k in processors else row[k] for k in order)
