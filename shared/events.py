@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -67,6 +68,18 @@ Outcome = Literal[
 STAGES = ("prospect", "lead", "mql", "sql", "opportunity", "customer", "lost", "disqualified", "nurture")
 Stage = Literal["prospect", "lead", "mql", "sql", "opportunity", "customer", "lost", "disqualified", "nurture"]
 Motion = Literal["inbound", "outbound", "blended"]
+
+
+# W3C Trace Context, version 00: lowercase hex, trace id and parent id not all zeros.
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def valid_traceparent(value: str | None) -> str | None:
+    """``value`` if it is a valid W3C ``traceparent`` (version 00), else ``None``: the
+    recommendation's rule is to drop an invalid one (start a new trace), not to fail the request."""
+    if value is not None and len(value) == 55 and _TRACEPARENT.fullmatch(value):
+        return value
+    return None
 
 
 def utcnow() -> datetime:
@@ -300,7 +313,8 @@ def make_event(
     """Build the envelope of a fact; ``subject`` is the contact's normalised email.
 
     ``data`` is the fact's data model, or that model's JSON-mode dump (without ``None``s)
-    when the caller already holds it in that form."""
+    when the caller already holds it in that form. An invalid ``traceparent`` (as a client
+    sent it) is dropped: only a valid W3C one is published."""
     if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_!r}")
     # Every field is built here from validated values: construct without re-validating.
@@ -312,7 +326,7 @@ def make_event(
         time=time or utcnow(),
         subject=subject,
         datacontenttype="application/json",
-        traceparent=traceparent,
+        traceparent=valid_traceparent(traceparent),
         data=data if isinstance(data, dict) else data.model_dump(mode="json", exclude_none=True),
     )
 

@@ -17,6 +17,8 @@ from shared.web import (
 
 router = APIRouter(prefix="/v1", tags=["capture"])
 
+IDEMPOTENCY_KEY_MAX = 255  # the column's length, on every path
+
 PROBLEM = {"content": {PROBLEM_JSON: {}}}
 ERRORS = {
     413: {"description": "Body over 64 KiB", **PROBLEM},
@@ -66,14 +68,14 @@ async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: 
     "Send `Idempotency-Key` to make retries safe: a retry returns the same `event_id` and publishes nothing new.",
     responses=ERRORS | {409: {"description": "Idempotency-Key reused with another body", **PROBLEM}},
     # The body and header are read by the route itself: one pydantic pass, no dependencies.
-    openapi_extra=json_body_openapi(LeadIn) | header_openapi("Idempotency-Key", 255),
+    openapi_extra=json_body_openapi(LeadIn) | header_openapi("Idempotency-Key", IDEMPOTENCY_KEY_MAX),
 )
 async def post_lead(request: Request) -> Accepted:
     runtime = runtime_of(request)
     # 415, then the limit (so invalid bodies count against it too), then 422
     await require_json(request)
     await runtime.client_limit.check(_limit_key(client_address(request)))
-    idempotency_key = header_value(request, "idempotency-key", 255)
+    idempotency_key = header_value(request, "idempotency-key", IDEMPOTENCY_KEY_MAX)
     lead = await parse_json_body(request, LeadIn)
     result = await _capture(runtime, lead, idempotency_key, request)
     return Accepted(event_id=result.event_id)
@@ -133,6 +135,7 @@ async def post_form_submission(form_id: str, request: Request, runtime: Runtime)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
         raise ProblemError(415, "Post the form as application/x-www-form-urlencoded or multipart/form-data.")
+    idempotency_key = header_value(request, "idempotency-key", IDEMPOTENCY_KEY_MAX)
     try:
         raw = await request.form(max_files=0, max_fields=200)
     except Exception as exc:  # noqa: BLE001 - a malformed body is the client's error
@@ -153,7 +156,7 @@ async def post_form_submission(form_id: str, request: Request, runtime: Runtime)
         async with runtime.db.unit_of_work() as session:
             result = await service.record_spam(session, form, submitted, spam_reason, address)
     else:
-        result = await _capture(runtime, lead, request.headers.get("idempotency-key"), request)
+        result = await _capture(runtime, lead, idempotency_key, request)
     if _wants_json(request):
         return JSONResponse(Accepted(event_id=result.event_id).model_dump(), status_code=202, headers=cors)
     return RedirectResponse(form.thank_you_url, status_code=303, headers=cors)

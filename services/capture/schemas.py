@@ -9,7 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from shared.events import FormType
 from shared.identity import EMAIL_MAX_LENGTH, check_email
-from shared.schemas import Short, Strict, Url, not_in_future
+from shared.schemas import Short, Strict, Url, line, not_in_future, text
+
+Phone = line(50)
+Country = line(100)
+FreeText = text(2000)
+FieldName = line(100, strip=False)
 
 
 
@@ -23,7 +28,7 @@ class UtmIn(Strict):
 
 class ConsentIn(Strict):
     marketing: bool
-    text: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    text: FreeText | None = None
 
 
 class LeadIn(Strict):
@@ -55,14 +60,16 @@ class LeadIn(Strict):
         },
     )
 
-    email: Annotated[str, StringConstraints(max_length=EMAIL_MAX_LENGTH)] = Field(description="Required; kept as typed, normalised for identity.")
+    email: Annotated[str, StringConstraints(max_length=EMAIL_MAX_LENGTH)] = Field(
+        description="Required; kept as typed, normalised for identity."
+    )
     first_name: Short | None = None
     last_name: Short | None = None
     company: Short | None = None
     title: Short | None = None
-    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
+    phone: Phone | None = None
     website: Url | None = None
-    country: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = None
+    country: Country | None = None
     employees: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     industry: Short | None = None
     form_id: Short | None = None
@@ -72,8 +79,8 @@ class LeadIn(Strict):
     referrer: Url | None = None
     utm: UtmIn = Field(default_factory=UtmIn)
     consent: ConsentIn | None = None
-    fields: Annotated[dict[Annotated[str, StringConstraints(max_length=100)], Annotated[str, StringConstraints(max_length=2000)]], Field(max_length=50)] = Field(
-        default_factory=dict, description="Custom string fields (at most 50)."
+    fields: Annotated[dict[FieldName, FreeText], Field(max_length=50)] = Field(
+        default_factory=dict, description="Custom string fields (at most 50; values may span lines)."
     )
     occurred_at: datetime | None = Field(None, description="When the visitor submitted; defaults to when received.")
 

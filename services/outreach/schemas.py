@@ -10,12 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 
 from shared.events import OutboundChannel, Outcome
 from shared.identity import EMAIL_MAX_LENGTH, check_email
-from shared.schemas import Short, Strict, Url, not_in_future
+from shared.schemas import Short, Strict, Url, line, not_in_future, text
 
 Email = Annotated[str, StringConstraints(max_length=EMAIL_MAX_LENGTH)]
+Phone = line(50)
+Country = line(100)
+Tag = line(100, min_length=1)
+ExternalId = line(255, min_length=1)
+EventType = line(100, min_length=1)
 Fields = Annotated[
-    dict[Annotated[str, StringConstraints(max_length=100)], Annotated[str, StringConstraints(max_length=2000)]],
-    Field(max_length=50, description="Custom string fields (at most 50)."),
+    dict[line(100, strip=False), text(2000)],
+    Field(max_length=50, description="Custom string fields (at most 50; values may span lines)."),
 ]
 
 MAX_BATCH = 1000
@@ -63,14 +68,14 @@ class ProspectIn(Strict):
     website: Url | None = None
     industry: Short | None = None
     employees: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
-    country: Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None = None
-    phone: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
+    country: Country | None = None
+    phone: Phone | None = None
     linkedin_url: Url | None = None
     owner: Short | None = Field(None, description="The rep who owns the prospect.")
     list: Short | None = Field(None, description="The prospect list it was researched into.")
     source: Short | None = Field(None, description="Where it was researched (a database, an event, …).")
     tags: Annotated[
-        builtins.list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]],
+        builtins.list[Tag],
         Field(max_length=50),
     ] = Field(default_factory=builtins.list)
     fields: Fields = Field(default_factory=dict)
@@ -111,7 +116,7 @@ class TouchIn(TouchFields):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [TOUCH_EXAMPLE]})
 
-    external_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] | None = Field(
+    external_id: ExternalId | None = Field(
         None, description="The sales tool's id of the touch: a repeat is a no-op answered `duplicate`."
     )
 
@@ -145,10 +150,10 @@ class WebhookEventIn(Strict):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [WEBHOOK_EXAMPLE]})
 
-    id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] = Field(
+    id: ExternalId = Field(
         description="The tool's id of this event: a redelivery with the same id is answered `duplicate`."
     )
-    type: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)] = Field(
+    type: EventType = Field(
         description="`touch` (recorded); anything else is ignored."
     )
     touch: WebhookTouch | None = Field(None, description="Required when `type` is `touch`.")

@@ -5,11 +5,12 @@ real migrated database on both backends."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from services.capture.app import create_app
-from services.capture.models import CapturedLead
-from tests.support import make_settings, serve_over_http
+from services.capture.models import CapturedLead, CaptureOutbox
+from shared.events import LEADS_CAPTURED
+from tests.support import make_settings, read_until_ids, serve_app, serve_over_http
 
 ALLOWED = {"origin": "https://www.example.com"}
 SCRIPT = "<script>" + "alert(document.cookie);" * 8 + "</script>"  # the probe's 208-character value
@@ -96,3 +97,96 @@ async def test_forwarded_for_is_believed_only_from_a_configured_proxy(capture_se
     assert codes[:5] == [415] * 5 and set(codes[5:]) == {429}
     assert (visitor.status_code, garbage.status_code, spoofer.status_code) == (202, 202, 202)
     assert rows == [("203.0.113.7", "v@example.org"), (None, "g@example.org"), ("127.0.0.2", "s@example.org")]
+
+
+# ---------------------------------------------------------------- headers and text fields (26.10)
+
+VALID_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+INJECTED = "A\u0007\u001b[31mB\r\nX-Injected: 1"  # the probe's name
+
+
+@pytest.fixture
+async def capture(capture_settings):
+    app = create_app(capture_settings())
+    async with serve_app(app) as client:
+        client.app = app
+        yield client
+
+
+TRACEPARENTS = [
+    (VALID_TRACEPARENT, VALID_TRACEPARENT),
+    ("00-" + "a" * 8000, None),  # the probe's 8,003 characters
+    ("garbage\u00e9".encode(), None),
+    (VALID_TRACEPARENT.upper(), None),
+    ("00-" + "0" * 32 + "-00f067aa0ba902b7-01", None),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-" + "0" * 16 + "-01", None),
+    ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+    (VALID_TRACEPARENT + "-extra", None),
+]
+
+
+async def test_only_a_valid_traceparent_is_published(capture, broker):
+    sent = {}
+    for n, (header, published) in enumerate(TRACEPARENTS):
+        answer = await capture.post("/v1/leads", json={"email": f"t{n}@example.org"}, headers={"traceparent": header})
+        assert answer.status_code == 202, answer.text  # an invalid traceparent is dropped, not an error
+        sent[answer.json()["event_id"]] = published
+    events = await read_until_ids(broker.bootstrap, LEADS_CAPTURED, set(sent))
+    assert {e.id: e.traceparent for e in events if e.id in sent} == sent
+    async with capture.app.state.runtime.db.reader() as s:
+        values = dict((await s.execute(select(CaptureOutbox.event_id, CaptureOutbox.value))).all())
+    assert {event_id: b'"traceparent"' in value for event_id, value in values.items()} == {
+        event_id: published is not None for event_id, published in sent.items()}
+
+
+@pytest.mark.parametrize("path,send", [
+    ("/v1/leads", lambda key: {"json": {"email": "k@example.org"}, "headers": {"Idempotency-Key": key}}),
+    ("/v1/forms/newsletter/submissions",
+     lambda key: {"data": {"email": "k@example.org"}, "headers": {"Idempotency-Key": key} | ALLOWED}),
+])
+async def test_an_idempotency_key_over_255_characters_is_refused_on_every_path(capture, path, send):
+    too_long = await capture.post(path, **send("k" * 1000))
+    assert too_long.status_code == 422, too_long.text
+    assert [e["field"] for e in too_long.json()["errors"]] == ["idempotency-key"]
+    first = await capture.post(path, **send("k" * 255))
+    retry = send("k" * 255)
+    again = await capture.post(path, **retry | {"headers": retry["headers"] | {"accept": "application/json"}})
+    assert first.status_code in (202, 303) and again.status_code == 202
+    async with capture.app.state.runtime.db.reader() as s:
+        assert (await s.execute(select(func.count()).select_from(CapturedLead))).scalar_one() == 1
+
+
+@pytest.mark.parametrize("lead,fields", [
+    ({"first_name": INJECTED}, ["first_name"]),
+    ({"first_name": "Ada\u0000", "company": "Acme\u009b", "title": "CTO\u007f"}, ["company", "first_name", "title"]),
+    ({"title": "VP\tSales"}, ["title"]),  # a tab is no part of a one-line value
+    ({"utm": {"campaign": "q4\u001b[2J"}}, ["utm.campaign"]),
+    ({"website": "https://a.example/\r\nSet-Cookie: x=1"}, ["website"]),
+    ({"fields": {"note\u0007": "x"}}, ["fields.note\u0007.[key]"]),
+    ({"fields": {"message": "bell\u0007"}}, ["fields.message"]),
+    ({"consent": {"marketing": True, "text": "ok\u0000"}}, ["consent.text"]),
+])
+async def test_control_characters_in_text_fields_are_422_naming_each_field(capture, lead, fields):
+    answer = await capture.post("/v1/leads", json={"email": "c@example.org"} | lead)
+    assert answer.status_code == 422, answer.text
+    assert sorted(e["field"] for e in answer.json()["errors"]) == fields
+    assert {e["type"] for e in answer.json()["errors"]} == {"control_character"}
+    async with capture.app.state.runtime.db.reader() as s:
+        assert (await s.execute(select(func.count()).select_from(CapturedLead))).scalar_one() == 0
+
+
+async def test_free_text_keeps_tabs_and_line_breaks(capture):
+    lead = {"email": "f@example.org", "fields": {"message": "Hello,\r\n\tsee below.\n"},
+            "consent": {"marketing": True, "text": "I agree.\nUnsubscribe any time."}}
+    assert (await capture.post("/v1/leads", json=lead)).status_code == 202
+    async with capture.app.state.runtime.db.reader() as s:
+        payload = (await s.execute(select(CapturedLead.payload))).scalar_one()
+    assert payload["fields"]["message"] == "Hello,\r\n\tsee below.\n"
+
+
+async def test_the_form_endpoint_refuses_control_characters_by_their_form_names(capture):
+    answer = await capture.post("/v1/forms/newsletter/submissions", headers=ALLOWED, data={
+        "email": "f@example.org", "first_name": INJECTED, "utm_source": "x\u0000", "message": "two\r\nlines"})
+    assert answer.status_code == 422, answer.text
+    assert sorted(e["field"] for e in answer.json()["errors"]) == ["first_name", "utm_source"]
+    assert answer.headers["access-control-allow-origin"] == "https://www.example.com"
