@@ -51,7 +51,9 @@ def main(argv: list[str]) -> None:
     stack = Stack()
     rows: list[Row] = []
     started = time.time()
-    rows.append(Row("machine", "fixed pure-Python work before the run (lower is a faster machine)", machine_speed(), "ms"))
+    rows.append(
+        Row("machine", "fixed pure-Python work before the run (lower is a faster machine)", machine_speed(), "ms")
+    )
     try:
         stack.start_broker()
         for name in wanted:

@@ -157,7 +157,9 @@ async def lag(stack: Stack) -> list[float]:
         reader.cancel()
     finally:
         await consumer.stop()
-    return sorted(seen[e] - accepted[e] for e in accepted if e in seen) + [float("inf")] * len(set(accepted) - set(seen))
+    return sorted(seen[e] - accepted[e] for e in accepted if e in seen) + [float("inf")] * len(
+        set(accepted) - set(seen)
+    )
 
 
 def snapshot_retries(stack: Stack) -> int:
@@ -198,7 +200,8 @@ def _run(section: str, workers: int, pipeline_url: str | None = None) -> list[Ro
     try:
         own.start_broker()
         key = subprocess.run(
-            [sys.executable, "-m", "leadstream.cli", "api-keys", "create", "--name", "bench-e2e", "--scope", "outreach"],
+            [sys.executable, "-m", "leadstream.cli", "api-keys", "create", "--name", "bench-e2e",
+             "--scope", "outreach"],
             env={**os.environ, **own.env}, cwd=ROOT, check=True, capture_output=True, text=True,
         ).stdout.strip()
         own.start("capture")

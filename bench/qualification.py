@@ -70,8 +70,9 @@ def make_events(n: int) -> list[tuple[str, bytes, bytes]]:
                 "industry": INDUSTRIES[c % len(INDUSTRIES)], "country": "US" if c % 3 else "DE"}
         if c % 3 == 0:  # inbound
             if seq % 4 < 3:
-                data = LeadCaptured(email=email, first_name="Ada", last_name=f"L{c}", form_type=FORMS[(c + seq) % len(FORMS)],
-                                    form_id=f"form-{seq % 5}", page_url="https://www.example.com/p",
+                data = LeadCaptured(email=email, first_name="Ada", last_name=f"L{c}",
+                                    form_type=FORMS[(c + seq) % len(FORMS)], form_id=f"form-{seq % 5}",
+                                    page_url="https://www.example.com/p",
                                     utm={"source": "google", "medium": "cpc", "campaign": f"camp-{c % 12}"},
                                     occurred_at=at, **firm)
                 event = make_event(LEAD_CAPTURED, data, source="/leadstream/capture", subject=email, time=at)
@@ -79,7 +80,9 @@ def make_events(n: int) -> list[tuple[str, bytes, bytes]]:
                 continue
             # a touch on an inbound contact: blended
         if seq == 0 and c % 3 != 0:
-            data = ProspectAdded(email=email, owner=f"rep{c % 7}@ourco.example", list=f"list-{c % 9}", occurred_at=at, **firm)
+            data = ProspectAdded(
+                email=email, owner=f"rep{c % 7}@ourco.example", list=f"list-{c % 9}", occurred_at=at, **firm
+            )
             event = make_event(PROSPECT_ADDED, data, source="/leadstream/outreach", subject=email, time=at)
         else:
             data = TouchRecorded(email=email, channel="cold_email" if seq % 3 else "cold_call",
@@ -165,7 +168,7 @@ class RssSampler:
                     pass
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -210,9 +213,10 @@ def start_profiler(pid: int) -> subprocess.Popen | None:
     if not out:
         return None
     Path(out).mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "-p", str(pid), "-f", "raw", "-r", "200", *os.environ.get("BENCH_PROFILE_FLAGS", "").split(),
-                             "-o", f"{out}/qualification-{pid}.txt"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen([str(ROOT / ".venv/bin/py-spy"), "record", "-p", str(pid), "-f", "raw", "-r", "200",
+                             *os.environ.get("BENCH_PROFILE_FLAGS", "").split(),
+                             "-o", f"{out}/qualification-{pid}.txt"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def two_workers(messages: list[tuple[str, bytes, bytes]], timeout: float = 600) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from sqlalchemy import select, update
@@ -94,7 +94,7 @@ def create_api_key(settings: Settings, name: str, scopes: list[str]) -> tuple[st
 @api_keys_app.command("create")
 def api_keys_create(
     name: Annotated[str, typer.Option("--name", help="Who or what uses the key (a tool, a team).")],
-    scope: Annotated[Optional[list[str]], typer.Option(
+    scope: Annotated[list[str] | None, typer.Option(
         "--scope", help="outreach or pipeline; repeat for both (default: outreach).")] = None,
 ) -> None:
     """Create an API key and print it alone on stdout, once (only its hash is stored)."""
@@ -137,7 +137,9 @@ def api_keys_revoke(key_id: Annotated[str, typer.Argument(metavar="ID", help="Th
         exists = (await session.execute(select(model.revoked_at).where(model.id == key_id))).first()
         if exists is None:
             return "missing"
-        await session.execute(update(model).where(model.id == key_id, model.revoked_at.is_(None)).values(revoked_at=now))
+        await session.execute(
+            update(model).where(model.id == key_id, model.revoked_at.is_(None)).values(revoked_at=now)
+        )
         return "revoked" if exists.revoked_at is None else "already"
 
     results = asyncio.run(_in_each(_key_databases(Settings()), _revoke))
@@ -202,7 +204,9 @@ def webhooks_revoke_secret(secret_id: Annotated[str, typer.Argument(metavar="ID"
 
     async def _revoke(session, model):  # noqa: ANN001, ANN202
         result = await session.execute(
-            update(model).where(model.id == secret_id, model.revoked_at.is_(None)).values(revoked_at=datetime.now(timezone.utc))
+            update(model)
+            .where(model.id == secret_id, model.revoked_at.is_(None))
+            .values(revoked_at=datetime.now(timezone.utc))
         )
         return result.rowcount
 

@@ -9,11 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from shared.settings import SERVICE_DATABASE, SERVICE_PORTS, Settings, get_settings
+from shared.settings import SERVICE_DATABASE, Settings, get_settings
 
 app = typer.Typer(help="Leadstream: one qualified pipeline from inbound and outbound.", no_args_is_help=True)
 
@@ -85,8 +85,8 @@ def _wait_for_signal(until=lambda: False) -> None:  # noqa: ANN001
 @app.command()
 def serve(
     service: Annotated[str, typer.Argument(help="capture, outreach, qualification or pipeline")],
-    port: Annotated[Optional[int], typer.Option(help="defaults to LEADSTREAM_<SERVICE>_PORT")] = None,
-    host: Annotated[Optional[str], typer.Option()] = None,
+    port: Annotated[int | None, typer.Option(help="defaults to LEADSTREAM_<SERVICE>_PORT")] = None,
+    host: Annotated[str | None, typer.Option()] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
 ) -> None:
     """Run one service (scale by running more processes)."""
@@ -128,8 +128,8 @@ def run() -> None:
     procs: list[subprocess.Popen] = []
     try:
         for service in available_services():
-            procs.append(subprocess.Popen([sys.executable, "-m", "leadstream.cli", "serve", service], env=os.environ.copy(),
-                                          preexec_fn=_die_with_parent))
+            procs.append(subprocess.Popen([sys.executable, "-m", "leadstream.cli", "serve", service],
+                                          env=os.environ.copy(), preexec_fn=_die_with_parent))
             typer.echo(f"{service} on http://{settings.host}:{settings.port_of(service)} (docs at /docs)", err=True)
         _wait_for_signal(until=lambda: any(p.poll() is not None for p in procs))
         if any(p.poll() is not None for p in procs):
@@ -235,7 +235,7 @@ def _outbox_models(database: str) -> list[type]:
 
 @app.command()
 def replay(
-    hours: Annotated[Optional[float], typer.Option(help="only events created in the last N hours "
+    hours: Annotated[float | None, typer.Option(help="only events created in the last N hours "
                                                         "(default: the outbox retention window)")] = None,
 ) -> None:
     """Re-publish the retained outbox events of every database (consumers deduplicate by id).
@@ -311,7 +311,9 @@ def rescore(
 def demo(
     seed: Annotated[int, typer.Option(help="same seed, same history")] = 7,
     contacts: Annotated[int, typer.Option(help="how many people")] = 2000,
-    api_key: Annotated[Optional[str], typer.Option(help="a key with outreach and pipeline scopes; created if absent")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="a key with outreach and pipeline scopes; created if absent")
+    ] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
 ) -> None:
     """Seed a realistic 90-day history through the public APIs (the services must be running)."""

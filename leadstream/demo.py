@@ -121,7 +121,8 @@ def plan(seed: int, contacts: int, now: datetime, days: int = 90) -> DemoPlan:
             out.leads.append(lead)
             if rng.random() < 0.12:  # some inbound people are also prospected: blended
                 out.prospects.append(person | {"owner": f"rep{rng.randint(1, 6)}@ourco.example",
-                                               "list": "inbound-follow-up", "occurred_at": (at + timedelta(hours=2)).isoformat()})
+                                               "list": "inbound-follow-up",
+                                               "occurred_at": (at + timedelta(hours=2)).isoformat()})
         else:
             channel, sequence = rng.choice(SEQUENCES)
             owner = f"rep{rng.randint(1, 6)}@ourco.example"
@@ -213,12 +214,16 @@ async def seed(
             decide = rng.random()
             amount = rng.choice([6000, 12000, 18000, 24000, 36000, 60000, 90000])
             if decide < 0.35:
-                await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
-                           {"to": "customer", "amount": amount, "reason": "signed"}, auth | {"Idempotency-Key": key["Idempotency-Key"] + "-won"})
+                await post(
+                    f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
+                    {"to": "customer", "amount": amount, "reason": "signed"},
+                    auth | {"Idempotency-Key": key["Idempotency-Key"] + "-won"},
+                )
                 sent["won"] += 1
             elif decide < 0.55:
                 await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
-                           {"to": "lost", "amount": amount, "reason": rng.choice(["chose a competitor", "no decision", "price"])},
+                           {"to": "lost", "amount": amount,
+                            "reason": rng.choice(["chose a competitor", "no decision", "price"])},
                            auth | {"Idempotency-Key": key["Idempotency-Key"] + "-lost"})
                 sent["lost"] += 1
     return sent
@@ -232,7 +237,9 @@ def _visitor_clients(capture_url: str, count: int = 64) -> list[httpx.AsyncClien
             for i in range(count)]
 
 
-async def _settled_opportunities(client: httpx.AsyncClient, pipeline_url: str, auth: dict, timeout: float) -> list[dict]:
+async def _settled_opportunities(
+    client: httpx.AsyncClient, pipeline_url: str, auth: dict, timeout: float
+) -> list[dict]:
     """Wait until qualification has caught up (the count of opportunities stops growing)."""
     deadline = time.monotonic() + timeout
     last, stable = -1, 0

@@ -134,7 +134,7 @@ class _Outcome:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, owner: "InboxConsumer") -> None:
+    def __init__(self, owner: InboxConsumer) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked) -> None:  # noqa: ANN001
@@ -224,7 +224,7 @@ class InboxConsumer:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
                 try:
                     await self._task
@@ -334,7 +334,7 @@ class InboxConsumer:
         self._interrupt.clear()
         try:
             await asyncio.wait_for(self._interrupt.wait(), seconds * (1 + random.random() / 2))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     # ---------------------------------------------------------------- rebalances

@@ -53,7 +53,9 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": type_, "title": title or _TITLES.get(status, "Error"), "status": status, "detail": detail}
+    body: dict[str, Any] = {
+        "type": type_, "title": title or _TITLES.get(status, "Error"), "status": status, "detail": detail,
+    }
     if instance:
         body["instance"] = instance
     if errors is not None:
@@ -79,7 +81,10 @@ def field_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif kind == "json_invalid":
             field, message = "body", f"malformed JSON: {err.get('ctx', {}).get('error', message)}"
         elif kind == "extra_forbidden":
-            field, message = ".".join(rest), "unknown field (put custom data in 'fields')" if len(rest) == 1 else "unknown field"
+            field, message = (
+                ".".join(rest),
+                "unknown field (put custom data in 'fields')" if len(rest) == 1 else "unknown field",
+            )
         else:
             field = ".".join(rest) or where
         out.append({"field": field, "in": where, "message": message, "type": kind})
@@ -107,7 +112,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
-        return problem_response(exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None))
+        return problem_response(
+            exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 
 import structlog
 from prometheus_client import Counter, Gauge
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, delete, func, select, update
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
@@ -177,7 +177,7 @@ class OutboxRelay:
         if self._task:
             try:
                 await asyncio.wait_for(self._task, drain_timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
             except Exception:  # noqa: BLE001
                 pass
@@ -235,7 +235,7 @@ class OutboxRelay:
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def _check_cluster(self) -> str:
@@ -260,7 +260,9 @@ class OutboxRelay:
             self.fresh.forget()  # rows published before are pending again
         if result.rowcount:
             OUTBOX_REPUBLISHED.labels(self.service).inc(result.rowcount)
-            log.warning("new broker cluster: re-publishing retained events", cluster_id=cluster_id, rows=result.rowcount)
+            log.warning(
+                "new broker cluster: re-publishing retained events", cluster_id=cluster_id, rows=result.rowcount
+            )
         if result.rowcount or self._cluster_id is not None:  # a broker we had published to was replaced
             self._settle_until = loop.time() + SETTLE_S
         self._cluster_id = cluster_id

@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         return value.strip()
 
     @model_validator(mode="after")
-    def _kafka_credentials(self) -> "Settings":
+    def _kafka_credentials(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not (
             self.kafka_sasl_username and self.kafka_sasl_password
         ):

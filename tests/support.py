@@ -108,9 +108,13 @@ async def serve_app(app) -> AsyncIterator[httpx.AsyncClient]:  # noqa: ANN001
             yield client
 
 
-async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5) -> list[CloudEvent]:
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5
+) -> list[CloudEvent]:
     """Read a topic from the beginning until ``expect`` messages arrived (and ``settle`` s more)."""
-    return [parse_event(m.value) for m in await read_raw(bootstrap, topic, expect=expect, timeout=timeout, settle=settle)]
+    return [
+        parse_event(m.value) for m in await read_raw(bootstrap, topic, expect=expect, timeout=timeout, settle=settle)
+    ]
 
 
 async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5):  # noqa: ANN201
@@ -149,7 +153,7 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> "ServiceProcess":
+    def start(self, wait: bool = True) -> ServiceProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "leadstream.cli", "serve", self.service, "--port", str(self.port)],
@@ -205,7 +209,9 @@ async def read_until_ids(bootstrap: str, topic: str, ids: set[str], *, timeout: 
     deadline = time.monotonic() + timeout
     events: list[CloudEvent] = []
     while time.monotonic() < deadline:
-        events = await read_topic(bootstrap, topic, expect=len(ids), timeout=max(1.0, deadline - time.monotonic()), settle=0.5)
+        events = await read_topic(
+            bootstrap, topic, expect=len(ids), timeout=max(1.0, deadline - time.monotonic()), settle=0.5
+        )
         if ids <= {e.id for e in events}:
             break
         await asyncio.sleep(0.5)

@@ -80,7 +80,8 @@ async def capture_lead(
     contact_key = normalise_email(lead.email)
     occurred_at = lead.occurred_at or received_at
     event = make_event(
-        LEAD_CAPTURED, event_data(lead, occurred_at), source=SOURCE, subject=contact_key, time=occurred_at, traceparent=traceparent
+        LEAD_CAPTURED, event_data(lead, occurred_at), source=SOURCE, subject=contact_key, time=occurred_at,
+        traceparent=traceparent,
     )
     repository.add_lead(
         session,

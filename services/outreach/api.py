@@ -189,7 +189,10 @@ acknowledged with `200 ignored` so the tool does not retry them.
     description=WEBHOOK_DESCRIPTION,
     dependencies=[Depends(_signed_by_integration)],
     responses={
-        200: {"description": "Duplicate (same tool event id) or ignored type: nothing recorded", "model": WebhookAnswer},
+        200: {
+            "description": "Duplicate (same tool event id) or ignored type: nothing recorded",
+            "model": WebhookAnswer,
+        },
         401: {"description": "Missing or bad signature, or stale timestamp", **PROBLEM},
         404: {"description": "Unknown integration (no webhook secret)", **PROBLEM},
         413: {"description": "Body over 64 KiB", **PROBLEM},

@@ -20,7 +20,9 @@ async def touch_event_ids_by_external_id(session: AsyncSession, external_ids: Co
     if not external_ids:
         return {}
     found = {
-        row["external_id"]: row["event_id"] for row in staged_rows(session, TOUCHES) if row["external_id"] in external_ids
+        row["external_id"]: row["event_id"]
+        for row in staged_rows(session, TOUCHES)
+        if row["external_id"] in external_ids
     }
     known = prefetched(session, TOUCHES.c.external_id)
     unknown = [external_id for external_id in external_ids if external_id not in known]

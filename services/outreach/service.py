@@ -41,7 +41,9 @@ async def add_prospect(
     """Store the prospect and its ``prospect.added`` event."""
     received_at = datetime.now(timezone.utc)
     contact_key = normalise_email(prospect.email)
-    data = ProspectAdded(**prospect.model_dump(exclude={"occurred_at"}), occurred_at=prospect.occurred_at or received_at)
+    data = ProspectAdded(
+        **prospect.model_dump(exclude={"occurred_at"}), occurred_at=prospect.occurred_at or received_at
+    )
     event = make_event(
         PROSPECT_ADDED, data, source=SOURCE, subject=contact_key, time=data.occurred_at, traceparent=traceparent
     )

@@ -159,7 +159,9 @@ SOURCES_EXAMPLE = {
     "its whole day); rows are grouped by the contact's motion and the first-touch (or, with "
     "`attribution=last`, the last touch before qualification) channel, campaign, form or sequence.",
 )
-async def get_source_analytics(params: Annotated[SourcesQuery, Query()], request: Request, runtime: Runtime) -> Response:
+async def get_source_analytics(
+    params: Annotated[SourcesQuery, Query()], request: Request, runtime: Runtime
+) -> Response:
     async with runtime.db.reader() as session:
         report = await service.source_analytics(session, params, runtime.thresholds)
     if "text/csv" in request.headers.get("accept", ""):

@@ -30,7 +30,8 @@ def bar_chart(chart_id: str, title: str, rows: list[tuple[str, float]], *, perce
         w = max(1, int(plot * value / top)) if value else 0
         short = label if len(label) <= 24 else label[:23] + "…"
         parts.append(
-            f'<g><title>{escape(label)}: {_fmt(value, percent)}</title><text x="0" y="{y + bar * 0.7}" class="label">{escape(short)}</text>'
+            f'<g><title>{escape(label)}: {_fmt(value, percent)}</title>'
+            f'<text x="0" y="{y + bar * 0.7}" class="label">{escape(short)}</text>'
             f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar}" fill="{PALETTE[i % len(PALETTE)]}" rx="3"/>'
             f'<text x="{label_w + w + 6}" y="{y + bar * 0.7}" class="value">{_fmt(value, percent)}</text></g>'
         )
@@ -94,7 +95,9 @@ def stacked_columns(chart_id: str, title: str, weeks: list[date], series: dict[s
                 parts.append(f'<rect x="{x}" y="{y}" width="{col}" height="{h}" fill="{colours[name]}">'
                              f'<title>{escape(name)}, week of {weeks[i].isoformat()}: {values[i]}</title></rect>')
     parts.append(f'<text x="{left}" y="{plot_h + bottom - 8}" class="axis">{weeks[0].isoformat()}</text>')
-    parts.append(f'<text x="{width}" y="{plot_h + bottom - 8}" class="axis" text-anchor="end">{weeks[-1].isoformat()}</text>')
+    parts.append(
+        f'<text x="{width}" y="{plot_h + bottom - 8}" class="axis" text-anchor="end">{weeks[-1].isoformat()}</text>'
+    )
     for i, name in enumerate(series):
         lx, ly = (i % 4) * (width // 4), height + 4 + 20 * (i // 4)
         parts.append(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{colours[name]}"/>'

@@ -142,7 +142,9 @@ async def dashboard(
     channel_rows = figures["channel"]["rows"]
     by_channel: dict[str, float] = {}
     for row in channel_rows:
-        by_channel[row.get("channel") or "unattributed"] = by_channel.get(row.get("channel") or "unattributed", 0) + (row["share"] or 0)
+        by_channel[row.get("channel") or "unattributed"] = by_channel.get(row.get("channel") or "unattributed", 0) + (
+            row["share"] or 0
+        )
     by_campaign: dict[str, float] = {}
     for row in figures["campaign"]["rows"]:
         if row.get("campaign"):
@@ -175,7 +177,9 @@ async def dashboard(
 
 
 @router.post("/dashboard/sign-in")
-async def sign_in(request: Request, runtime: Runtime, api_key: Annotated[str, Form(max_length=200)] = "") -> HTMLResponse:
+async def sign_in(
+    request: Request, runtime: Runtime, api_key: Annotated[str, Form(max_length=200)] = ""
+) -> HTMLResponse:
     try:
         principal = await runtime.auth.verify(api_key.strip(), "pipeline")
     except ProblemError as exc:

@@ -19,7 +19,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from pipeline_store.models import Account, Contact, Opportunity, Score, StageChange, Touch, TransitionRequest
 from services.pipeline.cursor import Position
 
-C, O = Contact, Opportunity
+C, O = Contact, Opportunity  # noqa: E741 - short aliases for the queries below
 
 OPEN_OR_WON = ("sql", "opportunity", "customer")
 
@@ -152,7 +152,9 @@ async def contact(session: AsyncSession, contact_id: str) -> tuple[Contact, Acco
 
 
 async def stage_history(session: AsyncSession, contact_id: str) -> Sequence[StageChange]:
-    stmt = select(StageChange).where(StageChange.contact_id == contact_id).order_by(StageChange.changed_at, StageChange.id)
+    stmt = (
+        select(StageChange).where(StageChange.contact_id == contact_id).order_by(StageChange.changed_at, StageChange.id)
+    )
     return (await session.execute(stmt)).scalars().all()
 
 
@@ -162,7 +164,11 @@ async def score_history(session: AsyncSession, contact_id: str) -> Sequence[Scor
 
 
 async def timeline(session: AsyncSession, contact_id: str) -> Sequence[Touch]:
-    stmt = select(Touch).where(Touch.contact_id == contact_id).order_by(Touch.occurred_at, Touch.recorded_at, Touch.event_id)
+    stmt = (
+        select(Touch)
+        .where(Touch.contact_id == contact_id)
+        .order_by(Touch.occurred_at, Touch.recorded_at, Touch.event_id)
+    )
     return (await session.execute(stmt)).scalars().all()
 
 
@@ -264,7 +270,9 @@ async def opportunities_of(session: AsyncSession, *, contact_id: str | None = No
 
 
 async def opportunity(session: AsyncSession, opportunity_id: str) -> tuple[Opportunity, str] | None:
-    row = (await session.execute(select(O, C.email).join(C, C.id == O.contact_id).where(O.id == opportunity_id))).first()
+    row = (
+        await session.execute(select(O, C.email).join(C, C.id == O.contact_id).where(O.id == opportunity_id))
+    ).first()
     return (row[0], row[1]) if row else None
 
 
@@ -289,7 +297,9 @@ def add(session: AsyncSession, *rows: Any) -> None:
 
 # ---- the sources question --------------------------------------------------------------
 
-GROUP_COLUMNS = {"motion": None, "channel": "channel", "campaign": "campaign", "form": "form_id", "sequence": "sequence"}
+GROUP_COLUMNS = {
+    "motion": None, "channel": "channel", "campaign": "campaign", "form": "form_id", "sequence": "sequence",
+}
 
 
 @dataclass(frozen=True)
@@ -354,7 +364,9 @@ async def source_rows(session: AsyncSession, group_by: str | None, f: SourcesFil
         select(
             *keys,
             func.count().label("contacts"),
-            func.coalesce(func.sum(_reached(C.lead_at, C.mql_at, C.sql_at, C.opportunity_at, C.customer_at)), 0).label("leads"),
+            func.coalesce(func.sum(_reached(C.lead_at, C.mql_at, C.sql_at, C.opportunity_at, C.customer_at)), 0).label(
+                "leads"
+            ),
             func.coalesce(func.sum(_reached(C.mql_at, C.sql_at, C.opportunity_at, C.customer_at)), 0).label("mql"),
             func.coalesce(func.sum(_reached(C.sql_at, C.opportunity_at, C.customer_at)), 0).label("sql"),
             func.coalesce(func.sum(_reached(C.opportunity_at, C.customer_at)), 0).label("opportunities"),

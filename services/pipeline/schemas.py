@@ -113,7 +113,9 @@ class SourcesQuery(Strict):
     to: When | None = Field(None, description="First touch at or before (a date includes the whole day)")
     group_by: GroupBy = "channel"
     motion: Motions = None
-    attribution: Attribution = Field("first", description="Group by the first touch or the last touch before qualification")
+    attribution: Attribution = Field(
+        "first", description="Group by the first touch or the last touch before qualification"
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -70,7 +70,10 @@ def _position(cursor: str | None, kind: str, order: str) -> Position | None:
 
 
 def _touch(model: Any, prefix: str, extra: tuple[str, ...] = ()) -> Touchpoint | None:
-    values = {name: getattr(model, prefix + name, None) for name in ("motion", "channel", "campaign", "form_id", "sequence", *extra)}
+    values = {
+        name: getattr(model, prefix + name, None)
+        for name in ("motion", "channel", "campaign", "form_id", "sequence", *extra)
+    }
     if all(v is None for v in values.values()):
         return None
     return Touchpoint(**values)
@@ -170,7 +173,9 @@ async def contact_detail(session: AsyncSession, contact_id: str) -> ContactDetai
             )
             for s in await repository.score_history(session, c.id)
         ],
-        timeline=[TimelineEntry.model_validate(t, from_attributes=True) for t in await repository.timeline(session, c.id)],
+        timeline=[
+            TimelineEntry.model_validate(t, from_attributes=True) for t in await repository.timeline(session, c.id)
+        ],
         opportunities=[opportunity_view(o, e) for o, e in await repository.opportunities_of(session, contact_id=c.id)],
     )
 
@@ -206,7 +211,9 @@ async def list_opportunities(session: AsyncSession, params: OpportunityFilters) 
         closed_from=params.closed_from, closed_to=params.closed_to,
     )
     position = _position(params.cursor, "opportunities", params.order)
-    rows = await repository.list_opportunities(session, query, limit=params.limit, position=position, order=params.order)
+    rows = await repository.list_opportunities(
+        session, query, limit=params.limit, position=position, order=params.order
+    )
     page, more = rows[: params.limit], len(rows) > params.limit
     last = page[-1][0] if more else None
     return OpportunityPage(

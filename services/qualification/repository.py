@@ -101,7 +101,7 @@ class Record:
             setattr(self, name, values.get(name))
 
     @classmethod
-    def from_row(cls, row: Any) -> "Record":
+    def from_row(cls, row: Any) -> Record:
         """From a row of ``select(table)`` (its columns in table order)."""
         record = cls.__new__(cls)
         record.new, record.entering, record.loaded = False, False, tuple(row)

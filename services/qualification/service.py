@@ -463,7 +463,7 @@ class RescoreReport:
                        f"{self.stage_changes[motion]} change stage ({moves})")
         return out
 
-    def add(self, other: "RescoreReport") -> None:
+    def add(self, other: RescoreReport) -> None:
         self.contacts.update(other.contacts)
         self.grade_changes.update(other.grade_changes)
         self.stage_changes.update(other.stage_changes)

@@ -118,7 +118,9 @@ class FullStack:
                 select(Opportunity.contact_id, func.count()).group_by(Opportunity.contact_id)
             )).all()
         opportunities = sum(n for _, n in per_contact)
-        records = await read_raw(self.broker.bootstrap, OPPORTUNITIES_QUALIFIED, expect=opportunities, timeout=60, settle=2.0)
+        records = await read_raw(
+            self.broker.bootstrap, OPPORTUNITIES_QUALIFIED, expect=opportunities, timeout=60, settle=2.0
+        )
         import orjson
 
         distinct: dict[str, set[str]] = {}
@@ -232,7 +234,9 @@ async def diagnose(stack: FullStack, accepted: Accepted) -> str:
         finally:
             await db.dispose()
         states = Counter(
-            "unpublished" if r.published_at is None else ("current" if r.published_cluster == cluster else "old-cluster")
+            "unpublished"
+            if r.published_at is None
+            else ("current" if r.published_cluster == cluster else "old-cluster")
             for r in rows
         )
         lines.append(f"{name} outbox: {dict(states)}")

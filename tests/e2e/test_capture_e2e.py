@@ -39,8 +39,11 @@ async def stack(database_factory, tmp_path):
 
 async def post_leads(client: httpx.AsyncClient, base: str, start: int, count: int) -> list[str]:
     async def one(i: int) -> str:
-        r = await client.post(f"{base}/v1/leads", json={"email": f"Lead{i}@Acme-{i % 7}.example", "form_type": "webinar"},
-                              headers={"Idempotency-Key": f"lead-{i}"})
+        r = await client.post(
+            f"{base}/v1/leads",
+            json={"email": f"Lead{i}@Acme-{i % 7}.example", "form_type": "webinar"},
+            headers={"Idempotency-Key": f"lead-{i}"},
+        )
         assert r.status_code == 202, r.text
         return r.json()["event_id"]
 
@@ -56,8 +59,11 @@ async def test_leads_reach_the_topic_once_through_a_broker_outage_and_a_capture_
         ready = await client.get(f"{capture.url}/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["broker"].startswith("unavailable")
         # a client retry during the outage returns the same id and stores nothing new
-        retry = await client.post(f"{capture.url}/v1/leads", json={"email": "Lead5@Acme-5.example", "form_type": "webinar"},
-                                  headers={"Idempotency-Key": "lead-5"})
+        retry = await client.post(
+            f"{capture.url}/v1/leads",
+            json={"email": "Lead5@Acme-5.example", "form_type": "webinar"},
+            headers={"Idempotency-Key": "lead-5"},
+        )
         assert retry.json()["event_id"] == accepted[5]
         await broker.astart()  # back, empty, with a new cluster id
         accepted += await post_leads(client, capture.url, 80, 20)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -97,8 +96,10 @@ async def test_guarantees_hold_under_faults(stack):
         # (5) a flood of poison messages mixed into valid ones
         poison = await _poison_flood(stack, client, accepted)
         await _check(stack, "poison flood", accepted)
-        dead = await read_raw(stack.broker.bootstrap, dlq_topic(LEADS_CAPTURED), expect=poison[LEADS_CAPTURED], timeout=60)
-        dead += await read_raw(stack.broker.bootstrap, dlq_topic(OUTREACH_TOUCHES), expect=poison[OUTREACH_TOUCHES], timeout=60)
+        dead = await read_raw(stack.broker.bootstrap, dlq_topic(LEADS_CAPTURED), expect=poison[LEADS_CAPTURED],
+                              timeout=60)
+        dead += await read_raw(stack.broker.bootstrap, dlq_topic(OUTREACH_TOUCHES), expect=poison[OUTREACH_TOUCHES],
+                               timeout=60)
         marked = [r for r in dead if b"poison-" in (r.value or b"") or b"poison-" in (r.key or b"")]
         print(f"[poison flood] sent={sum(poison.values())} in_dlq={len({r.value for r in marked})}")
         assert len({r.value for r in marked}) == sum(poison.values())
@@ -112,8 +113,10 @@ async def _poison_flood(stack: FullStack, client: httpx.AsyncClient, accepted: A
     bad_values = [
         b"poison-not-json-%d",
         b'{"poison-%d": "not a cloudevent"}',
-        b'{"specversion":"1.0","id":"poison-%d","source":"x","type":"io.unknown.v1","time":"2026-01-01T00:00:00Z","data":{}}',
-        b'{"specversion":"1.0","id":"poison-%d","source":"x","type":"io.leadstream.lead.captured.v1","time":"2026-01-01T00:00:00Z","data":{"email":42}}',
+        b'{"specversion":"1.0","id":"poison-%d","source":"x","type":"io.unknown.v1",'
+        b'"time":"2026-01-01T00:00:00Z","data":{}}',
+        b'{"specversion":"1.0","id":"poison-%d","source":"x","type":"io.leadstream.lead.captured.v1",'
+        b'"time":"2026-01-01T00:00:00Z","data":{"email":42}}',
     ]
     try:
         workload = asyncio.create_task(send_workload(stack, client, accepted, tag="poison", leads=300, prospects=60))

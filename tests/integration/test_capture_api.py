@@ -35,7 +35,9 @@ async def capture(broker, database_factory, tmp_path):
 
 async def _published(client, event_id: str) -> bool:
     async with client.runtime.db.reader() as s:
-        row = (await s.execute(select(CaptureOutbox.published_at).where(CaptureOutbox.event_id == event_id))).scalar_one()
+        row = (
+            await s.execute(select(CaptureOutbox.published_at).where(CaptureOutbox.event_id == event_id))
+        ).scalar_one()
     return row is not None
 
 
@@ -162,7 +164,9 @@ async def test_the_lead_route_documents_its_body_and_header(capture):
     assert operation["requestBody"] == {
         "required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LeadIn"}}},
     }
-    assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [("idempotency-key", "header", False)]
+    assert [(p["name"], p["in"], p["required"]) for p in operation["parameters"]] == [
+        ("idempotency-key", "header", False)
+    ]
     schemas = (await capture.get("/openapi.json")).json()["components"]["schemas"]
     assert {"LeadIn", "UtmIn", "ConsentIn"} <= set(schemas)
     assert schemas["LeadIn"]["required"] == ["email"] and schemas["LeadIn"]["additionalProperties"] is False
@@ -176,8 +180,11 @@ async def test_html_form_redirects_browsers_and_answers_json(capture, broker):
     assert browser.status_code == 303
     assert browser.headers["location"] == "https://www.example.com/thanks/demo"
     assert browser.headers["access-control-allow-origin"] == "https://www.example.com"
-    api = await capture.post("/v1/forms/whitepaper-pipeline-2026/submissions", files={"email": (None, "g@navy.example.org")},
-                             headers={"accept": "application/json"})
+    api = await capture.post(
+        "/v1/forms/whitepaper-pipeline-2026/submissions",
+        files={"email": (None, "g@navy.example.org")},
+        headers={"accept": "application/json"},
+    )
     assert api.status_code == 202
     async with capture.runtime.db.reader() as s:
         rows = (await s.execute(select(CapturedLead).order_by(CapturedLead.received_at))).scalars().all()
@@ -248,7 +255,9 @@ async def test_readiness_can_require_only_the_database(broker, database_factory,
     # a broker address where nothing listens: capture still stores leads, so it stays ready on require=database
     from shared.broker import free_port
 
-    settings = make_settings(f"127.0.0.1:{free_port()}", tmp_path, capture_database_url=url, kafka_request_timeout_ms=500)
+    settings = make_settings(
+        f"127.0.0.1:{free_port()}", tmp_path, capture_database_url=url, kafka_request_timeout_ms=500
+    )
     async with serve_app(create_app(settings)) as client:
         full = await client.get("/readyz")
         assert full.status_code == 503 and full.json()["checks"]["broker"].startswith("unavailable")

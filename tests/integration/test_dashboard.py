@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from sqlalchemy import update
 
 from pipeline_store.models import PipelineApiKey, Score
@@ -55,7 +54,8 @@ async def test_figures_equal_the_api_filters_warnings_and_sign_out(pipeline):  #
     assert "<svg" in page.text and "<title" in page.text  # labelled charts
 
     inbound_api = (await pipeline.get("/v1/analytics/sources", params={"motion": "inbound"})).json()
-    inbound = text((await pipeline.get("/dashboard", params={"motion": "inbound"}, headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})).text)
+    inbound = text((await pipeline.get("/dashboard", params={"motion": "inbound"},
+                                       headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})).text)
     assert f"Qualified opportunities {inbound_api['totals']['qualified_opportunities']:,}" in inbound
     for warning in inbound_api["warnings"]:
         assert warning in inbound
@@ -77,16 +77,22 @@ async def test_figures_equal_the_api_filters_warnings_and_sign_out(pipeline):  #
 async def test_browser_form_fields_left_empty_mean_no_bound(pipeline):  # noqa: F811
     key = pipeline.headers["Authorization"].split()[1]
     session = (await sign_in(pipeline, key)).cookies[COOKIE]
-    page = await pipeline.get("/dashboard?from=&to=&motion=inbound", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
+    page = await pipeline.get(
+        "/dashboard?from=&to=&motion=inbound", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"}
+    )
     assert page.status_code == 200 and "Totals" in page.text
-    bad = await pipeline.get("/dashboard?from=yesterday", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
+    bad = await pipeline.get(
+        "/dashboard?from=yesterday", headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"}
+    )
     assert bad.status_code == 422 and "YYYY-MM-DD" in bad.text
 
 
 async def signed_in_page(client, params: dict | None = None):  # noqa: ANN001, ANN201
     key = client.headers["Authorization"].split()[1]
     session = (await sign_in(client, key)).cookies[COOKIE]
-    return await client.get("/dashboard", params=params or {}, headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"})
+    return await client.get(
+        "/dashboard", params=params or {}, headers={"Authorization": "", "Cookie": f"{COOKIE}={session}"}
+    )
 
 
 async def test_pages_forbid_scripts_and_caching_and_the_stylesheet_is_served_locally(pipeline):  # noqa: F811

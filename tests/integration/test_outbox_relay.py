@@ -168,7 +168,9 @@ async def test_send_many_puts_each_record_where_the_producer_would_in_order(setu
     keys = [f"k{i % 37}@acme.example".encode() for i in range(600)]
     values = [f"{i:04d}".encode() + b"x" * 2000 for i in range(600)]  # ~1.2 MB: several batches per partition
     assert await kafka.send_many([(LEADS_CAPTURED, k, v, []) for k, v in zip(keys, values)]) == [True] * 600
-    placed = {k: (await (await kafka.producer.send(LEADS_CAPTURED, value=b"probe", key=k))).partition for k in set(keys)}
+    placed = {
+        k: (await (await kafka.producer.send(LEADS_CAPTURED, value=b"probe", key=k))).partition for k in set(keys)
+    }
     records = [r for r in await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=600 + len(placed))
                if r.value != b"probe"]
     assert len(records) == 600

@@ -15,7 +15,9 @@ from sqlalchemy import func, select, update
 
 from pipeline_store.models import PipelineApiKey
 from services.outreach.app import create_app
-from services.outreach.models import OutreachApiKey, OutreachOutbox, OutreachProspect, OutreachTouch, OutreachWebhookSecret
+from services.outreach.models import (
+    OutreachApiKey, OutreachOutbox, OutreachProspect, OutreachTouch, OutreachWebhookSecret,
+)
 from services.outreach.signatures import sign
 from shared.auth import hash_key, new_key
 from shared.db import Database
@@ -75,7 +77,9 @@ async def count(client, model) -> int:  # noqa: ANN001
 
 async def all_published(client, event_ids) -> bool:  # noqa: ANN001
     async with client.runtime.db.reader() as s:
-        rows = (await s.execute(select(OutreachOutbox.published_at).where(OutreachOutbox.event_id.in_(event_ids)))).all()
+        rows = (
+            await s.execute(select(OutreachOutbox.published_at).where(OutreachOutbox.event_id.in_(event_ids)))
+        ).all()
     return len(rows) == len(event_ids) and all(r.published_at for r in rows)
 
 
@@ -95,7 +99,9 @@ async def topic_messages(client, bootstrap: str, event_ids: list[str]) -> dict: 
 
 
 async def test_prospect_and_touch_reach_the_topic_keyed_by_normalised_email(outreach, broker):
-    prospect = await outreach.post("/v1/prospects", json=PROSPECT, headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"})
+    prospect = await outreach.post(
+        "/v1/prospects", json=PROSPECT, headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"}
+    )
     assert prospect.status_code == 202, prospect.text
     assert prospect.json()["status"] == "accepted"
     before = datetime.now(timezone.utc)
@@ -132,7 +138,9 @@ async def test_occurred_at_is_kept_when_given(outreach):
     async with outreach.runtime.db.reader() as s:
         row = (await s.execute(select(OutreachTouch))).scalar_one()
     assert row.payload["occurred_at"] == "2026-01-02T03:04:05+01:00"
-    assert row.occurred_at.replace(tzinfo=row.occurred_at.tzinfo or timezone.utc) == datetime(2026, 1, 2, 2, 4, 5, tzinfo=timezone.utc)
+    assert row.occurred_at.replace(tzinfo=row.occurred_at.tzinfo or timezone.utc) == datetime(
+        2026, 1, 2, 2, 4, 5, tzinfo=timezone.utc
+    )
 
 
 # ---- API keys ---------------------------------------------------------------------------
@@ -154,7 +162,9 @@ async def test_every_route_needs_an_outreach_key(outreach, path, body):
     }
     for authorization, status in cases.items():
         headers = {"Authorization": authorization} if authorization else {}
-        response = await outreach.post(path, json=body, headers=headers) if headers else await _anonymous(outreach, path, body)
+        response = (
+            await outreach.post(path, json=body, headers=headers) if headers else await _anonymous(outreach, path, body)
+        )
         assert response.status_code == status, (authorization, response.text)
         assert response.headers["content-type"] == PROBLEM
         assert response.json()["status"] == status
@@ -163,7 +173,9 @@ async def test_every_route_needs_an_outreach_key(outreach, path, body):
     # the key is checked before the body: no key and a wrong content type is still 401
     plain = await _anonymous(outreach, path, None, content=b"x", content_type="text/plain")
     assert plain.status_code == 401
-    both = await outreach.post(path, json=body, headers={"Authorization": f"Bearer {await add_key(db, scopes='pipeline outreach')}"})
+    both = await outreach.post(
+        path, json=body, headers={"Authorization": f"Bearer {await add_key(db, scopes='pipeline outreach')}"}
+    )
     assert both.status_code in (200, 202)
     assert await count(outreach, OutreachTouch) + await count(outreach, OutreachProspect) == 1
 
@@ -181,8 +193,10 @@ async def test_rate_limit_per_api_key(broker, database_factory, tmp_path):
     app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=url, api_rate_limit="3/minute"))
     async with serve_app(app) as client:
         first, second = await add_key(app.state.runtime.db), await add_key(app.state.runtime.db)
-        codes = [(await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {first}"})).status_code
-                 for _ in range(4)]
+        codes = [
+            (await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {first}"})).status_code
+            for _ in range(4)
+        ]
         assert codes == [202, 202, 202, 429]
         limited = await client.post("/v1/prospects", json=PROSPECT, headers={"Authorization": f"Bearer {first}"})
         assert limited.status_code == 429 and limited.headers["content-type"] == PROBLEM
@@ -200,7 +214,10 @@ PROSPECT_BAD = [
     ({"email": "a@b.co", "employees": -5}, [("employees", "greater_than_equal")]),
     ({"email": "a@b.co", "tags": "vip"}, [("tags", "list_type")]),
     ({"email": "a@b.co", "tags": ["ok", 3]}, [("tags.1", "string_type")]),
-    ({"email": "a@b.co", "linkedin": "x", "seniority": "vp"}, [("linkedin", "extra_forbidden"), ("seniority", "extra_forbidden")]),
+    (
+        {"email": "a@b.co", "linkedin": "x", "seniority": "vp"},
+        [("linkedin", "extra_forbidden"), ("seniority", "extra_forbidden")],
+    ),
     ({"email": "a@b.co", "fields": {"k": 1}}, [("fields.k", "string_type")]),
     ({"email": "a@b.co", "occurred_at": "2999-01-01T00:00:00Z"}, [("occurred_at", "value_error")]),
     ({"email": "x" * 400 + "@b.co", "owner": "o" * 201}, [("email", "string_too_long"), ("owner", "string_too_long")]),
@@ -234,12 +251,16 @@ async def test_bad_input_is_422_naming_each_field(outreach, path, body, expected
 async def test_malformed_wrong_type_and_oversize(outreach, path):
     malformed = await outreach.post(path, content=b'{"email": ', headers={"content-type": "application/json"})
     assert malformed.status_code == 422 and malformed.json()["errors"][0]["field"] == "body"
-    wrong_type = await outreach.post(path, content=b"email=a@b.co", headers={"content-type": "application/x-www-form-urlencoded"})
+    wrong_type = await outreach.post(
+        path, content=b"email=a@b.co", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert wrong_type.status_code == 415 and wrong_type.headers["content-type"] == PROBLEM
     array = await outreach.post(path, json=[TOUCH])
     assert array.status_code == 422
     limit = 1024 * 1024 if path.endswith(":batch") else 64 * 1024
-    big = await outreach.post(path, content=b'{"touches": "' + b"x" * limit + b'"}', headers={"content-type": "application/json"})
+    big = await outreach.post(
+        path, content=b'{"touches": "' + b"x" * limit + b'"}', headers={"content-type": "application/json"}
+    )
     assert big.status_code == 413 and big.headers["content-type"] == PROBLEM
     assert await count(outreach, OutreachOutbox) == 0
 
@@ -251,7 +272,10 @@ async def test_each_route_reads_and_documents_its_json_body(outreach, path, mode
     assert empty.status_code == 422 and [e["field"] for e in empty.json()["errors"]] == ["body"]
     schema = (await outreach.get("/openapi.json")).json()
     body = schema["paths"][path]["post"]["requestBody"]
-    assert body == {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}
+    assert body == {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+    }
     assert model in schema["components"]["schemas"]
     assert await count(outreach, OutreachOutbox) == 0
 
@@ -347,7 +371,9 @@ async def test_concurrent_touches_share_one_external_id_lookup_and_keep_idempote
                   + [TOUCH | {"external_id": f"new-{i % 10}"} for i in range(20)]
                   + [TOUCH | {"external_id": None}] * 5)
         responses = await asyncio.gather(*(outreach.post("/v1/touches", json=b) for b in bodies))
-    results = [(b["external_id"], r.status_code, r.json()["status"], r.json()["event_id"]) for b, r in zip(bodies, responses)]
+    results = [
+        (b["external_id"], r.status_code, r.json()["status"], r.json()["event_id"]) for b, r in zip(bodies, responses)
+    ]
     assert all(r[1:3] == (200, "duplicate") and r[3] == first_ids[r[0]] for r in results[:5])
     for k in range(10):
         same = [r for r in results[5:25] if r[0] == f"new-{k}"]
@@ -403,7 +429,10 @@ async def test_signed_webhook_is_recorded_once_and_published(outreach, broker):
     assert other.status_code == 202
     async with outreach.runtime.db.reader() as s:
         rows = (await s.execute(select(OutreachTouch).order_by(OutreachTouch.external_id))).scalars().all()
-    assert [(r.external_id, r.integration) for r in rows] == [("outreach-io:evt_9", "outreach-io"), ("salesloft:evt_9", "salesloft")]
+    assert [(r.external_id, r.integration) for r in rows] == [
+        ("outreach-io:evt_9", "outreach-io"),
+        ("salesloft:evt_9", "salesloft"),
+    ]
     found = await topic_messages(outreach, broker.bootstrap, [first.json()["event_id"]])
     (key, event, _), = found[first.json()["event_id"]]
     assert key == "grace.hopper@navy-systems.example.com" and event.type == TOUCH_RECORDED
@@ -442,7 +471,9 @@ async def test_webhook_errors_and_other_event_types(outreach):
     assert sorted(e["field"] for e in bad_touch.json()["errors"]) == ["touch.channel", "touch.external_id"]
     no_touch = await deliver(outreach, "salesloft", json.dumps({"id": "e2", "type": "touch"}).encode(), secret)
     assert no_touch.status_code == 422 and no_touch.json()["errors"][0]["field"] == "touch"
-    unknown_field = await deliver(outreach, "salesloft", json.dumps({"id": "e3", "type": "x", "extra": 1}).encode(), secret)
+    unknown_field = await deliver(
+        outreach, "salesloft", json.dumps({"id": "e3", "type": "x", "extra": 1}).encode(), secret
+    )
     assert unknown_field.status_code == 422 and unknown_field.json()["errors"][0]["field"] == "extra"
     ignored = await deliver(outreach, "salesloft", json.dumps({"id": "e4", "type": "sequence.paused"}).encode(), secret)
     assert ignored.status_code == 200 and ignored.json() == {"id": "e4", "status": "ignored"}
@@ -466,7 +497,9 @@ async def test_docs_describe_the_webhook_payload_and_auth(outreach):
     example = spec["components"]["schemas"]["WebhookEventIn"]["examples"][0]
     assert example["type"] == "touch" and example["touch"]["channel"] == "cold_email"
     assert spec["paths"]["/v1/touches:batch"]["post"]["security"] == [{"HTTPBearer": []}]
-    assert spec["components"]["schemas"]["TouchBatchIn"]["properties"]["touches"]["items"] == {"$ref": "#/components/schemas/TouchIn"}
+    assert spec["components"]["schemas"]["TouchBatchIn"]["properties"]["touches"]["items"] == {
+        "$ref": "#/components/schemas/TouchIn"
+    }
     assert (await outreach.get("/docs")).status_code == 200
     ready = await outreach.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
@@ -499,7 +532,9 @@ async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_pa
     assert out == key + "\n" and key.startswith("ls_")  # the key alone on stdout
     code, out, _ = await leadstream(env, "api-keys", "create", "--name", "BI", "--scope", "pipeline")
     pipeline_key = out.strip()
-    code, out, _ = await leadstream(env, "api-keys", "create", "--name", "Both", "--scope", "pipeline", "--scope", "outreach")
+    code, out, _ = await leadstream(
+        env, "api-keys", "create", "--name", "Both", "--scope", "pipeline", "--scope", "outreach"
+    )
     both_key = out.strip()
     assert (await leadstream(env, "api-keys", "create", "--name", "x", "--scope", "admin"))[0] != 0
 
@@ -532,7 +567,9 @@ async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_pa
         wrong_scope = await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {pipeline_key}"})
         assert wrong_scope.status_code == 403  # known here too, so not 401
         assert (await deliver(client, "salesloft", webhook(), secret.strip())).status_code == 202
-        assert (await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {both_key}"})).status_code == 202
+        assert (
+            await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {both_key}"})
+        ).status_code == 202
 
         both_id = rows[OutreachApiKey][hash_key(both_key)][0]
         code, _, err = await leadstream(env, "api-keys", "revoke", both_id)

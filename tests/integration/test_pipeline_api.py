@@ -175,8 +175,8 @@ async def test_contact_filters(pipeline):
     acme = s.account("acme.com", company="Acme")
     ada = s.contact(email="ada@gmail.com", stage="sql", channel="paid_search", campaign="brand", owner="bob",
                     sql_at=T0 + day(3), first_at=T0)
-    bea = s.contact(email="bea@acme.com", stage="mql", motion="outbound", channel="cold_email", account_domain="acme.com",
-                    first_at=T0 + day(10), owner="carol", sequence="seq-a")
+    bea = s.contact(email="bea@acme.com", stage="mql", motion="outbound", channel="cold_email",
+                    account_domain="acme.com", first_at=T0 + day(10), owner="carol", sequence="seq-a")
     cal = s.contact(email="cal@acme.com", stage="opportunity", motion="blended", channel="webinar",
                     account_domain="acme.com", first_at=T0 + day(20), sql_at=T0 + day(25))
     dan = s.contact(email="dan@other.org", stage="lead", channel="organic_search", first_at=T0 + day(30),
@@ -253,7 +253,8 @@ async def test_contact_detail_has_scores_history_timeline_and_opportunities(pipe
                     changed_by="qualification", policy_version="2025-02", event_id="sc2", changed_at=T0 + day(2)),
     ]
     scores = [Score(contact_id=ada.id, fit_score=80, fit_grade="A", fit_reasons=[], engagement_score=e,
-                    engagement_reasons=[], policy_version="2025-02", scored_at=T0 + day(d)) for d, e in ((0, 40), (2, 70))]
+                    engagement_reasons=[], policy_version="2025-02", scored_at=T0 + day(d))
+              for d, e in ((0, 40), (2, 70))]
     await s.add(*touches, opp, *changes, *scores)
 
     response = await pipeline.get(f"/v1/contacts/{ada.id}")
@@ -496,7 +497,9 @@ async def _stored(client, opp_id: str, contact_id: str):  # noqa: ANN001, ANN202
     async with client.runtime.db.reader() as session:
         opp = await session.get(Opportunity, opp_id)
         contact = await session.get(Contact, contact_id)
-        changes = (await session.execute(select(StageChange).where(StageChange.opportunity_id == opp_id))).scalars().all()
+        changes = (
+            (await session.execute(select(StageChange).where(StageChange.opportunity_id == opp_id))).scalars().all()
+        )
     return opp, contact, changes
 
 
@@ -843,5 +846,6 @@ async def test_sources_as_csv(pipeline):
     assert len(table) == len(json_rows) == 4
     assert list(table[0])[:4] == ["motion", "channel", "contacts", "leads"]
     first = table[0]
-    assert (first["channel"], first["sql"], first["pipeline_amount"], first["share"]) == ("paid_search", "3", "15000.0", "0.5")
+    assert (first["channel"], first["sql"], first["pipeline_amount"], first["share"]) == (
+        "paid_search", "3", "15000.0", "0.5")
     assert table[1]["opportunity_to_won"] == ""  # none, not zero

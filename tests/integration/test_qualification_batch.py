@@ -16,7 +16,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, select
 
-from pipeline_store.models import Account, Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch
+from pipeline_store.models import (
+    Account, Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch,
+)
 from services.qualification import handlers
 from services.qualification.service import load_qualifier
 from shared.consumer import Delivery
@@ -245,7 +247,7 @@ async def two_workers(db: Database, first: Delivery, second: Delivery) -> list[s
                 holding.set()
                 try:
                     await asyncio.wait_for(second_done.wait(), 3.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass  # the second batch waits for this one (SQLite's one writer)
         happened.append(f"{name} committed")
         if wait_for is not None:

@@ -58,7 +58,7 @@ async def apply_in_snapshot(db: Database, deliveries: list[Delivery], *, opened:
         if hold is not None:
             try:
                 await asyncio.wait_for(hold.wait(), 3.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # PostgreSQL: the other batch waits for this one's row locks
 
 
@@ -242,7 +242,7 @@ async def stage_lead(session, delivery: Delivery) -> None:  # noqa: ANN001
                                                   firmographics={}, created_at=now, updated_at=now))
 
 
-async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated(harness):
+async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated(harness):  # noqa: F811 - the imported fixture
     """A partition moved mid-batch: the old and the new member apply the same records at
     once. The one that writes second finds them in the inbox, writes nothing, and on its
     new snapshot counts them as duplicates: each effect once."""
@@ -254,7 +254,7 @@ async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated
         entered.set()
         try:
             await asyncio.wait_for(other_done.wait(), 3.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     old, new = (InboxConsumer(db, harness.kafka, harness.settings, topics=[LEADS_CAPTURED],
@@ -286,7 +286,7 @@ async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated
     assert await count(db, Account) == 1 and await count(db, ProcessedEvent) == 1
 
 
-async def test_members_of_a_group_get_the_same_partitions_of_both_topics(harness):
+async def test_members_of_a_group_get_the_same_partitions_of_both_topics(harness):  # noqa: F811 - the imported fixture
     """Range assignment: a contact's leads and touches (both keyed by its email) go to one
     member. Three members, as two would get matching partitions by round robin too."""
     members = [InboxConsumer(harness.db, harness.kafka, harness.settings, topics=[LEADS_CAPTURED, OUTREACH_TOUCHES],

@@ -87,5 +87,6 @@ def test_derived_ids_are_rfc_4122_name_based_uuids(parts):
 
 
 def test_derived_ids_are_stable_per_cause():
-    assert derived_id("stage.changed", "c1", "e1", "lead", "mql") == derived_id("stage.changed", "c1", "e1", "lead", "mql")
-    assert derived_id("stage.changed", "c1", "e1", "lead", "mql") != derived_id("stage.changed", "c1", "e2", "lead", "mql")
+    first = derived_id("stage.changed", "c1", "e1", "lead", "mql")
+    assert first == derived_id("stage.changed", "c1", "e1", "lead", "mql")
+    assert first != derived_id("stage.changed", "c1", "e2", "lead", "mql")

@@ -90,7 +90,9 @@ class Rendered:
                 data[key or source_path.name] = source_path.read_text()
             for env_file in generator.get("envs", []):
                 data.update(parse_env_file(directory / env_file))
-            docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+            docs.append(
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data}
+            )
         for doc in docs:
             if kustomization.get("namespace") and doc["kind"] != "Namespace":
                 doc["metadata"]["namespace"] = kustomization["namespace"]

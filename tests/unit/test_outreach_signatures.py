@@ -79,6 +79,7 @@ def test_new_secrets_are_distinct_and_prefixed():
 
 
 @pytest.mark.parametrize("name,ok", [("salesloft", True), ("hubspot-sequences", True), ("my_tool2", True),
-                                     ("", False), ("Outreach", False), ("a/b", False), ("x" * 65, False), ("-x", False)])
+                                     ("", False), ("Outreach", False), ("a/b", False), ("x" * 65, False),
+                                     ("-x", False)])
 def test_integration_names(name, ok):
     assert bool(INTEGRATION_NAME.match(name)) is ok

@@ -36,7 +36,9 @@ AT = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
 )
 def test_cursor_round_trips(at, row_id, order):
     cursor = encode_cursor("opportunities", order, at, row_id)
-    assert set(cursor) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")  # url-safe, no padding
+    assert set(cursor) <= set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    )  # url-safe, no padding
     position = decode_cursor(cursor, "opportunities", order)
     assert (position.at, position.id) == (at, row_id)
 

@@ -72,13 +72,16 @@ def test_an_ideal_contact_fits_with_grade_a():
 )
 def test_title_seniority_and_department(title, seniority, department):
     rules = {reason.rule for reason in fit_score({"title": title}, "jo@acme.com", POLICY).reasons}
-    assert {r for r in rules if r.startswith("fit.seniority.")} == ({f"fit.seniority.{seniority}"} if seniority else set())
-    assert {r for r in rules if r.startswith("fit.department.")} == ({f"fit.department.{department}"} if department else set())
+    assert {r for r in rules if r.startswith("fit.seniority.")} == (
+        {f"fit.seniority.{seniority}"} if seniority else set())
+    assert {r for r in rules if r.startswith("fit.department.")} == (
+        {f"fit.department.{department}"} if department else set())
 
 
 @pytest.mark.parametrize(
     ("value", "count"),
-    [(250, 250), ("1,000", 1000), ("51-200", 51), ("10000+", 10000), ("about 40", 40), ("", None), (None, None), (True, None), (12.7, 12)],
+    [(250, 250), ("1,000", 1000), ("51-200", 51), ("10000+", 10000), ("about 40", 40), ("", None), (None, None),
+     (True, None), (12.7, 12)],
 )
 def test_employee_count(value, count):
     assert employee_count(value) == count
@@ -102,7 +105,9 @@ def test_free_mail_costs_points_and_is_clamped_at_zero():
 
 
 def test_fit_reads_merged_firmographics():
-    merged = {field: {"value": value, "source": "lead.captured", "at": NOW.isoformat()} for field, value in IDEAL.items()}
+    merged = {
+        field: {"value": value, "source": "lead.captured", "at": NOW.isoformat()} for field, value in IDEAL.items()
+    }
     assert fit_score(merged, "jo@acme.com", POLICY) == fit_score(IDEAL, "jo@acme.com", POLICY)
 
 

@@ -74,8 +74,10 @@ def test_event_ids_are_unique_uuid7_that_grow_with_time():
         (b"not json", "not JSON"),
         (b"[1,2]", "not a JSON object"),
         (b'{"specversion": "1.0"}', "not a CloudEvents"),
-        (b'{"specversion":"0.3","id":"1","source":"s","type":"x","time":"2026-01-01T00:00:00Z","data":{}}', "not a CloudEvents"),
-        (b'{"specversion":"1.0","id":"1","source":"s","type":"io.other.v1","time":"2026-01-01T00:00:00Z","data":{}}', "unknown event type"),
+        (b'{"specversion":"0.3","id":"1","source":"s","type":"x","time":"2026-01-01T00:00:00Z","data":{}}',
+         "not a CloudEvents"),
+        (b'{"specversion":"1.0","id":"1","source":"s","type":"io.other.v1","time":"2026-01-01T00:00:00Z","data":{}}',
+         "unknown event type"),
     ],
 )
 def test_parse_event_rejects_what_is_not_a_known_event(value, reason):
@@ -84,7 +86,10 @@ def test_parse_event_rejects_what_is_not_a_known_event(value, reason):
 
 
 def test_invalid_data_of_a_known_type_is_invalid_event():
-    raw = b'{"specversion":"1.0","id":"1","source":"s","type":"%s","time":"2026-01-01T00:00:00Z","data":{"email":5}}' % LEAD_CAPTURED.encode()
+    raw = (
+        b'{"specversion":"1.0","id":"1","source":"s","type":"%s","time":"2026-01-01T00:00:00Z","data":{"email":5}}'
+        % LEAD_CAPTURED.encode()
+    )
     with pytest.raises(InvalidEvent, match="email"):
         parse_event(raw).parsed_data()
 
@@ -152,7 +157,11 @@ def test_shipped_forms_load_and_bad_files_are_named(tmp_path):
 
 @pytest.mark.parametrize(
     "raw,normalised",
-    [(" Ada@Example.COM ", "ada@example.com"), ("a+tag@googlemail.com", "a+tag@gmail.com"), ("X@Gmail.com", "x@gmail.com")],
+    [
+        (" Ada@Example.COM ", "ada@example.com"),
+        ("a+tag@googlemail.com", "a+tag@gmail.com"),
+        ("X@Gmail.com", "x@gmail.com"),
+    ],
 )
 def test_normalise_email(raw, normalised):
     assert normalise_email(raw) == normalised
@@ -173,7 +182,8 @@ LEADS = [
     {"email": " Ada.Lovelace@Analytical-Engines.co.uk ", "first_name": " Ada ", "employees": 0, "country": "GB",
      "form_type": "demo_request", "page_url": "https://www.example.com/demo?x=1", "utm": {"source": "google"},
      "consent": {"marketing": False}, "fields": {"use_case": "pipeline", "é": "ü"}, "lead_magnet": "ebook"},
-    {"email": "bob@example.org", "occurred_at": "2026-01-02T03:04:05+02:00", "consent": {"marketing": True, "text": "ok"}},
+    {"email": "bob@example.org", "occurred_at": "2026-01-02T03:04:05+02:00",
+     "consent": {"marketing": True, "text": "ok"}},
     {"email": "eve@example.net", "occurred_at": "2026-01-02T03:04:05"},
 ]
 

@@ -163,7 +163,8 @@ outbound:
         ("outbound", "VP", [outbound("replied")], "mql", "outbound.mql.outbound_mql"),
         ("outbound", "", [outbound("connected")], "lead", "outbound.lead.replied"),
         ("outbound", "VP", [outbound("connected")], "sql", "outbound.sql.outbound_sql"),
-        ("outbound", "VP", [inbound("webinar")], "mql", "outbound.mql.outbound_mql"),  # 30 meets outbound mql, not inbound sql
+        # 30 meets outbound mql, not inbound sql
+        ("outbound", "VP", [inbound("webinar")], "mql", "outbound.mql.outbound_mql"),
         # blended: judged by both policies, the better outcome wins
         ("blended", "VP", [inbound("webinar"), outbound("replied")], "sql", "inbound.sql.inbound_sql"),
         ("blended", "", [outbound("connected")], "lead", "outbound.lead.replied"),

@@ -1,7 +1,7 @@
 """pipeline store
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-25 06:20:52.844747
 """
 from alembic import op

@@ -95,12 +95,15 @@ _WEBMAIL_HOSTS = frozenset(
 )
 
 _PAID_MEDIUM = re.compile(r"^(.*cp.*|ppc|retargeting|paid.*)$")
-_PAID_SOCIAL_MEDIA = frozenset({"paidsocial", "paid_social", "paid-social", "social-paid", "social_paid", "socialpaid", "paid social"})
+_PAID_SOCIAL_MEDIA = frozenset(
+    {"paidsocial", "paid_social", "paid-social", "social-paid", "social_paid", "socialpaid", "paid social"}
+)
 _PAID_SEARCH_MEDIA = frozenset({"paidsearch", "paid_search", "paid-search", "paid search", "sem"})
 _DISPLAY_MEDIA = frozenset({"display", "banner", "expandable", "interstitial", "native"})
 _NAMED_MEDIA: dict[str, str] = {
     "organic": "organic_search",
-    **dict.fromkeys(("social", "social-network", "social_network", "social-media", "social_media", "sm", "social network", "social media"), "organic_social"),
+    **dict.fromkeys(("social", "social-network", "social_network", "social-media", "social_media", "sm",
+                     "social network", "social media"), "organic_social"),
     **dict.fromkeys(("email", "e-mail", "e_mail", "e mail", "newsletter", "mail"), "email"),
     **dict.fromkeys(("referral", "app", "link"), "referral"),
     **dict.fromkeys(("affiliate", "affiliates", "partner", "partners", "partnership"), "partner"),

@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, ValidationError, field_validator, model_validator,
+)
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 FORM_TYPES = (

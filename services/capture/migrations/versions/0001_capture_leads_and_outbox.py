@@ -1,7 +1,7 @@
 """capture leads and outbox
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-25 06:17:50.074889
 """
 from alembic import op

@@ -1,7 +1,7 @@
 """outreach prospects touches keys secrets outbox
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-25 06:29:01.884116
 """
 from alembic import op
