@@ -4,7 +4,7 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: browser install run test test-fast bench soak demo migrate lock clean
+.PHONY: browser install run test test-fast lint bench soak demo migrate lock clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ PYTEST_WORKERS ?= 4
 
 test: install browser
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# ruff's rules and line length are in pyproject.toml; the tree keeps its own layout (no ruff format)
+lint: install
+	$(VENV)/bin/ruff check .
 
 test-fast: install
 	$(VENV)/bin/python -m pytest -q -x tests/unit $(PYTEST_ARGS)
