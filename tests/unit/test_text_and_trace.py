@@ -13,7 +13,8 @@ VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 @pytest.mark.parametrize("value,kept", [
     (VALID, VALID),
-    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
     (None, None),
     ("", None),
     (VALID.upper(), None),  # lowercase hex only
