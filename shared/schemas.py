@@ -72,3 +72,15 @@ def not_in_future(value: datetime | None) -> datetime | None:
     if value > datetime.now(timezone.utc) + FUTURE_SKEW:
         raise ValueError("occurred_at is in the future")
     return value
+
+
+def not_before_horizon(value: datetime | None, horizon: timedelta) -> datetime | None:
+    """A fact's time no older than ``horizon`` (naive is UTC): an anonymous client must not
+    backdate facts into old cohorts."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    if value < datetime.now(timezone.utc) - horizon:
+        raise ValueError(f"occurred_at is more than {horizon.days} days in the past")
+    return value

@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
 
     capture_rate_limit: str = "100/minute"
+    # how far back a lead's occurred_at may be (anonymous clients must not backdate into old cohorts)
+    capture_occurred_at_horizon_days: int = Field(400, ge=1, le=36500)
     # per form and client address, counting only well-formed submissions
     capture_form_rate_limit: str = "20/minute"
     api_rate_limit: str = "6000/minute"

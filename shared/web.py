@@ -120,7 +120,7 @@ async def json_body(request: Request, model: type[M]) -> M:
     return await parse_json_body(request, model)
 
 
-async def parse_json_body(request: Request, model: type[M]) -> M:
+async def parse_json_body(request: Request, model: type[M], context: dict[str, Any] | None = None) -> M:
     """The body parsed and validated by pydantic in one pass (``model_validate_json``);
     errors are raised as FastAPI's, so they get the same 422. The caller has checked the
     content type (``require_json``).
@@ -132,7 +132,7 @@ async def parse_json_body(request: Request, model: type[M]) -> M:
     if not body:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     try:
-        return model.model_validate_json(body)
+        return model.model_validate_json(body, context=context)
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
         raise RequestValidationError(errors, body=body) from None

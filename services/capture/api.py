@@ -65,7 +65,9 @@ async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: 
     response_model=Accepted,
     summary="Capture a lead from a form or landing page",
     description="Answers `202` once the lead is durably stored, even while Kafka is down. "
-    "Send `Idempotency-Key` to make retries safe: a retry returns the same `event_id` and publishes nothing new.",
+    "Send `Idempotency-Key` to make retries safe: a retry returns the same `event_id` and publishes nothing new. "
+    "A `form_id` declared in `forms.yaml` brings that form's rules: a filled honeypot (in `fields`) or a browser "
+    "`Origin` the form does not allow is answered the same and recorded as spam, never published.",
     responses=ERRORS | {409: {"description": "Idempotency-Key reused with another body", **PROBLEM}},
     # The body and header are read by the route itself: one pydantic pass, no dependencies.
     openapi_extra=json_body_openapi(LeadIn) | header_openapi("Idempotency-Key", IDEMPOTENCY_KEY_MAX),
@@ -76,7 +78,17 @@ async def post_lead(request: Request) -> Accepted:
     await require_json(request)
     await runtime.client_limit.check(_limit_key(client_address(request)))
     idempotency_key = header_value(request, "idempotency-key", IDEMPOTENCY_KEY_MAX)
-    lead = await parse_json_body(request, LeadIn)
+    lead = await parse_json_body(request, LeadIn, runtime.lead_context)
+    # a lead naming a declared form is judged by that form's rules, as its own endpoint judges it
+    form = runtime.forms.get(lead.form_id) if lead.form_id else None
+    if form is not None:
+        spam_reason = forms.spam_verdict(form, forms.honeypot_of(form, lead.fields), request.headers.get("origin"))
+        if spam_reason:
+            payload = lead.model_dump(mode="json", exclude_none=True)
+            async with runtime.db.unit_of_work() as session:
+                result = await service.record_spam(session, form, payload, spam_reason, client_address(request))
+            return Accepted(event_id=result.event_id)
+        lead = service.apply_form(lead, form)
     result = await _capture(runtime, lead, idempotency_key, request)
     return Accepted(event_id=result.event_id)
 
@@ -147,14 +159,14 @@ async def post_form_submission(form_id: str, request: Request, runtime: Runtime)
     lead = None
     if not spam_reason:
         try:
-            lead = service.apply_form(forms.lead_of(form, submitted), form)
+            lead = service.apply_form(forms.lead_of(form, submitted, runtime.lead_context), form)
         except forms.InvalidSubmission as exc:
             raise ProblemError(422, "The form has invalid fields.", errors=exc.errors,
                                type_="https://leadstream.dev/problems/validation", headers=cors) from None
     await runtime.form_limit.check(f"{form.id} {_limit_key(address)}")
     if spam_reason:
         async with runtime.db.unit_of_work() as session:
-            result = await service.record_spam(session, form, submitted, spam_reason, address)
+            result = await service.record_spam(session, form, forms.spam_payload(submitted), spam_reason, address)
     else:
         result = await _capture(runtime, lead, idempotency_key, request)
     if _wants_json(request):

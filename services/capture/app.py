@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import FastAPI
 
 from services.capture import repository
 from services.capture.api import router
 from services.capture.forms import load_forms
 from services.capture.models import CaptureOutbox
-from services.capture.schemas import LeadIn
+from services.capture.schemas import OCCURRED_AT_HORIZON, LeadIn
 from shared.db import GroupCommit
 from shared.ratelimit import RateLimit
 from shared.runtime import ServiceRuntime
@@ -20,6 +22,8 @@ class CaptureRuntime(ServiceRuntime):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, "capture", CaptureOutbox)
         self.forms = load_forms(settings.forms_file)
+        # LeadIn's validation context: how far back occurred_at may go
+        self.lead_context = {OCCURRED_AT_HORIZON: timedelta(days=settings.capture_occurred_at_horizon_days)}
         self.client_limit = RateLimit(settings.capture_rate_limit, "client address")
         self.form_limit = RateLimit(settings.capture_form_rate_limit, "form and client address")
         self.writer = GroupCommit(self.db, prepare=repository.prefetch_idempotency_keys)

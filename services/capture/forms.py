@@ -130,14 +130,25 @@ class InvalidSubmission(ValueError):
         self.errors = errors
 
 
-def lead_of(form: Form, submitted: Mapping[str, str]) -> LeadIn:
-    """The submission as a validated lead, or ``InvalidSubmission`` naming each bad input."""
+def lead_of(form: Form, submitted: Mapping[str, str], context: dict[str, Any] | None = None) -> LeadIn:
+    """The submission as a validated lead (``context``: ``LeadIn``'s validation context), or
+    ``InvalidSubmission`` naming each bad input."""
     try:
-        return LeadIn.model_validate(flatten(form, submitted))
+        return LeadIn.model_validate(flatten(form, submitted), context=context)
     except ValidationError as exc:
         raise InvalidSubmission(
             [e | {"field": flat_name(e["field"])} for e in field_errors(list(exc.errors()))]
         ) from None
+
+
+def honeypot_of(form: Form, values: Mapping[str, str]) -> str | None:
+    """What ``values`` (a flat submission, or a JSON lead's ``fields``) hold in the form's honeypot."""
+    return values.get(form.honeypot) if form.honeypot else None
+
+
+def spam_payload(submitted: Mapping[str, Any]) -> dict[str, str]:
+    """A flat submission as kept for review: at most 100 inputs of 2,000 characters."""
+    return {k: str(v)[:2000] for k, v in list(submitted.items())[:100]}
 
 
 def spam_verdict(form: Form, honeypot_value: str | None, origin: str | None) -> str | None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from shared.events import FormType
 from shared.identity import EMAIL_MAX_LENGTH, check_email
-from shared.schemas import Short, Strict, Url, line, not_in_future, text
+from shared.schemas import Short, Strict, Url, line, not_before_horizon, not_in_future, text
+
+# the validation context's key for how far back ``occurred_at`` may go (from settings)
+OCCURRED_AT_HORIZON = "occurred_at_horizon"
+DEFAULT_OCCURRED_AT_HORIZON = timedelta(days=400)
 
 Phone = line(50)
 Country = line(100)
@@ -82,7 +86,10 @@ class LeadIn(Strict):
     fields: Annotated[dict[FieldName, FreeText], Field(max_length=50)] = Field(
         default_factory=dict, description="Custom string fields (at most 50; values may span lines)."
     )
-    occurred_at: datetime | None = Field(None, description="When the visitor submitted; defaults to when received.")
+    occurred_at: datetime | None = Field(
+        None, description="When the visitor submitted; defaults to when received. At most 5 minutes ahead and "
+        "`LEADSTREAM_CAPTURE_OCCURRED_AT_HORIZON_DAYS` (400) days back."
+    )
 
     @field_validator("email")
     @classmethod
@@ -91,8 +98,9 @@ class LeadIn(Strict):
 
     @field_validator("occurred_at")
     @classmethod
-    def _not_in_future(cls, value: datetime | None) -> datetime | None:
-        return not_in_future(value)
+    def _recent(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        horizon = (info.context or {}).get(OCCURRED_AT_HORIZON, DEFAULT_OCCURRED_AT_HORIZON)
+        return not_before_horizon(not_in_future(value), horizon)
 
 
 class Accepted(BaseModel):

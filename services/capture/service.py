@@ -44,16 +44,18 @@ def event_data(lead: LeadIn, occurred_at: datetime) -> dict:
 
 
 def apply_form(lead: LeadIn, form: Form | None) -> LeadIn:
-    """A declared form fills what the submission left out (its id, type and lead magnet)."""
+    """A declared form fills what the submission left out (its id, type and lead magnet); its
+    honeypot (empty, or the lead would be spam) is no custom field."""
     if form is None:
         return lead
-    return lead.model_copy(
-        update={
-            "form_id": form.id,
-            "form_type": lead.form_type or form.form_type,
-            "lead_magnet": lead.lead_magnet or form.lead_magnet,
-        }
-    )
+    update = {
+        "form_id": form.id,
+        "form_type": lead.form_type or form.form_type,
+        "lead_magnet": lead.lead_magnet or form.lead_magnet,
+    }
+    if form.honeypot in lead.fields:
+        update["fields"] = {k: v for k, v in lead.fields.items() if k != form.honeypot}
+    return lead.model_copy(update=update)
 
 
 async def capture_lead(
@@ -104,10 +106,11 @@ async def capture_lead(
 
 
 async def record_spam(
-    session: AsyncSession, form: Form, submission: dict, reason: str, client_address: str | None
+    session: AsyncSession, form: Form, payload: dict, reason: str, client_address: str | None
 ) -> Capture:
-    """Keep the spam for review; it is never published. The answer looks like a success."""
-    email = str(submission.get("email") or "")[:320]
+    """Keep the spam for review (``payload``: what was sent, bounded); it is never published.
+    The answer looks like a success."""
+    email = str(payload.get("email") or "")[:320]
     event_id = new_event_id()
     repository.add_lead(
         session,
@@ -120,7 +123,7 @@ async def record_spam(
             status="spam",
             spam_reason=reason,
             client_address=client_address,
-            payload={k: str(v)[:2000] for k, v in list(submission.items())[:100]},
+            payload=payload,
             received_at=datetime.now(timezone.utc),
             idempotency_key=None,
             request_fingerprint=None,

@@ -4,6 +4,8 @@ real migrated database on both backends."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import pytest
 from sqlalchemy import func, select
 
@@ -190,3 +192,80 @@ async def test_the_form_endpoint_refuses_control_characters_by_their_form_names(
     assert answer.status_code == 422, answer.text
     assert sorted(e["field"] for e in answer.json()["errors"]) == ["first_name", "utm_source"]
     assert answer.headers["access-control-allow-origin"] == "https://www.example.com"
+
+
+# ---------------------------------------------------------------- a JSON lead naming a form (26.2)
+
+SPAMMY = {"email": "bot@spam.example", "form_id": "demo-request", "form_type": "demo_request",
+          "company": "Spam Inc", "fields": {"website_url": "http://spam"}}
+
+
+async def _stored(capture) -> list[tuple[str, str | None, str | None]]:  # noqa: ANN001
+    async with capture.app.state.runtime.db.reader() as s:
+        rows = await s.execute(select(CapturedLead.email, CapturedLead.status, CapturedLead.spam_reason)
+                               .order_by(CapturedLead.received_at))
+        outbox = (await s.execute(select(func.count()).select_from(CaptureOutbox))).scalar_one()
+    return [tuple(r) for r in rows], outbox
+
+
+@pytest.mark.parametrize("lead,origin,reason", [
+    (SPAMMY, "https://evil.example", "honeypot field 'website_url' filled"),  # the probe's request
+    (SPAMMY, None, "honeypot field 'website_url' filled"),
+    (SPAMMY | {"fields": {}}, "https://evil.example",
+     "origin 'https://evil.example' not allowed for form 'demo-request'"),
+    (SPAMMY | {"fields": {"website_url": "  "}, "form_id": "pricing-contact"}, "http://localhost:8000",
+     "origin 'http://localhost:8000' not allowed for form 'pricing-contact'"),
+])
+async def test_a_json_lead_naming_a_declared_form_meets_its_spam_rules(capture, lead, origin, reason):
+    answer = await capture.post("/v1/leads", json=lead, headers={"origin": origin} if origin else {})
+    assert answer.status_code == 202 and answer.json()["status"] == "accepted"  # like a success
+    assert await _stored(capture) == ([("bot@spam.example", "spam", reason)], 0)  # never published
+
+
+async def test_a_json_lead_that_passes_its_forms_rules_is_that_forms_lead(capture):
+    lead = {"email": "ada@example.org", "form_id": "whitepaper-pipeline-2026", "fields": {"fax_number": "", "x": "y"}}
+    answer = await capture.post("/v1/leads", json=lead, headers={"origin": "https://go.example.com"})
+    assert answer.status_code == 202, answer.text
+    undeclared = await capture.post("/v1/leads", json={"email": "b@example.org", "form_id": "partner-portal"},
+                                    headers={"origin": "https://partner.example"})
+    assert undeclared.status_code == 202  # a form not in forms.yaml is taken as sent (a server's own form)
+    assert await _stored(capture) == ([("ada@example.org", "accepted", None), ("b@example.org", "accepted", None)], 2)
+    async with capture.app.state.runtime.db.reader() as s:
+        payload = (await s.execute(select(CapturedLead.payload).where(CapturedLead.email == "ada@example.org"))
+                   ).scalar_one()
+    assert (payload["form_type"], payload["lead_magnet"]) == ("content_download", "state-of-b2b-pipeline-2026")
+    assert payload["fields"] == {"x": "y"}  # the empty honeypot is no custom field
+
+
+def _days_ago(days: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(days=days)).isoformat()
+
+
+@pytest.mark.parametrize("occurred_at,status", [
+    ("0001-01-01T00:00:00Z", 422),  # the probe's
+    ("0001-01-01", 422),
+    (_days_ago(401), 422),
+    (_days_ago(399), 202),
+    (_days_ago(0), 202),
+    ("2999-01-01T00:00:00Z", 422),
+    ((datetime.now(timezone.utc) + timedelta(hours=1)).isoformat(), 422),
+])
+async def test_occurred_at_is_bounded(capture, occurred_at, status):
+    answer = await capture.post("/v1/leads", json={"email": "o@example.org", "occurred_at": occurred_at})
+    assert answer.status_code == status, answer.text
+    if status == 422:
+        assert [e["field"] for e in answer.json()["errors"]] == ["occurred_at"]
+    form = await capture.post("/v1/forms/newsletter/submissions", headers=ALLOWED | {"accept": "application/json"},
+                              data={"email": "o@example.org", "occurred_at": occurred_at})
+    assert form.status_code == status, form.text
+    if status == 422:
+        assert [e["field"] for e in form.json()["errors"]] == ["occurred_at"]
+
+
+async def test_the_occurred_at_horizon_is_a_setting(capture_settings):
+    app = create_app(capture_settings(capture_occurred_at_horizon_days=30))
+    async with serve_app(app) as client:
+        old = await client.post("/v1/leads", json={"email": "o@example.org", "occurred_at": _days_ago(31)})
+        recent = await client.post("/v1/leads", json={"email": "o@example.org", "occurred_at": _days_ago(29)})
+    assert (old.status_code, recent.status_code) == (422, 202)
+    assert "more than 30 days in the past" in old.json()["errors"][0]["message"]
