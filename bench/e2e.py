@@ -36,8 +36,8 @@ from bench.harness import Row, Stack, rss_mib
 from bench.load import build_request, run_load
 from bench.qualification import RssSampler, wait_applied
 from bench.qualification_pg import counts_on
+from leadstream.registry import aupgrade
 from shared.events import OPPORTUNITIES_QUALIFIED, OPPORTUNITY_QUALIFIED
-from shared.migrate import aupgrade
 from tests.support import ROOT, create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
 
 LEADS = int(os.environ.get("BENCH_E2E_LEADS", "6000"))

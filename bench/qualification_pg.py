@@ -17,7 +17,7 @@ import time
 
 from bench.harness import Row, Stack
 from bench.qualification import EVENTS, make_events, produce
-from shared.migrate import aupgrade
+from leadstream.registry import aupgrade
 from tests.support import create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
 
 

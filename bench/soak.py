@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 from sqlalchemy import func, select
 
+from leadstream.registry import aupgrade
 from pipeline_store.models import ProcessedEvent
-from shared.migrate import aupgrade
 from tests.e2e.stack import Accepted, FullStack, diagnose, report
 
 FORMS = ["demo_request", "newsletter", "content_download", "webinar", "pricing", "content_download"]

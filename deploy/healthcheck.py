@@ -24,9 +24,10 @@ def service_port(argv: list[str]) -> int | None:
         if arg.startswith("--port="):
             return int(arg.split("=", 1)[1])
     service = next((a for a in rest if not a.startswith("-")), "capture")
+    from leadstream.registry import port_of
     from shared.settings import Settings
 
-    return Settings().port_of(service)
+    return port_of(Settings(), service)
 
 
 def main() -> int:

@@ -16,8 +16,11 @@ from typing import Annotated
 import typer
 from sqlalchemy import select, update
 
-from shared.auth import SCOPES, hash_key, new_key
+from shared.auth import hash_key, new_key
 from shared.settings import Settings
+
+# a key's scopes: the APIs that check keys (each key is stored in all their databases: _key_databases)
+SCOPES = ("outreach", "pipeline")
 
 api_keys_app = typer.Typer(help="API keys of the outreach and pipeline APIs (only hashes are stored).",
                            no_args_is_help=True)
@@ -27,9 +30,9 @@ webhooks_app = typer.Typer(help="Signing secrets of the sales tools that push we
 
 def _key_databases(settings: Settings) -> dict[str, tuple[str, type]]:
     """database name -> (url, key model) of every database that checks API keys, migrated."""
-    from services.outreach.models import OutreachApiKey
-    from shared.migrate import upgrade
+    from leadstream.registry import upgrade
     from pipeline_store.models import PipelineApiKey
+    from services.outreach.models import OutreachApiKey
 
     databases = {
         "outreach": (settings.database_url("outreach"), OutreachApiKey),
@@ -41,7 +44,7 @@ def _key_databases(settings: Settings) -> dict[str, tuple[str, type]]:
 
 
 def _outreach_database(settings: Settings) -> str:
-    from shared.migrate import upgrade
+    from leadstream.registry import upgrade
 
     url = settings.database_url("outreach")
     upgrade("outreach", url)

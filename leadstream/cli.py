@@ -1,4 +1,4 @@
-"""The ``leadstream`` command."""
+"""The ``leadstream`` command: every service and database of the registry, run and administered."""
 
 from __future__ import annotations
 
@@ -13,44 +13,20 @@ from typing import Annotated
 
 import typer
 
-from shared.settings import SERVICE_DATABASE, Settings, get_settings
+from leadstream.registry import DATABASES, SERVICES, port_of
+from shared.settings import get_settings
 
 app = typer.Typer(help="Leadstream: one qualified pipeline from inbound and outbound.", no_args_is_help=True)
-
-SERVICES = ("capture", "outreach", "qualification", "pipeline")
-
-
-def available_services() -> list[str]:
-    """The services whose package has an ``app.create_app``."""
-    found = []
-    for name in SERVICES:
-        try:
-            module = importlib.import_module(f"services.{name}.app")
-        except ModuleNotFoundError:
-            continue
-        if hasattr(module, "create_app"):
-            found.append(name)
-    return found
-
-
-def _databases(settings: Settings) -> dict[str, str]:
-    """Every database with migrations, and its URL (the first service that uses it names it)."""
-    from shared.migrate import MIGRATIONS
-
-    urls: dict[str, str] = {}
-    for service, db in SERVICE_DATABASE.items():
-        if db in MIGRATIONS and (MIGRATIONS[db] / "env.py").exists() and db not in urls:
-            urls[db] = settings.database_url(service)
-    return urls
 
 
 @app.command()
 def migrate() -> None:
     """Migrate every service's database to the latest schema."""
-    from shared.migrate import upgrade
+    from leadstream.registry import upgrade
 
     settings = get_settings()
-    for db, url in _databases(settings).items():
+    for db in DATABASES:
+        url = settings.database_url(db)
         upgrade(db, url)
         typer.echo(f"migrated {db}: {url.split('@')[-1]}", err=True)
 
@@ -99,10 +75,10 @@ def serve(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json, service=service)
     uvicorn.run(
-        f"services.{service}.app:create_app",
+        SERVICES[service].app,
         factory=True,
         host=host or settings.host,
-        port=port or settings.port_of(service),
+        port=port or port_of(settings, service),
         workers=workers,
         log_config=None,
         access_log=False,
@@ -127,10 +103,10 @@ def run() -> None:
         typer.echo(f"using external Kafka at {settings.kafka_bootstrap_servers}; no broker started", err=True)
     procs: list[subprocess.Popen] = []
     try:
-        for service in available_services():
+        for service in SERVICES:
             procs.append(subprocess.Popen([sys.executable, "-m", "leadstream.cli", "serve", service],
                                           env=os.environ.copy(), preexec_fn=_die_with_parent))
-            typer.echo(f"{service} on http://{settings.host}:{settings.port_of(service)} (docs at /docs)", err=True)
+            typer.echo(f"{service} on http://{settings.host}:{port_of(settings, service)} (docs at /docs)", err=True)
         _wait_for_signal(until=lambda: any(p.poll() is not None for p in procs))
         if any(p.poll() is not None for p in procs):
             typer.echo("a service exited; stopping everything", err=True)
@@ -221,11 +197,7 @@ def _outbox_models(database: str) -> list[type]:
     """The outbox tables of one database (found in its models module)."""
     from shared.outbox import OutboxMixin
 
-    module_name = "pipeline_store.models" if database == "pipeline" else f"services.{database}.models"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        return []
+    module = importlib.import_module(DATABASES[database].models)
     return [
         obj for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, OutboxMixin) and obj is not OutboxMixin
@@ -255,8 +227,8 @@ def replay(
 
     async def _replay() -> int:
         total = 0
-        for database, url in _databases(settings).items():
-            db = Database(url, pool_size=1)
+        for database in DATABASES:
+            db = Database(settings.database_url(database), pool_size=1)
             try:
                 for model in _outbox_models(database):
                     try:
@@ -326,7 +298,7 @@ def demo(
              "--scope", "outreach", "--scope", "pipeline"], capture_output=True, text=True, check=True,
         )
         api_key = created.stdout.strip()
-    urls = {s: f"http://{host}:{settings.port_of(s)}" for s in ("capture", "outreach", "pipeline")}
+    urls = {s: f"http://{host}:{port_of(settings, s)}" for s in ("capture", "outreach", "pipeline")}
     preview = plan(seed, contacts, __import__("datetime").datetime.now(__import__("datetime").timezone.utc))
     total = len(preview.leads) + len(preview.prospects) + len(preview.touches)
     with typer.progressbar(length=total, label="seeding through the APIs", file=sys.stderr) as bar:
@@ -335,7 +307,7 @@ def demo(
             api_key=api_key, seed_value=seed, contacts=contacts, progress=bar.update,
         ))
     typer.echo(", ".join(f"{k}: {v}" for k, v in result.items()), err=True)
-    typer.echo(f"open http://{host}:{settings.port_of('pipeline')}/dashboard (sign in with the key above)", err=True)
+    typer.echo(f"open http://{host}:{port_of(settings, 'pipeline')}/dashboard (sign in with the key above)", err=True)
     typer.echo(api_key)
 
 

@@ -10,7 +10,6 @@ from sqlalchemy import DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 KEY_PREFIX = "ls_"
-SCOPES = ("outreach", "pipeline")
 
 
 class ApiKeyMixin:

@@ -1,4 +1,8 @@
-"""Alembic, one migration environment per database (capture, outreach, pipeline store)."""
+"""Alembic: upgrade a database from a migrations directory (one per database).
+
+Which databases exist and where their migrations live is the composition root's registry
+(``leadstream.registry.upgrade(database, url)``); the spine only runs a directory it is given.
+"""
 
 from __future__ import annotations
 
@@ -10,34 +14,33 @@ from alembic.config import Config
 from sqlalchemy import MetaData, pool
 from sqlalchemy.ext.asyncio import async_engine_from_config
 
-ROOT = Path(__file__).resolve().parent.parent
 
-MIGRATIONS: dict[str, Path] = {
-    "capture": ROOT / "services" / "capture" / "migrations",
-    "outreach": ROOT / "services" / "outreach" / "migrations",
-    "pipeline": ROOT / "pipeline_store" / "migrations",
-}
-
-
-def alembic_config(database: str, url: str) -> Config:
+def alembic_config(migrations: Path, url: str) -> Config:
+    """The Alembic configuration of the migrations directory ``migrations`` (with its env.py)."""
+    migrations = Path(migrations)
+    if not (migrations / "env.py").is_file():
+        raise ValueError(f"{migrations} is not a migrations directory (no env.py); "
+                         "to migrate a database by its name use leadstream.registry.upgrade")
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS[database]))
+    cfg.set_main_option("script_location", str(migrations))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    cfg.attributes["database"] = database
     return cfg
 
 
-def upgrade(database: str, url: str, revision: str = "head") -> None:
-    """Migrate one database to ``revision`` (blocking; call from a thread inside a loop)."""
-    command.upgrade(alembic_config(database, url), revision)
+def upgrade(migrations: Path, url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` with the migrations in ``migrations`` to ``revision``
+    (blocking; call from a thread inside a loop)."""
+    command.upgrade(alembic_config(migrations, url), revision)
 
 
-async def aupgrade(database: str, url: str, revision: str = "head") -> None:
-    await asyncio.to_thread(upgrade, database, url, revision)
+async def aupgrade(migrations: Path, url: str, revision: str = "head") -> None:
+    await asyncio.to_thread(upgrade, migrations, url, revision)
 
 
 def run_migrations(metadata: MetaData, database: str) -> None:
-    """Body of every ``migrations/env.py``: online migrations over the async engine."""
+    """Body of every ``migrations/env.py``: online migrations over the async engine (the
+    version table is ``alembic_version_<database>``, so databases may share one PostgreSQL
+    database)."""
     config = context.config
     version_table = f"alembic_version_{database}"
 

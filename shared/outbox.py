@@ -45,8 +45,9 @@ OUTBOX_REPUBLISHED = Counter(
 
 
 class OutboxMixin:
-    """Columns of an outbox table; each service declares ``class Outbox(OutboxMixin, Base)``
-    with a ``__tablename__`` of its own (so all services may share one PostgreSQL database)."""
+    """Columns of an outbox table; each database declares ``class Outbox(OutboxMixin, Base)``
+    with a ``__tablename__`` of its own (so several databases' outboxes can share one
+    PostgreSQL database)."""
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True

@@ -9,22 +9,24 @@ from fastapi import Depends, Request
 from shared.db import Database
 from shared.kafka import KafkaGateway
 from shared.outbox import OutboxMixin, OutboxRelay
-from shared.settings import SERVICE_DATABASE, Settings
+from shared.settings import Settings
 
 
 class ServiceRuntime:
-    """Database, Kafka gateway and outbox relay of one service process."""
+    """Database, Kafka gateway and outbox relay of one service process.
 
-    def __init__(self, settings: Settings, service: str, outbox_model: type[OutboxMixin] | None = None) -> None:
+    ``database`` names the database the service uses (``Settings.database_url``); by
+    default the service's own name (a service owns a database of its name).
+    """
+
+    def __init__(self, settings: Settings, service: str, outbox_model: type[OutboxMixin] | None = None,
+                 *, database: str | None = None) -> None:
         self.settings = settings
         self.service = service
-        self.db = Database(settings.database_url(service), pool_size=settings.database_pool_size)
+        self.database_name = database or service
+        self.db = Database(settings.database_url(self.database_name), pool_size=settings.database_pool_size)
         self.kafka = KafkaGateway(settings, client_id=f"leadstream-{service}")
         self.relay = OutboxRelay(self.db, outbox_model, self.kafka, settings, service) if outbox_model else None
-
-    @property
-    def database_name(self) -> str:
-        return SERVICE_DATABASE[self.service]
 
     async def start(self) -> None:
         await self.kafka.start()

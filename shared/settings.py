@@ -1,34 +1,35 @@
-"""Settings of every Leadstream process, read from ``LEADSTREAM_*`` environment variables."""
+"""Settings of every Leadstream process, read from ``LEADSTREAM_*`` environment variables.
+
+The spine names no service: each database's URL (``LEADSTREAM_<DATABASE>_DATABASE_URL``)
+and each service's port (``LEADSTREAM_<SERVICE>_PORT``) are read for any name, and looked
+up by name (``database_url``, ``port_of``); which names exist, with their default ports,
+is the composition root's registry (``leadstream/registry.py``).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-ServiceName = Literal["capture", "outreach", "qualification", "pipeline"]
-
-SERVICE_PORTS: dict[str, int] = {"capture": 8001, "outreach": 8002, "qualification": 8003, "pipeline": 8004}
-
-# qualification and pipeline share the pipeline store; capture and outreach own theirs.
-SERVICE_DATABASE: dict[str, str] = {
-    "capture": "capture",
-    "outreach": "outreach",
-    "qualification": "pipeline",
-    "pipeline": "pipeline",
-}
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 EMBEDDED_BOOTSTRAP = "127.0.0.1:9092"
+
+# the settings of one database or service, by name: ``<name>_database_url``, ``<name>_port``
+PER_NAME = re.compile(r"[a-z][a-z0-9_]*_(database_url|port)")
 
 
 class Settings(BaseSettings):
     """Everything a process needs; tests build their own instance instead of patching."""
 
-    model_config = SettingsConfigDict(env_prefix="LEADSTREAM_", extra="ignore")
+    # extras: only the per-name settings (``PER_NAME``); other unknown keys are ignored
+    model_config = SettingsConfigDict(env_prefix="LEADSTREAM_", extra="allow")
 
     kafka_bootstrap_servers: str = EMBEDDED_BOOTSTRAP
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -57,15 +58,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     config_dir: Path = Path("deploy/config")
 
-    capture_database_url: str | None = None
-    outreach_database_url: str | None = None
-    pipeline_database_url: str | None = None
+    # and, per database and per service, <name>_database_url and <name>_port (PER_NAME)
     database_pool_size: int = 10
 
-    capture_port: int = SERVICE_PORTS["capture"]
-    outreach_port: int = SERVICE_PORTS["outreach"]
-    qualification_port: int = SERVICE_PORTS["qualification"]
-    pipeline_port: int = SERVICE_PORTS["pipeline"]
     host: str = "127.0.0.1"
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips): comma-separated addresses or networks, "*" for any. Empty (the
@@ -116,6 +111,40 @@ class Settings(BaseSettings):
                 raise ValueError(f"LEADSTREAM_FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network") from None
         return value.strip()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _PerNameEnvironment(settings_cls), dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_name_only(cls, data: Any) -> Any:
+        """Unknown keys are ignored, as before, unless they are per-name settings."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k in cls.model_fields or PER_NAME.fullmatch(k)}
+        return data
+
+    @model_validator(mode="after")
+    def _per_name_values(self) -> "Settings":
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for key, value in list(extra.items()):
+            if value is None:
+                continue
+            if key.endswith("_port"):
+                try:
+                    extra[key] = int(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"LEADSTREAM_{key.upper()} is not a port number: {value!r}") from None
+            else:
+                extra[key] = str(value)
+        return self
+
     @model_validator(mode="after")
     def _kafka_credentials(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL") and not (
@@ -138,15 +167,17 @@ class Settings(BaseSettings):
         """uvicorn's options for forwarded headers: believed only from ``forwarded_allow_ips``."""
         return {"proxy_headers": bool(self.forwarded_allow_ips), "forwarded_allow_ips": self.forwarded_allow_ips}
 
-    def port_of(self, service: str) -> int:
-        return int(getattr(self, f"{service}_port"))
+    def port_of(self, service: str, default: int) -> int:
+        """``LEADSTREAM_<SERVICE>_PORT``, else ``default`` (the service's, from the registry)."""
+        port = (self.model_extra or {}).get(f"{service}_port")
+        return default if port is None else int(port)
 
-    def database_url(self, service: str) -> str:
-        """The async SQLAlchemy URL of the database that ``service`` uses."""
-        db = SERVICE_DATABASE[service]
-        url = getattr(self, f"{db}_database_url")
+    def database_url(self, database: str) -> str:
+        """The async SQLAlchemy URL of ``database`` (a database's name, not a service's):
+        ``LEADSTREAM_<DATABASE>_DATABASE_URL``, else SQLite in the data dir."""
+        url = (self.model_extra or {}).get(f"{database}_database_url")
         if not url:
-            return f"sqlite+aiosqlite:///{(self.data_dir / f'{db}.db').as_posix()}"
+            return f"sqlite+aiosqlite:///{(self.data_dir / f'{database}.db').as_posix()}"
         return async_url(url)
 
     @property
@@ -168,6 +199,23 @@ def async_url(url: str) -> str:
         if url.startswith(plain):
             return driver + url[len(plain):]
     return url
+
+
+class _PerNameEnvironment(PydanticBaseSettingsSource):
+    """``LEADSTREAM_<NAME>_DATABASE_URL`` and ``LEADSTREAM_<NAME>_PORT`` from the environment,
+    for any name (the declared fields are read by pydantic-settings' own source)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = str(self.config.get("env_prefix") or "").lower()
+        found = {}
+        for key, value in os.environ.items():
+            name = key.lower()
+            if name.startswith(prefix) and PER_NAME.fullmatch(name[len(prefix):]):
+                found[name[len(prefix):]] = value
+        return found
 
 
 @lru_cache

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
+from leadstream.registry import aupgrade
 from shared.broker import PORT_RANGE_VARIABLE, EmbeddedBroker, free_port
 from shared.kafka import ensure_topics
-from shared.migrate import aupgrade
 from shared.settings import Settings
 from tests.support import create_postgres_database, drop_postgres_database, migrated_store, postgres_available
 

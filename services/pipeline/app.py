@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from pipeline_store import DATABASE
 from pipeline_store.models import PipelineApiKey, PipelineOutbox
 from services.pipeline.analytics import Thresholds
 from services.pipeline.api import router
@@ -17,7 +18,7 @@ from shared.web import create_service_app
 
 class PipelineRuntime(ServiceRuntime):
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "pipeline", PipelineOutbox)
+        super().__init__(settings, "pipeline", PipelineOutbox, database=DATABASE)
         self.auth = ApiKeyAuth(self.db, PipelineApiKey, settings.api_rate_limit)
         self.thresholds = Thresholds(
             channel=settings.dependency_thresholds_channel,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import structlog
 from fastapi import APIRouter, FastAPI
 
+from pipeline_store import DATABASE
 from pipeline_store.models import PipelineOutbox, ProcessedEvent
 from services.qualification.domain import identity
 from services.qualification.domain.policy import PolicyError
@@ -28,7 +29,7 @@ TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES)
 
 class QualificationRuntime(ServiceRuntime):
     def __init__(self, settings: Settings, qualifier: Qualifier) -> None:
-        super().__init__(settings, "qualification", PipelineOutbox)
+        super().__init__(settings, "qualification", PipelineOutbox, database=DATABASE)
         self.qualifier = qualifier
         self.consumer = InboxConsumer(
             self.db,

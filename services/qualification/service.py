@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pipeline_store import DATABASE
 from pipeline_store.models import PipelineOutbox, Touch
 from services.qualification import repository
 from services.qualification.domain import attribution, identity
@@ -552,7 +553,7 @@ async def rescore_all(settings, q: Qualifier, *, apply: bool) -> RescoreReport: 
     """Re-score every contact of the pipeline store under ``q``'s policy version."""
     from shared.db import Database
 
-    db = Database(settings.database_url("qualification"), pool_size=2)
+    db = Database(settings.database_url(DATABASE), pool_size=2)
     report = RescoreReport(q.version, apply)
     try:
         async for ids in repository.iter_contact_ids(db):

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from leadstream.demo import plan, seed
-from shared.migrate import aupgrade
+from leadstream.registry import aupgrade
 from tests.e2e.stack import FullStack
 from tests.support import ROOT
 

@@ -15,9 +15,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks as st_checks
 
+from leadstream.registry import upgrade
 from shared.auth import hash_key, new_key
 from shared.broker import free_port
-from shared.migrate import upgrade
 from tests.support import make_settings
 
 pytestmark = pytest.mark.timeout(300)

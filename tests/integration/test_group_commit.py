@@ -156,7 +156,7 @@ async def test_units_of_work_with_orm_objects_are_written_by_a_unit_of_work(db):
 
 
 async def test_the_batch_writer_writes_a_transaction_whole_or_not_at_all(tmp_path):
-    from shared.migrate import aupgrade
+    from leadstream.registry import aupgrade
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'capture.db'}"
     await aupgrade("capture", url)
@@ -188,7 +188,7 @@ def test_an_in_memory_sqlite_database_has_no_batch_writer():
 
 
 async def sqlite_db(tmp_path) -> Database:
-    from shared.migrate import aupgrade
+    from leadstream.registry import aupgrade
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'capture.db'}"
     await aupgrade("capture", url)

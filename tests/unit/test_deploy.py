@@ -23,14 +23,19 @@ import typer
 import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema
 
-from leadstream.cli import SERVICES, app
-from shared.settings import SERVICE_DATABASE, SERVICE_PORTS, Settings
+from leadstream.cli import app
+from leadstream.registry import DATABASES, SERVICES, database_url
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.37"  # the newest schemas kubernetes-validate ships (see test below)
-SETTING_NAMES = {f"LEADSTREAM_{name.upper()}" for name in Settings.model_fields}
+SETTING_NAMES = (
+    {f"LEADSTREAM_{name.upper()}" for name in Settings.model_fields}
+    | {f"LEADSTREAM_{name.upper()}_PORT" for name in SERVICES}
+    | {f"LEADSTREAM_{name.upper()}_DATABASE_URL" for name in DATABASES}
+)
 UVICORN_GRACEFUL_S = 10  # leadstream/cli.py serve: timeout_graceful_shutdown
 
 
@@ -218,7 +223,7 @@ def test_compose_runs_each_service_with_leadstream_serve():
     assert services["qualification"]["deploy"]["replicas"] == 2, "two qualification workers"
     for name in ("capture", "outreach", "pipeline"):
         published = [int(p.rsplit(":", 1)[-1]) for p in services[name]["ports"]]
-        assert published == [SERVICE_PORTS[name]]
+        assert published == [SERVICES[name].port]
 
 
 def test_compose_one_shot_jobs_run_before_the_services():
@@ -265,7 +270,7 @@ def test_compose_settings_are_real_settings_and_load():
         env = {k: interpolate(str(v)) for k, v in services[name]["environment"].items()}
         assert set(env) <= SETTING_NAMES, f"{name}: not settings: {sorted(set(env) - SETTING_NAMES)}"
         settings = Settings(**{k.removeprefix("LEADSTREAM_").lower(): v for k, v in env.items()})
-        assert settings.database_url(name if name in SERVICES else "pipeline").startswith("postgresql+asyncpg://")
+        assert (database_url(settings, name) if name in SERVICES else settings.database_url("pipeline")).startswith("postgresql+asyncpg://")
         assert not settings.embedded_broker
         assert settings.kafka_replication_factor <= 3
         assert str(settings.config_dir) == "/app/deploy/config"
@@ -298,7 +303,7 @@ def test_dockerfile_command_ports_and_variables_agree_with_the_code():
     assert "leadstream" in (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1].split("[")[0]
     assert cmd[0] == "serve" and cmd[1] in SERVICES and cli_command(cmd).name == "serve"
     exposed = sorted(int(p) for op, a in stage if op == "EXPOSE" for p in a.split())
-    assert exposed == sorted(SERVICE_PORTS.values())
+    assert exposed == sorted(s.port for s in SERVICES.values())
     env = dockerfile_env(stage)
     leadstream_vars = {k for k in env if k.startswith("LEADSTREAM_")}
     assert leadstream_vars <= SETTING_NAMES, sorted(leadstream_vars - SETTING_NAMES)
@@ -400,7 +405,7 @@ def test_four_deployments_probe_serve_and_run_locked_down(rendered, k8s_settings
         spec = pod_spec(deployment)
         (container,) = spec["containers"]
         assert container["args"] == ["serve", name] and cli_command(container["args"]).name == "serve"
-        assert container["ports"] == [{"name": "http", "containerPort": SERVICE_PORTS[name]}]
+        assert container["ports"] == [{"name": "http", "containerPort": SERVICES[name].port}]
         # ingest keeps taking (and storing) leads while Kafka is away: only its database gates readiness
         ready = "/readyz?require=database" if name in ("capture", "outreach") else "/readyz"
         assert container["readinessProbe"]["httpGet"] == {"path": ready, "port": "http"}
@@ -420,7 +425,7 @@ def test_four_deployments_probe_serve_and_run_locked_down(rendered, k8s_settings
         assert spec["terminationGracePeriodSeconds"] >= pre_stop + UVICORN_GRACEFUL_S + 10
         assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
         service = rendered.of_kind("Service")[name]
-        assert service["spec"]["ports"][0]["port"] == SERVICE_PORTS[name]
+        assert service["spec"]["ports"][0]["port"] == SERVICES[name].port
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
@@ -449,7 +454,7 @@ def test_migration_and_topic_jobs(rendered):
     assert cli_command(migrate["args"]).name == "migrate" and migrate["args"] == ["migrate"]
     assert topics["args"][:2] == ["topics", "create"] and cli_command(topics["args"]).name == "create"
     migrate_urls = {e["name"] for e in migrate["env"]}
-    assert {f"LEADSTREAM_{db.upper()}_DATABASE_URL" for db in set(SERVICE_DATABASE.values())} <= migrate_urls
+    assert {f"LEADSTREAM_{db.upper()}_DATABASE_URL" for db in DATABASES} <= migrate_urls
     for job in jobs.values():
         assert pod_spec(job)["restartPolicy"] in ("OnFailure", "Never")
 
@@ -473,7 +478,7 @@ def test_settings_and_secret_references_are_real_settings(rendered, k8s_settings
     for name, deployment in rendered.of_kind("Deployment").items():
         (container,) = pod_spec(deployment)["containers"]
         names = {e["name"] for e in container["env"]}
-        assert f"LEADSTREAM_{SERVICE_DATABASE[name].upper()}_DATABASE_URL" in names
+        assert f"LEADSTREAM_{SERVICES[name].database.upper()}_DATABASE_URL" in names
         assert {"LEADSTREAM_KAFKA_SASL_USERNAME", "LEADSTREAM_KAFKA_SASL_PASSWORD"} <= names
         # each service sees the credentials of its own database only
         assert sum(n.endswith("_DATABASE_URL") for n in names) == 1

@@ -132,12 +132,14 @@ def test_database_urls_pick_the_async_driver(url, expected):
 
 
 def test_settings_defaults_and_shared_pipeline_store(monkeypatch):
+    from leadstream.registry import database_url, port_of
+
     monkeypatch.setenv("LEADSTREAM_DATA_DIR", "/data")
     settings = Settings()
     assert settings.embedded_broker
     assert settings.database_url("capture") == "sqlite+aiosqlite:////data/capture.db"
-    assert settings.database_url("qualification") == settings.database_url("pipeline")
-    assert settings.port_of("outreach") == 8002
+    assert database_url(settings, "qualification") == settings.database_url("pipeline")
+    assert port_of(settings, "outreach") == 8002
     monkeypatch.setenv("LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS", "kafka:9092")
     assert not Settings().embedded_broker
 

@@ -1,0 +1,80 @@
+"""The registry: every service and every database of Leadstream, in one place.
+
+A **service** has a name (``leadstream serve NAME``, ``LEADSTREAM_<NAME>_PORT``), a default
+port, the database it uses and its app factory. A **database** has a name
+(``LEADSTREAM_<NAME>_DATABASE_URL``, ``<data dir>/<name>.db``, Alembic's
+``alembic_version_<name>`` table) and the package that holds its ``models.py`` and its
+Alembic ``migrations/``.
+
+The spine runs what these entries describe without knowing them: ``shared.migrate.upgrade``
+takes a migrations directory, ``Settings.database_url`` and ``Settings.port_of`` take a
+name. Adding a service is one ``Service`` here (and a ``Database`` if it owns one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared import migrate
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str
+    package: str  # holds models.py (its tables) and migrations/ (Alembic)
+
+    @property
+    def models(self) -> str:
+        return f"{self.package}.models"
+
+    @property
+    def migrations(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise LookupError(f"database {self.name}: no package {self.package}")
+        return Path(next(iter(spec.submodule_search_locations))) / "migrations"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port: int  # the default; LEADSTREAM_<NAME>_PORT overrides it
+    database: str  # a key of DATABASES
+    app: str  # "module:factory", a function returning the FastAPI app (uvicorn --factory)
+
+
+DATABASES: dict[str, Database] = {d.name: d for d in (
+    Database("capture", "services.capture"),
+    Database("outreach", "services.outreach"),
+    Database("pipeline", "pipeline_store"),  # the pipeline store: qualification writes it, pipeline reads it
+)}
+
+SERVICES: dict[str, Service] = {s.name: s for s in (
+    Service("capture", 8001, "capture", "services.capture.app:create_app"),
+    Service("outreach", 8002, "outreach", "services.outreach.app:create_app"),
+    Service("qualification", 8003, "pipeline", "services.qualification.app:create_app"),
+    Service("pipeline", 8004, "pipeline", "services.pipeline.app:create_app"),
+)}
+
+
+def port_of(settings: Settings, service: str) -> int:
+    """The port ``service`` listens on: ``LEADSTREAM_<SERVICE>_PORT``, else its default."""
+    return settings.port_of(service, SERVICES[service].port)
+
+
+def database_url(settings: Settings, service: str) -> str:
+    """The URL of the database that ``service`` uses."""
+    return settings.database_url(SERVICES[service].database)
+
+
+def upgrade(database: str, url: str, revision: str = "head") -> None:
+    """Migrate ``database`` (a name in ``DATABASES``) at ``url`` to ``revision`` (blocking)."""
+    migrate.upgrade(DATABASES[database].migrations, url, revision)
+
+
+async def aupgrade(database: str, url: str, revision: str = "head") -> None:
+    await asyncio.to_thread(upgrade, database, url, revision)
