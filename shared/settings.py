@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _per_name_values(self) -> "Settings":
+    def _per_name_values(self) -> Settings:
         extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
         for key, value in list(extra.items()):
             if value is None:

@@ -20,7 +20,7 @@ from leadstream.registry import SERVICES
 ROOT = Path(__file__).resolve().parents[2]
 OUTSIDE_THE_SPINE = ("services", "leadstream", "pipeline_store")
 # a string that reads as a module path outside the spine ("services.capture.app:create_app")
-MODULE_PATH = re.compile(r"(%s)([.:][\w.:]*)?" % "|".join(OUTSIDE_THE_SPINE))
+MODULE_PATH = re.compile(rf"({'|'.join(OUTSIDE_THE_SPINE)})([.:][\w.:]*)?")
 
 
 def modules(directory: str) -> list[Path]:
