@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 log = structlog.get_logger("errors")
 
@@ -20,6 +23,29 @@ _TITLES = {
     415: "Unsupported Media Type", 422: "Unprocessable Content", 429: "Too Many Requests",
     500: "Internal Server Error", 503: "Service Unavailable",
 }
+
+
+class FieldError(BaseModel):
+    """One invalid input, named: ``{"field", "in", "message", "type"}``."""
+
+    field: str = Field(description="The parameter, header or (dotted) body field")
+    in_: Literal["body", "query", "path", "header", "cookie"] = Field(alias="in")
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An error answer (RFC 9457 problem details, ``application/problem+json``); some carry
+    more members (``errors``, ``required_scope``, ``limit``, ``checks``, ``current_stage`` …)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI naming the kind of problem, or about:blank")
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong and what to do, for people")
+    instance: str | None = Field(None, description="The request path")
+    errors: list[FieldError] | None = Field(None, description="Each invalid input (422)")
 
 
 class ProblemError(Exception):
@@ -115,6 +141,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem_response(
             exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None)
         )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up before its body arrived: nobody reads an answer, and it is not an
+        # error of ours (logged as one, anonymous clients could flood the error log).
+        log.debug("client disconnected", path=request.url.path, method=request.method)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""What every service's FastAPI app shares: errors, limits, health, readiness, metrics."""
+"""What every service's FastAPI app shares: errors, limits, hosts, health, readiness, metrics."""
 
 from __future__ import annotations
 
@@ -6,17 +6,17 @@ import asyncio
 import ipaddress
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import ProblemError, install_error_handlers, problem_response
+from shared.errors import PROBLEM_JSON, Problem, ProblemError, install_error_handlers, problem_response
 from shared.observability import MetricsMiddleware, metrics_endpoint, tune_gc
 
 ReadyCheck = Callable[[], Awaitable[None]]
@@ -99,6 +99,57 @@ def ip_address_or_none(host: str | None) -> str | None:
     return text if len(text) <= 45 else None  # INET6_ADDRSTRLEN: an IPv6 zone id is free text
 
 
+# Operations endpoints answer whatever the Host: probes and scrapers name a pod by its address.
+OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _host_name(value: str) -> str | None:
+    """The host of a ``Host`` header (``name``, ``name:port``, ``[v6]``, ``[v6]:port``), lower-cased;
+    ``None`` when it is not one."""
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[1:end], value[end + 1:]
+        if rest and not (rest[0] == ":" and rest[1:].isdigit()):
+            return None
+    else:
+        name, _, port = value.partition(":")
+        if port and not port.isdigit():
+            return None
+    return name.lower() or None
+
+
+def trusted_hosts(setting: str) -> list[str]:
+    """``LEADSTREAM_TRUSTED_HOSTS`` as a list: comma-separated, brackets of IPv6 literals dropped."""
+    return [h.strip().strip("[]").lower() for h in setting.split(",") if h.strip()]
+
+
+class TrustedHostMiddleware:
+    """``400`` (problem+json) for a ``Host`` header naming none of ``hosts`` (exact names, or
+    ``*.example.com`` for its subdomains; ``*`` trusts any). Starlette's middleware of this name
+    answers text/plain and reads the host of ``[::1]:8000`` as ``[``; the matching is the same."""
+
+    def __init__(self, app: ASGIApp, hosts: Sequence[str], exempt: frozenset[str] = OPERATIONS_PATHS) -> None:
+        self.app, self.exempt = app, exempt
+        self.any = not hosts or "*" in hosts
+        self.names = frozenset(h for h in hosts if not h.startswith("*."))
+        self.suffixes = tuple(h[1:] for h in hosts if h.startswith("*."))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.any or scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"host"), "")
+        host = _host_name(header)
+        if host is not None and (host in self.names or (self.suffixes and host.endswith(self.suffixes))):
+            await self.app(scope, receive, send)
+            return
+        response = problem_response(400, "The Host header names no host this service answers for "
+                                    "(LEADSTREAM_TRUSTED_HOSTS).")
+        await response(scope, receive, send)
+
+
 async def require_json(request: Request) -> None:
     """Dependency: ``415`` unless the body is declared as JSON (async: no threadpool hop)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -155,23 +206,42 @@ def header_openapi(name: str, max_length: int) -> dict[str, Any]:
     return {"parameters": [{"name": name.lower(), "in": "header", "required": False, "schema": schema}]}
 
 
-def _with_body_models(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
-    """Put the schemas of ``models`` (and the models they nest) in the app's OpenAPI components."""
-    if not models:
-        return
+def _shape_openapi(app: FastAPI, body_models: Sequence[type[BaseModel]]) -> None:
+    """The app's OpenAPI as it answers: the schemas of ``body_models`` (read by ``json_body``,
+    and the models they nest) in the components, and every error response documented as
+    ``application/problem+json`` with the ``Problem`` schema (FastAPI documents its own ``422``
+    as ``application/json`` ``HTTPValidationError``, which no route here ever answers)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
+            models = [Problem, *body_models]
             _, defs = models_json_schema([(m, "validation") for m in models],
                                          ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, definition in defs.get("$defs", {}).items():
                 components.setdefault(name, definition)
+            problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    for status, response in operation.get("responses", {}).items():
+                        if status[0] in "45":
+                            response["content"] = problem
+                            if response.get("description") == "Validation Error":
+                                response["description"] = "Invalid parameters, each named in `errors`"
+            text = orjson.dumps(schema).decode()
+            for unused in ("HTTPValidationError", "ValidationError"):
+                if f'"#/components/schemas/{unused}"' not in text:
+                    components.pop(unused, None)
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(description="Each dependency: `ok` or `unavailable: <error>`")
 
 
 class ORJSONResponse(JSONResponse):
@@ -208,6 +278,8 @@ def create_service_app(
     app = FastAPI(
         title=title, description=description, version=version, lifespan=lifespan,
         default_response_class=ORJSONResponse,
+        # no 307 to the slash-less path: it would be built from the Host header (issue 26)
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     install_error_handlers(app)
@@ -216,18 +288,28 @@ def create_service_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service}
 
+    check_names = ", ".join(f"`{name}`" for name in ready_checks())
+
     @app.get("/readyz", tags=["operations"], summary="Readiness: database and broker reachable",
+             response_model=Readiness,
              description="`503` when a required dependency is unreachable. `require=database` limits what "
              "must answer (an ingest service still stores leads while Kafka is away, so a load balancer "
-             "should keep sending it traffic); every check is reported either way.",
-             responses={503: {"description": "A dependency is unreachable (problem+json)"}})
-    async def readyz(require: str | None = None):
+             f"should keep sending it traffic); every check is reported either way. Checks: {check_names} "
+             "(comma-separated); another name is `422`.",
+             responses={503: {"description": "A dependency is unreachable; `checks` says which"}})
+    async def readyz(require: Annotated[str | None, Query(max_length=200)] = None):
         checks = ready_checks()
+        names = {name.strip() for name in (require or "").split(",") if name.strip()}
+        unknown = sorted(names - set(checks))
+        if unknown:
+            raise RequestValidationError([{
+                "type": "enum", "loc": ("query", "require"), "input": require,
+                "msg": f"no check named {', '.join(map(repr, unknown))}; one or more of {', '.join(checks)}",
+            }])
         results = await asyncio.gather(*(asyncio.wait_for(c(), 3.0) for c in checks.values()), return_exceptions=True)
         status = {name: ("ok" if not isinstance(r, BaseException) else f"unavailable: {type(r).__name__}")
                   for name, r in zip(checks, results)}
-        required = set(require.split(",")) & set(status) if require else set(status)
-        if all(status[name] == "ok" for name in required):
+        if all(status[name] == "ok" for name in names or status):
             return {"status": "ready", "checks": status}
         return problem_response(503, "A dependency is unreachable.", checks=status)
 
@@ -235,6 +317,8 @@ def create_service_app(
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, per_path=body_limits or {})
+    hosts = getattr(getattr(runtime, "settings", None), "trusted_hosts", "*")
+    app.add_middleware(TrustedHostMiddleware, hosts=trusted_hosts(hosts))
     app.add_middleware(MetricsMiddleware, service=service)
-    _with_body_models(app, body_models)
+    _shape_openapi(app, body_models)
     return app

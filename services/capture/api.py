@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.exc import IntegrityError
 
 from services.capture import forms, service
-from services.capture.forms import Form
+from services.capture.forms import Form, form_body_openapi
 from services.capture.schemas import Accepted, LeadIn
 from shared.errors import PROBLEM_JSON, ProblemError
 from shared.runtime import Runtime, runtime_of
@@ -134,9 +134,12 @@ async def form_preflight(form_id: str, request: Request, runtime: Runtime) -> Re
     ),
     responses=ERRORS | {
         202: {"description": "Accepted (with `Accept: application/json`)", "model": Accepted},
-        303: {"description": "Accepted; redirect to the thank-you URL"},
+        303: {"description": "Accepted (a browser's post): no body, the form's thank-you URL in `Location`",
+              "headers": {"Location": {"description": "The form's `thank_you_url`", "schema": {"type": "string"}}}},
         404: {"description": "Unknown form", **PROBLEM},
     },
+    response_class=Response,  # the 303 has no body; the 202 is documented above
+    openapi_extra=form_body_openapi(),
 )
 async def post_form_submission(form_id: str, request: Request, runtime: Runtime) -> Response:
     # every request counts against its address; only a well-formed submission (a lead or

@@ -166,3 +166,16 @@ def cors_headers(form: Form, origin: str | None) -> dict[str, str]:
     if origin and form.allows(origin):
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     return {"Vary": "Origin"}
+
+
+def form_body_openapi() -> dict[str, Any]:
+    """``openapi_extra`` of the form post: the flat HTML-form body it reads (no JSON body)."""
+    names = [n for n in LeadIn.model_fields if n not in ("utm", "consent", "fields")] + [*FLAT_UTM, *FLAT_CONSENT]
+    properties: dict[str, Any] = {name: {"type": "string"} for name in names}
+    properties["consent_marketing"]["description"] = "`on`, `yes`, `1` or `true` (a checked box) for consent"
+    schema = {
+        "type": "object", "required": ["email"], "properties": properties,
+        "additionalProperties": {"type": "string", "description": "Any other input: a custom field (`fields`)"},
+    }
+    return {"requestBody": {"required": True, "content": {
+        "application/x-www-form-urlencoded": {"schema": schema}, "multipart/form-data": {"schema": schema}}}}

@@ -18,6 +18,9 @@ SIGNATURE_HEADER = "Leadstream-Signature"
 TOLERANCE_S = 300
 SECRET_PREFIX = "whsec_"
 INTEGRATION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# what a sender may put in the header: ASCII digits for the time, 64 hex digits per HMAC
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class SignatureError(ValueError):
@@ -39,7 +42,12 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
 
 
 def parse_header(header: str | None) -> tuple[int, list[str]]:
-    """``(timestamp, [v1 signatures])``; ``SignatureError`` if absent or malformed."""
+    """``(timestamp, [v1 signatures])``; ``SignatureError`` if absent or malformed.
+
+    Every value is checked for its shape before anything is compared: a timestamp is ASCII
+    digits (``int()`` would take other scripts' digits, a sign and spaces) and a ``v1`` is 64
+    hex digits (``hmac.compare_digest`` refuses non-ASCII text with a ``TypeError``); a ``v1`` of
+    another shape can match nothing and is dropped, so a header with no well-formed one is refused."""
     if not header or not header.strip():
         raise SignatureError(f"The {SIGNATURE_HEADER} header is missing.")
     timestamp: int | None = None
@@ -48,13 +56,15 @@ def parse_header(header: str | None) -> tuple[int, list[str]]:
         name, sep, value = part.strip().partition("=")
         if not sep:
             continue
+        value = value.strip()
         if name == "t":
-            try:
-                timestamp = int(value)
-            except ValueError:
-                raise SignatureError(f"The {SIGNATURE_HEADER} timestamp is not a unix time.") from None
+            if not _TIMESTAMP.fullmatch(value):
+                raise SignatureError(f"The {SIGNATURE_HEADER} timestamp is not a unix time.")
+            timestamp = int(value)
         elif name == "v1":
-            candidates.append(value.strip().lower())
+            value = value.lower()
+            if _HEX_SHA256.fullmatch(value):
+                candidates.append(value)
     if timestamp is None or not candidates:
         raise SignatureError(f"The {SIGNATURE_HEADER} header must be 't=<unix time>,v1=<hex>'.")
     return timestamp, candidates

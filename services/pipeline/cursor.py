@@ -42,7 +42,7 @@ def decode_cursor(cursor: str, kind: str, order: str) -> Position:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         made_for, made_order, at, row_id = orjson.loads(raw)
         when = as_utc(datetime.fromisoformat(at))
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+    except (binascii.Error, ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise BadCursor("not a cursor this API issued") from None
     if made_for != kind or not isinstance(row_id, str) or not row_id:
         raise BadCursor(f"not a cursor of the {kind} list")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -26,17 +26,27 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+_LAST_DAY = date.max - timedelta(days=1)  # a date bound covers its whole day: the next one must exist
+
+
 def _when(value: Any) -> Any:
-    """A day (``2025-03-31``, the whole day) or an ISO 8601 date-time (naive means UTC)."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    try:
-        if _DAY.match(text):
-            return date.fromisoformat(text)
-        return _utc(datetime.fromisoformat(text))
-    except ValueError:
-        raise ValueError("expected a date (2025-03-31) or an ISO 8601 date-time (2025-03-31T12:00:00Z)") from None
+    """A day (``2025-03-31``, the whole day) or an ISO 8601 date-time (naive means UTC), one
+    that a bound can hold: days up to 9999-12-30 and instants that exist in UTC (``OverflowError``
+    from ``9999-12-31T23:59:59-23:59`` or ``9999-12-31`` plus a day would be a 500)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = date.fromisoformat(text) if _DAY.match(text) else datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError("expected a date (2025-03-31) or an ISO 8601 date-time (2025-03-31T12:00:00Z)") from None
+    if isinstance(value, datetime):
+        try:
+            return _utc(value)
+        except OverflowError:
+            raise ValueError("the time is out of range once converted to UTC") from None
+    if isinstance(value, date) and value > _LAST_DAY:
+        raise ValueError(f"a date must be {_LAST_DAY.isoformat()} or earlier")
+    return value
 
 
 def _split(value: Any) -> Any:

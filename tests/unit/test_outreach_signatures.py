@@ -59,7 +59,21 @@ def test_within_tolerance_rotation_and_several_signatures():
     new = sign("whsec_new", BODY, NOW).split("v1=")[1].upper()
     header = f"t={NOW}, v1=deadbeef, v1={new}"
     assert verify(header, BODY, ["whsec_new"], now=NOW)
-    assert parse_header(header) == (NOW, ["deadbeef", new.lower()])
+    assert parse_header(header) == (NOW, [new.lower()])  # a v1 that is not 64 hex digits can match nothing
+
+
+VALID = sign(SECRET, BODY, NOW).split("v1=")[1]
+
+
+@pytest.mark.parametrize("header", [
+    "v1=é", f"t={NOW},v1=é", f"t={NOW},v1={'é' * 64}", f"t={NOW},v1={VALID[:-1]}é", f"t={NOW},v1={VALID}0",
+    f"t={NOW},v1=zz", f"t=١٨٠٠٠٠٠٠٠٠,v1={VALID}", f"t=+{NOW},v1={VALID}", f"t= {NOW}_0,v1={VALID}",
+    f"t={NOW}é,v1={VALID}", f"t={'9' * 40},v1={VALID}",
+])
+def test_malformed_values_are_refused_before_any_comparison(header):
+    """Non-ASCII text would make ``hmac.compare_digest`` raise ``TypeError`` (a 500 before)."""
+    with pytest.raises(SignatureError, match="unix time|must be"):
+        verify(header, BODY, [SECRET], now=NOW)
 
 
 @given(body=st.binary(max_size=2000), flip=st.integers(min_value=0))
