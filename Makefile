@@ -22,8 +22,9 @@ lock: $(UV)
 migrate: install
 	$(VENV)/bin/leadstream migrate
 
+# development defaults: plain http on localhost, so the dashboard's cookie cannot be Secure
 run: install
-	$(VENV)/bin/leadstream run
+	LEADSTREAM_DASHBOARD_SECURE_COOKIE=$${LEADSTREAM_DASHBOARD_SECURE_COOKIE:-false} $(VENV)/bin/leadstream run
 
 # Debian's Chromium for the dashboard's browser tests (skipped, not failed, if it cannot be installed)
 browser:

@@ -214,5 +214,17 @@ class PipelineApiKey(ApiKeyMixin, StoreBase):
     __tablename__ = "pipeline_api_keys"
 
 
+class DashboardSession(StoreBase):
+    """A browser signed in to the dashboard; signing out deletes its row (see services/pipeline/sessions.py)."""
+
+    __tablename__ = "dashboard_sessions"
+
+    # SHA-256 of the cookie's random token: a copy of the store cannot be replayed as a cookie
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(36), ForeignKey("pipeline_api_keys.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class PipelineOutbox(OutboxMixin, StoreBase):
     __tablename__ = "pipeline_outbox"

@@ -88,9 +88,14 @@ class Settings(BaseSettings):
     dependency_thresholds_campaign: float = 0.3
     dependency_thresholds_motion: float = 0.8
 
-    # signs dashboard sessions; set it when several pipeline processes serve the dashboard
-    dashboard_secret: str | None = None
-    dashboard_session_hours: float = 12.0
+    # dashboard sessions live in the pipeline store (any pipeline process serves them)
+    dashboard_session_hours: float = Field(12.0, gt=0)
+    # the session cookie is Secure (sent over https only) even when a TLS-terminating proxy
+    # forwards plain http; only `make run` (plain http on localhost) turns it off
+    dashboard_secure_cookie: bool = True
+    # Host header values the services answer (comma-separated; `*.example.com` for subdomains,
+    # `*` for any); others are 400. /healthz, /readyz and /metrics answer any Host (probes).
+    trusted_hosts: str = "*"
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -25,7 +25,7 @@ class PipelineRuntime(ServiceRuntime):
             campaign=settings.dependency_thresholds_campaign,
             motion=settings.dependency_thresholds_motion,
         )
-        self.sessions = Sessions(settings.dashboard_secret, settings.dashboard_session_hours)
+        self.sessions = Sessions(settings.dashboard_session_hours, settings.dashboard_secure_cookie)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

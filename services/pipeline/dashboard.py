@@ -1,22 +1,19 @@
 """The sources dashboard: server-rendered HTML over the same service functions as the API.
 
-Sign-in takes a pipeline API key once and sets an HttpOnly, SameSite=Strict cookie that
-holds only the key's id, an expiry and an HMAC (the key itself is never stored in the
-browser); every page checks that the key still exists and is not revoked. Pages carry a
-strict Content-Security-Policy (no script at all, styles only from ``/dashboard/static``)
-and ``Cache-Control: no-store``.
+Sign-in takes a pipeline API key once and sets an HttpOnly, SameSite=Strict, Secure cookie
+holding only a random session token (the key itself is never stored in the browser); the
+session lives in the pipeline store (``services/pipeline/sessions.py``), so signing out or
+revoking the key ends it at once. Sign-in and sign-out refuse cross-site requests (login
+CSRF). Pages carry a strict Content-Security-Policy (no script at all, styles only from
+``/dashboard/static``) and ``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import secrets
-import time
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -24,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
-from services.pipeline import repository, service
+from services.pipeline import repository, service, sessions
 from services.pipeline.charts import bar_chart, stacked_columns, top_series, weekly_series
 from services.pipeline.schemas import SourcesQuery
 from shared.auth import Principal
@@ -65,40 +62,78 @@ def _reasons(score) -> list[dict]:  # noqa: ANN001
 
 
 class Sessions:
-    """Stateless signed sessions: ``key_id.expiry.mac``."""
+    """How the dashboard's sessions are kept: their lifetime and the cookie's flags."""
 
-    def __init__(self, secret: str | None, hours: float) -> None:
-        self.secret = (secret or secrets.token_urlsafe(32)).encode()
-        self.seconds = int(hours * 3600)
+    def __init__(self, hours: float, secure_cookie: bool) -> None:
+        self.lifetime = timedelta(hours=hours)
+        self.seconds = int(self.lifetime.total_seconds())
+        self.secure_cookie = secure_cookie
 
-    def issue(self, key_id: str) -> str:
-        expiry = str(int(time.time()) + self.seconds)
-        return f"{key_id}.{expiry}.{self._mac(key_id, expiry)}"
+    def cookie_flags(self, request: Request) -> dict:
+        # Secure unless turned off for plain-http development (make run); https is always Secure
+        secure = self.secure_cookie or request.url.scheme == "https"
+        return {"httponly": True, "samesite": "strict", "secure": secure, "path": "/dashboard"}
 
-    def key_id(self, token: str | None) -> str | None:
-        try:
-            key_id, expiry, mac = (token or "").split(".")
-        except ValueError:
-            return None
-        if not hmac.compare_digest(mac, self._mac(key_id, expiry)) or int(expiry) < time.time():
-            return None
-        return key_id
 
-    def _mac(self, key_id: str, expiry: str) -> str:
-        digest = hmac.new(self.secret, f"{key_id}.{expiry}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 async def _signed_in(request: Request, runtime) -> Principal | None:  # noqa: ANN001
-    key_id = runtime.sessions.key_id(request.cookies.get(COOKIE))
-    if key_id is None:
-        return None
-    principal = await runtime.auth.by_id(key_id)
+    async with runtime.db.reader() as session:
+        principal = await sessions.principal_of(session, request.cookies.get(COOKIE), _now())
     return principal if principal and "pipeline" in principal.scopes else None
 
 
 def _sign_in_page(request: Request, error: str | None = None, status: int = 200) -> HTMLResponse:
     return _page(request, "sign_in.html", {"error": error}, status)
+
+
+def _session_ended(request: Request, runtime) -> HTMLResponse:  # noqa: ANN001
+    """A cookie that opens no session (signed out, expired, revoked key, malformed): 401, cleared."""
+    response = _sign_in_page(request, "Your session has ended; sign in again.", status=401)
+    response.delete_cookie(COOKIE, **runtime.sessions.cookie_flags(request))
+    return response
+
+
+def _cross_site(request: Request) -> bool:
+    """True for a request another site made the browser send (login CSRF).
+
+    Fetch Metadata first: browsers send ``Sec-Fetch-Site`` and a page cannot set it; only
+    ``same-origin`` and ``none`` (typed by the user) pass. Without it, an ``Origin`` must name
+    this host (as the browser sent it in ``Host``). A request with neither is not a browser's
+    (curl, scripts) and passes, as in Go's ``http.CrossOriginProtection``."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site.lower() not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return True
+    return origin == "null" or not netloc or netloc.lower() != request.headers.get("host", "").lower()
+
+
+CROSS_SITE = "Refused: a cross-site request cannot sign in or out. Open the dashboard and use its form."
+
+
+def _dates(from_text: str | None, to_text: str | None) -> tuple[date | None, date | None]:
+    """The filter's dates; ``ValueError`` saying which one is wrong. A browser form sends empty
+    fields: they mean "no bound". The bounds are the API's (``SourcesQuery``)."""
+    values = {}
+    for name, text in (("from", from_text), ("to", to_text)):
+        try:
+            values[name] = date.fromisoformat(text) if text else None
+        except ValueError:
+            raise ValueError(f"Dates are YYYY-MM-DD ({name}).") from None
+    try:
+        SourcesQuery.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        raise ValueError(f"Check the dates ({error['loc'][0]}): {error['msg'].removeprefix('Value error, ')}.") from None
+    return values["from"], values["to"]
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
@@ -111,21 +146,16 @@ async def dashboard(
 ) -> HTMLResponse:
     principal = await _signed_in(request, runtime)
     if principal is None:
-        return _sign_in_page(request)
-    # a browser form sends empty fields: they mean "no bound"; a bad date is said on the page
+        return _session_ended(request, runtime) if COOKIE in request.cookies else _sign_in_page(request)
     try:
-        from_ = date.fromisoformat(from_text) if from_text else None
-        to = date.fromisoformat(to_text) if to_text else None
-    except ValueError:
+        from_, to = _dates(from_text, to_text)
+    except ValueError as exc:
         return _page(request, "dashboard.html", {
-            "principal": principal, "error": "Dates are YYYY-MM-DD.", "motions": MOTIONS,
+            "principal": principal, "error": str(exc), "motions": MOTIONS,
             "filters": {"from": from_text, "to": to_text, "motion": motion}}, 422)
     motions = [motion] if motion in MOTIONS else None
-    try:
-        by = {g: SourcesQuery(**{"from": from_, "to": to, "group_by": g, "motion": motions})
-              for g in ("motion", "channel", "campaign")}
-    except ValidationError:
-        by = {g: SourcesQuery(group_by=g) for g in ("motion", "channel", "campaign")}
+    by = {g: SourcesQuery(**{"from": from_, "to": to, "group_by": g, "motion": motions})
+          for g in ("motion", "channel", "campaign")}
     try:
         async with runtime.db.reader() as session:
             figures = {g: await service.source_analytics(session, q, runtime.thresholds) for g, q in by.items()}
@@ -180,18 +210,25 @@ async def dashboard(
 async def sign_in(
     request: Request, runtime: Runtime, api_key: Annotated[str, Form(max_length=200)] = ""
 ) -> HTMLResponse:
+    if _cross_site(request):
+        return _sign_in_page(request, CROSS_SITE, status=403)
     try:
         principal = await runtime.auth.verify(api_key.strip(), "pipeline")
     except ProblemError as exc:
         return _sign_in_page(request, exc.detail, status=exc.status)
+    async with runtime.db.unit_of_work() as session:
+        token = await sessions.open_session(session, principal.key_id, _now(), runtime.sessions.lifetime)
     response = RedirectResponse("/dashboard", status_code=303)
-    response.set_cookie(COOKIE, runtime.sessions.issue(principal.key_id), max_age=runtime.sessions.seconds,
-                        httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/dashboard")
+    response.set_cookie(COOKIE, token, max_age=runtime.sessions.seconds, **runtime.sessions.cookie_flags(request))
     return response
 
 
 @router.post("/dashboard/sign-out")
-async def sign_out() -> RedirectResponse:
+async def sign_out(request: Request, runtime: Runtime) -> HTMLResponse:
+    if _cross_site(request):
+        return _sign_in_page(request, CROSS_SITE, status=403)
+    async with runtime.db.unit_of_work() as session:
+        await sessions.close_session(session, request.cookies.get(COOKIE))
     response = RedirectResponse("/dashboard", status_code=303)
-    response.delete_cookie(COOKIE, path="/dashboard")
+    response.delete_cookie(COOKIE, **runtime.sessions.cookie_flags(request))
     return response

@@ -10,13 +10,23 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, case, cast, func, or_, select
+from sqlalchemy import Float, Integer, and_, case, cast, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from pipeline_store.models import Account, Contact, Opportunity, Score, StageChange, Touch, TransitionRequest
+from pipeline_store.models import (
+    Account,
+    Contact,
+    DashboardSession,
+    Opportunity,
+    PipelineApiKey,
+    Score,
+    StageChange,
+    Touch,
+    TransitionRequest,
+)
 from services.pipeline.cursor import Position
 
 C, O = Contact, Opportunity  # noqa: E741 - short aliases for the queries below
@@ -481,3 +491,29 @@ async def qualifying_scores(session: AsyncSession, opportunities: Sequence[Oppor
         if before:
             out[opp.id] = before[-1]
     return out
+
+
+# ---- dashboard sessions ------------------------------------------------------------------
+
+
+def add_dashboard_session(session: AsyncSession, session_id: str, key_id: str, now: datetime, expires_at: datetime) -> None:
+    session.add(DashboardSession(id=session_id, key_id=key_id, created_at=now, expires_at=expires_at))
+
+
+async def delete_expired_dashboard_sessions(session: AsyncSession, now: datetime) -> None:
+    await session.execute(delete(DashboardSession).where(DashboardSession.expires_at <= now))
+
+
+async def delete_dashboard_session(session: AsyncSession, session_id: str) -> None:
+    await session.execute(delete(DashboardSession).where(DashboardSession.id == session_id))
+
+
+async def dashboard_session_key(session: AsyncSession, session_id: str, now: datetime) -> PipelineApiKey | None:
+    """The key a live session signed in with, if the session has not expired and the key is not revoked."""
+    stmt = (
+        select(PipelineApiKey)
+        .join(DashboardSession, DashboardSession.key_id == PipelineApiKey.id)
+        .where(DashboardSession.id == session_id, DashboardSession.expires_at > now,
+               PipelineApiKey.revoked_at.is_(None))
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
