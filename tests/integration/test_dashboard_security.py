@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select, update
 
+from pipeline_store.models import DashboardSession, PipelineApiKey
 from services.pipeline.app import create_app
 from services.pipeline.dashboard import COOKIE
-from pipeline_store.models import DashboardSession, PipelineApiKey
 from tests.integration.test_pipeline_api import add_key, pipeline  # noqa: F401 - fixture
 from tests.support import make_settings, serve_app
 
