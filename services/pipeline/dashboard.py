@@ -132,7 +132,8 @@ def _dates(from_text: str | None, to_text: str | None) -> tuple[date | None, dat
         SourcesQuery.model_validate(values)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        raise ValueError(f"Check the dates ({error['loc'][0]}): {error['msg'].removeprefix('Value error, ')}.") from None
+        message = error["msg"].removeprefix("Value error, ")
+        raise ValueError(f"Check the dates ({error['loc'][0]}): {message}.") from None
     return values["from"], values["to"]
 
 

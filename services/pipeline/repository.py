@@ -496,7 +496,9 @@ async def qualifying_scores(session: AsyncSession, opportunities: Sequence[Oppor
 # ---- dashboard sessions ------------------------------------------------------------------
 
 
-def add_dashboard_session(session: AsyncSession, session_id: str, key_id: str, now: datetime, expires_at: datetime) -> None:
+def add_dashboard_session(
+    session: AsyncSession, session_id: str, key_id: str, now: datetime, expires_at: datetime
+) -> None:
     session.add(DashboardSession(id=session_id, key_id=key_id, created_at=now, expires_at=expires_at))
 
 

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def hang_up_mid_body(port: int, path: str, headers: dict[str, str], part: bytes) -> None:
-    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 1000", *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Length: 1000",
+             *(f"{k}: {v}" for k, v in headers.items())]
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + part)
 
