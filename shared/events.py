@@ -13,10 +13,10 @@ import re
 import time
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
 
 CONTENT_TYPE = "application/cloudevents+json"
 
@@ -230,6 +230,11 @@ class OpportunityQualified(_Data):
     caused_by: list[str] = Field(default_factory=list)
 
 
+# A money amount read as a decimal (a JSON number or, as v1 events before 2026-12 carried it, a
+# string) and written as a JSON number, as the REST API answers it.
+Amount = Annotated[Decimal, PlainSerializer(float, return_type=float, when_used="json")]
+
+
 class StageChanged(_Data):
     contact_id: str
     email: str
@@ -237,7 +242,9 @@ class StageChanged(_Data):
     from_stage: Stage | None = None
     to_stage: Stage
     reason: str | None = None
-    amount: Decimal | None = None
+    # with its ISO 4217 currency (the opportunity's), present together
+    amount: Amount | None = None
+    currency: str | None = None
     changed_by: str
     policy_version: str | None = None
     cause_event_id: str | None = None

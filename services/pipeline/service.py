@@ -289,7 +289,8 @@ async def transition(
 
     data = StageChanged(
         contact_id=contact.id, email=contact.email, opportunity_id=opp.id, from_stage=from_stage, to_stage=body.to,
-        reason=body.reason or None, amount=body.amount, changed_by=principal.name, changed_at=now,
+        reason=body.reason or None, amount=body.amount, currency=opp.currency if body.amount is not None else None,
+        changed_by=principal.name, changed_at=now,
     )
     event = make_event(STAGE_CHANGED, data, source=SOURCE, subject=contact.email, time=now)
     change = StageChange(
