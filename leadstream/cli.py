@@ -190,6 +190,36 @@ def topics_create(
 
 
 
+@topics_app.command("read")
+def topics_read(
+    topic: Annotated[str, typer.Argument(help="leads.captured, outreach.touches, opportunities.qualified, "
+                                              "pipeline.changes, or one of their .dlq")],
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="the last N messages")] = 10,
+    timeout: Annotated[float, typer.Option(help="seconds to give up after")] = 30.0,
+) -> None:
+    """Print the last messages of a topic, oldest first: partition/offset, key, then the CloudEvent.
+
+    Reads without a consumer group, so no consumer's position moves.
+    """
+    from shared.events import ALL_TOPICS
+    from shared.kafka import read_latest
+
+    if topic not in ALL_TOPICS:
+        raise typer.BadParameter(f"unknown topic {topic!r}; one of {', '.join(ALL_TOPICS)}", param_hint="TOPIC")
+    settings = get_settings()
+    try:
+        records = asyncio.run(read_latest(settings, topic, limit, timeout=timeout))
+    except Exception as exc:  # noqa: BLE001 - unreachable broker, timeout: say so, exit 1
+        typer.echo(f"could not read {topic} from {settings.kafka_bootstrap_servers}: {exc!r}", err=True)
+        raise typer.Exit(1) from exc
+    for r in records:
+        key = r.key.decode(errors="replace") if r.key is not None else ""
+        value = r.value.decode(errors="replace") if r.value is not None else ""
+        typer.echo(f"{r.partition}/{r.offset} {key} {value}")
+    if not records:
+        typer.echo(f"{topic} is empty", err=True)
+
+
 # ---- replay and rescore (qualification) ------------------------------------------------
 
 

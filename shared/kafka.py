@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from collections import deque
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -252,6 +254,49 @@ def create_consumer(
     return consumer
 
 
+async def read_latest(settings: Settings, topic: str, limit: int, *, timeout: float = 30.0) -> list[ConsumerRecord]:
+    """The last ``limit`` messages of ``topic`` over all its partitions, oldest first.
+
+    Reads without a consumer group (nothing is committed, no group's position moves) from the
+    beginning of each partition until it has caught up with the fetches' high watermark, or
+    has seen nothing new for a second (``end_offsets`` can answer too low on the embedded
+    broker: see BROKER.md), keeping only the last ``limit`` of each partition.
+    ``TimeoutError`` if that takes more than ``timeout`` seconds.
+    """
+    consumer = AIOKafkaConsumer(
+        group_id=None, enable_auto_commit=False, request_timeout_ms=settings.kafka_request_timeout_ms,
+        **connection_options(settings),
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches the cluster's metadata (creates nothing)
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        kept: dict[TopicPartition, deque[ConsumerRecord]] = {tp: deque(maxlen=limit) for tp in partitions}
+        deadline, quiet = time.monotonic() + timeout, 0
+        while True:
+            batch = await consumer.getmany(*partitions, timeout_ms=500)
+            for tp, records in batch.items():
+                kept[tp].extend(records)
+            quiet = 0 if batch else quiet + 1
+            caught_up = True
+            for tp in partitions:
+                highwater = consumer.highwater(tp)
+                caught_up = caught_up and highwater is not None and await consumer.position(tp) >= highwater
+            if (caught_up and not batch) or quiet >= 2:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} took more than {timeout} s")
+    finally:
+        await consumer.stop()
+    merged = sorted((r for records in kept.values() for r in records),
+                    key=lambda r: (r.timestamp, r.partition, r.offset))
+    return merged[-limit:]
+
+
 __all__ = [
     "ConsumerRebalanceListener",
     "KafkaGateway",
@@ -259,5 +304,6 @@ __all__ = [
     "create_consumer",
     "describe_topics",
     "ensure_topics",
+    "read_latest",
     "topic_configs",
 ]

@@ -87,3 +87,66 @@ async def test_bad_settings_fail_before_connecting():
     )
     assert done.returncode != 0
     assert "LEADSTREAM_KAFKA_SASL_USERNAME" in done.stderr
+
+
+# ---- topics read: where a newcomer sees the first lead's event -------------------------------
+
+
+def topics_read(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LEADSTREAM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "leadstream.cli", "topics", "read", *args],
+        env={**clean, "LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+        capture_output=True, text=True, timeout=90, cwd=ROOT,
+    )
+
+
+async def test_read_prints_the_last_messages_oldest_first_and_moves_no_group(empty_broker):
+    from aiokafka import AIOKafkaProducer
+
+    from shared.kafka import ensure_topics
+    from shared.settings import Settings
+
+    await ensure_topics(Settings(kafka_bootstrap_servers=empty_broker.bootstrap))
+    producer = AIOKafkaProducer(bootstrap_servers=empty_broker.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for n in range(3):  # one key: one partition, so the order is the offsets'
+            await producer.send_and_wait(LEADS_CAPTURED, key=b"ada@example.com", value=b'{"n": %d}' % n)
+    finally:
+        await producer.stop()
+
+    last_two = await asyncio.to_thread(topics_read, empty_broker.bootstrap, LEADS_CAPTURED, "--limit", "2")
+    assert last_two.returncode == 0, last_two.stderr
+    lines = last_two.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ['ada@example.com {"n": 1}', 'ada@example.com {"n": 2}']
+    partition, offset = lines[0].split(" ")[0].split("/")
+    assert int(partition) in range(4) and offset == "1"
+
+    # read again: the same answer (no group, nothing committed); a larger limit: all three
+    everything = await asyncio.to_thread(topics_read, empty_broker.bootstrap, LEADS_CAPTURED, "--limit", "50")
+    assert [line.rsplit(" ", 1)[1] for line in everything.stdout.splitlines()] == ["0}", "1}", "2}"]
+
+
+async def test_read_an_empty_topic_says_so(empty_broker):
+    from shared.kafka import ensure_topics
+    from shared.settings import Settings
+
+    await ensure_topics(Settings(kafka_bootstrap_servers=empty_broker.bootstrap))
+    done = await asyncio.to_thread(topics_read, empty_broker.bootstrap, dlq_topic(LEADS_CAPTURED))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "" and f"{dlq_topic(LEADS_CAPTURED)} is empty" in done.stderr
+
+
+@pytest.mark.parametrize("args", [("no.such.topic",), (LEADS_CAPTURED, "--limit", "0"), ()])
+async def test_read_refuses_bad_arguments(broker, args):
+    done = await asyncio.to_thread(topics_read, broker.bootstrap, *args)
+    assert done.returncode == 2, done.stdout
+    assert "no.such.topic" not in done.stdout
+
+
+async def test_read_from_an_unreachable_broker_fails_with_the_address():
+    address = f"127.0.0.1:{free_port()}"
+    done = await asyncio.to_thread(topics_read, address, LEADS_CAPTURED, "--timeout", "5")
+    assert done.returncode == 1
+    assert f"could not read {LEADS_CAPTURED} from {address}" in done.stderr
