@@ -246,9 +246,10 @@ def test_email_verdict_by_domain_matches_the_whole_check_on_any_text(text, suffi
     assert _email_problem.__wrapped__(address) == _address_problem(address)
 
 
-def test_readme_configuration_names_every_setting():
-    """Every ``Settings`` field is a row of README's Configuration table, by its full name."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Configuration"):readme.index("## Measured")]
+def test_operations_configuration_names_every_setting():
+    """Every ``Settings`` field is a row of docs/operations.md's Configuration table, by its full name."""
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    start = operations.index("## Configuration")
+    section = operations[start:operations.index("\n## ", start)]
     missing = [name for name in Settings.model_fields if f"`LEADSTREAM_{name.upper()}`" not in section]
-    assert not missing, f"README's Configuration table lacks {missing}"
+    assert not missing, f"docs/operations.md's Configuration table lacks {missing}"
