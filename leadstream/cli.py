@@ -131,7 +131,8 @@ app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(webhooks_app, name="webhooks")
 
 
-topics_app = typer.Typer(help="Kafka topics: create them with the configured partitions, replication and retention.")
+topics_app = typer.Typer(help="Kafka topics: create them with the configured partitions, replication and "
+                               "retention; read their last messages.")
 app.add_typer(topics_app, name="topics")
 
 
