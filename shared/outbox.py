@@ -159,10 +159,10 @@ class OutboxRelay:
         self._metrics_at = 0.0
         self._scanned_at = 0.0
         self.published = 0
-        self.fresh: FreshRows | None = None
-        if db.batch_writer is not None:
-            self.fresh = FreshRows(limit=4 * settings.outbox_batch_size)
-            db.listen(self.table, self.fresh)
+        # told of each row committed, where the database's write path knows them (a SQLite
+        # file's group commit); elsewhere memory stays empty and the table is read
+        self.fresh: FreshRows | None = FreshRows(limit=4 * settings.outbox_batch_size)
+        db.listen(self.table, self.fresh)
 
     def wake(self) -> None:
         """Tell the relay a commit added rows (saves the poll interval)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -15,7 +16,7 @@ from pipeline_store.models import Account, Contact, Opportunity, Score, StageCha
 from services.qualification.domain import attribution
 from shared.db import (
     WriteConflict, before_inserts, check_before_write, in_chunks, insert_many, insert_missing, is_unique_violation,
-    stage_insert, update_many,
+    stage_insert, staging_of, update_many,
 )
 
 # A batch of events is applied in one transaction. Contacts and accounts are read and written
@@ -72,12 +73,23 @@ def utc(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
-def _cache(session: AsyncSession, name: str) -> dict:
-    return session.info.setdefault(_key(name), {})
+@dataclass(eq=False, slots=True)
+class _Batch:
+    """What this transaction read and changed, kept with its unit of work's staging
+    (``shared.db.Staging.state``): the caches keep what was added visible meanwhile; ``held``
+    and ``account_changes`` are written back at commit (``None``: nothing to write)."""
+
+    contacts: dict[str, ContactRecord | None] = field(default_factory=dict)
+    timelines: dict[str, Timeline] = field(default_factory=dict)
+    opportunities: dict[str, str | None] = field(default_factory=dict)
+    entered: dict[tuple[str, str], datetime | None] = field(default_factory=dict)
+    accounts: dict[str, AccountRecord | None] = field(default_factory=dict)
+    held: dict[tuple[str, Any], Record] | None = None
+    account_changes: dict[str, tuple[AccountRecord, list[Callable[[AccountRecord], None]]]] | None = None
 
 
-def _key(name: str) -> str:
-    return f"qualification.{name}"
+def _batch(session: AsyncSession) -> _Batch:
+    return staging_of(session).state(_Batch)
 
 
 class Record:
@@ -173,12 +185,12 @@ def _accounts_for_update(condition):  # noqa: ANN001, ANN202
 
 def _held(session: AsyncSession) -> dict[str, Record]:
     """Every record of this transaction by (table, key), written back at commit."""
-    held = session.info.get(_key("held"))
-    if held is None:
-        held = session.info[_key("held")] = {}
-        before_inserts(session, _key("records"), _write_records)
-        check_before_write(session, _key("contacts"), _check_contacts)
-    return held
+    batch = _batch(session)
+    if batch.held is None:
+        batch.held = {}
+        before_inserts(session, "qualification.records", _write_records)
+        check_before_write(session, "qualification.contacts", _check_contacts)
+    return batch.held
 
 
 async def _check_contacts(writer: AsyncSession) -> None:
@@ -186,13 +198,14 @@ async def _check_contacts(writer: AsyncSession) -> None:
     every contact it read is as it was read, and none it creates exists. Every fact about a
     contact (a touch, a stage move by sales or by a re-score) changes its row, so an unchanged
     row also means an unchanged timeline, stage history and opportunity."""
-    found = [r for r in writer.info.get(_key("contacts"), {}).values() if r is not None and r.loaded is not None]
+    batch = _batch(writer)
+    found = [r for r in batch.contacts.values() if r is not None and r.loaded is not None]
     for chunk in in_chunks(found):
         rows = (await writer.execute(select(*_CONTACT_COLUMNS).where(_CONTACTS.c.id.in_([r.id for r in chunk])))).all()
         current = {row[0]: tuple(row) for row in rows}
         if any(current.get(r.id) != r.loaded for r in chunk):
             raise WriteConflict("contacts of the batch changed since its snapshot")
-    new = [r.email for r in writer.info.get(_key("held"), {}).values() if isinstance(r, ContactRecord) and r.new]
+    new = [r.email for r in (batch.held or {}).values() if isinstance(r, ContactRecord) and r.new]
     for chunk in in_chunks(new):
         if (await writer.execute(select(_CONTACTS.c.id).where(_CONTACTS.c.email.in_(chunk)).limit(1))).first():
             raise WriteConflict("contacts the batch creates were created since its snapshot")
@@ -209,7 +222,8 @@ async def _write_records(session: AsyncSession) -> None:
     """Before the staged inserts (which refer to contacts): the accounts the batch changed
     (``_write_accounts``), new contacts in one INSERT, and the contacts read and changed in
     one executemany UPDATE."""
-    held = session.info.pop(_key("held"), {})
+    batch = _batch(session)
+    held, batch.held = batch.held or {}, None
     await _write_accounts(session)
     new_contacts = [r.values() for r in held.values() if isinstance(r, ContactRecord) and r.new]
     if new_contacts:
@@ -255,11 +269,11 @@ async def _update_changed(session: AsyncSession, cls: type[Record], updatable: f
 
 
 def _account_changes(session: AsyncSession) -> dict[str, tuple[AccountRecord, list[Callable[[AccountRecord], None]]]]:
-    changes = session.info.get(_key("account_changes"))
-    if changes is None:
-        changes = session.info[_key("account_changes")] = {}
-        before_inserts(session, _key("records"), _write_records)  # the write-back at commit
-    return changes
+    batch = _batch(session)
+    if batch.account_changes is None:
+        batch.account_changes = {}
+        before_inserts(session, "qualification.records", _write_records)  # the write-back at commit
+    return batch.account_changes
 
 
 def change_account(session: AsyncSession, account: AccountRecord, change: Callable[[AccountRecord], None]) -> None:
@@ -271,7 +285,8 @@ def change_account(session: AsyncSession, account: AccountRecord, change: Callab
 
 
 async def _write_accounts(session: AsyncSession) -> None:
-    changes = session.info.pop(_key("account_changes"), {})
+    batch = _batch(session)
+    changes, batch.account_changes = batch.account_changes or {}, None
     if not changes:
         return
     domains = sorted(changes)
@@ -291,7 +306,7 @@ async def _write_accounts(session: AsyncSession) -> None:
 
 
 async def contact_by_email(session: AsyncSession, email: str) -> ContactRecord | None:
-    cache = _cache(session, "contacts")
+    cache = _batch(session).contacts
     if email not in cache:
         row = (await session.execute(_contacts_for_update(_CONTACTS.c.email == email))).first()
         cache[email] = _hold(session, ContactRecord.from_row(row) if row is not None else None)
@@ -300,7 +315,7 @@ async def contact_by_email(session: AsyncSession, email: str) -> ContactRecord |
 
 async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -> None:
     """Load the contacts (with their timelines) and accounts a batch will touch, in a few queries."""
-    contacts = _cache(session, "contacts")
+    contacts = _batch(session).contacts
     wanted = sorted(e for e in emails if e not in contacts)
     ids: list[str] = []
     for chunk in in_chunks(wanted):
@@ -309,7 +324,7 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
         for email in chunk:
             contacts[email] = _hold(session, found.get(email))  # the record held if one already is
         ids += [c.id for c in found.values()]
-    timelines = _cache(session, "timelines")
+    timelines = _batch(session).timelines
     ids = [i for i in ids if i not in timelines]
     for chunk in in_chunks(ids):
         for contact_id in chunk:
@@ -319,7 +334,7 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
         )
         for touch in rows.all():
             timelines[touch[1]].add(touch)
-        opportunities = _cache(session, "opportunities")
+        opportunities = _batch(session).opportunities
         rows = await session.execute(
             select(Opportunity.contact_id, Opportunity.id).where(Opportunity.contact_id.in_(chunk))
             .order_by(Opportunity.qualified_at.desc())
@@ -328,7 +343,7 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
             opportunities.setdefault(contact_id, None)
         for contact_id, opportunity_id in rows:
             opportunities[contact_id] = opportunity_id  # ends on the earliest
-    entered = _cache(session, "entered")
+    entered = _batch(session).entered
     nurtured = [c.id for c in contacts.values() if c is not None and c.stage in _WATCHED_ENTRIES
                 and (c.id, c.stage) not in entered]
     for chunk in in_chunks(nurtured):
@@ -339,7 +354,7 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
         )
         for contact_id, stage, changed_at in rows:
             entered[(contact_id, stage)] = changed_at  # ends on the latest entry
-    accounts = _cache(session, "accounts")
+    accounts = _batch(session).accounts
     domains = [d for d in domains if d not in accounts]
     for chunk in in_chunks(domains):
         rows = (await session.execute(_accounts(_ACCOUNTS.c.domain.in_(chunk)))).all()
@@ -351,9 +366,9 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
 def add_contact(session: AsyncSession, contact: ContactRecord) -> None:
     contact.new = True
     _hold(session, contact)
-    _cache(session, "contacts")[contact.email] = contact
-    _cache(session, "timelines")[contact.id] = Timeline()
-    _cache(session, "opportunities")[contact.id] = None  # a new contact has none yet
+    _batch(session).contacts[contact.email] = contact
+    _batch(session).timelines[contact.id] = Timeline()
+    _batch(session).opportunities[contact.id] = None  # a new contact has none yet
 
 
 async def contact_by_id(session: AsyncSession, contact_id: str, *, lock: bool = False) -> ContactRecord | None:
@@ -371,7 +386,7 @@ async def contact_by_id(session: AsyncSession, contact_id: str, *, lock: bool = 
 async def account_by_domain(session: AsyncSession, domain: str) -> AccountRecord | None:
     """The account as this transaction knows it (read once, not held: see above), with the
     batch's changes; ``None`` if it was not stored when read and the batch made none."""
-    accounts = _cache(session, "accounts")
+    accounts = _batch(session).accounts
     if domain not in accounts:
         row = (await session.execute(_accounts(_ACCOUNTS.c.domain == domain))).first()
         accounts[domain] = AccountRecord.from_row(row) if row is not None else None
@@ -384,14 +399,14 @@ async def ensure_account(session: AsyncSession, domain: str, at: datetime) -> Ac
     account = await account_by_domain(session, domain)
     if account is None:
         account = AccountRecord(new=True, domain=domain, firmographics={}, created_at=at, updated_at=at)
-        _cache(session, "accounts")[domain] = account
+        _batch(session).accounts[domain] = account
         _account_changes(session)[domain] = (account, [])  # inserted even if nothing is merged
     return account
 
 
 async def timeline(session: AsyncSession, contact_id: str) -> Timeline:
     """Every fact about a contact (stored, and added in this transaction), without payloads."""
-    cache = _cache(session, "timelines")
+    cache = _batch(session).timelines
     if contact_id not in cache:
         rows = await session.execute(
             select(*_FACT_COLUMNS).where(_FACT_COLUMNS[1] == contact_id).order_by(_FACT_COLUMNS[-1], _FACT_COLUMNS[0])
@@ -415,12 +430,12 @@ def add_score(session: AsyncSession, row: dict[str, Any]) -> None:
 def add_stage_change(session: AsyncSession, row: dict[str, Any]) -> None:
     stage_insert(session, StageChange.__table__, row)
     if row["to_stage"] in _WATCHED_ENTRIES:
-        _cache(session, "entered")[(row["contact_id"], row["to_stage"])] = row["changed_at"]
+        _batch(session).entered[(row["contact_id"], row["to_stage"])] = row["changed_at"]
 
 
 async def opportunity_of(session: AsyncSession, contact_id: str) -> str | None:
     """The id of the contact's qualified opportunity (one per contact: qualification creates it once)."""
-    cache = _cache(session, "opportunities")
+    cache = _batch(session).opportunities
     if contact_id not in cache:
         cache[contact_id] = (
             await session.execute(
@@ -437,7 +452,7 @@ _OPPORTUNITY_FIELDS = {c.key: None for c in Opportunity.__table__.columns} | {"c
 
 def add_opportunity(session: AsyncSession, row: dict[str, Any]) -> None:
     stage_insert(session, Opportunity.__table__, _OPPORTUNITY_FIELDS | row)
-    _cache(session, "opportunities")[row["contact_id"]] = row["id"]
+    _batch(session).opportunities[row["contact_id"]] = row["id"]
 
 
 async def contact_ids(session: AsyncSession, after: str | None, limit: int) -> list[str]:
@@ -465,7 +480,7 @@ async def entered_stage_at(session: AsyncSession, contact_id: str, stage: str) -
     A move made earlier in this transaction is in the cache (``add_stage_change``).
     """
     assert stage in _WATCHED_ENTRIES, stage
-    cache = _cache(session, "entered")
+    cache = _batch(session).entered
     if (contact_id, stage) not in cache:
         cache[(contact_id, stage)] = (
             await session.execute(

@@ -3,11 +3,13 @@ asyncpg). ``from shared.db import X`` is the way in; the modules:
 
 - ``engine``: engines, SQLite pragmas, JSON through orjson;
 - ``errors``: SQLSTATE, duplicate keys, ``WriteConflict``, transient failures;
-- ``staging``: what a unit of work holds until it commits (staged inserts, checks, "now");
+- ``staging``: ``Staging``, what a unit of work holds until it commits (staged inserts, checks,
+  "now", repositories' state), typed and attached once to its session;
 - ``bulk``: many rows at once (prefetch by key, executemany INSERT/UPDATE);
 - ``compiled``: the compiled-statement cache (the one reader of SQLAlchemy's compiled form);
-- ``unit_of_work``: ``Database`` and its units of work;
-- ``sqlite_writes``: the SQLite group commit's batch writer and WAL checkpointer (optional);
+- ``unit_of_work``: ``Database``, its units of work, the ``WritePath`` interface and the plain path;
+- ``sqlite_writes``: the SQLite group commit (``SqliteWrites``: batch writer, WAL checkpointer),
+  the optional write path of a SQLite file;
 - ``group_commit``: ``GroupCommit``, many requests' units of work in one transaction.
 """
 
@@ -15,13 +17,16 @@ from shared.db.bulk import in_chunks, insert_many, insert_missing, prefetch_rows
 from shared.db.engine import JSON_CODEC, is_sqlite
 from shared.db.errors import WriteConflict, is_transient_db_error, is_unique_violation, sqlstate
 from shared.db.group_commit import GATHER_YIELDS, GroupCommit
-from shared.db.sqlite_writes import SqliteBatchWriter, WalCheckpointer, staged_statements
-from shared.db.staging import before_inserts, check_before_write, stage_insert, staged_rows, transaction_time
-from shared.db.unit_of_work import Database, InsertListener, flush_inserts
+from shared.db.sqlite_writes import SqliteBatchWriter, SqliteWrites, WalCheckpointer, staged_statements
+from shared.db.staging import (
+    Staging, adopt, before_inserts, check_before_write, stage_insert, staged_rows, staging_of, transaction_time,
+)
+from shared.db.unit_of_work import Database, DirectWrites, InsertListener, WritePath, flush_inserts
 
 __all__ = [
-    "GATHER_YIELDS", "JSON_CODEC", "Database", "GroupCommit", "InsertListener", "SqliteBatchWriter",
-    "WalCheckpointer", "WriteConflict", "before_inserts", "check_before_write", "flush_inserts", "in_chunks",
-    "insert_many", "insert_missing", "is_sqlite", "is_transient_db_error", "is_unique_violation", "prefetch_rows",
-    "prefetched", "sqlstate", "stage_insert", "staged_rows", "staged_statements", "transaction_time", "update_many",
+    "Database", "DirectWrites", "GATHER_YIELDS", "GroupCommit", "InsertListener", "JSON_CODEC",
+    "SqliteBatchWriter", "SqliteWrites", "Staging", "WalCheckpointer", "WriteConflict", "WritePath", "adopt",
+    "before_inserts", "check_before_write", "flush_inserts", "in_chunks", "insert_many", "insert_missing",
+    "is_sqlite", "is_transient_db_error", "is_unique_violation", "prefetch_rows", "prefetched", "sqlstate",
+    "stage_insert", "staged_rows", "staged_statements", "staging_of", "transaction_time", "update_many",
 ]

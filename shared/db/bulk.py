@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.compiled import driver_parameters
+from shared.db.staging import staging_of
 
 T = TypeVar("T")
 
@@ -22,30 +23,27 @@ def in_chunks(values: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
         yield values[start:start + size]
 
 
-def _prefetch_slot(key_column: Column) -> str:
-    return f"prefetched:{key_column.table.name}.{key_column.name}"
-
-
 async def prefetch_rows(session: AsyncSession, key_column: Column, keys: Collection[str], *columns: Column) -> None:
     """Look many rows up by a unique column at once (one query per 500 keys) for the rest of
     the transaction: ``prefetched`` then answers ``key -> row`` (``None``: not stored)."""
     known: dict[str, dict | None] = dict.fromkeys(keys)
     for chunk in in_chunks(list(known)):
         rows = await session.execute(select(key_column, *columns).where(key_column.in_(chunk)))
-        known |= {row[0]: dict(row._mapping) for row in rows}
-    session.info[_prefetch_slot(key_column)] = known
+        names = tuple(rows.keys())
+        known |= {row[0]: dict(zip(names, row)) for row in rows}
+    staging_of(session).prefetched[key_column] = known
 
 
 def prefetched(session: AsyncSession, key_column: Column) -> dict[str, dict | None]:
     """What ``prefetch_rows`` found in this transaction by ``key_column`` (empty if it did not run)."""
-    return session.info.get(_prefetch_slot(key_column), {})
+    return staging_of(session).prefetched.get(key_column, {})
 
 
 async def _execute_many(session: AsyncSession, kind: str, table: Table, rows: list[dict],
                         statement) -> None:  # noqa: ANN001
     connection = await session.connection()
     bound = driver_parameters(connection.dialect, kind, table, rows, statement,
-                              session.info.setdefault("bind_memo", {}))
+                              staging_of(session).bind_memo)
     if bound is None:
         await session.execute(statement(), rows)
         return

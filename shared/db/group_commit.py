@@ -29,8 +29,9 @@ class GroupCommit:
     batch's callers passed to ``submit`` (e.g. the idempotency keys to look up): one query
     for the batch instead of one per unit of work.
 
-    On SQLite (``Database.batch_writer``) the units of work read in a snapshot and only stage
-    inserts, and their rows are written in one hand-off to the batch writer's thread.
+    The batch's transaction is ``Database.commit_batch``: on a SQLite file the units of work
+    read in a snapshot and only stage inserts, and their rows are written in one hand-off to
+    the batch writer's thread (``shared.db.sqlite_writes``). The units of work may run twice.
     """
 
     def __init__(self, db: Database, max_batch: int = 256, prepare=None) -> None:  # noqa: ANN001
@@ -65,17 +66,8 @@ class GroupCommit:
         return [await work(session) for work, _, _ in batch]
 
     async def _commit(self, batch) -> None:  # noqa: ANN001
-        results = None
         try:
-            if self.db.batch_writer is not None:
-                # anything but staged inserts goes through a unit of work
-                async with self.db.staging() as session:
-                    staged = await self._work(session, batch)
-                    if await self.db.write_staged(session):
-                        results = staged
-            if results is None:
-                async with self.db.unit_of_work() as session:
-                    results = await self._work(session, batch)
+            results = await self.db.commit_batch(lambda session: self._work(session, batch))
         except Exception:  # noqa: BLE001 - isolate the failing unit of work
             if len(batch) == 1:
                 _, future, _ = batch[0]

@@ -1,20 +1,32 @@
-"""The SQLite group commit's writing side, one optional piece of a SQLite file's ``Database``:
-a batch writer that writes a whole transaction of staged rows in one hand-off to a thread of
-its own, and the thread that copies the write-ahead log back into the database."""
+"""The SQLite group commit: the write path of a SQLite file's ``Database`` (``SqliteWrites``,
+behind ``shared.db.unit_of_work.WritePath`` as the plain path is), one optional piece. Units of
+work read in a snapshot and stage their rows; a batch writer writes a whole transaction of
+them in one hand-off to a thread of its own; updates that may wait go with its next
+transaction; another thread copies the write-ahead log back into the database."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
-from sqlalchemy import Table, exc, insert
+from sqlalchemy import Table, exc, insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db.bulk import update_statement
 from shared.db.compiled import driver_parameters
 from shared.db.engine import WAL_AUTOCHECKPOINT_PAGES, sqlite_pragmas
+from shared.db.staging import adopt, staging_of
+
+if TYPE_CHECKING:
+    from shared.db.unit_of_work import Database, Work
+
+T = TypeVar("T")
 
 log = structlog.get_logger("db")
 
@@ -187,13 +199,86 @@ def staged_statements(session: AsyncSession, dialect) -> list[tuple[Table, list[
     """Each table's rows staged with ``stage_insert`` in this unit of work and the driver's
     statement for them, or ``None`` if it holds anything else to write (ORM objects,
     ``before_inserts`` writes, rows SQLAlchemy must complete itself)."""
-    if session.new or session.dirty or session.deleted or session.info.get("before_inserts"):
+    staging = staging_of(session)
+    if session.new or session.dirty or session.deleted or staging.before_inserts:
         return None
     statements, memo = [], {}
-    for table, rows in session.info.get("bulk_inserts", {}).items():
+    for table, rows in staging.inserts.items():
         if rows:
             bound = driver_parameters(dialect, "insert", table, rows, lambda table=table: insert(table), memo)
             if bound is None:
                 return None
             statements.append((table, rows, bound))
     return statements
+
+
+class SqliteWrites:
+    """The write path of a SQLite file (``shared.db.unit_of_work.WritePath``): snapshot units
+    of work, group commits written by the batch writer, deferred updates, the checkpointer."""
+
+    def __init__(self, db: Database, path: str) -> None:
+        self.db = db
+        self.batch_writer = SqliteBatchWriter(path)
+
+    async def before_unit_of_work(self) -> None:
+        await self.batch_writer.flush()  # deferred writes come before any later one
+
+    def after_unit_of_work(self) -> None:
+        self.batch_writer.checkpointer.written()
+
+    @asynccontextmanager
+    async def snapshot_unit_of_work(self) -> AsyncIterator[AsyncSession]:
+        async with self.db.staging() as reading:
+            async with reading.begin():
+                yield reading
+                if reading.new or reading.dirty or reading.deleted:
+                    raise RuntimeError("a snapshot unit of work writes only what it stages (stage_insert, "
+                                       "before_inserts), never ORM objects")
+                staged = staging_of(reading)
+        async with self.db.unit_of_work() as writing:
+            adopt(writing, staged)
+            for check in staged.take_checks():
+                await check(writing)
+
+    async def commit_batch(self, work: Work[T]) -> T:
+        async with self.db.staging() as session:
+            result = await work(session)
+            if await self._write_staged(session):
+                return result
+        # anything but staged inserts goes through a unit of work
+        async with self.db.unit_of_work() as session:
+            return await work(session)
+
+    async def _write_staged(self, session: AsyncSession) -> bool:
+        """Write what ``session`` (a staging one) staged in one transaction of the batch
+        writer; ``False`` (nothing written) when only a unit of work can write it."""
+        statements = staged_statements(session, self.db.engine.dialect)
+        if statements is None:
+            return False
+        if statements:
+            async with self.db.write_lock:
+                last_ids = await self.batch_writer.write([bound for _, _, bound in statements])
+            for (table, rows, _), last_id in zip(statements, last_ids):
+                self.db.tell_inserted(table, rows, last_id - len(rows) + 1)
+        return True
+
+    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict) -> None:
+        bound = driver_parameters(self.db.engine.dialect, "update", table, [{**values, "_key": k} for k in keys],
+                                  lambda: update_statement(table, key), {})
+        if bound is not None:
+            self.batch_writer.defer(bound)
+            return
+        async with self.db.unit_of_work() as session:  # as the plain path
+            await session.execute(update(table).where(table.c[key].in_(keys)).values(**values))
+
+    async def flush(self) -> None:
+        if self.batch_writer.pending:
+            async with self.db.write_lock:
+                await self.batch_writer.flush()
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        except exc.SQLAlchemyError:
+            pass  # deferred marks of published outbox rows: those rows are published again
+        await self.batch_writer.close()

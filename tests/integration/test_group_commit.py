@@ -13,7 +13,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from services.capture.models import CapturedLead, CaptureOutbox
-from shared.db import Database, GroupCommit, SqliteBatchWriter, prefetch_rows, prefetched, stage_insert
+from shared.db import (
+    Database, DirectWrites, GroupCommit, SqliteBatchWriter, SqliteWrites, prefetch_rows, prefetched, stage_insert,
+)
 from shared.db.compiled import driver_form
 from tests.support import migrated_store
 
@@ -74,7 +76,7 @@ async def test_every_unit_of_work_is_stored_before_its_answer(db):
     finally:
         await writer.stop()
     if db.sqlite:
-        assert db.batch_writer is not None  # the file-backed SQLite store writes in one hand-off
+        assert isinstance(db.writes, SqliteWrites)  # the file-backed SQLite store writes in one hand-off
 
 
 async def test_a_failing_unit_of_work_fails_alone(db):
@@ -173,9 +175,9 @@ async def test_the_batch_writer_writes_a_transaction_whole_or_not_at_all(tmp_pat
         good = (compiled.string, [params(lead(1)), params(lead(2))])
         clash = (compiled.string, [params(lead(3)), params(lead(1))])  # e-1 again: primary key
         with pytest.raises(IntegrityError):
-            await db.batch_writer.write([good, clash])
+            await db.writes.batch_writer.write([good, clash])
         assert await counts(db) == (0, 0)  # the good statement was rolled back with the other
-        await db.batch_writer.write([good])
+        await db.writes.batch_writer.write([good])
         assert await counts(db) == (2, 0)
     finally:
         await db.dispose()
@@ -183,8 +185,63 @@ async def test_the_batch_writer_writes_a_transaction_whole_or_not_at_all(tmp_pat
 
 def test_an_in_memory_sqlite_database_has_no_batch_writer():
     """A second connection to ``:memory:`` would be another, empty database."""
-    assert Database("sqlite+aiosqlite:///:memory:").batch_writer is None
-    assert isinstance(Database("sqlite+aiosqlite:////tmp/x.db").batch_writer, SqliteBatchWriter)
+    assert isinstance(Database("sqlite+aiosqlite:///:memory:").writes, DirectWrites)
+    assert isinstance(Database("sqlite+aiosqlite:////tmp/x.db").writes.batch_writer, SqliteBatchWriter)
+    assert isinstance(Database("sqlite+aiosqlite:////tmp/x.db", group_writes=False).writes, DirectWrites)
+
+
+async def test_the_group_commit_and_the_plain_path_give_the_same_results(tmp_path):
+    """One interface, two write paths (``WritePath``): a SQLite file's group commit (batch
+    writer, deferred updates) and the plain path (units of work) store the same rows with the
+    same ids, answer the same results and fail the same units of work."""
+    from shared.migrate import aupgrade
+
+    async def broken(session):  # noqa: ANN001, ANN202
+        stage_insert(session, LEADS, lead(999))
+        raise ValueError("bad request")
+
+    def orm(n: int):  # noqa: ANN202
+        async def work(session):  # noqa: ANN001, ANN202
+            session.add(CapturedLead(**lead(n)))
+            return f"orm {n}"
+
+        return work
+
+    seen = {}
+    for group_writes in (True, False):
+        url = f"sqlite+aiosqlite:///{tmp_path / f'capture-{group_writes}.db'}"
+        await aupgrade("capture", url)
+        db = Database(url, group_writes=group_writes)
+        assert isinstance(db.writes, SqliteWrites if group_writes else DirectWrites)
+        writer = GroupCommit(db)
+        try:
+            await writer.submit(capture(0, idempotency_key="k"))
+            outcomes = await asyncio.gather(
+                *(writer.submit(capture(n)) for n in range(1, 40)), writer.submit(broken),
+                writer.submit(capture(40, idempotency_key="k")), *(writer.submit(capture(n)) for n in range(41, 60)),
+                writer.submit(orm(70)), return_exceptions=True)
+            async with db.reader() as session:
+                ids = (await session.execute(select(OUTBOX.c.id).order_by(OUTBOX.c.id))).scalars().all()
+            await db.update_later(OUTBOX, "id", ids[:5], {"published_at": T0, "published_cluster": "c"})
+            marked_before_flush = await unpublished(db)
+            await db.flush()
+            async with db.reader() as session:
+                leads = (await session.execute(select(LEADS).order_by(LEADS.c.event_id))).all()
+                outbox = (await session.execute(select(OUTBOX).order_by(OUTBOX.c.id))).all()
+        finally:
+            await writer.stop()
+            await db.dispose()
+        seen[group_writes] = ([type(o).__name__ if isinstance(o, Exception) else o for o in outcomes],
+                              [tuple(r) for r in leads], [tuple(r) for r in outbox],
+                              sum(1 for r in outbox if r.published_at is not None), marked_before_flush)
+    group, plain = seen[True], seen[False]
+    assert group[0] == plain[0]
+    assert group[0][39:41] == ["ValueError", "IntegrityError"] and group[0][-1] == "orm 70"
+    assert group[1] == plain[1] and len(group[1]) == 60  # 59 captured, 1 by the ORM
+    assert group[2] == plain[2] and len(group[2]) == 59
+    assert group[3] == plain[3] == 5  # the marks, written by either path
+    # the plain path writes a mark at once, the group commit with its next transaction or flush
+    assert (group[4], plain[4]) == (59, 54)
 
 
 async def sqlite_db(tmp_path) -> Database:
@@ -268,12 +325,12 @@ async def test_a_deferred_write_that_fails_alone_is_dropped(tmp_path):
     db = await sqlite_db(tmp_path)
     writer = GroupCommit(db)
     try:
-        db.batch_writer.defer(("UPDATE no_such_table SET x = ?", [(1,)]))
+        db.writes.batch_writer.defer(("UPDATE no_such_table SET x = ?", [(1,)]))
         with pytest.raises(Exception):  # noqa: B017 - the group commit's batch fails with it …
             await writer.submit(capture(1))
         with pytest.raises(Exception):  # noqa: B017 - … and a flush of it alone
             await db.flush()
-        assert not db.batch_writer.pending
+        assert not db.writes.batch_writer.pending
         assert await writer.submit(capture(2)) == 2  # … after which writes go on
     finally:
         await writer.stop()
@@ -299,7 +356,7 @@ async def test_commits_only_append_and_a_thread_copies_the_log_back(tmp_path, th
     db = await sqlite_db(tmp_path)
     writer = GroupCommit(db)
     try:
-        path = db.batch_writer.path
+        path = db.writes.batch_writer.path
         async with db.engine.connect() as conn:  # the safety net, on every connection of ours
             assert (await conn.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar() == 10000
         assert rows_in_the_main_file(path, tmp_path) == 0
@@ -312,11 +369,11 @@ async def test_commits_only_append_and_a_thread_copies_the_log_back(tmp_path, th
         await eventually_true(lambda: rows_in_the_main_file(path, tmp_path) == 20)
         # the thread counts a checkpoint once SQLite returns from it: the pages may be in the
         # main file a moment before (seen once in CI under load)
-        await eventually_true(lambda: db.batch_writer.checkpointer.checkpoints >= 1)
+        await eventually_true(lambda: db.writes.batch_writer.checkpointer.checkpoints >= 1)
     finally:
         await writer.stop()
         await db.dispose()
-    thread = db.batch_writer.checkpointer._thread  # noqa: SLF001
+    thread = db.writes.batch_writer.checkpointer._thread  # noqa: SLF001
     assert thread is not None and not thread.is_alive()  # stopped with the database
 
 
@@ -335,7 +392,7 @@ async def test_a_checkpoint_waits_for_no_reader(tmp_path):
         async with db.reader() as session:
             assert (await session.execute(select(func.count()).select_from(LEADS))).scalar_one() == 0
             await asyncio.gather(*(writer.submit(capture(n)) for n in range(10)))
-            await asyncio.sleep(3 * db.batch_writer.checkpointer.INTERVAL_S)
+            await asyncio.sleep(3 * db.writes.batch_writer.checkpointer.INTERVAL_S)
             # still the reader's snapshot
             assert (await session.execute(select(func.count()).select_from(LEADS))).scalar_one() == 0
         await asyncio.gather(*(writer.submit(capture(n)) for n in range(10, 20)))

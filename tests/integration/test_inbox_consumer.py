@@ -207,9 +207,10 @@ class outage:  # noqa: N801
                 dbapi_conn.cursor().execute("PRAGMA busy_timeout=100")
 
             await self.db.engine.dispose()
-            if self.db.batch_writer is not None:  # its own connection (group commits, deferred marks)
-                self.db.batch_writer.busy_timeout_ms = 100
-                await self.db.batch_writer.disconnect()
+            batch_writer = getattr(self.db.writes, "batch_writer", None)
+            if batch_writer is not None:  # its own connection (group commits, deferred marks)
+                batch_writer.busy_timeout_ms = 100
+                await batch_writer.disconnect()
             self._lock = sqlite3.connect(make_url(self.db.url).database, timeout=5, isolation_level=None)
             self._lock.execute("BEGIN EXCLUSIVE")
         else:

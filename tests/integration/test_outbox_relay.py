@@ -41,13 +41,19 @@ async def pending(db: Database) -> int:
 
 
 @pytest.fixture
-async def setup(database_factory, tmp_path):
+def group_writes() -> bool:
+    """A SQLite file's write path: its group commit (``False``: the plain path; see below)."""
+    return True
+
+
+@pytest.fixture
+async def setup(database_factory, tmp_path, group_writes):
     url = await database_factory("capture")
     broker = EmbeddedBroker(port=free_port())
     await broker.astart()
     settings = make_settings(broker.bootstrap, tmp_path, capture_database_url=url, kafka_request_timeout_ms=2000,
                              outbox_max_backoff_s=0.5)
-    db = Database(url)
+    db = Database(url, group_writes=group_writes)
     kafka = KafkaGateway(settings, "test-relay")
     await kafka.start()
     relay = OutboxRelay(db, CaptureOutbox, kafka, settings, "capture-test")
@@ -247,6 +253,20 @@ async def test_group_committed_rows_are_published_from_memory_once_and_in_order(
     assert len(reads) < 8 * 5, len(reads)
 
 
+@pytest.mark.parametrize("group_writes", [True, False], ids=["group-commit", "plain-path"])
+async def test_either_write_path_publishes_group_committed_rows_once_and_in_order(setup, group_writes):
+    """The relay calls one interface whatever the database's write path: told of each row
+    (a SQLite file's group commit) or not (the plain path: it reads the table), the same
+    events go out, each once, in order per key."""
+    broker, db, relay, _ = setup
+    relay.start()
+    ids = await group_commit_many(db, relay, 200)
+    await eventually(lambda: _zero(db), timeout=20)
+    records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=200, settle=0.5)
+    assert_once_in_order(records, ids)
+    assert (getattr(db.writes, "batch_writer", None) is not None) == (db.sqlite and group_writes)
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_rows_written_another_way_send_the_relay_back_to_the_table(setup):
     """A unit of work's rows are not in memory: the relay reads the table again, so they are
@@ -282,7 +302,7 @@ async def test_rows_reset_by_another_process_are_published_while_memory_is_trust
     assert relay.fresh.trusted
     import sqlite3
 
-    path = db.batch_writer.path
+    path = db.writes.batch_writer.path
     with sqlite3.connect(path) as other:  # not this process's writer: nothing tells the relay
         other.execute(update(CaptureOutbox.__table__).values(published_at=None).compile(
             compile_kwargs={"literal_binds": True}).string)
@@ -330,6 +350,6 @@ async def test_a_quiet_relay_writes_its_deferred_marks_without_waiting_for_a_com
     await asyncio.sleep(0.5)  # the relay is now in a 30 s wait, woken only by commits
     ids = await group_commit_many(db, relay, 30)
     await eventually(lambda: _zero(db), timeout=5)
-    assert not db.batch_writer.pending
+    assert not db.writes.batch_writer.pending
     records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=30, settle=0.5)
     assert_once_in_order(records, ids)
