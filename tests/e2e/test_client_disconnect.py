@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.migrate import aupgrade
+from leadstream.registry import aupgrade
 from tests.support import ROOT, ServiceProcess, eventually
 
 pytestmark = pytest.mark.timeout(120)
