@@ -1,5 +1,5 @@
 """``Database``: a service's engines and its units of work (the edge owns the transaction;
-services and repositories only add, stage and flush), and the interface through which its
+use cases and repositories only add, stage and flush), and the interface through which its
 writes reach the store (``WritePath``): the plain path here, the SQLite group commit in
 ``shared.db.sqlite_writes``."""
 
@@ -135,7 +135,7 @@ class Database:
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
         """A transaction committed once on success, rolled back on any error.
 
-        The edge (route, handler) owns it; services and repositories only add and flush.
+        The edge (route, handler) owns it; use cases and repositories only add and flush.
         """
         async with self.write_lock:
             await self.writes.before_unit_of_work()
