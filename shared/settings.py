@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     # the session cookie is Secure (sent over https only) even when a TLS-terminating proxy
     # forwards plain http; only `make run` (plain http on localhost) turns it off
     dashboard_secure_cookie: bool = True
-    # Host header values the services answer (comma-separated; `*.example.com` for subdomains,
+    # Host header values a service answers (comma-separated; `*.example.com` for subdomains,
     # `*` for any); others are 400. /healthz, /readyz and /metrics answer any Host (probes).
     trusted_hosts: str = "*"
 
