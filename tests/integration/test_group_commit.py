@@ -194,7 +194,7 @@ async def test_the_group_commit_and_the_plain_path_give_the_same_results(tmp_pat
     """One interface, two write paths (``WritePath``): a SQLite file's group commit (batch
     writer, deferred updates) and the plain path (units of work) store the same rows with the
     same ids, answer the same results and fail the same units of work."""
-    from shared.migrate import aupgrade
+    from leadstream.registry import aupgrade
 
     async def broken(session):  # noqa: ANN001, ANN202
         stage_insert(session, LEADS, lead(999))

@@ -17,7 +17,7 @@ from pipeline_store.models import Account, PipelineOutbox, Touch
 from services.capture.models import CapturedLead
 from shared.db.bulk import update_statement
 from shared.db.compiled import driver_form, driver_parameters
-from shared.migrate import upgrade
+from leadstream.registry import upgrade
 
 REVISE = (f"SQLAlchemy {sqlalchemy.__version__} changed what shared/db/compiled.py driver_form relies on: "
           "revise driver_form (and only it) before upgrading")
