@@ -131,6 +131,18 @@ app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(webhooks_app, name="webhooks")
 
 
+events_app = typer.Typer(help="The events contract downstream teams build on.")
+app.add_typer(events_app, name="events")
+
+
+@events_app.command("asyncapi")
+def events_asyncapi() -> None:
+    """Print the AsyncAPI 3.0 document of every topic and event type (docs/events/asyncapi.yaml)."""
+    from shared.asyncapi import render
+
+    typer.echo(render(), nl=False)
+
+
 topics_app = typer.Typer(help="Kafka topics: create them with the configured partitions, replication and "
                                "retention; read their last messages.")
 app.add_typer(topics_app, name="topics")

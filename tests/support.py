@@ -136,9 +136,27 @@ async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 
                 settle_until = settle_until or time.monotonic() + settle
                 if time.monotonic() >= settle_until:
                     break
+        if not topic.endswith(".dlq"):  # a dead-letter topic holds what broke the contract, by design
+            for record in out:
+                assert_matches_contract(topic, record)
         return out
     finally:
         await consumer.stop()
+
+
+def assert_matches_contract(topic: str, record) -> None:  # noqa: ANN001
+    """An event read from ``topic`` is one that docs/events/asyncapi.yaml describes there."""
+    import orjson
+
+    from shared.asyncapi import event_validator
+    from shared.events import CONTENT_TYPE, EVENT_TYPES
+
+    assert ("content-type", CONTENT_TYPE.encode()) in list(record.headers or ()), record.headers
+    event = orjson.loads(record.value)
+    assert EVENT_TYPES[event["type"]][0] == topic, f"{event['type']} on {topic}"
+    errors = list(event_validator(event["type"]).iter_errors(event))
+    assert not errors, (f"{topic} event {event.get('id')} breaks the contract: "
+                        f"{[(list(e.absolute_path), e.message) for e in errors[:3]]}")
 
 
 class ServiceProcess:
