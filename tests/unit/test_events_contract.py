@@ -106,7 +106,9 @@ def test_each_event_as_producers_write_it_matches_its_schema(event_type):
     (STAGE_CHANGED, lambda e: e.pop("id"), "id"),
 ])
 def test_an_event_that_breaks_the_contract_is_caught(event_type, breakage, where):
-    event = json.loads(make_event(event_type, EXAMPLES[event_type], source="/t", subject="ada@acme.io", time=AT).to_bytes())
+    event = json.loads(
+        make_event(event_type, EXAMPLES[event_type], source="/t", subject="ada@acme.io", time=AT).to_bytes()
+    )
     breakage(event)
     errors = list(event_validator(event_type).iter_errors(event))
     assert errors
