@@ -351,7 +351,7 @@ async def test_opportunity_filters(pipeline):
     assert (await pipeline.get(f"/v1/opportunities/{uuid.uuid4()}")).status_code == 404
 
 
-async def _walk(client, path: str, params: dict) -> list[str]:  # noqa: ANN001
+async def _walk(client, path: str, params: dict, between_pages=None) -> list[str]:  # noqa: ANN001
     seen, cursor, pages = [], None, 0
     while True:
         response = await client.get(path, params=params | ({"cursor": cursor} if cursor else {}))
@@ -360,10 +360,20 @@ async def _walk(client, path: str, params: dict) -> list[str]:  # noqa: ANN001
         assert len(body["items"]) <= params["limit"]
         seen += [i["id"] for i in body["items"]]
         cursor, pages = body["next_cursor"], pages + 1
-        await asyncio.sleep(0.01)  # let the writer in between pages
+        if between_pages:
+            await between_pages()
         if cursor is None:
             return seen
         assert pages < 200
+
+
+def one_more_row(wrote: asyncio.Event):  # noqa: ANN201
+    """Between two pages, wait for the concurrent writer's next row: however slow the machine,
+    rows land between every page."""
+    async def wait() -> None:
+        wrote.clear()
+        await wrote.wait()
+    return wait
 
 
 @pytest.mark.parametrize("order", ["desc", "asc"])
@@ -374,7 +384,7 @@ async def test_opportunity_pages_are_stable_under_concurrent_inserts(pipeline, o
     # ties on qualified_at on purpose: the id breaks them
     originals = [s.opportunity(c, qualified_at=T0 + timedelta(minutes=(i // 3) * 7)) for i, c in enumerate(contacts)]
     await s.add(*originals)
-    stop = asyncio.Event()
+    stop, wrote = asyncio.Event(), asyncio.Event()
     inserted: list[str] = []
 
     async def writer() -> None:
@@ -386,12 +396,13 @@ async def test_opportunity_pages_are_stable_under_concurrent_inserts(pipeline, o
             await s.add(c)
             await s.add(o)
             inserted.append(o.id)
+            wrote.set()
             i += 1
             await asyncio.sleep(0.005)
 
     task = asyncio.create_task(writer())
     try:
-        seen = await _walk(pipeline, "/v1/opportunities", {"limit": 7, "order": order})
+        seen = await _walk(pipeline, "/v1/opportunities", {"limit": 7, "order": order}, one_more_row(wrote))
     finally:
         stop.set()
         await task
@@ -405,18 +416,19 @@ async def test_contact_pages_are_stable_under_concurrent_inserts(pipeline):
     s = pipeline.store
     originals = [s.contact(first_at=T0 + timedelta(hours=i // 4)) for i in range(45)]
     await s.add(*originals)
-    stop = asyncio.Event()
+    stop, wrote = asyncio.Event(), asyncio.Event()
 
     async def writer() -> None:
         i = 0
         while not stop.is_set():
             await s.add(s.contact(first_at=T0 + timedelta(hours=(i * 5) % 15 - 2)))
+            wrote.set()
             i += 1
             await asyncio.sleep(0.005)
 
     task = asyncio.create_task(writer())
     try:
-        seen = await _walk(pipeline, "/v1/contacts", {"limit": 4})
+        seen = await _walk(pipeline, "/v1/contacts", {"limit": 4}, one_more_row(wrote))
     finally:
         stop.set()
         await task
