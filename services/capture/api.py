@@ -38,6 +38,11 @@ def _limit_key(address: str | None) -> str:
     return address or "unknown"
 
 
+async def _record_spam(runtime, form: Form, payload: dict, reason: str, address: str | None) -> service.Capture:
+    async with runtime.db.unit_of_work() as session:
+        return await service.record_spam(session, form, payload, reason, address)
+
+
 async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: Request) -> service.Capture:
     address, traceparent = client_address(request), request.headers.get("traceparent")
 
@@ -79,17 +84,12 @@ async def post_lead(request: Request) -> Accepted:
     await runtime.client_limit.check(_limit_key(client_address(request)))
     idempotency_key = header_value(request, "idempotency-key", IDEMPOTENCY_KEY_MAX)
     lead = await parse_json_body(request, LeadIn, runtime.lead_context)
-    # a lead naming a declared form is judged by that form's rules, as its own endpoint judges it
-    form = runtime.forms.get(lead.form_id) if lead.form_id else None
-    if form is not None:
-        spam_reason = forms.spam_verdict(form, forms.honeypot_of(form, lead.fields), request.headers.get("origin"))
-        if spam_reason:
-            payload = lead.model_dump(mode="json", exclude_none=True)
-            async with runtime.db.unit_of_work() as session:
-                result = await service.record_spam(session, form, payload, spam_reason, client_address(request))
-            return Accepted(event_id=result.event_id)
-        lead = service.apply_form(lead, form)
-    result = await _capture(runtime, lead, idempotency_key, request)
+    form, spam_reason = forms.judge_lead(runtime.forms, lead, request.headers.get("origin"))
+    if spam_reason:
+        payload = lead.model_dump(mode="json", exclude_none=True)
+        result = await _record_spam(runtime, form, payload, spam_reason, client_address(request))
+    else:
+        result = await _capture(runtime, service.apply_form(lead, form), idempotency_key, request)
     return Accepted(event_id=result.event_id)
 
 
@@ -139,7 +139,7 @@ async def form_preflight(form_id: str, request: Request, runtime: Runtime) -> Re
         404: {"description": "Unknown form", **PROBLEM},
     },
     response_class=Response,  # the 303 has no body; the 202 is documented above
-    openapi_extra=form_body_openapi(),
+    openapi_extra=form_body_openapi() | header_openapi("Idempotency-Key", IDEMPOTENCY_KEY_MAX),
 )
 async def post_form_submission(form_id: str, request: Request, runtime: Runtime) -> Response:
     # every request counts against its address; only a well-formed submission (a lead or
@@ -168,8 +168,7 @@ async def post_form_submission(form_id: str, request: Request, runtime: Runtime)
                                type_="https://leadstream.dev/problems/validation", headers=cors) from None
     await runtime.form_limit.check(f"{form.id} {_limit_key(address)}")
     if spam_reason:
-        async with runtime.db.unit_of_work() as session:
-            result = await service.record_spam(session, form, forms.spam_payload(submitted), spam_reason, address)
+        result = await _record_spam(runtime, form, forms.spam_payload(submitted), spam_reason, address)
     else:
         result = await _capture(runtime, lead, idempotency_key, request)
     if _wants_json(request):

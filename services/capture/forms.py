@@ -161,6 +161,16 @@ def spam_verdict(form: Form, honeypot_value: str | None, origin: str | None) -> 
     return None
 
 
+def judge_lead(declared: Mapping[str, Form], lead: LeadIn, origin: str | None) -> tuple[Form | None, str | None]:
+    """A JSON lead meets the rules of the form its ``form_id`` names, as that form's own
+    endpoint would judge it (honeypot looked for in ``fields``, then the ``Origin``): the
+    declared form (``None`` if not declared: taken as sent) and why the lead is spam, or ``None``."""
+    form = declared.get(lead.form_id) if lead.form_id else None
+    if form is None:
+        return None, None
+    return form, spam_verdict(form, honeypot_of(form, lead.fields), origin)
+
+
 def cors_headers(form: Form, origin: str | None) -> dict[str, str]:
     """CORS answer headers for a browser ``Origin`` posting to ``form``."""
     if origin and form.allows(origin):

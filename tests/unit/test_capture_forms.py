@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from services.capture.forms import (
-    Form, InvalidSubmission, consent_value, cors_headers, flat_name, flatten, lead_of, spam_verdict,
+    Form, InvalidSubmission, consent_value, cors_headers, flat_name, flatten, judge_lead, lead_of, spam_verdict,
 )
+from services.capture.schemas import LeadIn
 
 FORM = Form(id="demo-request", form_type="demo_request", allowed_origins=["https://www.example.com/"],
             thank_you_url="https://www.example.com/thanks", honeypot="website_url")
@@ -81,3 +82,21 @@ def test_spam_verdict(form, honeypot, origin, verdict):
 ])
 def test_cors_headers(origin, headers):
     assert cors_headers(FORM, origin) == headers
+
+
+DECLARED = {FORM.id: FORM}
+
+
+@pytest.mark.parametrize("lead,origin,form,verdict", [
+    ({"email": "a@b.co"}, "https://evil.example", None, None),  # no form named
+    ({"email": "a@b.co", "form_id": "partner-portal"}, "https://evil.example", None, None),  # not declared: as sent
+    ({"email": "a@b.co", "form_id": "demo-request"}, None, FORM, None),
+    ({"email": "a@b.co", "form_id": "demo-request", "fields": {"website_url": ""}}, "https://www.example.com",
+     FORM, None),
+    ({"email": "a@b.co", "form_id": "demo-request", "fields": {"website_url": "http://spam"}}, None,
+     FORM, "honeypot field 'website_url' filled"),
+    ({"email": "a@b.co", "form_id": "demo-request"}, "https://evil.example",
+     FORM, "origin 'https://evil.example' not allowed for form 'demo-request'"),
+])
+def test_judge_lead(lead, origin, form, verdict):
+    assert judge_lead(DECLARED, LeadIn.model_validate(lead), origin) == (form, verdict)
