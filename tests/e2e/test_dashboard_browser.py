@@ -103,6 +103,7 @@ async def test_the_dashboard_in_chromium_shows_what_the_api_returns(seeded):
             await page.wait_for_selector("#kpi-qualified")
             cookie = next(c for c in await context.cookies() if c["name"] == "leadstream_session")
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and stack.api_key not in cookie["value"]
+            assert cookie["secure"]  # by default, though served over http (loopback keeps it)
             assert await page.evaluate("document.cookie") == ""  # no script can read the session
 
             # the totals, the funnel per motion, the channel shares and the warnings are the API's
