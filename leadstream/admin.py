@@ -3,7 +3,7 @@
 An API key is written, hashed, to every database that checks keys (the outreach database
 and the pipeline store) with the same id, so a key of one scope used on the other service
 is recognised and answered ``403``, not ``401``. Webhook secrets live in the outreach
-database, in clear (verifying an HMAC needs the secret).
+database, encrypted with ``LEADSTREAM_SECRETS_KEY`` (verifying an HMAC needs the secret).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shared.auth import hash_key, new_key
 from shared.settings import Settings
 
 # a key's scopes: the APIs that check keys (each key is stored in all their databases: _key_databases)
-SCOPES = ("outreach", "pipeline")
+SCOPES = ("outreach", "pipeline", "subscriptions")
 
 api_keys_app = typer.Typer(help="API keys of the outreach and pipeline APIs (only hashes are stored).",
                            no_args_is_help=True)
@@ -98,7 +98,7 @@ def create_api_key(settings: Settings, name: str, scopes: list[str]) -> tuple[st
 def api_keys_create(
     name: Annotated[str, typer.Option("--name", help="Who or what uses the key (a tool, a team).")],
     scope: Annotated[list[str] | None, typer.Option(
-        "--scope", help="outreach or pipeline; repeat for both (default: outreach).")] = None,
+        "--scope", help="outreach, pipeline or subscriptions; repeat for several (default: outreach).")] = None,
 ) -> None:
     """Create an API key and print it alone on stdout, once (only its hash is stored)."""
     scopes = list(dict.fromkeys(scope or ["outreach"]))
@@ -161,10 +161,13 @@ def create_webhook_secret(settings: Settings, integration: str) -> tuple[str, st
     from services.outreach.models import OutreachWebhookSecret
     from services.outreach.signatures import new_webhook_secret
 
+    from shared.secrets import SecretBox
+
     secret, secret_id = new_webhook_secret(), str(uuid.uuid4())
+    stored = SecretBox(settings.secrets_key).encrypt(secret)
 
     async def _add(session, model) -> None:  # noqa: ANN001
-        session.add(model(id=secret_id, integration=integration, secret=secret, created_at=datetime.now(timezone.utc)))
+        session.add(model(id=secret_id, integration=integration, secret=stored, created_at=datetime.now(timezone.utc)))
 
     url = _outreach_database(settings)
     asyncio.run(_in_each({"outreach": (url, OutreachWebhookSecret)}, _add))

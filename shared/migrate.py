@@ -82,6 +82,11 @@ def run_migrations(metadata: MetaData, database: str) -> None:
         )
         async with engine.begin() as conn:  # commits what the migrations wrote, version stamp included
             await conn.run_sync(_run)
+        if is_sqlite(url):
+            # copy the log into the file and empty it: a migration that rewrote values (secrets
+            # encrypted at rest) leaves no earlier page images behind in the -wal file
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         await engine.dispose()
 
     asyncio.run(_online())

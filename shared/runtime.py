@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import structlog
 from fastapi import Depends, Request
 
 from shared.db import Database
 from shared.kafka import KafkaGateway
 from shared.outbox import OutboxMixin, OutboxRelay
+from shared.secrets import SecretBox
 from shared.settings import Settings
+
+log = structlog.get_logger("runtime")
 
 
 class ServiceRuntime:
@@ -27,8 +31,13 @@ class ServiceRuntime:
         self.db = Database(settings.database_url(self.database_name), pool_size=settings.database_pool_size)
         self.kafka = KafkaGateway(settings, client_id=f"leadstream-{service}")
         self.relay = OutboxRelay(self.db, outbox_model, self.kafka, settings, service) if outbox_model else None
+        # signing secrets stored encrypted (outreach's inbound ones, webhook subscriptions')
+        self.secrets = SecretBox(settings.secrets_key)
 
     async def start(self) -> None:
+        if self.secrets.development and not self.settings.embedded_broker:
+            log.warning("LEADSTREAM_SECRETS_KEY is the public development key: stored signing secrets are "
+                        "not protected; set a key of your own (leadstream secrets new-key)")
         await self.kafka.start()
         if self.relay:
             self.relay.start()

@@ -19,6 +19,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from shared.secrets import DEVELOPMENT_KEY, SecretBox
+
 EMBEDDED_BOOTSTRAP = "127.0.0.1:9092"
 
 # the settings of one database or service, by name: ``<name>_database_url``, ``<name>_port``
@@ -28,8 +30,9 @@ PER_NAME = re.compile(r"[a-z][a-z0-9_]*_(database_url|port)")
 class Settings(BaseSettings):
     """Everything a process needs; tests build their own instance instead of patching."""
 
+    # errors never echo a value (some are keys and passwords)
     # extras: only the per-name settings (``PER_NAME``); other unknown keys are ignored
-    model_config = SettingsConfigDict(env_prefix="LEADSTREAM_", extra="allow")
+    model_config = SettingsConfigDict(env_prefix="LEADSTREAM_", extra="allow", hide_input_in_errors=True)
 
     kafka_bootstrap_servers: str = EMBEDDED_BOOTSTRAP
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -97,6 +100,21 @@ class Settings(BaseSettings):
     # `*` for any); others are 400. /healthz, /readyz and /metrics answer any Host (probes).
     trusted_hosts: str = "*"
 
+    # Fernet key(s), comma-separated (the first encrypts): signing secrets stored encrypted.
+    # The default is public (shared/secrets.py), for development only.
+    secrets_key: str = Field(DEVELOPMENT_KEY, repr=False)
+
+    # webhook subscriptions (services/webhooks): targets, timeouts, retries
+    webhooks_allow_http: bool = False  # for local receivers only
+    webhooks_allow_private: bool = False  # loopback, private, link-local targets
+    webhooks_timeout_s: float = Field(10.0, gt=0)
+    webhooks_retry_hours: float = Field(24.0, gt=0)
+    webhooks_backoff_initial_s: float = Field(1.0, gt=0)
+    webhooks_backoff_max_s: float = Field(3600.0, gt=0)
+    webhooks_max_in_flight: int = Field(16, ge=1, le=256)  # concurrent requests per subscription
+    webhooks_poll_interval_s: float = Field(1.0, gt=0)
+    webhooks_consumer_group: str = "leadstream-webhooks"
+
     log_level: str = "INFO"
     log_json: bool = True
     # after start-up: freeze the heap built so far and collect young objects less often
@@ -134,6 +152,12 @@ class Settings(BaseSettings):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if k in cls.model_fields or PER_NAME.fullmatch(k)}
         return data
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _secrets_key(cls, value: str) -> str:
+        SecretBox(value)  # SecretKeyError (a ValueError) names the setting, never the value
+        return value
 
     @model_validator(mode="after")
     def _per_name_values(self) -> Settings:

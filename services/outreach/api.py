@@ -140,7 +140,7 @@ async def _signed_by_integration(integration: str, request: Request, runtime: Ru
     """The webhook's auth: 404 for an unknown integration, 415, then 401 unless the body is
     signed by one of its active secrets within the tolerance; then the per-integration limit."""
     async with runtime.db.reader() as session:
-        secrets = await repository.active_webhook_secrets(session, integration)
+        secrets = await repository.active_webhook_secrets(session, integration, runtime.secrets)
     if not secrets:
         raise ProblemError(404, f"No integration {integration!r} has a webhook secret; "
                            "create one with 'leadstream webhooks create-secret'.")

@@ -51,8 +51,10 @@ class OutreachApiKey(ApiKeyMixin, Base):
 
 
 class OutreachWebhookSecret(Base):
-    """Signing secrets of the sales tools pushing webhooks. Kept in clear: verifying an
-    HMAC needs the secret itself. Several active secrets per integration allow rotation."""
+    """Signing secrets of the sales tools pushing webhooks. Encrypted with
+    ``LEADSTREAM_SECRETS_KEY`` (``shared.secrets``): verifying an HMAC needs the secret
+    itself, a copy of the database must not give it. Several active secrets per
+    integration allow rotation."""
 
     __tablename__ = "outreach_webhook_secrets"
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
+import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outreach.models import OutreachProspect, OutreachTouch, OutreachWebhookSecret
 from shared.db import prefetch_rows, prefetched, stage_insert, staged_rows
+from shared.secrets import SecretBox, UndecryptableSecret
+
+log = structlog.get_logger("outreach")
 
 TOUCHES = OutreachTouch.__table__
 PROSPECTS = OutreachProspect.__table__
@@ -48,10 +52,18 @@ def add_prospect(session: AsyncSession, **row) -> None:  # noqa: ANN003
     stage_insert(session, PROSPECTS, row)
 
 
-async def active_webhook_secrets(session: AsyncSession, integration: str) -> list[str]:
+async def active_webhook_secrets(session: AsyncSession, integration: str, box: SecretBox) -> list[str]:
+    """The integration's active secrets, decrypted (a row no configured key opens is left out:
+    its signatures are refused, as a revoked secret's)."""
     rows = await session.execute(
-        select(OutreachWebhookSecret.secret)
+        select(OutreachWebhookSecret.id, OutreachWebhookSecret.secret)
         .where(OutreachWebhookSecret.integration == integration, OutreachWebhookSecret.revoked_at.is_(None))
         .order_by(OutreachWebhookSecret.created_at.desc())
     )
-    return list(rows.scalars())
+    secrets = []
+    for secret_id, stored in rows:
+        try:
+            secrets.append(box.decrypt(stored))
+        except UndecryptableSecret as exc:
+            log.error("webhook secret not readable", secret_id=secret_id, integration=integration, error=str(exc))
+    return secrets

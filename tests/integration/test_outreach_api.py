@@ -21,6 +21,7 @@ from services.outreach.models import (
 from services.outreach.signatures import sign
 from shared.auth import hash_key, new_key
 from shared.db import Database
+from shared.secrets import DEVELOPMENT_KEY, SecretBox
 from shared.events import OUTREACH_TOUCHES, PROSPECT_ADDED, TOUCH_RECORDED, parse_event
 from tests.support import ROOT, eventually, make_settings, read_raw, selects_on, serve_app
 
@@ -55,7 +56,8 @@ async def add_key(db: Database, *, scopes: str = "outreach", revoked: bool = Fal
 async def add_secret(db: Database, integration: str, secret: str | None = None) -> str:
     secret = secret or f"whsec_{uuid.uuid4().hex}"
     async with db.unit_of_work() as s:
-        s.add(OutreachWebhookSecret(id=str(uuid.uuid4()), integration=integration, secret=secret,
+        s.add(OutreachWebhookSecret(id=str(uuid.uuid4()), integration=integration,
+                                    secret=SecretBox(DEVELOPMENT_KEY).encrypt(secret),
                                     created_at=datetime.now(timezone.utc)))
     return secret
 
@@ -484,7 +486,9 @@ async def test_webhook_errors_and_other_event_types(outreach):
     new_secret = await add_secret(db, "salesloft")
     assert (await deliver(outreach, "salesloft", webhook("r1"), new_secret)).status_code == 202
     async with db.unit_of_work() as s:
-        await s.execute(update(OutreachWebhookSecret).where(OutreachWebhookSecret.secret == secret)
+        rows = (await s.execute(select(OutreachWebhookSecret))).scalars().all()
+        first = [r.id for r in rows if SecretBox(DEVELOPMENT_KEY).decrypt(r.secret) == secret]  # stored encrypted
+        await s.execute(update(OutreachWebhookSecret).where(OutreachWebhookSecret.id.in_(first))
                         .values(revoked_at=datetime.now(timezone.utc)))
     assert (await deliver(outreach, "salesloft", webhook("r2"), secret)).status_code == 401
     assert (await deliver(outreach, "salesloft", webhook("r3"), new_secret)).status_code == 202
