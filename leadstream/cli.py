@@ -60,7 +60,7 @@ def _wait_for_signal(until=lambda: False) -> None:  # noqa: ANN001
 
 @app.command()
 def serve(
-    service: Annotated[str, typer.Argument(help="capture, outreach, qualification or pipeline")],
+    service: Annotated[str, typer.Argument(help="capture, outreach, qualification, pipeline or webhooks")],
     port: Annotated[int | None, typer.Option(help="defaults to LEADSTREAM_<SERVICE>_PORT")] = None,
     host: Annotated[str | None, typer.Option()] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
@@ -129,6 +129,18 @@ from leadstream.admin import api_keys_app, webhooks_app  # noqa: E402
 
 app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(webhooks_app, name="webhooks")
+
+secrets_app = typer.Typer(help="LEADSTREAM_SECRETS_KEY: the key that encrypts stored signing secrets.",
+                          no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("new-key")
+def secrets_new_key() -> None:
+    """Print a new key for LEADSTREAM_SECRETS_KEY (to rotate: put it first, keep the old one after a comma)."""
+    from shared.secrets import new_key
+
+    typer.echo(new_key())
 
 
 events_app = typer.Typer(help="The events contract downstream teams build on.")

@@ -58,6 +58,8 @@ SERVICES: dict[str, Service] = {s.name: s for s in (
     Service("outreach", 8002, "outreach", "services.outreach.app:create_app"),
     Service("qualification", 8003, "pipeline", "services.qualification.app:create_app"),
     Service("pipeline", 8004, "pipeline", "services.pipeline.app:create_app"),
+    # webhook delivery: a consumer group of its own, deliveries stored in the pipeline store
+    Service("webhooks", 8005, "pipeline", "services.webhooks.app:create_app"),
 )}
 
 

@@ -257,7 +257,7 @@ class WebhookDelivery(StoreBase):
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         UniqueConstraint("subscription_id", "event_id", name="uq_webhook_deliveries_event"),
-        Index("ix_webhook_deliveries_due", "subscription_id", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_pending", "subscription_id", "status", "id"),
         Index("ix_webhook_deliveries_key", "subscription_id", "key", "status", "id"),
         Index("ix_webhook_deliveries_list", "subscription_id", "id"),
     )

@@ -100,6 +100,7 @@ class Delivery:
     event: CloudEvent
     data: BaseModel
     timestamp_ms: int | None = None
+    value: bytes | None = None  # the record's bytes as published (webhooks send them unchanged)
 
 
 Handler = Callable[[AsyncSession, Delivery], Awaitable[Any]]
@@ -448,7 +449,7 @@ class InboxConsumer:
 
     def _delivery(self, item: _Item) -> Delivery:
         r = item.record
-        return Delivery(r.topic, r.partition, r.offset, r.key, item.event, item.data, r.timestamp)
+        return Delivery(r.topic, r.partition, r.offset, r.key, item.event, item.data, r.timestamp, r.value)
 
     async def _apply(self, items: list[_Item]) -> _Outcome:
         """Apply every valid, new event of ``items`` in one transaction (with its inbox rows)."""

@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     webhooks_max_in_flight: int = Field(16, ge=1, le=256)  # concurrent requests per subscription
     webhooks_poll_interval_s: float = Field(1.0, gt=0)
     webhooks_consumer_group: str = "leadstream-webhooks"
+    webhooks_retention_hours: float = Field(7 * 24.0, gt=0)  # delivered deliveries kept (dead ones until redriven)
 
     log_level: str = "INFO"
     log_json: bool = True

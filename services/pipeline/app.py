@@ -10,6 +10,7 @@ from services.pipeline.analytics import Thresholds
 from services.pipeline.api import router
 from services.pipeline.dashboard import STATIC_PATH, Sessions, static_files
 from services.pipeline.dashboard import router as dashboard_router
+from services.pipeline.subscriptions.api import router as subscriptions_router
 from shared.auth import ApiKeyAuth
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
@@ -36,8 +37,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="The one qualified pipeline, inbound and outbound: contacts with their timelines, accounts, "
         "opportunities and sales transitions, and the sources question — where the best opportunities come "
         "from and where the business is too dependent. Every `/v1` route needs an API key with the "
-        "`pipeline` scope (`Authorization: Bearer …`).",
-        routers=[router, dashboard_router],
+        "`pipeline` scope (`Authorization: Bearer …`), but `/v1/subscriptions` (webhooks), which needs the "
+        "`subscriptions` scope.",
+        routers=[router, subscriptions_router, dashboard_router],
         runtime=runtime,
         ready_checks=runtime.ready_checks,
     )

@@ -65,7 +65,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('subscription_id', 'event_id', name='uq_webhook_deliveries_event')
     )
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
-        batch_op.create_index('ix_webhook_deliveries_due', ['subscription_id', 'status', 'next_attempt_at'], unique=False)
+        batch_op.create_index('ix_webhook_deliveries_pending', ['subscription_id', 'status', 'id'], unique=False)
         batch_op.create_index('ix_webhook_deliveries_key', ['subscription_id', 'key', 'status', 'id'], unique=False)
         batch_op.create_index('ix_webhook_deliveries_list', ['subscription_id', 'id'], unique=False)
 
@@ -77,7 +77,7 @@ def downgrade() -> None:
     with op.batch_alter_table('webhook_deliveries', schema=None) as batch_op:
         batch_op.drop_index('ix_webhook_deliveries_list')
         batch_op.drop_index('ix_webhook_deliveries_key')
-        batch_op.drop_index('ix_webhook_deliveries_due')
+        batch_op.drop_index('ix_webhook_deliveries_pending')
 
     op.drop_table('webhook_deliveries')
     with op.batch_alter_table('webhook_subscriptions', schema=None) as batch_op:

@@ -1,0 +1,111 @@
+"""Webhook subscriptions' shared rules: which events can be subscribed to, and which URLs
+may receive them (checked when a subscription is made, and again before each delivery,
+after DNS resolution, so a name that later resolves to an inside address is refused).
+
+Refused unless the settings allow them: plain ``http`` (``LEADSTREAM_WEBHOOKS_ALLOW_HTTP``)
+and any address that is not globally routable: loopback, private, link-local (cloud
+metadata at 169.254.169.254), shared, multicast, reserved (``LEADSTREAM_WEBHOOKS_ALLOW_PRIVATE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
+
+from shared.events import EVENT_TYPES, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES
+
+# the topics a webhook can follow, and so the event types a subscription may name
+WEBHOOK_TOPICS = (OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES)
+SUBSCRIBABLE_TYPES = tuple(t for t, (topic, _) in EVENT_TYPES.items() if topic in WEBHOOK_TOPICS)
+
+MAX_URL_LENGTH = 2048
+
+
+class TargetRefused(ValueError):
+    """The URL may not receive webhooks; the message says why (it never holds a secret)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL taken apart: what a delivery connects to."""
+
+    url: str
+    scheme: str
+    host: str  # without brackets for IPv6
+    port: int
+
+
+def parse_target(url: str, *, allow_http: bool) -> Target:
+    """The URL's parts if its form is acceptable (no DNS here); ``TargetRefused`` otherwise."""
+    if len(url) > MAX_URL_LENGTH:
+        raise TargetRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise TargetRefused("the URL contains white space or control characters")
+    try:
+        parts: SplitResult = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise TargetRefused(f"not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not parts.netloc:
+        raise TargetRefused("not an absolute http(s) URL")
+    if scheme == "http" and not allow_http:
+        raise TargetRefused("the URL must use https (plain http needs LEADSTREAM_WEBHOOKS_ALLOW_HTTP=true)")
+    if parts.username is not None or parts.password is not None:
+        raise TargetRefused("the URL must not carry credentials; authenticate deliveries by their signature")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise TargetRefused("the URL has no host")
+    try:
+        host.encode("ascii")
+    except UnicodeEncodeError:
+        try:
+            host = host.encode("idna").decode()
+        except UnicodeError:
+            raise TargetRefused("the URL's host is not a valid domain name") from None
+    return Target(url, scheme, host, port or (443 if scheme == "https" else 80))
+
+
+def forbidden_address(address: str) -> bool:
+    """True for an address a webhook may not reach unless private targets are allowed."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+async def resolve(target: Target, *, allow_private: bool) -> list[str]:
+    """The target's addresses (DNS resolved); ``TargetRefused`` if it does not resolve or any
+    address is not public (unless allowed): a name with one inside address is refused whole."""
+    try:
+        ip = ipaddress.ip_address(target.host)
+        addresses = [str(ip)]
+    except ValueError:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError, OSError) as exc:
+            raise TargetRefused(f"the host {target.host!r} does not resolve ({exc.__class__.__name__})") from None
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        if not addresses:
+            raise TargetRefused(f"the host {target.host!r} does not resolve")
+    if not allow_private:
+        inside = [a for a in addresses if forbidden_address(a)]
+        if inside:
+            raise TargetRefused(f"the host {target.host!r} resolves to a loopback, private or link-local address "
+                                f"({inside[0]}); allowed only with LEADSTREAM_WEBHOOKS_ALLOW_PRIVATE=true")
+    return addresses
+
+
+async def check_target(url: str, *, allow_http: bool, allow_private: bool) -> Target:
+    """Form and addresses of a subscription's URL; ``TargetRefused`` saying what is wrong."""
+    target = parse_target(url, allow_http=allow_http)
+    await resolve(target, allow_private=allow_private)
+    return target
+
+
+__all__ = ["MAX_URL_LENGTH", "SUBSCRIBABLE_TYPES", "WEBHOOK_TOPICS", "Target", "TargetRefused", "check_target",
+           "forbidden_address", "parse_target", "resolve"]

@@ -1,0 +1,194 @@
+"""The subscriptions API on the pipeline service (in-process app, real migrated store on both
+backends): scope, secrets shown once and stored encrypted, bad input named, pagination,
+deliveries listed, retried and redriven."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from services.pipeline.app import create_app
+from shared.secrets import DEVELOPMENT_KEY, SecretBox
+from shared.store.models import WebhookDelivery, WebhookSubscription
+from shared.webhooks import SUBSCRIBABLE_TYPES
+from tests.integration.test_pipeline_api import add_key
+from tests.support import make_settings, serve_app
+
+QUALIFIED, STAGE = SUBSCRIBABLE_TYPES
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+async def subscriptions(broker, database_factory, tmp_path):
+    url = await database_factory("pipeline")
+    app = create_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url))
+    async with serve_app(app) as client:
+        client.runtime = app.state.runtime
+        client.headers["Authorization"] = "Bearer " + await add_key(client.runtime.db, "crm-team", "subscriptions")
+        yield client
+
+
+@pytest.fixture
+async def local(broker, database_factory, tmp_path):
+    """The same API with local receivers allowed (LEADSTREAM_WEBHOOKS_ALLOW_HTTP/_PRIVATE)."""
+    url = await database_factory("pipeline")
+    app = create_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url,
+                                   webhooks_allow_http=True, webhooks_allow_private=True))
+    async with serve_app(app) as client:
+        client.runtime = app.state.runtime
+        client.headers["Authorization"] = "Bearer " + await add_key(client.runtime.db, "dev", "subscriptions")
+        yield client
+
+
+def body(**overrides) -> dict:  # noqa: ANN003
+    return {"url": "https://8.8.8.8/hooks/leadstream", "event_types": [QUALIFIED], "description": "CRM"} | overrides
+
+
+async def test_scope_is_required(subscriptions):
+    other = await add_key(subscriptions.runtime.db, "analyst", "pipeline")
+    answer = await subscriptions.get("/v1/subscriptions", headers={"Authorization": f"Bearer {other}"})
+    assert answer.status_code == 403 and answer.json()["required_scope"] == "subscriptions"
+    assert (await subscriptions.get("/v1/subscriptions", headers={"Authorization": ""})).status_code == 401
+    # and the subscriptions scope does not open the pipeline's own routes
+    assert (await subscriptions.get("/v1/contacts")).status_code == 403
+
+
+async def test_create_shows_the_secret_once_and_stores_it_encrypted(subscriptions, capsys):
+    created = await subscriptions.post("/v1/subscriptions", json=body())
+    assert created.status_code == 201, created.text
+    sub = created.json()
+    secret = sub["secret"]
+    assert secret.startswith("whsec_") and sub["status"] == "active" and sub["event_types"] == [QUALIFIED]
+    assert created.headers["location"] == f"/v1/subscriptions/{sub['id']}"
+    async with subscriptions.runtime.db.reader() as s:
+        stored = (await s.execute(select(WebhookSubscription.secret))).scalar_one()
+    assert secret not in stored and SecretBox(DEVELOPMENT_KEY).decrypt(stored) == secret
+    one = await subscriptions.get(f"/v1/subscriptions/{sub['id']}")
+    listed = await subscriptions.get("/v1/subscriptions")
+    patched = await subscriptions.patch(f"/v1/subscriptions/{sub['id']}", json={"status": "paused"})
+    bad = await subscriptions.patch(f"/v1/subscriptions/{sub['id']}", json={"secret": secret})
+    for answer in (one, listed, patched, bad):
+        assert secret not in answer.text and "secret" not in answer.json().get("items", [answer.json()])[0]
+    assert bad.status_code == 422
+    assert secret not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("url", "not a url", "white space"),
+    ("url", "example.com/hook", "not an absolute http(s) URL"),
+    ("url", "ftp://8.8.8.8/x", "not an absolute http(s) URL"),
+    ("url", "http://8.8.8.8/x", "must use https"),
+    ("url", "https://user:pw@8.8.8.8/x", "credentials"),
+    ("url", "https://127.0.0.1/x", "loopback, private or link-local"),
+    ("url", "https://localhost:8443/x", "loopback, private or link-local"),
+    ("url", "https://10.1.2.3/x", "loopback, private or link-local"),
+    ("url", "https://169.254.169.254/latest/meta-data", "loopback, private or link-local"),
+    ("url", "https://[::1]/x", "loopback, private or link-local"),
+    ("url", "https://nowhere.invalid/x", "does not resolve"),
+    ("url", "https://8.8.8.8:99999/x", "not a valid URL"),
+    ("url", "https://8.8.8.8/" + "x" * 2100, "at most 2048"),
+    ("event_types", ["io.leadstream.lead.captured.v1"], "Input should be"),
+    ("event_types", [], "at least 1"),
+    ("description", "d" * 501, "at most 500"),
+])
+async def test_bad_input_is_422_naming_the_field(subscriptions, field, value, message):
+    answer = await subscriptions.post("/v1/subscriptions", json=body(**{field: value}))
+    assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM, answer.text
+    errors = answer.json()["errors"]
+    assert errors[0]["field"].split(".")[0] == field and message in errors[0]["message"], errors
+    assert await count(subscriptions) == 0
+
+
+async def test_unknown_field_missing_field_and_not_json(subscriptions):
+    unknown = await subscriptions.post("/v1/subscriptions", json=body(secret="mine"))
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "secret"
+    missing = await subscriptions.post("/v1/subscriptions", json={"url": "https://8.8.8.8/"})
+    assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "event_types"
+    text = await subscriptions.post("/v1/subscriptions", content=b"url=x", headers={"content-type": "text/plain"})
+    assert text.status_code == 415
+
+
+async def test_settings_allow_local_receivers(local):
+    answer = await local.post("/v1/subscriptions", json=body(url="http://127.0.0.1:9/hook"))
+    assert answer.status_code == 201, answer.text
+
+
+async def test_get_patch_delete_and_pagination(subscriptions):
+    made = [(await subscriptions.post("/v1/subscriptions", json=body(description=f"n{i}"))).json() for i in range(3)]
+    first = (await subscriptions.get("/v1/subscriptions", params={"limit": 2})).json()
+    second = (await subscriptions.get("/v1/subscriptions", params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    assert [s["id"] for s in first["items"] + second["items"]] == [s["id"] for s in reversed(made)]
+    assert second["next_cursor"] is None
+    bad_cursor = await subscriptions.get("/v1/subscriptions", params={"cursor": "nope"})
+    assert bad_cursor.status_code == 422 and bad_cursor.json()["errors"][0]["field"] == "cursor"
+
+    sub = made[0]["id"]
+    paused = await subscriptions.patch(f"/v1/subscriptions/{sub}", json={"status": "paused"})
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    changed = await subscriptions.patch(f"/v1/subscriptions/{sub}", json={
+        "status": "active", "event_types": [STAGE, QUALIFIED, STAGE], "url": "https://8.8.4.4/new"})
+    assert changed.json()["event_types"] == [STAGE, QUALIFIED] and changed.json()["url"] == "https://8.8.4.4/new"
+    for patch, field in (({}, "body"), ({"url": "https://10.0.0.1/"}, "url"), ({"status": "deleted"}, "status"),
+                         ({"url": None}, "body"), ({"event_types": ["x"]}, "event_types")):
+        answer = await subscriptions.patch(f"/v1/subscriptions/{sub}", json=patch)
+        assert answer.status_code == 422 and answer.json()["errors"][0]["field"].split(".")[0] == field, answer.text
+    assert (await subscriptions.patch("/v1/subscriptions/nope", json={"status": "paused"})).status_code == 404
+    assert (await subscriptions.get("/v1/subscriptions/nope")).status_code == 404
+
+    assert (await subscriptions.delete(f"/v1/subscriptions/{sub}")).status_code == 204
+    assert (await subscriptions.get(f"/v1/subscriptions/{sub}")).status_code == 404
+    assert (await subscriptions.delete(f"/v1/subscriptions/{sub}")).status_code == 404
+
+
+async def test_deliveries_listed_retried_and_redriven(subscriptions):
+    sub = (await subscriptions.post("/v1/subscriptions", json=body())).json()["id"]
+    now = datetime.now(timezone.utc)
+    async with subscriptions.runtime.db.unit_of_work() as s:
+        for i, status in enumerate(["delivered", "dead", "dead", "pending"]):
+            s.add(WebhookDelivery(subscription_id=sub, event_id=f"evt-{i}", event_type=QUALIFIED, key="k@x.com",
+                                  partition=0, payload=b"{}", status=status, attempts=3 if status == "dead" else 1,
+                                  next_attempt_at=now + timedelta(minutes=5), expires_at=now - timedelta(hours=1),
+                                  last_status=500 if status == "dead" else 200,
+                                  last_error="HTTP 500" if status == "dead" else None,
+                                  published_at=now, created_at=now + timedelta(seconds=i)))
+    listed = (await subscriptions.get(f"/v1/subscriptions/{sub}/deliveries", params={"limit": 3})).json()
+    assert [d["event_id"] for d in listed["items"]] == ["evt-3", "evt-2", "evt-1"] and listed["next_cursor"]
+    rest = (await subscriptions.get(f"/v1/subscriptions/{sub}/deliveries",
+                                    params={"limit": 3, "cursor": listed["next_cursor"]})).json()
+    assert [d["event_id"] for d in rest["items"]] == ["evt-0"] and rest["next_cursor"] is None
+    dead = (await subscriptions.get(f"/v1/subscriptions/{sub}/deliveries", params={"status": "dead"})).json()["items"]
+    assert [d["event_id"] for d in dead] == ["evt-2", "evt-1"]
+    assert dead[0]["attempts"] == 3 and dead[0]["last_status"] == 500 and dead[0]["last_error"] == "HTTP 500"
+    assert dead[0]["next_attempt_at"] is None
+    assert listed["items"][0]["next_attempt_at"] is not None  # pending: when it is due
+
+    retried = await subscriptions.post(f"/v1/subscriptions/{sub}/deliveries/{dead[0]['id']}/retry")
+    assert retried.status_code == 202 and retried.json()["status"] == "pending"
+    assert retried.json()["next_attempt_at"] is not None
+    again = await subscriptions.post(f"/v1/subscriptions/{sub}/deliveries/{dead[0]['id']}/retry")
+    assert again.status_code == 409
+    assert (await subscriptions.post(f"/v1/subscriptions/{sub}/deliveries/999999/retry")).status_code == 404
+    assert (await subscriptions.post(f"/v1/subscriptions/{sub}/deliveries/abc/retry")).status_code == 422
+    assert (await subscriptions.post(f"/v1/subscriptions/nope/redrive")).status_code == 404
+    redriven = await subscriptions.post(f"/v1/subscriptions/{sub}/redrive")
+    assert redriven.status_code == 202 and redriven.json() == {"requeued": 1}
+    async with subscriptions.runtime.db.reader() as s:
+        states = dict((await s.execute(select(WebhookDelivery.event_id, WebhookDelivery.status))).all())
+        windows = (await s.execute(select(WebhookDelivery.expires_at).where(WebhookDelivery.event_id == "evt-1"))).scalar()
+    assert states == {"evt-0": "delivered", "evt-1": "pending", "evt-2": "pending", "evt-3": "pending"}
+    assert windows.replace(tzinfo=timezone.utc) > now + timedelta(hours=23)  # a new 24-hour window
+    bad = await subscriptions.get(f"/v1/subscriptions/{sub}/deliveries", params={"status": "lost"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "status"
+    assert (await subscriptions.get("/v1/subscriptions/nope/deliveries")).status_code == 404
+    # deleting the subscription removes its deliveries
+    assert (await subscriptions.delete(f"/v1/subscriptions/{sub}")).status_code == 204
+    async with subscriptions.runtime.db.reader() as s:
+        assert (await s.execute(select(WebhookDelivery))).first() is None
+
+
+async def count(client) -> int:  # noqa: ANN001
+    async with client.runtime.db.reader() as s:
+        return len((await s.execute(select(WebhookSubscription.id))).all())
