@@ -16,7 +16,7 @@ from services.webhooks.handlers import bind, prefetch
 from shared.consumer import InboxConsumer
 from shared.runtime import Runtime, ServiceRuntime
 from shared.settings import Settings, get_settings
-from shared.store.models import WebhookProcessedEvent
+from pipeline_store.models import WebhookProcessedEvent
 from shared.web import create_service_app
 from shared.webhooks import WEBHOOK_TOPICS
 

@@ -9,7 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import in_chunks, stage_insert, update_many
-from shared.store.models import WebhookDelivery, WebhookProcessedEvent, WebhookSubscription
+from pipeline_store.models import WebhookDelivery, WebhookProcessedEvent, WebhookSubscription
 
 DELIVERIES = WebhookDelivery.__table__
 D = DELIVERIES.c

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from services.pipeline.app import create_app
 from shared.secrets import DEVELOPMENT_KEY, SecretBox
-from shared.store.models import WebhookDelivery, WebhookSubscription
+from pipeline_store.models import WebhookDelivery, WebhookSubscription
 from shared.webhooks import SUBSCRIBABLE_TYPES
 from tests.integration.test_pipeline_api import add_key
 from tests.support import make_settings, serve_app

@@ -17,7 +17,7 @@ from shared.events import OPPORTUNITY_QUALIFIED, STAGE_CHANGED, make_event
 from shared.kafka import KafkaGateway
 from shared.secrets import DEVELOPMENT_KEY, SecretBox
 from shared.signatures import SIGNATURE_HEADER, new_webhook_secret, verify
-from shared.store.models import WebhookDelivery, WebhookSubscription
+from pipeline_store.models import WebhookDelivery, WebhookSubscription
 from shared.webhooks import SUBSCRIBABLE_TYPES
 from tests.receiver import Answer, Receiver
 from tests.support import eventually, make_settings, serve_app
@@ -107,8 +107,9 @@ async def test_signed_in_order_and_a_broken_receiver_delays_no_other(broker, pip
             await eventually(lambda: _attempted(db, failing_id, 2), timeout=30)
             status = (await runtime.client.get("/v1/status")).json()
             assert set(status["dispatcher"]["workers"]) == {healthy_id, stage_only_id, failing_id}
-            metrics = (await runtime.client.get("/metrics")).text
-            assert f'leadstream_webhook_delivered_total{{subscription="{healthy_id}"}} {float(len(events))}' in metrics
+            delivered = f'leadstream_webhook_delivered_total{{subscription="{healthy_id}"}} {float(len(events))}'
+            # counted once the outcome is stored, just after the receiver has the request
+            metrics = await eventually(lambda: _metrics_with(runtime.client, delivered), timeout=30)
             assert f'leadstream_webhook_retried_total{{subscription="{failing_id}"}}' in metrics
             assert f'leadstream_webhook_delivery_latency_seconds_count{{subscription="{healthy_id}"}}' in metrics
 
@@ -132,6 +133,11 @@ async def test_signed_in_order_and_a_broken_receiver_delays_no_other(broker, pip
     latencies = [(r.delivered_at - r.published_at).total_seconds() for r in healthy_rows]
     print(f"healthy deliveries beside a hanging and a failing receiver: {len(latencies)}, "
           f"max from publication to 2xx {max(latencies):.3f} s")
+
+
+async def _metrics_with(client, line: str) -> str | None:  # noqa: ANN001
+    text = (await client.get("/metrics")).text
+    return text if line in text else None
 
 
 async def _has(receiver: Receiver, ids: set[str]) -> bool:

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.pipeline.cursor import Position
 from services.pipeline.repository import after
-from shared.store.models import WebhookDelivery, WebhookSubscription
+from pipeline_store.models import WebhookDelivery, WebhookSubscription
 
 
 async def subscription(session: AsyncSession, subscription_id: str) -> WebhookSubscription | None:

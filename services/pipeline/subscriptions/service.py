@@ -25,7 +25,7 @@ from shared.errors import ProblemError
 from shared.secrets import SecretBox
 from shared.settings import Settings
 from shared.signatures import new_webhook_secret
-from shared.store.models import WebhookDelivery, WebhookSubscription
+from pipeline_store.models import WebhookDelivery, WebhookSubscription
 from shared.webhooks import TargetRefused, check_target
 
 VALIDATION = "https://leadstream.dev/problems/validation"
