@@ -84,6 +84,8 @@ async def resolve(target: Target, *, allow_private: bool) -> list[str]:
         ip = ipaddress.ip_address(target.host)
         addresses = [str(ip)]
     except ValueError:
+        ip = None
+    if ip is None:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
                 target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)

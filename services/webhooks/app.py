@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
+from pipeline_store import DATABASE
 from services.webhooks.dispatcher import Dispatcher
 from services.webhooks.handlers import bind, prefetch
 from shared.consumer import InboxConsumer
@@ -23,7 +24,7 @@ from shared.webhooks import WEBHOOK_TOPICS
 
 class WebhooksRuntime(ServiceRuntime):
     def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, "webhooks")
+        super().__init__(settings, "webhooks", database=DATABASE)
         self.dispatcher = Dispatcher(self.db, settings, self.secrets, partitions=self.partitions)
         self.consumer = InboxConsumer(
             self.db, self.kafka, settings,

@@ -120,7 +120,7 @@ class Worker:
     """Sends one subscription's deliveries."""
 
     config: Config
-    dispatcher: "Dispatcher"
+    dispatcher: Dispatcher
     sender: Sender
     keys: set[str] = field(default_factory=set)  # keys with a delivery in flight
     in_flight: dict[int, asyncio.Task] = field(default_factory=dict)

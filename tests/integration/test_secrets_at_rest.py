@@ -15,7 +15,8 @@ from sqlalchemy.engine import make_url
 
 from services.outreach.app import create_app
 from shared.db import Database
-from shared.migrate import alembic_config, aupgrade
+from leadstream.registry import DATABASES, aupgrade
+from shared.migrate import alembic_config
 from shared.secrets import DEVELOPMENT_KEY, SecretBox, new_key
 from tests.integration.test_outreach_api import add_key, deliver, webhook
 from tests.support import create_postgres_database, drop_postgres_database, make_settings, serve_app
@@ -76,7 +77,7 @@ async def test_existing_secrets_are_encrypted_by_the_migration_and_still_verify(
         assert (await deliver(client, "salesloft", webhook("evt_forged"), "whsec_guess")).status_code == 401
 
     # and back: the downgrade decrypts
-    await asyncio.to_thread(command.downgrade, alembic_config("outreach", outreach_url), "0001")
+    await asyncio.to_thread(command.downgrade, alembic_config(DATABASES["outreach"].migrations, outreach_url), "0001")
     db = Database(outreach_url)
     try:
         async with db.reader() as s:

@@ -4,7 +4,6 @@ deliveries listed, retried and redriven."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -172,12 +171,13 @@ async def test_deliveries_listed_retried_and_redriven(subscriptions):
     assert again.status_code == 409
     assert (await subscriptions.post(f"/v1/subscriptions/{sub}/deliveries/999999/retry")).status_code == 404
     assert (await subscriptions.post(f"/v1/subscriptions/{sub}/deliveries/abc/retry")).status_code == 422
-    assert (await subscriptions.post(f"/v1/subscriptions/nope/redrive")).status_code == 404
+    assert (await subscriptions.post("/v1/subscriptions/nope/redrive")).status_code == 404
     redriven = await subscriptions.post(f"/v1/subscriptions/{sub}/redrive")
     assert redriven.status_code == 202 and redriven.json() == {"requeued": 1}
     async with subscriptions.runtime.db.reader() as s:
         states = dict((await s.execute(select(WebhookDelivery.event_id, WebhookDelivery.status))).all())
-        windows = (await s.execute(select(WebhookDelivery.expires_at).where(WebhookDelivery.event_id == "evt-1"))).scalar()
+        windows = (await s.execute(select(WebhookDelivery.expires_at)
+                                   .where(WebhookDelivery.event_id == "evt-1"))).scalar()
     assert states == {"evt-0": "delivered", "evt-1": "pending", "evt-2": "pending", "evt-3": "pending"}
     assert windows.replace(tzinfo=timezone.utc) > now + timedelta(hours=23)  # a new 24-hour window
     bad = await subscriptions.get(f"/v1/subscriptions/{sub}/deliveries", params={"status": "lost"})

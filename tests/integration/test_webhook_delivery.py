@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 import orjson
-import pytest
 from sqlalchemy import select
 
 from services.webhooks.app import create_app
@@ -85,7 +84,7 @@ def ids_of(receiver: Receiver) -> list[str]:
     return [orjson.loads(r.body)["id"] for r in receiver.received]
 
 
-async def test_signed_in_order_and_a_broken_receiver_delays_no_other(broker, pipeline_store, database_factory, tmp_path):
+async def test_signed_in_order_and_a_broken_receiver_delays_no_other(broker, pipeline_store, tmp_path):
     db = pipeline_store
     healthy, hanging = Receiver(), Receiver(lambda _: Answer(hang=True))
     failing = Receiver(lambda _: Answer(500, body=b"upstream exploded"))

@@ -20,7 +20,8 @@ def add_subscription(session: AsyncSession, row: WebhookSubscription) -> None:
     session.add(row)
 
 
-async def list_subscriptions(session: AsyncSession, *, limit: int, position: Position | None) -> list[WebhookSubscription]:
+async def list_subscriptions(session: AsyncSession, *, limit: int,
+                             position: Position | None) -> list[WebhookSubscription]:
     """Newest first, ``limit + 1`` rows (one more tells there is a next page)."""
     query = select(WebhookSubscription)
     if position is not None:

@@ -49,7 +49,7 @@ class SubscriptionPatch(Strict):
     status: Status | None = Field(None, description="`paused` stops deliveries (pending ones wait); `active` resumes")
 
     @model_validator(mode="after")
-    def _something(self) -> "SubscriptionPatch":
+    def _something(self) -> SubscriptionPatch:
         if not self.model_fields_set:
             raise ValueError("send at least one of url, event_types, description, status")
         for name in ("url", "event_types", "status"):

@@ -86,8 +86,8 @@ async def list_subscriptions(session: AsyncSession, params: Page) -> Subscriptio
     rows = await repository.list_subscriptions(session, limit=params.limit, position=position)
     page, more = rows[: params.limit], len(rows) > params.limit
     last = page[-1] if more else None
-    return SubscriptionPage(items=[subscription_view(r) for r in page],
-                            next_cursor=encode_cursor("subscriptions", "desc", last.created_at, last.id) if last else None)
+    cursor = encode_cursor("subscriptions", "desc", last.created_at, last.id) if last else None
+    return SubscriptionPage(items=[subscription_view(r) for r in page], next_cursor=cursor)
 
 
 async def update(session: AsyncSession, subscription_id: str, patch: SubscriptionPatch) -> SubscriptionOut:
@@ -113,8 +113,8 @@ async def list_deliveries(session: AsyncSession, subscription_id: str, params: D
                                             before_id=before_id)
     page, more = rows[: params.limit], len(rows) > params.limit
     last = page[-1] if more else None
-    return DeliveryPage(items=[delivery_view(r) for r in page],
-                        next_cursor=encode_cursor("deliveries", "desc", last.created_at, str(last.id)) if last else None)
+    cursor = encode_cursor("deliveries", "desc", last.created_at, str(last.id)) if last else None
+    return DeliveryPage(items=[delivery_view(r) for r in page], next_cursor=cursor)
 
 
 async def retry(session: AsyncSession, subscription_id: str, delivery_id: int, settings: Settings) -> DeliveryOut:
