@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import capture, e2e, outreach, pipeline, qualification, qualification_pg
+from bench import capture, e2e, outreach, pipeline, qualification, qualification_pg, webhooks
 from bench.harness import Row, Stack
 
 SECTIONS = {
@@ -18,6 +18,7 @@ SECTIONS = {
     "e2e": e2e.run,
     "e2e-pg": e2e.run_pg,
     "pipeline": pipeline.run,
+    "webhooks": webhooks.run,
 }
 
 
