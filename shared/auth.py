@@ -85,14 +85,6 @@ class ApiKeyAuth:
         await self.limit.check(principal.key_id)
         return principal
 
-    async def by_id(self, key_id: str) -> Principal | None:
-        """The principal of a key id if the key still exists and is not revoked (for sessions)."""
-        async with self.db.reader() as session:
-            row = (await session.execute(
-                select(self.model).where(self.model.id == key_id, self.model.revoked_at.is_(None))
-            )).scalar_one_or_none()
-        return Principal(row.id, row.name, frozenset(row.scopes.split())) if row else None
-
     async def _lookup(self, digest: str) -> Principal | None:
         now = _time.monotonic()
         cached = self._cache.get(digest)
