@@ -19,7 +19,7 @@ from tests.integration.test_pipeline_api import pipeline  # noqa: F401 - fixture
 from tests.support import make_settings
 
 PROBLEM = "application/problem+json"
-SERVICES = ("capture", "outreach", "qualification", "pipeline")
+SERVICES = ("capture", "outreach", "qualification", "pipeline", "webhooks")
 
 
 def _problem(answer: httpx.Response, status: int) -> dict:
@@ -93,6 +93,7 @@ SLASHED = {
     "outreach": [("POST", "/v1/prospects/"), ("POST", "/v1/touches/")],
     "qualification": [("GET", "/v1/status/")],
     "pipeline": [("GET", "/dashboard/"), ("GET", "/v1/contacts/"), ("POST", "/dashboard/sign-in/")],
+    "webhooks": [("GET", "/v1/status/")],
 }
 
 
