@@ -38,11 +38,11 @@ TOPIC_DESCRIPTIONS = {
     PIPELINE_CHANGES: "Every lifecycle stage change, automatic (qualification) or by sales (pipeline).",
 }
 
-PRODUCERS = {
-    LEADS_CAPTURED: "capture",
-    OUTREACH_TOUCHES: "outreach",
-    OPPORTUNITIES_QUALIFIED: "qualification",
-    PIPELINE_CHANGES: "qualification and pipeline",
+PRODUCERS = {  # who publishes each topic, as a sentence (the spine names no service as a value)
+    LEADS_CAPTURED: "The capture service publishes",
+    OUTREACH_TOUCHES: "The outreach service publishes",
+    OPPORTUNITIES_QUALIFIED: "The qualification service publishes",
+    PIPELINE_CHANGES: "The qualification and pipeline services publish",
 }
 
 DLQ_HEADERS = {
@@ -167,7 +167,7 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             operations[f"publish.{address}"] = {
                 "action": "send",
                 "channel": _ref(f"#/channels/{address}"),
-                "summary": f"{'Any consumer' if dlq else PRODUCERS[topic]} publishes to {address}.",
+                "summary": f"{'Any consumer publishes' if dlq else PRODUCERS[topic]} to {address}.",
                 "messages": [_ref(f"#/channels/{address}/messages/{message_name(t)}{suffix}") for t in types],
             }
     return {
