@@ -14,6 +14,11 @@ On SQLite, where the group commit's batch writer tells the relay of each row it 
 (``Database.listen``), the relay publishes those rows from memory instead of reading them
 back (``FreshRows``), in the same id order; the table stays the truth, read again whenever
 memory may not hold every pending row.
+
+Every process that writes an outbox runs a relay, but only the holder of the outbox's lease
+(``shared.lease``) publishes: the others just write rows. A new holder starts from the lowest
+unpublished row, so only rows that were in flight (sent, not yet marked) when its
+predecessor died are published twice.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import structlog
 from prometheus_client import Counter, Gauge
 from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
 from shared.db import stage_insert, transaction_time
 from shared.events import CONTENT_TYPE, CloudEvent
 from shared.kafka import KafkaGateway
+from shared.lease import OutboxLease, lease_table
 
 log = structlog.get_logger("outbox")
 
@@ -65,6 +72,11 @@ class OutboxMixin:
     @declared_attr.directive
     def __table_args__(cls):  # noqa: N805
         return (Index(f"ix_{cls.__tablename__}_unpublished", "published_at", "id"),)
+
+    def __init_subclass__(cls, **kwargs) -> None:  # noqa: ANN003
+        super().__init_subclass__(**kwargs)  # the declarative base maps the class here
+        if "__table__" in cls.__dict__:
+            lease_table(cls.__table__)  # every outbox table comes with its lease table
 
 
 def stage_event(session: AsyncSession, outbox_model: type[OutboxMixin], event: CloudEvent, key: str) -> None:
@@ -103,20 +115,31 @@ class FreshRows:
 
     Memory is *trusted* only while it holds every pending row above the last one the relay
     read from the table: from a read that found the table drained, until anything breaks
-    that (rows written another way, a failed publish, a new broker cluster, too many rows
-    waiting). Then the relay reads the table again until it is drained once more."""
+    that (rows written another way, or by another process, a failed publish, a new broker
+    cluster, too many rows waiting). Then the relay reads the table again until it is drained
+    once more.
+
+    Other processes write the table too (every process that writes an outbox, and one relay
+    publishes it): their rows take ids between this process's, which SQLite numbers in commit
+    order. A batch that does not start at the id after the last one memory knows leaves a
+    gap, so memory is no longer complete; publishing from it would put this process's rows
+    before older rows of the same key."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.rows: deque[tuple[int, str, str, bytes]] = deque()
         self.trusted = False
         self.epoch = 0  # bumped whenever memory stops being complete
+        self.next_id: int | None = None  # the id of the next row, for memory to stay complete
 
     def inserted(self, rows: list[dict], first_id: int) -> None:
+        if self.next_id is not None and first_id != self.next_id:
+            self.forget()  # rows another process committed in between are not in memory
         if len(self.rows) + len(rows) > self.limit:
             self.forget()
             return
         self.rows.extend((first_id + i, r["topic"], r["key"], r["value"]) for i, r in enumerate(rows))
+        self.next_id = first_id + len(rows)
 
     def inserted_unseen(self) -> None:
         self.forget()
@@ -125,22 +148,34 @@ class FreshRows:
         self.rows.clear()
         self.trusted = False
         self.epoch += 1
+        self.next_id = None
 
-    def read_through(self, last_id: int | None, drained: bool, epoch: int) -> None:
+    def read_through(self, last_id: int | None, drained: bool, epoch: int, table_max: int | None = None) -> None:
         """The table was read (in id order) up to ``last_id``, and those rows published: drop
-        them from memory; a drained read, with memory complete since it began, trusts it."""
+        them from memory. A drained read, whose snapshot's highest id was ``table_max``, trusts
+        memory if it was complete since the read began and continues right after that id."""
         if last_id is not None:
             while self.rows and self.rows[0][0] <= last_id:
                 self.rows.popleft()
         if drained and epoch == self.epoch:
-            self.trusted = True
+            after = (table_max or 0) + 1  # SQLite gives an empty table's first row id 1
+            if not self.rows:
+                self.trusted = True
+                self.next_id = after if self.next_id is None else max(self.next_id, after)
+            elif self.rows[0][0] == after:
+                self.trusted = True
 
     def take(self, limit: int) -> list[tuple[int, str, str, bytes]]:
         return [self.rows.popleft() for _ in range(min(limit, len(self.rows)))]
 
 
+class LeaseLost(Exception):
+    """The relay no longer holds its outbox's lease: what it was about to send stays unsent."""
+
+
 class OutboxRelay:
-    """Publishes committed outbox rows; one per process that writes an outbox."""
+    """Publishes committed outbox rows while it holds the outbox's lease; one per process that
+    writes an outbox (the others wait for the lease and only write rows)."""
 
     def __init__(self, db, outbox_model: type[OutboxMixin], kafka: KafkaGateway, settings, service: str) -> None:  # noqa: ANN001
         self.db = db
@@ -149,8 +184,11 @@ class OutboxRelay:
         self.kafka = kafka
         self.settings = settings
         self.service = service
+        self.lease = OutboxLease(db, self.table, settings)
         self._wake = asyncio.Event()
+        self._lease_changed = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._keeper: asyncio.Task | None = None
         self._stopping = False
         self._cluster_id: str | None = None
         self._cluster_checked_at = 0.0
@@ -169,12 +207,15 @@ class OutboxRelay:
         self._wake.set()
 
     def start(self) -> None:
+        self._keeper = asyncio.create_task(self._keep_lease(), name=f"outbox-lease-{self.service}")
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.service}")
 
     async def stop(self, drain_timeout: float = 3.0) -> None:
-        """Stop after a last attempt to publish what is pending (bounded by ``drain_timeout``)."""
+        """Stop after a last attempt to publish what is pending (bounded by ``drain_timeout``),
+        write the marks of what was published, and release the lease."""
         self._stopping = True
         self._wake.set()
+        self._lease_changed.set()
         if self._task:
             try:
                 await asyncio.wait_for(self._task, drain_timeout)
@@ -182,6 +223,48 @@ class OutboxRelay:
                 self._task.cancel()
             except Exception:  # noqa: BLE001
                 pass
+        if self._keeper:
+            self._keeper.cancel()
+            try:
+                await self._keeper
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if self.lease.epoch is not None:
+            try:
+                await self.db.flush()  # marks first: the next holder starts after what they cover
+                await self.lease.release()
+            except Exception as exc:  # noqa: BLE001 - then the lease expires instead
+                log.warning("outbox lease not released; it expires", outbox=self.table.name, error=repr(exc))
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease while held, try to take it while not; every ``outbox_lease_renew_s``."""
+        while not self._stopping:
+            try:
+                change = await self.lease.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database is away: stop sending until renewed
+                self.lease.suspend()
+                log.warning("outbox lease not refreshed", outbox=self.table.name, error=repr(exc))
+                change = None
+            if change == "acquired":
+                self._took_over()
+            elif change == "lost" and self.fresh is not None:
+                self.fresh.forget()
+            if change:
+                self._lease_changed.set()
+            await asyncio.sleep(self.lease.renew_every)
+
+    def _took_over(self) -> None:
+        # Start from the table's lowest unpublished row; check the cluster at once (the
+        # previous holder may have published to a broker that is gone, or died while settling).
+        if self.fresh is not None:
+            self.fresh.forget()
+        self._cluster_id = None
+        self._cluster_checked_at = 0.0
+        self._settle_until = 0.0
+        self._scanned_at = 0.0
+        self._wake.set()
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -189,6 +272,19 @@ class OutboxRelay:
         while True:
             try:
                 now = loop.time()
+                if now - self._metrics_at > 1.0:
+                    await self._update_metrics()
+                    self._metrics_at = now
+                if not self.lease.held:
+                    if self._stopping:
+                        return
+                    # another relay publishes this outbox: wait until the lease changes hands
+                    self._lease_changed.clear()
+                    try:
+                        await asyncio.wait_for(self._lease_changed.wait(), self.lease.renew_every)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
                 if now - self._cluster_checked_at > 2.0:
                     # Even with nothing pending: rows already published may have been lost
                     # with a broker that started anew, and must go out again.
@@ -200,9 +296,6 @@ class OutboxRelay:
                 if now - self._housekept > 60.0:
                     await self._housekeep()
                     self._housekept = now
-                if now - self._metrics_at > 1.0:
-                    await self._update_metrics()
-                    self._metrics_at = now
                 backoff = 0.1
                 if self._stopping:
                     return
@@ -221,6 +314,10 @@ class OutboxRelay:
                     await asyncio.sleep(LINGER_S)
             except asyncio.CancelledError:
                 raise
+            except LeaseLost:
+                if self.fresh is not None:
+                    self.fresh.forget()
+                log.info("outbox lease not held: not publishing", outbox=self.table.name)
             except Exception as exc:  # noqa: BLE001 - the broker or database is away: retry
                 if self.fresh is not None:
                     self.fresh.forget()
@@ -239,6 +336,12 @@ class OutboxRelay:
         except TimeoutError:
             return False
 
+    def _fence(self) -> ColumnElement[bool]:
+        """The lease's fence for the holder's writes; ``LeaseLost`` if it is not held."""
+        if not self.lease.held:
+            raise LeaseLost(self.table.name)
+        return self.lease.fence()
+
     async def _check_cluster(self) -> str:
         """The current cluster id; on a new one (an embedded broker started anew, empty),
         create the topics and queue every retained row again."""
@@ -246,6 +349,7 @@ class OutboxRelay:
         if self._cluster_id is not None and loop.time() - self._cluster_checked_at < 1.0:
             # A stale id is safe: rows marked with an old id are only ever published again.
             return self._cluster_id
+        fence = self._fence()
         cluster_id = await self.kafka.cluster_id()
         self._cluster_checked_at = loop.time()
         if cluster_id == self._cluster_id:
@@ -254,7 +358,7 @@ class OutboxRelay:
         async with self.db.unit_of_work() as session:
             result = await session.execute(
                 update(self.table)
-                .where(self.table.c.published_at.is_not(None), self.table.c.published_cluster != cluster_id)
+                .where(self.table.c.published_at.is_not(None), self.table.c.published_cluster != cluster_id, fence)
                 .values(published_at=None, published_cluster=None)
             )
         if self.fresh is not None:
@@ -271,10 +375,11 @@ class OutboxRelay:
 
     async def _end_settling(self) -> None:
         """Publish again what went out in the first seconds on a new cluster."""
+        fence = self._fence()
         async with self.db.unit_of_work() as session:
             result = await session.execute(
                 update(self.table)
-                .where(self.table.c.published_cluster.like(f"%{SETTLING}"))
+                .where(self.table.c.published_cluster.like(f"%{SETTLING}"), fence)
                 .values(published_at=None, published_cluster=None)
             )
         self._settle_until = 0.0
@@ -296,6 +401,7 @@ class OutboxRelay:
         epoch = fresh.epoch if fresh is not None else 0
         await self.db.flush()  # marks not yet written would read as pending
         m = self.table.c
+        table_max = None
         async with self.db.reader() as session:
             rows = (
                 await session.execute(
@@ -305,9 +411,13 @@ class OutboxRelay:
                     .limit(limit)
                 )
             ).all()
+            if fresh is not None and len(rows) < limit:
+                # in the same snapshot: where rows committed after this read start
+                table_max = (await session.execute(select(func.max(m.id)))).scalar()
         sent = await self._publish(rows) if rows else 0
         if fresh is not None:
-            fresh.read_through(rows[-1][0] if rows else None, drained=len(rows) < limit, epoch=epoch)
+            fresh.read_through(rows[-1][0] if rows else None, drained=len(rows) < limit, epoch=epoch,
+                               table_max=table_max)
         return sent
 
     async def _publish(self, rows) -> int:  # noqa: ANN001 - (id, topic, key, value) rows
@@ -315,14 +425,18 @@ class OutboxRelay:
         # while they are in flight, the next check sees another id and publishes them again:
         # at worst a duplicate (same event id), never a loss.
         cluster_id = await self._check_cluster()
+        if not self.lease.held:  # checked right before sending: a relay that lost it sends nothing more
+            raise LeaseLost(self.table.name)
+        fence = self.lease.fence_params()
         acked = await self.kafka.send_many([(topic, key.encode(), value, HEADERS) for _, topic, key, value in rows])
         done = [row[0] for row, ok in zip(rows, acked) if ok]
         # On SQLite the marks go with the group commit's next transaction (flushed before the
-        # table is read): a crash before then publishes the rows again, never loses them.
+        # table is read): a crash before then publishes the rows again, never loses them. They
+        # are written only while this relay still holds the lease (fence).
         await self.db.update_later(self.table, "id", done, {
             "published_at": datetime.now(timezone.utc),
             "published_cluster": cluster_id + SETTLING if self._settle_until else cluster_id,
-        })
+        }, only_if=fence)
         OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
         self.published += len(done)
         if len(done) < len(rows):

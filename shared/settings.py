@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     outbox_batch_size: int = 500
     outbox_retention_hours: float = 24.0
     outbox_max_backoff_s: float = 10.0
+    # One relay per outbox table publishes: the holder of its lease (shared.lease). It renews
+    # the lease this often; another process takes over about ``outbox_lease_s`` after the
+    # holder stops renewing (kill -9); a clean stop hands it over within one renewal period.
+    outbox_lease_s: float = Field(5.0, gt=0)
+    outbox_lease_renew_s: float = Field(1.0, gt=0)
 
     # Each batch is one transaction, followed by a relay round: a backlog drains faster in
     # larger ones (end to end with one SQLite worker: 2,621 / 3,167 / 3,276 events/s at
@@ -186,6 +191,9 @@ class Settings(BaseSettings):
             )
         if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
             raise ValueError("LEADSTREAM_KAFKA_SSL_CERTFILE and LEADSTREAM_KAFKA_SSL_KEYFILE go together")
+        if self.outbox_lease_s < 2 * self.outbox_lease_renew_s:
+            # the holder acts on its lease until one renewal period before it expires
+            raise ValueError("LEADSTREAM_OUTBOX_LEASE_S must be at least twice LEADSTREAM_OUTBOX_LEASE_RENEW_S")
         return self
 
     @property

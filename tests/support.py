@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -157,6 +158,88 @@ def assert_matches_contract(topic: str, record) -> None:  # noqa: ANN001
     errors = list(event_validator(event["type"]).iter_errors(event))
     assert not errors, (f"{topic} event {event.get('id')} breaks the contract: "
                         f"{[(list(e.absolute_path), e.message) for e in errors[:3]]}")
+
+
+async def read_until_idle(bootstrap: str, topic: str, *, idle: float = 3.0, timeout: float = 120.0):  # noqa: ANN201
+    """Every record of ``topic`` from the beginning: read until nothing new has come for ``idle`` s
+    and every partition's position has reached the high watermark of its last fetch (the broker's
+    ``end_offsets`` can be too low, see BROKER.md), or ``timeout``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = await consumer._client.fetch_all_metadata()  # noqa: SLF001
+        tps = [TopicPartition(topic, p) for p in parts.partitions_for_topic(topic) or []]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out = []
+        deadline = time.monotonic() + timeout
+        last_new = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                out.extend(records)
+            if batch:
+                last_new = time.monotonic()
+                continue
+            caught_up = True
+            for tp in tps:
+                caught_up = caught_up and (consumer.highwater(tp) or 0) <= await consumer.position(tp)
+            if caught_up and time.monotonic() - last_new >= idle:
+                break
+        return out
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True)
+class TopicCount:
+    """What a downstream reader of a topic saw: ``repeats`` are messages whose event id came
+    before; ``stepped_back`` those of them that arrived after a newer event of their key
+    (a reader keeping the latest state per key would step back), in ``keys_stepped_back`` keys."""
+
+    messages: int
+    distinct: int
+    repeats: int
+    stepped_back: int
+    keys_stepped_back: int
+
+    def __str__(self) -> str:
+        return (f"messages={self.messages} distinct_ids={self.distinct} repeats={self.repeats} "
+                f"stepped_back={self.stepped_back} (keys {self.keys_stepped_back})")
+
+
+def event_id_of(value: bytes | None) -> str:
+    """A record's CloudEvent id (a value that is no event, e.g. poison in a DLQ, is its own id)."""
+    import orjson
+
+    try:
+        event = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        event = None
+    if isinstance(event, dict) and isinstance(event.get("id"), str):
+        return event["id"]
+    return repr(value)
+
+
+def count_topic(records) -> TopicCount:  # noqa: ANN001 - records with partition, offset, key, value
+    """Messages, distinct event ids and repeats of one topic's records, read in partition order."""
+    first_seen: dict[bytes | None, dict[str, int]] = {}
+    newest: dict[bytes | None, int] = {}
+    repeats = stepped_back = 0
+    keys_back: set[bytes | None] = set()
+    ordered = sorted(records, key=lambda r: (r.partition, r.offset))
+    for record in ordered:
+        event_id = event_id_of(record.value)
+        seen = first_seen.setdefault(record.key, {})
+        if event_id not in seen:
+            seen[event_id] = newest[record.key] = len(seen)
+            continue
+        repeats += 1
+        if seen[event_id] < newest[record.key]:
+            stepped_back += 1
+            keys_back.add(record.key)
+    distinct = len({event_id_of(r.value) for r in ordered})
+    return TopicCount(len(ordered), distinct, repeats, stepped_back, len(keys_back))
 
 
 class ServiceProcess:

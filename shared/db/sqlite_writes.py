@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
-from sqlalchemy import Table, exc, insert, update
+from sqlalchemy import Table, exc, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.bulk import update_statement
@@ -24,7 +24,7 @@ from shared.db.engine import WAL_AUTOCHECKPOINT_PAGES, sqlite_pragmas
 from shared.db.staging import adopt, staging_of
 
 if TYPE_CHECKING:
-    from shared.db.unit_of_work import Database, Work
+    from shared.db.unit_of_work import Database, OnlyIf, Work
 
 T = TypeVar("T")
 
@@ -262,14 +262,22 @@ class SqliteWrites:
                 self.db.tell_inserted(table, rows, last_id - len(rows) + 1)
         return True
 
-    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict) -> None:
-        bound = driver_parameters(self.db.engine.dialect, "update", table, [{**values, "_key": k} for k in keys],
-                                  lambda: update_statement(table, key), {})
+    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict,
+                           only_if: OnlyIf | None = None) -> None:
+        condition, params = only_if if only_if is not None else (None, {})
+
+        def statement():  # noqa: ANN202
+            plain = update_statement(table, key)
+            return plain if condition is None else plain.where(condition)
+
+        bound = driver_parameters(self.db.engine.dialect, "update", table,
+                                  [{**values, **params, "_key": k} for k in keys], statement, {})
         if bound is not None:
             self.batch_writer.defer(bound)
             return
-        async with self.db.unit_of_work() as session:  # as the plain path
-            await session.execute(update(table).where(table.c[key].in_(keys)).values(**values))
+        from shared.db.unit_of_work import update_now  # (it imports this module)
+
+        await update_now(self.db, table, key, keys, values, only_if)  # as the plain path
 
     async def flush(self) -> None:
         if self.batch_writer.pending:

@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy import Table, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from shared.db.bulk import insert_many
 from shared.db.engine import is_sqlite, server_engine, sqlite_engine, sqlite_file
@@ -20,6 +21,16 @@ from shared.db.staging import Staging
 
 T = TypeVar("T")
 Work = Callable[[AsyncSession], Awaitable[T]]
+OnlyIf = tuple[ColumnElement[bool], dict]  # a condition with named parameters, and their values
+
+
+async def update_now(db: Database, table: Table, key: str, keys: Sequence, values: dict,
+                     only_if: OnlyIf | None = None) -> None:
+    """``Database.update_later`` in a unit of work of its own, now."""
+    statement = update(table).where(table.c[key].in_(keys)).values(**values)
+    condition, params = only_if if only_if is not None else (None, {})
+    async with db.unit_of_work() as session:
+        await session.execute(statement if condition is None else statement.where(condition), params)
 
 
 async def flush_inserts(session: AsyncSession) -> list[Table]:
@@ -66,7 +77,8 @@ class WritePath(Protocol):
     async def commit_batch(self, work: Work[T]) -> T:
         """See ``Database.commit_batch``."""
 
-    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict) -> None:
+    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict,
+                           only_if: OnlyIf | None = None) -> None:
         """See ``Database.update_later``."""
 
     async def flush(self) -> None:
@@ -95,9 +107,9 @@ class DirectWrites:
         async with self.db.unit_of_work() as session:
             return await work(session)
 
-    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict) -> None:
-        async with self.db.unit_of_work() as session:
-            await session.execute(update(table).where(table.c[key].in_(keys)).values(**values))
+    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict,
+                           only_if: OnlyIf | None = None) -> None:
+        await update_now(self.db, table, key, keys, values, only_if)
 
     async def flush(self) -> None:
         pass
@@ -206,13 +218,16 @@ class Database:
             if listener is not None:
                 listener.inserted_unseen()
 
-    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict) -> None:
+    async def update_later(self, table: Table, key: str, keys: Sequence, values: dict,
+                           only_if: OnlyIf | None = None) -> None:
         """``UPDATE table SET values WHERE key IN keys``, for an update that may wait and may
         even be lost without harm (see ``SqliteBatchWriter.defer``): on a SQLite file it goes
         with the batch writer's next transaction (``flush`` before reading what it changes),
-        elsewhere in a transaction of its own."""
+        elsewhere in a transaction of its own. ``only_if``: a condition (with named parameters,
+        and their values) that must still hold when the update is written, e.g. an outbox
+        lease's fence."""
         if keys:
-            await self.writes.update_later(table, key, keys, values)
+            await self.writes.update_later(table, key, keys, values, only_if)
 
     async def flush(self) -> None:
         """Write what ``update_later`` deferred."""
