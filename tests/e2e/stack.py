@@ -16,8 +16,10 @@ from sqlalchemy import func, select
 from pipeline_store.models import Opportunity, ProcessedEvent
 from shared.broker import EmbeddedBroker, free_port
 from shared.db import Database
-from shared.events import OPPORTUNITIES_QUALIFIED
-from tests.support import ROOT, ServiceProcess, read_raw
+from shared.events import LEADS_CAPTURED, OPPORTUNITIES_QUALIFIED, OUTREACH_TOUCHES, PIPELINE_CHANGES
+from tests.support import ROOT, ServiceProcess, TopicCount, count_topic, read_raw, read_until_idle
+
+TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class FullStack:
         self.workers: list[ServiceProcess] = []
         self.api_key = ""
         self.store = Database(urls["pipeline"])
+        self.topics_seen: dict[str, TopicCount] | None = None  # the last topic_counts, for what a phase added
 
     async def start(self, workers: int = 2) -> None:
         await self.broker.astart()
@@ -133,6 +136,45 @@ class FullStack:
             "qualified_contacts_on_topic": len(distinct),
             "contacts_with_several_qualified_events": sum(1 for ids in distinct.values() if len(ids) > 1),
         }
+
+
+    async def outboxes_settled(self) -> bool:
+        """Every outbox row published, and none waiting for a settling pass (after a broker
+        restart what went out in its first seconds is published once more)."""
+        from services.capture.models import CaptureOutbox
+        from services.outreach.models import OutreachOutbox
+        from pipeline_store.models import PipelineOutbox
+
+        for name, model in (("capture", CaptureOutbox), ("outreach", OutreachOutbox), ("pipeline", PipelineOutbox)):
+            db = self.store if name == "pipeline" else Database(self.urls[name])
+            try:
+                async with db.reader() as session:
+                    waiting = (await session.execute(
+                        select(func.count()).select_from(model).where(
+                            (model.published_at.is_(None)) | model.published_cluster.like("%#settling"))
+                    )).scalar_one()
+            finally:
+                if db is not self.store:
+                    await db.dispose()
+            if waiting:
+                return False
+        return True
+
+    async def topic_counts(self, timeout: float = 120.0) -> dict[str, TopicCount]:
+        """Once the outboxes are drained and settled: what a reader of each topic from the
+        beginning gets (messages, distinct event ids, repeats), read until idle."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await self.outboxes_settled() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.5)
+        read = await asyncio.gather(*(read_until_idle(self.broker.bootstrap, t, idle=1.5) for t in TOPICS))
+        return {topic: count_topic(records) for topic, records in zip(TOPICS, read)}
+
+
+def print_topic_counts(name: str, counts: dict[str, TopicCount], before: dict[str, TopicCount] | None = None) -> None:
+    """Per topic: messages, distinct ids and repeats (and the repeats new since ``before``)."""
+    for topic, count in counts.items():
+        new = "" if before is None else f" (+{count.repeats - before[topic].repeats} repeats in this phase)"
+        print(f"[{name}] {topic}: {count}{new}")
 
 
 async def send_workload(stack: FullStack, client: httpx.AsyncClient, accepted: Accepted, *, tag: str,
