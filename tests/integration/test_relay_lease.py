@@ -155,3 +155,36 @@ async def test_marks_of_a_relay_that_lost_its_lease_are_not_written(open_store, 
     assert await _marked(a_db) == before
     await b_db.update_later(OUTBOX, "id", ids[2:], marks, only_if=b.fence_params())
     assert await _marked(b_db) == 6
+
+
+async def test_a_service_shows_its_lease_on_metrics_and_hands_it_over_when_it_stops(broker, database_factory,
+                                                                                      tmp_path):
+    from services.capture.app import create_app
+    from tests.support import eventually, serve_app
+
+    url = await database_factory("capture")
+    settings = make_settings(broker.bootstrap, tmp_path, capture_database_url=url)
+    holder = 'leadstream_relay_lease_holder{outbox="capture_outbox"} 1.0'
+
+    async def holds(client) -> bool:  # noqa: ANN001
+        return holder in (await client.get("/metrics")).text
+
+    app = create_app(settings)
+    async with serve_app(app) as client:
+        await eventually(lambda: holds(client), timeout=20)
+        text = (await client.get("/metrics")).text
+        assert 'leadstream_relay_lease_takeovers_total{from="free",outbox="capture_outbox"}' in text
+        lease = app.state.runtime.relay.lease
+        assert lease.held
+    assert lease.epoch is None  # released at the clean stop
+
+    def taken(previous: str) -> float:
+        return REGISTRY.get_sample_value("leadstream_relay_lease_takeovers_total",
+                                         {"outbox": "capture_outbox", "from": previous}) or 0.0
+
+    free, expired = taken("free"), taken("expired")
+    second = create_app(settings)
+    async with serve_app(second) as client:
+        await eventually(lambda: holds(client), timeout=20)
+        assert second.state.runtime.relay.lease.epoch == 2
+    assert (taken("free"), taken("expired")) == (free + 1, expired)  # released, not expired
