@@ -282,7 +282,7 @@ class OutboxRelay:
                     self._lease_changed.clear()
                     try:
                         await asyncio.wait_for(self._lease_changed.wait(), self.lease.renew_every)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     continue
                 if now - self._cluster_checked_at > 2.0:

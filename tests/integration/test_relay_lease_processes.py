@@ -45,7 +45,7 @@ class RelayProcess:
         self.log_path = logs / f"relay-{name}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "RelayProcess":
+    def start(self) -> RelayProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(self.args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                         env={**os.environ, "LEADSTREAM_LOG_LEVEL": "INFO"},
