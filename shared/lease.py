@@ -31,6 +31,8 @@ import asyncio
 import os
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 import structlog
@@ -39,6 +41,7 @@ from sqlalchemy import (
     BigInteger, Column, DateTime, Integer, Interval, String, Table, and_, bindparam, exists, func, insert, literal,
     or_, select, update,
 )
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 log = structlog.get_logger("outbox.lease")
@@ -135,8 +138,10 @@ class OutboxLease:
         self._valid_until = started + self.duration - self.renew_every
         LEASE_HOLDER.labels(self.outbox).set(1)
         LEASE_TAKEOVERS.labels(self.outbox, previous).inc()
-        log.info("outbox lease taken: this relay publishes", outbox=self.outbox, epoch=self.epoch,
-                 holder=self.holder, previous=previous)
+        # from an expired holder: it died or stalled (its rows in flight are published again)
+        (log.warning if previous == "expired" else log.info)(
+            "outbox lease taken: this relay publishes", outbox=self.outbox, epoch=self.epoch, holder=self.holder,
+            previous=previous)
         return "acquired"
 
     def suspend(self) -> None:
@@ -159,6 +164,15 @@ class OutboxLease:
         stamp = DateTime(timezone=True)
         return literal(wall, stamp), literal(wall + timedelta(seconds=self.duration), stamp)
 
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A short transaction of its own for one lease statement. Not a unit of work: on SQLite
+        that queues behind this process's other writers (a worker's batch, the group commit) and
+        their deferred writes, and a renewal stuck there for the lease time hands the lease to
+        another process while this one is healthy (SQLite's own lock is still waited for)."""
+        async with self.db.engine.begin() as connection:
+            yield connection
+
     async def _take(self) -> tuple[int, str] | None:
         t = self.table.c
         dialect = self.db.engine.dialect.name
@@ -168,17 +182,17 @@ class OutboxLease:
                 select(t.epoch, t.holder, or_(t.holder.is_(None), t.expires_at < now)).where(t.outbox == self.outbox)
             )).first()
         if row is None:  # the row the migration made is gone (e.g. the table was emptied by hand)
-            async with self.db.unit_of_work() as session:
-                existing = (await session.execute(select(t.epoch).where(t.outbox == self.outbox))).first()
+            async with self._transaction() as connection:
+                existing = (await connection.execute(select(t.epoch).where(t.outbox == self.outbox))).first()
                 if existing is None:
-                    await session.execute(insert(self.table).values(outbox=self.outbox, epoch=0))
+                    await connection.execute(insert(self.table).values(outbox=self.outbox, epoch=0))
             return None  # taken at the next try, like any free lease
         epoch, holder, free = row
         if not free:
             return None
-        async with self.db.unit_of_work() as session:
-            now, expires = self._clock(dialect)  # after the write lock is ours (SQLite)
-            result = await session.execute(
+        async with self._transaction() as connection:
+            now, expires = self._clock(dialect)
+            result = await connection.execute(
                 update(self.table)
                 .where(t.outbox == self.outbox, t.epoch == epoch, or_(t.holder.is_(None), t.expires_at < now))
                 .values(holder=self.holder, epoch=t.epoch + 1, acquired_at=now, renewed_at=now, expires_at=expires)
@@ -189,9 +203,9 @@ class OutboxLease:
 
     async def _renew(self) -> bool:
         t = self.table.c
-        async with self.db.unit_of_work() as session:
+        async with self._transaction() as connection:
             now, expires = self._clock(self.db.engine.dialect.name)
-            result = await session.execute(
+            result = await connection.execute(
                 update(self.table)
                 .where(and_(t.outbox == self.outbox, t.holder == self.holder, t.epoch == self.epoch))
                 .values(renewed_at=now, expires_at=expires)
@@ -205,9 +219,9 @@ class OutboxLease:
             return
         t = self.table.c
         try:
-            async with self.db.unit_of_work() as session:
+            async with self._transaction() as connection:
                 now, _ = self._clock(self.db.engine.dialect.name)
-                await session.execute(
+                await connection.execute(
                     update(self.table)
                     .where(t.outbox == self.outbox, t.holder == self.holder, t.epoch == self.epoch)
                     .values(holder=None, expires_at=now)

@@ -246,6 +246,22 @@ def report(name: str, accepted: Accepted, applied: int, qualified: dict[str, int
     return {"lost": lost, "duplicated": duplicated}
 
 
+def lease_takeovers(logs: Path) -> dict[str, int]:
+    """Per outbox table, how often a relay took the lease from a holder that had stopped renewing
+    it (a killed process, or one stalled for the lease time), from the services' logs."""
+    import orjson
+
+    taken: Counter = Counter()
+    for path in logs.glob("*.log"):
+        for line in path.read_bytes().splitlines():
+            if b"outbox lease taken" in line and b'"expired"' in line:
+                try:
+                    taken[orjson.loads(line).get("outbox")] += 1
+                except orjson.JSONDecodeError:
+                    pass
+    return dict(taken)
+
+
 def stale_snapshots(logs: Path) -> int:
     """Batches the workers applied again so far because another wrote what they had read
     (SQLite's snapshot reads: ``shared.consumer.STALE_SNAPSHOT`` in their logs)."""

@@ -18,7 +18,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES, dlq_topic
-from tests.e2e.stack import Accepted, FullStack, diagnose, print_topic_counts, report, send_workload
+from tests.e2e.stack import (
+    Accepted, FullStack, diagnose, lease_takeovers, print_topic_counts, report, send_workload,
+)
 from tests.support import read_raw
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
@@ -53,9 +55,11 @@ async def _check(stack: FullStack, name: str, accepted: Accepted, *, repeats_all
     before = None if broker_restarted else stack.topics_seen
     topics = await stack.topic_counts()
     print_topic_counts(name, topics, before)
+    takeovers = lease_takeovers(stack.tmp)
+    print(f"[{name}] lease takeovers from a holder that stopped renewing, so far: {takeovers}")
     if not repeats_allowed and before is not None:
         assert {t: c.repeats for t, c in topics.items()} == {t: c.repeats for t, c in before.items()}, \
-            "no repeats without a crash or a broker restart"
+            f"no repeats without a crash or a broker restart (takeovers so far: {takeovers})"
     stack.topics_seen = topics
 
 
