@@ -40,7 +40,7 @@ def events(name: str, start: int, count: int, keys: int, offset: int) -> list[tu
 
 
 async def write(db: Database, relay: OutboxRelay, args: argparse.Namespace) -> None:
-    group = GroupCommit(db) if db.batch_writer is not None else None
+    group = GroupCommit(db) if db.sqlite else None
     offset = sum(map(ord, args.name))
     try:
         for start in range(0, args.rows, args.per_commit):
