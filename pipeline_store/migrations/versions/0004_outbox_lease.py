@@ -1,21 +1,21 @@
-"""the lease of outreach_outbox: one relay publishes it at a time
+"""the lease of pipeline_outbox: one relay publishes it at a time
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-02 12:30:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0002'
-down_revision = '0001'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    lease = op.create_table('outreach_outbox_lease',
+    lease = op.create_table('pipeline_outbox_lease',
     sa.Column('outbox', sa.String(length=200), nullable=False),
     sa.Column('holder', sa.String(length=200), nullable=True),
     sa.Column('epoch', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -25,8 +25,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('outbox')
     )
     # the one row relays take, renew and release with conditional UPDATEs (shared/lease.py)
-    op.bulk_insert(lease, [{'outbox': 'outreach_outbox', 'epoch': 0}])
+    op.bulk_insert(lease, [{'outbox': 'pipeline_outbox', 'epoch': 0}])
 
 
 def downgrade() -> None:
-    op.drop_table('outreach_outbox_lease')
+    op.drop_table('pipeline_outbox_lease')

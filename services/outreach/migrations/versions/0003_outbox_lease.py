@@ -1,4 +1,4 @@
-"""the lease of pipeline_outbox: one relay publishes it at a time
+"""the lease of outreach_outbox: one relay publishes it at a time
 
 Revision ID: 0003
 Revises: 0002
@@ -15,7 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    lease = op.create_table('pipeline_outbox_lease',
+    lease = op.create_table('outreach_outbox_lease',
     sa.Column('outbox', sa.String(length=200), nullable=False),
     sa.Column('holder', sa.String(length=200), nullable=True),
     sa.Column('epoch', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -25,8 +25,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('outbox')
     )
     # the one row relays take, renew and release with conditional UPDATEs (shared/lease.py)
-    op.bulk_insert(lease, [{'outbox': 'pipeline_outbox', 'epoch': 0}])
+    op.bulk_insert(lease, [{'outbox': 'outreach_outbox', 'epoch': 0}])
 
 
 def downgrade() -> None:
-    op.drop_table('pipeline_outbox_lease')
+    op.drop_table('outreach_outbox_lease')
