@@ -160,10 +160,13 @@ def assert_matches_contract(topic: str, record) -> None:  # noqa: ANN001
                         f"{[(list(e.absolute_path), e.message) for e in errors[:3]]}")
 
 
-async def read_until_idle(bootstrap: str, topic: str, *, idle: float = 3.0, timeout: float = 120.0):  # noqa: ANN201
+async def read_until_idle(bootstrap: str, topic: str, *, idle: float = 3.0, timeout: float = 120.0,  # noqa: ANN201
+                          check_contract: bool = True):
     """Every record of ``topic`` from the beginning: read until nothing new has come for ``idle`` s
     and every partition's position has reached the high watermark of its last fetch (the broker's
-    ``end_offsets`` can be too low, see BROKER.md), or ``timeout``."""
+    ``end_offsets`` can be too low, see BROKER.md), or ``timeout``. Each record must match the
+    events contract (as ``read_raw``), unless the topic is a DLQ or ``check_contract`` is off (a
+    test that wrote something else there on purpose)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -186,6 +189,9 @@ async def read_until_idle(bootstrap: str, topic: str, *, idle: float = 3.0, time
                 caught_up = caught_up and (consumer.highwater(tp) or 0) <= await consumer.position(tp)
             if caught_up and time.monotonic() - last_new >= idle:
                 break
+        if check_contract and not topic.endswith(".dlq"):
+            for record in out:
+                assert_matches_contract(topic, record)
         return out
     finally:
         await consumer.stop()

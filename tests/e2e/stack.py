@@ -166,7 +166,9 @@ class FullStack:
         deadline = asyncio.get_running_loop().time() + timeout
         while not await self.outboxes_settled() and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.5)
-        read = await asyncio.gather(*(read_until_idle(self.broker.bootstrap, t, idle=1.5) for t in TOPICS))
+        # the fault suite's poison flood writes what is no event to the input topics on purpose
+        read = await asyncio.gather(*(read_until_idle(self.broker.bootstrap, t, idle=1.5, check_contract=False)
+                                      for t in TOPICS))
         return {topic: count_topic(records) for topic, records in zip(TOPICS, read)}
 
 
