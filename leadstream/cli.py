@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from leadstream.registry import DATABASES, SERVICES, port_of
+from shared import tracing
 from shared.settings import get_settings
 
 app = typer.Typer(help="Leadstream: one qualified pipeline from inbound and outbound.", no_args_is_help=True)
@@ -74,6 +75,7 @@ def serve(
         raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json, service=service)
+    tracing.configure(service)
     uvicorn.run(
         SERVICES[service].app,
         factory=True,

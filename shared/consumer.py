@@ -47,6 +47,7 @@ from shared.db import (
 from shared.events import EVENT_TYPES, CloudEvent, InvalidEvent, dlq_topic, parse_event
 from shared.kafka import ConsumerRebalanceListener, KafkaGateway, create_consumer
 from shared.settings import Settings
+from shared.tracing import continuing
 
 log = structlog.get_logger("consumer")
 
@@ -472,7 +473,8 @@ class InboxConsumer:
                 if item.event.id in seen:
                     outcome.duplicates.append(item)
                     continue
-                await self.handlers[item.event.type](session, delivery)
+                with continuing(f"apply {item.event.type}", item.event.traceparent):
+                    await self.handlers[item.event.type](session, delivery)
                 r = item.record
                 stage_insert(session, self.inbox.__table__, dict(
                     event_id=item.event.id, event_type=item.event.type, topic=r.topic, partition=r.partition,

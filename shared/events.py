@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
 
+from shared.tracing import current_traceparent
+
 CONTENT_TYPE = "application/cloudevents+json"
 
 # topics
@@ -333,7 +335,7 @@ def make_event(
         time=time or utcnow(),
         subject=subject,
         datacontenttype="application/json",
-        traceparent=valid_traceparent(traceparent),
+        traceparent=current_traceparent() or valid_traceparent(traceparent),
         data=data if isinstance(data, dict) else data.model_dump(mode="json", exclude_none=True),
     )
 

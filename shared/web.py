@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import PROBLEM_JSON, Problem, ProblemError, install_error_handlers, problem_response
+from shared import tracing
 from shared.observability import MetricsMiddleware, metrics_endpoint, tune_gc
 
 ReadyCheck = Callable[[], Awaitable[None]]
@@ -321,4 +322,5 @@ def create_service_app(
     app.add_middleware(TrustedHostMiddleware, hosts=trusted_hosts(hosts))
     app.add_middleware(MetricsMiddleware, service=service)
     _shape_openapi(app, body_models)
+    tracing.instrument_app(app)
     return app

@@ -8,7 +8,8 @@ from pathlib import Path
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext import asyncio as sa_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 # SQLite's own checkpoint of the write-ahead log, kept as a safety net: a file database's own
 # thread copies the log back (``shared.db.sqlite_writes.WalCheckpointer``), ~40 MB of log.
@@ -50,7 +51,8 @@ def sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, connect_args={"timeout": 30}, **JSON_CODEC)
+    # looked up when called, so tracing's SQLAlchemy instrumentation sees every engine
+    engine = sa_asyncio.create_async_engine(url, connect_args={"timeout": 30}, **JSON_CODEC)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn, _record):  # noqa: ANN001
@@ -71,6 +73,6 @@ def sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
 
 def server_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
     """A PostgreSQL (or other server) engine with a pool of ``pool_size`` (and as many overflow)."""
-    return create_async_engine(
+    return sa_asyncio.create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo, **JSON_CODEC
     )
