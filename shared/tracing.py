@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-_tracer = trace.get_tracer("leadstream")
+_tracer = trace.get_tracer(__name__)
 _recording = False
 
 
@@ -53,7 +53,7 @@ def install(provider) -> None:  # noqa: ANN001
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
     trace.set_tracer_provider(provider)
-    _tracer = trace.get_tracer("leadstream")
+    _tracer = trace.get_tracer(__name__)
     # its declared range stops below SQLAlchemy 2.1, whose engine events it uses are unchanged
     SQLAlchemyInstrumentor().instrument(skip_dep_check=True)
     AIOKafkaInstrumentor().instrument()
