@@ -36,9 +36,10 @@ async def main(bootstrap: str, capture_url: str, pipeline_url: str, data_dir: st
     settings = make_settings(bootstrap, Path(data_dir), capture_database_url=capture_url,
                              pipeline_database_url=pipeline_url, kafka_consumer_group=f"q-{uuid.uuid4().hex[:8]}")
     async with serve_app(capture_app(settings)) as capture, serve_app(qualification_app(settings)) as qualification:
-        answer = await capture.post("/v1/leads", headers={"traceparent": f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01"}, json={
-            "email": "jane@acme-robotics.com", "form_type": "demo_request", "company": "Acme Robotics",
-            "title": "VP of Sales", "employees": 250, "industry": "Software", "country": "US"})
+        lead = {"email": "jane@acme-robotics.com", "form_type": "demo_request", "company": "Acme Robotics",
+                "title": "VP of Sales", "employees": 250, "industry": "Software", "country": "US"}
+        traceparent = f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01"
+        answer = await capture.post("/v1/leads", headers={"traceparent": traceparent}, json=lead)
         assert answer.status_code == 202, answer.text
         qualified = await read_topic(bootstrap, OPPORTUNITIES_QUALIFIED, expect=1, timeout=60)
         lead = await read_topic(bootstrap, LEADS_CAPTURED, expect=1, timeout=10)
