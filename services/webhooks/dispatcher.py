@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -117,13 +118,25 @@ class Recorder:
 
 @dataclass
 class Worker:
-    """Sends one subscription's deliveries."""
+    """Sends one subscription's deliveries.
+
+    A scan reads the subscription's first pending deliveries in id order and keeps the due
+    head of each key not already held, payloads included, in ``ready``; requests are started
+    from there while there is room, and the next scan comes when ``ready`` runs dry, when
+    the consumer stored new deliveries, or after the poll interval. A request's slot is
+    free as soon as its answer is in; its key stays held until the outcome is stored.
+    """
 
     config: Config
     dispatcher: Dispatcher
     sender: Sender
-    keys: set[str] = field(default_factory=set)  # keys with a delivery in flight
-    in_flight: dict[int, asyncio.Task] = field(default_factory=dict)
+    keys: set[str] = field(default_factory=set)  # keys with a delivery being sent or recorded
+    in_flight: dict[int, asyncio.Task] = field(default_factory=dict)  # sent or being recorded
+    sending: int = 0  # requests on the wire
+    ready: deque = field(default_factory=deque)  # due heads from the last scan, not started
+    rescan: bool = True
+    # ids whose outcome was stored while a scan ran: its snapshot may still show them pending
+    finished_in_scan: set[int] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
     stopping: bool = False
@@ -131,17 +144,29 @@ class Worker:
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"webhooks-{self.config.id}")
 
+    def news(self) -> None:
+        """New deliveries were stored: scan again."""
+        self.rescan = True
+        self.wake.set()
+
     async def _run(self) -> None:
         settings = self.dispatcher.settings
+        scanned_at = 0.0
         while not self.stopping:
+            # cleared before the round: a request that ends during it wakes the next one
+            self.wake.clear()
             wait = settings.webhooks_poll_interval_s
             try:
+                if time.monotonic() - scanned_at >= settings.webhooks_poll_interval_s:
+                    self.rescan = True
+                if self.rescan:
+                    scanned_at = time.monotonic()
                 wait = min(wait, await self._round())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - database busy or away
                 log.warning("webhook worker round failed", subscription=self.config.id, error=repr(exc)[:300])
-            self.wake.clear()
+                self.rescan = True
             try:
                 await asyncio.wait_for(self.wake.wait(), max(wait, 0.01))
             except TimeoutError:
@@ -150,42 +175,55 @@ class Worker:
     async def _round(self) -> float:
         """Start what is due; seconds until the next known due time (or the poll interval)."""
         settings = self.dispatcher.settings
-        room = settings.webhooks_max_in_flight - len(self.in_flight)
+        soonest = settings.webhooks_poll_interval_s
+        room = settings.webhooks_max_in_flight - self.sending
         if room <= 0:
-            return settings.webhooks_poll_interval_s
-        partitions = self.dispatcher.partitions()
-        async with self.dispatcher.db.reader() as session:
-            heads = await repository.pending_heads(session, self.config.id, partitions, scan=SCAN)
+            return soonest
+        if self.rescan or not self.ready:
+            self.rescan = False
+            soonest = await self._scan()
+        while room > 0 and self.ready:
+            row = self.ready.popleft()
+            if row.key in self.keys or row.id in self.in_flight:
+                continue
+            self.keys.add(row.key)
+            self.sending += 1
+            room -= 1
+            self.in_flight[row.id] = asyncio.create_task(self._deliver(row), name=f"webhook-delivery-{row.id}")
+        IN_FLIGHT.labels(self.config.id).set(self.sending)
+        return soonest
+
+    async def _scan(self) -> float:
+        settings = self.dispatcher.settings
+        self.finished_in_scan = set()
+        try:
+            async with self.dispatcher.db.reader() as session:
+                pending = await repository.pending(session, self.config.id, self.dispatcher.partitions(), scan=SCAN)
+            finished = self.finished_in_scan
+        finally:
+            self.finished_in_scan = None
         now = datetime.now(timezone.utc)
         seen: set[str] = set()
-        chosen: list[int] = []
+        ready: deque = deque()
         soonest = settings.webhooks_poll_interval_s
-        for delivery_id, key, due in heads:
-            if key in seen:
+        for row in pending:
+            if row.key in seen:
+                continue  # not its key's head
+            seen.add(row.key)
+            if row.key in self.keys or row.id in self.in_flight or row.id in finished:
                 continue
-            seen.add(key)
-            if key in self.keys or delivery_id in self.in_flight:
-                continue
-            wait = (as_utc(due) - now).total_seconds()
+            wait = (as_utc(row.next_attempt_at) - now).total_seconds()
             if wait > 0:
                 soonest = min(soonest, wait)
                 continue
-            chosen.append(delivery_id)
-            if len(chosen) >= room:
-                break
-        if not chosen:
-            return soonest
-        async with self.dispatcher.db.reader() as session:
-            rows = await repository.deliveries(session, chosen)
-        for row in rows:
-            self.keys.add(row.key)
-            self.in_flight[row.id] = asyncio.create_task(self._deliver(row), name=f"webhook-delivery-{row.id}")
-        IN_FLIGHT.labels(self.config.id).set(len(self.in_flight))
+            ready.append(row)
+        self.ready = ready
         return soonest
 
     async def _deliver(self, row) -> None:  # noqa: ANN001
         settings = self.dispatcher.settings
         sub = self.config.id
+        sending = True
         try:
             attempt = row.attempts + 1
             try:
@@ -193,6 +231,9 @@ class Worker:
                                                 attempt=attempt, event_id=row.event_id)
             except Exception as exc:  # noqa: BLE001 - a bug must not lose the delivery
                 result = Attempt(False, None, f"{type(exc).__name__}: {str(exc)[:300]}")
+            self.sending -= 1
+            sending = False
+            self.wake.set()  # the slot is free; the key stays held until the outcome is stored
             now = datetime.now(timezone.utc)
             outcome: dict = {"_key": row.id, "attempts": attempt, "last_status": result.status,
                              "last_error": result.error}
@@ -214,9 +255,15 @@ class Worker:
             else:
                 RETRIED.labels(sub).inc()
         finally:
+            if sending:
+                self.sending -= 1
             self.keys.discard(row.key)
             self.in_flight.pop(row.id, None)
-            IN_FLIGHT.labels(sub).set(len(self.in_flight))
+            if self.finished_in_scan is not None:
+                self.finished_in_scan.add(row.id)
+            IN_FLIGHT.labels(sub).set(self.sending)
+            # the key's next delivery (now its head) is found by the next scan: when ``ready``
+            # runs dry, when new deliveries arrive, or after the poll interval
             self.wake.set()
 
     async def stop(self, timeout: float = 3.0) -> None:
@@ -256,7 +303,7 @@ class Dispatcher:
     def wake(self) -> None:
         """New deliveries were stored (the consumer's commit): every worker looks now."""
         for worker in self.workers.values():
-            worker.wake.set()
+            worker.news()
 
     async def _run(self) -> None:
         while True:
@@ -314,7 +361,8 @@ class Dispatcher:
             log.info("webhook housekeeping", delivered_removed=delivered, inbox_removed=seen)
 
     def status(self) -> dict:
-        return {"workers": {sub: {"in_flight": len(w.in_flight), "url": w.config.url}
+        return {"workers": {sub: {"in_flight": w.sending, "recording": len(w.in_flight) - w.sending,
+                                  "ready": len(w.ready), "url": w.config.url}
                             for sub, w in self.workers.items()}}
 
     async def stop(self) -> None:

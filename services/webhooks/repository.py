@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import in_chunks, stage_insert, update_many
+from shared.db import stage_insert, update_many
 from pipeline_store.models import WebhookDelivery, WebhookProcessedEvent, WebhookSubscription
 
 DELIVERIES = WebhookDelivery.__table__
@@ -24,31 +24,18 @@ def add_delivery(session: AsyncSession, **row) -> None:  # noqa: ANN003
     stage_insert(session, DELIVERIES, row)
 
 
-async def pending_heads(session: AsyncSession, subscription_id: str, partitions: Collection[int], *,
-                        scan: int) -> list[tuple[int, str, datetime]]:
+async def pending(session: AsyncSession, subscription_id: str, partitions: Collection[int], *, scan: int) -> list:
     """The first ``scan`` pending deliveries of the subscription in id order (its sending
-    order) on ``partitions``: ``(id, key, next_attempt_at)``. The first row of each key is
-    that key's head, the only one that may be sent."""
+    order) on ``partitions``, with what sending needs. The first row of each key is that
+    key's head, the only one that may be sent."""
     if not partitions:
         return []
     rows = await session.execute(
-        select(D.id, D.key, D.next_attempt_at)
+        select(D.id, D.event_id, D.key, D.payload, D.attempts, D.next_attempt_at, D.expires_at, D.published_at)
         .where(D.subscription_id == subscription_id, D.status == "pending", D.partition.in_(sorted(partitions)))
         .order_by(D.id).limit(scan)
     )
-    return [tuple(r) for r in rows]
-
-
-async def deliveries(session: AsyncSession, ids: Sequence[int]) -> list:
-    """What sending needs of these deliveries (still pending ones only)."""
-    out = []
-    for chunk in in_chunks(list(ids)):
-        rows = await session.execute(
-            select(D.id, D.event_id, D.key, D.payload, D.attempts, D.expires_at, D.published_at)
-            .where(D.id.in_(chunk), D.status == "pending")
-        )
-        out.extend(rows)
-    return sorted(out, key=lambda r: r.id)
+    return list(rows)
 
 
 async def record(session: AsyncSession, outcomes: list[dict]) -> None:

@@ -146,3 +146,106 @@ async def _has(receiver: Receiver, ids: set[str]) -> bool:
 async def _attempted(db, sub_id: str, attempts: int) -> bool:  # noqa: ANN001
     found = await rows(db, sub_id)
     return bool(found) and max(r.attempts for r in found) >= attempts
+
+
+async def test_retries_honour_retry_after_then_dead_then_redrive(broker, pipeline_store, tmp_path):
+    from services.pipeline.app import create_app as pipeline_app
+    from tests.integration.test_pipeline_api import add_key
+
+    db = pipeline_store
+    state = {"answer": Answer(500, body=b"down")}
+    flaky = Receiver(lambda _: state["answer"])
+    polite = Receiver(lambda _: Answer(429, headers={"Retry-After": "120"}, body=b"slow down"))
+    async with flaky, polite:
+        flaky_id, _ = await add_subscription(db, flaky.url)
+        polite_id, _ = await add_subscription(db, polite.url)
+        events = [stage_event(f"r{i}-{uuid.uuid4().hex[:6]}@example.com", 0) for i in range(3)]
+        # a window of 3 s: a few attempts, then dead
+        async with webhooks(broker, db.url, tmp_path, webhooks_retry_hours=3 / 3600,
+                            webhooks_backoff_initial_s=0.2) as runtime:
+            await publish(broker, events)
+            await eventually(lambda: _all_in(db, flaky_id, "dead", len(events)), timeout=60)
+            await eventually(lambda: _attempted(db, polite_id, 1), timeout=30)
+            polite_rows = await rows(db, polite_id)
+            # Retry-After 120 s is past the 3 s window: no attempt is made that soon, the delivery is dead
+            assert {r.status for r in polite_rows} == {"dead"} and all(r.attempts == 1 for r in polite_rows)
+            assert polite_rows[0].last_status == 429
+            dead = await rows(db, flaky_id)
+            assert all(r.attempts >= 2 and r.last_status == 500 and r.last_error == "HTTP 500: down" for r in dead)
+            metrics = (await runtime.client.get("/metrics")).text
+            assert f'leadstream_webhook_dead_total{{subscription="{flaky_id}"}} 3.0' in metrics
+
+            # listed as dead, then redriven through the API once the receiver is fixed
+            app = pipeline_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=db.url))
+            async with serve_app(app) as api:
+                api.headers["Authorization"] = "Bearer " + await add_key(app.state.runtime.db, "ops", "subscriptions")
+                listed = (await api.get(f"/v1/subscriptions/{flaky_id}/deliveries", params={"status": "dead"})).json()
+                assert {d["event_id"] for d in listed["items"]} == {e.id for e in events}
+                state["answer"] = Answer(204, body=b"")
+                one = listed["items"][0]
+                answer = await api.post(f"/v1/subscriptions/{flaky_id}/deliveries/{one['id']}/retry")
+                assert answer.status_code == 202
+                await eventually(lambda: _all_in(db, flaky_id, "delivered", 1), timeout=30)
+                assert (await api.post(f"/v1/subscriptions/{flaky_id}/redrive")).json() == {"requeued": 2}
+                await eventually(lambda: _all_in(db, flaky_id, "delivered", len(events)), timeout=30)
+
+
+async def test_hostile_receivers_redirects_floods_and_inside_addresses(broker, pipeline_store, tmp_path):
+    db = pipeline_store
+    target = Receiver()
+    redirecting = Receiver(lambda _: Answer(302, headers={"Location": target.url}, body=b""))
+    flooding = Receiver(lambda _: Answer(200, flood=64 * 1024 * 1024))
+    async with target, redirecting, flooding:
+        redirect_id, _ = await add_subscription(db, redirecting.url)
+        flood_id, _ = await add_subscription(db, flooding.url)
+        events = [stage_event(f"h-{uuid.uuid4().hex[:6]}@example.com", 0)]
+        async with webhooks(broker, db.url, tmp_path) as _runtime:
+            await publish(broker, events)
+            await eventually(lambda: _all_in(db, flood_id, "delivered", 1), timeout=60)
+            await eventually(lambda: _attempted(db, redirect_id, 1), timeout=30)
+        redirected = (await rows(db, redirect_id))[0]
+        assert redirected.status == "pending" and redirected.last_status == 302
+        assert "not followed" in redirected.last_error
+        assert target.received == []  # the redirect's target never heard of it
+        # 64 MiB offered, a few read (64 KiB, plus what the sockets' buffers took) before closing
+        assert flooding.flood_sent < 16 * 1024 * 1024
+
+    # a subscription whose URL is an inside address (stored before the rule, or a name that
+    # later resolves inside) is refused at delivery when private targets are not allowed
+    inside = Receiver()
+    async with inside:
+        inside_id, _ = await add_subscription(db, inside.url)
+        events = [stage_event(f"p-{uuid.uuid4().hex[:6]}@example.com", 0)]
+        async with webhooks(broker, db.url, tmp_path, webhooks_allow_private=False):
+            await publish(broker, events)
+            await eventually(lambda: _attempted(db, inside_id, 1), timeout=60)
+        refused = (await rows(db, inside_id))[0]
+        assert refused.status == "pending" and refused.last_status is None
+        assert refused.last_error.startswith("target refused") and "127.0.0.1" in refused.last_error
+        assert inside.received == []
+
+
+async def test_a_restart_loses_nothing(broker, pipeline_store, tmp_path):
+    db = pipeline_store
+    receiver = Receiver()
+    async with receiver:
+        sub_id, _ = await add_subscription(db, receiver.url)
+        group = f"test-webhooks-{uuid.uuid4().hex[:8]}"
+        first = [stage_event(f"s{i}-{uuid.uuid4().hex[:6]}@example.com", 0) for i in range(10)]
+        async with webhooks(broker, db.url, tmp_path, webhooks_consumer_group=group):
+            await publish(broker, first)
+            await eventually(lambda: _has(receiver, {e.id for e in first}), timeout=60)
+        # published while no webhooks process runs: the group's committed offsets bring them
+        second = [stage_event(f"t{i}-{uuid.uuid4().hex[:6]}@example.com", 0) for i in range(10)]
+        await publish(broker, second)
+        async with webhooks(broker, db.url, tmp_path, webhooks_consumer_group=group):
+            await eventually(lambda: _has(receiver, {e.id for e in second}), timeout=60)
+            await eventually(lambda: _all_in(db, sub_id, "delivered", 20), timeout=30)
+    mine = {e.id for e in first + second}
+    got = [i for i in ids_of(receiver) if i in mine]
+    assert sorted(got) == sorted(mine)  # each once: the first ten were not sent again
+
+
+async def _all_in(db, sub_id: str, status: str, n: int) -> bool:  # noqa: ANN001
+    found = await rows(db, sub_id)
+    return sum(r.status == status for r in found) >= n
