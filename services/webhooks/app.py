@@ -35,6 +35,9 @@ class WebhooksRuntime(ServiceRuntime):
             group_id=settings.webhooks_consumer_group,
             after_commit=self.dispatcher.wake,
             prefetch=prefetch,
+            # on SQLite, read and compute without the store's write lock, which qualification
+            # needs; take it only to write the batch's deliveries and inbox rows
+            snapshot=True,
         )
 
     def partitions(self) -> set[int]:
