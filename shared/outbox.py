@@ -197,10 +197,10 @@ class OutboxRelay:
         self._metrics_at = 0.0
         self._scanned_at = 0.0
         self.published = 0
-        # told of each row committed, where the database's write path knows them (a SQLite
-        # file's group commit); elsewhere memory stays empty and the table is read
-        self.fresh: FreshRows | None = FreshRows(limit=4 * settings.outbox_batch_size)
-        db.listen(self.table, self.fresh)
+        # told of each row committed where the database's write path knows them (a SQLite
+        # file's group commit); elsewhere (None) the table is read
+        fresh = FreshRows(limit=4 * settings.outbox_batch_size)
+        self.fresh: FreshRows | None = fresh if db.listen(self.table, fresh) else None
 
     def wake(self) -> None:
         """Tell the relay a commit added rows (saves the poll interval)."""

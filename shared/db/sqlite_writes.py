@@ -216,6 +216,8 @@ class SqliteWrites:
     """The write path of a SQLite file (``shared.db.unit_of_work.WritePath``): snapshot units
     of work, group commits written by the batch writer, deferred updates, the checkpointer."""
 
+    tells_inserts = True
+
     def __init__(self, db: Database, path: str) -> None:
         self.db = db
         self.batch_writer = SqliteBatchWriter(path)

@@ -65,6 +65,9 @@ class WritePath(Protocol):
     batch's staged rows in one hand-off to a writer thread, deferred updates, a checkpointer).
     Nothing else branches on which one a database has."""
 
+    # whether ``Database.listen``'s listeners are told the rows themselves (``inserted``)
+    tells_inserts: bool
+
     async def before_unit_of_work(self) -> None:
         """Under the write lock, before a unit of work begins (deferred writes go first)."""
 
@@ -90,6 +93,8 @@ class WritePath(Protocol):
 
 class DirectWrites:
     """The plain write path: everything in a unit of work of the writer engine."""
+
+    tells_inserts = False
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -201,11 +206,16 @@ class Database:
         async with self.read_engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
-    def listen(self, table: Table, listener: InsertListener) -> None:
+    def listen(self, table: Table, listener: InsertListener) -> bool:
         """Tell ``listener`` of every row this process commits into ``table`` (a table whose
-        integer primary key SQLite assigns: its rowid, as an outbox's). A write path that
-        knows the rows it wrote tells them (``inserted``); otherwise ``inserted_unseen``."""
+        integer primary key SQLite assigns: its rowid, as an outbox's): the rows themselves
+        where the write path knows them (``inserted``), else that rows were committed
+        (``inserted_unseen``). ``False`` (and nothing registered) where the write path never
+        knows the rows (``WritePath.tells_inserts``): then nobody could be told them."""
+        if not self.writes.tells_inserts:
+            return False
         self._listeners[table] = listener
+        return True
 
     def tell_inserted(self, table: Table, rows: list[dict], first_id: int) -> None:
         listener = self._listeners.get(table)

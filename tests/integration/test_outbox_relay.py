@@ -266,6 +266,7 @@ async def test_either_write_path_publishes_group_committed_rows_once_and_in_orde
     records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=200, settle=0.5)
     assert_once_in_order(records, ids)
     assert (getattr(db.writes, "batch_writer", None) is not None) == (db.sqlite and group_writes)
+    assert (relay.fresh is not None) == db.writes.tells_inserts == (db.sqlite and group_writes)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
