@@ -1,4 +1,4 @@
-"""The lifecycle of a contact: automatic qualification and manual sales transitions.
+"""The lifecycle of a contact and its automatic qualification.
 
 ``prospect → lead → mql → sql → opportunity → customer``, with side exits ``lost``,
 ``disqualified`` and ``nurture``.
@@ -17,18 +17,14 @@ rules are the only automatic side exits, and only before ``sql``:
   automatically to ``mql``/``sql`` on new engagement (as a HubSpot/Salesforce "recycled"
   lead does; score it with ``engagement_score(..., since=<entered nurture>)``).
 
-Manual transitions (``check_transition``) are the pipeline API's: accept (``sql →
-opportunity``), win (``opportunity → customer``, with an amount > 0), and the exits
-(``lost``/``disqualified``/``nurture``, with a reason) from any open stage; a nurtured
-contact may be recycled to ``lead`` by hand. ``customer``, ``lost`` and
-``disqualified`` are closed.
+Manual moves (accept, win, lose, disqualify, nurture an opportunity) are the pipeline's:
+their one table is ``services/pipeline/transitions.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from services.qualification.domain.policy import PolicySet
@@ -43,19 +39,6 @@ AUTOMATIC = frozenset({"prospect", "lead", "mql", "nurture"})
 # Outcomes that never qualify: the touch carrying one changes no score-based stage.
 SUPPRESSING_OUTCOMES = frozenset({"bounced", "unsubscribed", "not_interested"})
 _OUTCOME_EXITS = (("unsubscribed", "disqualified"), ("not_interested", "nurture"))
-
-_MANUAL: dict[str, frozenset[str]] = {
-    "prospect": frozenset({"disqualified", "nurture"}),
-    "lead": frozenset(SIDE_EXITS),
-    "mql": frozenset(SIDE_EXITS),
-    "sql": frozenset({"opportunity", *SIDE_EXITS}),
-    "opportunity": frozenset({"customer", *SIDE_EXITS}),
-    "nurture": frozenset({"lead", "disqualified"}),
-    "customer": frozenset(),
-    "lost": frozenset(),
-    "disqualified": frozenset(),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -179,70 +162,3 @@ def evaluate(
     if reached is None or _rank(reached) <= _rank(stage):
         return decide((), None)
     return decide(_path(stage, reached), rule)
-
-
-class IllegalTransition(Exception):
-    """A manual move the lifecycle does not allow (the API answers 409)."""
-
-    def __init__(self, current: str, to: str, allowed: Iterable[str]):
-        self.current = current
-        self.to = to
-        self.allowed = tuple(sorted(allowed))
-        choices = ", ".join(self.allowed) or "none: the stage is closed"
-        super().__init__(f"cannot move from {current} to {to} (allowed: {choices})")
-
-
-class TransitionInvalid(ValueError):
-    """A legal move missing what it needs (the API answers 422 naming ``field``)."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A checked manual transition, with its reason and amount cleaned up."""
-
-    from_stage: str
-    to_stage: str
-    reason: str | None
-    amount: Decimal | None
-
-
-def allowed_transitions(current: str) -> set[str]:
-    """The stages a person may move a contact in ``current`` to by hand."""
-    return set(_MANUAL.get(current, frozenset()))
-
-
-def _amount(amount: Any) -> Decimal:
-    if amount is None:
-        raise TransitionInvalid("amount", "a won opportunity needs its amount")
-    if isinstance(amount, bool):
-        raise TransitionInvalid("amount", "must be a number greater than 0")
-    try:
-        value = Decimal(str(amount).strip())
-    except (InvalidOperation, ValueError):
-        raise TransitionInvalid("amount", "must be a number greater than 0") from None
-    if not value.is_finite() or value <= 0:
-        raise TransitionInvalid("amount", "must be a number greater than 0")
-    return value
-
-
-def check_transition(current: str, to: str, reason: str | None = None, amount: Any = None) -> Transition:
-    """Check a manual move: ``IllegalTransition`` if ``to`` is not reachable from
-    ``current``; ``TransitionInvalid`` if a win lacks a positive ``amount`` or an exit
-    (lost, disqualified, nurture) lacks a ``reason``.
-    """
-    allowed = allowed_transitions(current)
-    if to not in allowed:
-        raise IllegalTransition(current, to, allowed)
-    clean_reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
-    if to in SIDE_EXITS and clean_reason is None:
-        raise TransitionInvalid("reason", f"moving to {to} needs a reason")
-    value = _amount(amount) if to == "customer" else None
-    if to != "customer" and amount is not None:
-        value = _amount(amount)  # an amount given on another move is still checked
-    return Transition(from_stage=current, to_stage=to, reason=clean_reason, amount=value)
-
