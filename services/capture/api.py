@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
-from sqlalchemy.exc import IntegrityError
 
 from services.capture import forms, service
 from services.capture.forms import Form, form_body_openapi
 from services.capture.schemas import Accepted, LeadIn
 from shared.errors import PROBLEM_JSON, ProblemError
+from shared.idempotency import write_and_wake
 from shared.runtime import Runtime, runtime_of
 from shared.web import (
     header_openapi, header_value, ip_address_or_none, json_body_openapi, parse_json_body, require_json,
@@ -51,17 +51,8 @@ async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: 
             session, lead, idempotency_key=idempotency_key, client_address=address, traceparent=traceparent
         )
 
-    for attempt in (1, 2):
-        try:
-            result = await runtime.writer.submit(work, hint=idempotency_key)
-            break
-        except IntegrityError:
-            # A concurrent retry with the same Idempotency-Key committed first: answer with its id.
-            if attempt == 2 or not idempotency_key:
-                raise
-    if not result.duplicate:
-        runtime.relay.wake()
-    return result
+    return await write_and_wake(runtime.relay, lambda: runtime.writer.submit(work, hint=idempotency_key),
+                                retries=1 if idempotency_key else 0, published=lambda result: not result.duplicate)
 
 
 @router.post(

@@ -8,7 +8,6 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.exc import IntegrityError
 
 from services.outreach import repository, service
 from services.outreach.schemas import (
@@ -24,6 +23,7 @@ from services.outreach.schemas import (
 from services.outreach.signatures import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, verify
 from shared.auth import Principal
 from shared.errors import PROBLEM_JSON, ProblemError
+from shared.idempotency import write_and_wake
 from shared.runtime import Runtime, runtime_of
 from shared.web import json_body, json_body_openapi, require_json
 
@@ -61,18 +61,11 @@ async def _in_transaction(
 ) -> T:
     """Run a use case in a unit of work; wake the relay after the commit. ``external_id``
     joins the batch's one lookup of stored external ids (instead of a query of its own)."""
-    for attempt in (1, 2, 3):
-        try:
-            # group commit: concurrent requests share a transaction, each answered after it commits
-            result = await runtime.writer.submit(use_case, hint=external_id)
-            break
-        except IntegrityError:
-            # A concurrent request with the same external_id committed first: looking again
-            # finds it, and the repeat is answered as a duplicate.
-            if attempt == 3 or not retry:
-                raise
-    runtime.relay.wake()
-    return result
+    # group commit: concurrent requests share a transaction, each answered after it commits. A
+    # duplicate key: a request with the same external_id committed first; looking again finds
+    # it, and the repeat is answered as a duplicate.
+    return await write_and_wake(runtime.relay, lambda: runtime.writer.submit(use_case, hint=external_id),
+                                retries=2 if retry else 0)
 
 
 @router.post(

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
 
 from services.pipeline import service
 from services.pipeline.analytics import to_csv
@@ -24,6 +23,7 @@ from services.pipeline.schemas import (
 )
 from shared.auth import Principal
 from shared.errors import PROBLEM_JSON
+from shared.idempotency import write_and_wake
 from shared.runtime import Runtime
 from shared.web import require_json
 
@@ -113,17 +113,13 @@ async def post_transition(
     runtime: Runtime,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> Response:
-    for attempt in (1, 2):
-        try:
-            async with runtime.db.unit_of_work() as session:
-                result = await service.transition(session, opportunity_id, body, caller, idempotency_key)
-            break
-        except IntegrityError:
-            # a concurrent request with the same Idempotency-Key committed first: answer as it did
-            if attempt == 2 or not idempotency_key:
-                raise
-    if not result.replayed:
-        runtime.relay.wake()
+    async def write():  # noqa: ANN202
+        async with runtime.db.unit_of_work() as session:
+            return await service.transition(session, opportunity_id, body, caller, idempotency_key)
+
+    # a concurrent request with the same Idempotency-Key committed first: answer as it did
+    result = await write_and_wake(runtime.relay, write, retries=1 if idempotency_key else 0,
+                                  published=lambda result: not result.replayed)
     headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
     return JSONResponse(result.answer, headers=headers)
 
