@@ -8,17 +8,47 @@ from functools import lru_cache
 from email_validator import EmailNotValidError, validate_email
 from email_validator.rfc_constants import ATEXT
 
+# Mailbox domains that are aliases of another provider: the same inbox, so one contact.
 DOMAIN_ALIASES = {"googlemail.com": "gmail.com"}
 EMAIL_MAX_LENGTH = 320  # the longest address the schemas accept: a 64-character local part, @, a 255-character domain
 
 
 def normalise_email(raw: str) -> str:
-    """Trimmed and lower-cased; plus-tags kept; ``googlemail.com`` is ``gmail.com``."""
+    """The contact identity of an email, the key every service files its facts under:
+    trimmed, lower-cased, plus-tags and dots kept, the domain as ``normalise_domain``
+    gives it (``jo@Bücher.de`` and ``jo@xn--bcher-kva.de`` are one contact), and
+    ``googlemail.com`` read as ``gmail.com``.
+
+    Raises ``ValueError`` for text that has no local part or domain (syntax is checked at
+    the API edge with ``check_email``; this only refuses what cannot be an identity). The
+    address as typed is kept beside it for display (``email_as_typed``)."""
     email = raw.strip().lower()
-    local, sep, domain = email.rpartition("@")
-    if not sep:
-        return email
+    local, at, domain = email.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError(f"not an email address: {raw!r}")
+    domain = normalise_domain(domain)
     return f"{local}@{DOMAIN_ALIASES.get(domain, domain)}"
+
+
+def normalise_domain(domain: str) -> str:
+    """A host name in one form: lower case, no trailing dot, and an internationalised name
+    as its IDNA A-label (``Bücher.de`` → ``xn--bcher-kva.de``), the form DNS and every mail
+    system use, so it compares byte for byte. An ASCII name is left as it is (a plain name
+    is its own A-label), so ordinary domains cost nothing; a name IDNA refuses is kept
+    lower-cased (the edge has already checked addresses; this only has to be stable)."""
+    domain = domain.strip().lower().rstrip(".")
+    return domain if domain.isascii() else _a_label(domain)
+
+
+@lru_cache(maxsize=4096)
+def _a_label(domain: str) -> str:
+    # email-validator's own IDNA (UTS-46 mapping, IDNA 2008): the check at the edge and
+    # the identity agree on what a name is; ideographic full stops and NFD are mapped too
+    try:
+        found = validate_email(f"a@{domain}", check_deliverability=False).ascii_domain
+    except EmailNotValidError:
+        return domain
+    return found.rstrip(".") if found else domain
 
 
 def check_email(raw: str) -> str:

@@ -105,6 +105,14 @@ async def capture_lead(
     return Capture(event.id)
 
 
+def _spam_key(email: str) -> str:
+    """The contact a spam submission names, for review; spam may name none."""
+    try:
+        return normalise_email(email)
+    except ValueError:
+        return email.strip().lower()
+
+
 async def record_spam(
     session: AsyncSession, form: Form, payload: dict, reason: str, client_address: str | None
 ) -> Capture:
@@ -117,7 +125,7 @@ async def record_spam(
         **dict(
             event_id=event_id,
             email=email,
-            contact_key=normalise_email(email),
+            contact_key=_spam_key(email),
             form_id=form.id,
             form_type=form.form_type,
             status="spam",

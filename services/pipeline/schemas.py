@@ -81,7 +81,8 @@ class ContactFilters(Page):
     """Filters of ``GET /v1/contacts``; repeat a list filter or separate values by commas."""
 
     email: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=320)] | None = Field(
-        None, description="Matched after normalisation (trimmed, lower-cased, googlemail.com = gmail.com)"
+        None, description="Matched after normalisation (trimmed, lower-cased, googlemail.com = gmail.com, an "
+        "internationalised domain written either way)"
     )
     stage: Stages = None
     motion: Motions = None

@@ -39,7 +39,7 @@ from services.pipeline.schemas import (
 from shared.auth import Principal
 from shared.errors import ProblemError
 from shared.events import STAGE_CHANGED, StageChanged, make_event
-from shared.identity import normalise_email
+from shared.identity import normalise_domain, normalise_email
 from shared.outbox import stage_event
 
 SOURCE = "/leadstream/pipeline"
@@ -125,13 +125,21 @@ def _account_brief(account: Account) -> AccountBrief:
 # ---- contacts and accounts -------------------------------------------------------------
 
 
+def _email_filter(text: str) -> str:
+    """The contact identity to look for; text that cannot be one matches no contact."""
+    try:
+        return normalise_email(text)
+    except ValueError:
+        return text.strip().lower()
+
+
 async def list_contacts(session: AsyncSession, params: ContactFilters) -> ContactPage:
     _check_range(params, "created_from", "created_to")
     _check_range(params, "qualified_from", "qualified_to")
     query = repository.ContactQuery(
-        email=normalise_email(params.email) if params.email else None,
+        email=_email_filter(params.email) if params.email else None,
         stages=params.stage, motions=params.motion, channels=params.channel, campaign=params.campaign,
-        account=params.account.lower() if params.account else None, owner=params.owner,
+        account=normalise_domain(params.account) if params.account else None, owner=params.owner,
         attribution=params.attribution,
         created_from=params.created_from, created_to=params.created_to,
         qualified_from=params.qualified_from, qualified_to=params.qualified_to,
@@ -181,7 +189,7 @@ async def contact_detail(session: AsyncSession, contact_id: str) -> ContactDetai
 
 
 async def account_view(session: AsyncSession, domain: str) -> AccountView:
-    key = domain.strip().lower()
+    key = normalise_domain(domain)
     account = await repository.account(session, key)
     if account is None:
         raise ProblemError(404, f"No account with domain {key!r}.")
@@ -205,7 +213,7 @@ async def list_opportunities(session: AsyncSession, params: OpportunityFilters) 
     query = repository.OpportunityQuery(
         stages=params.stage, motions=params.motion, channels=params.channel, campaign=params.campaign,
         form=params.form, sequence=params.sequence, owner=params.owner,
-        account=params.account.lower() if params.account else None,
+        account=normalise_domain(params.account) if params.account else None,
         grade=params.grade.upper() if params.grade else None, attribution=params.attribution,
         qualified_from=params.qualified_from, qualified_to=params.qualified_to,
         closed_from=params.closed_from, closed_to=params.closed_to,

@@ -41,6 +41,7 @@ from shared.events import (
     OpportunityQualified, ProspectAdded, ScoreOut, ScoreReason, StageChanged, TouchOut, TouchRecorded,
     make_event,
 )
+from shared.identity import normalise_email
 from shared.outbox import stage_event
 
 SOURCE = "/leadstream/qualification"
@@ -147,7 +148,7 @@ async def prefetch(session: AsyncSession, facts: list[Any]) -> None:
     emails, domains = set(), set()
     for data in facts:
         try:
-            email = identity.normalise_email(data.email)
+            email = normalise_email(data.email)
         except ValueError:
             continue
         emails.add(email)
@@ -162,7 +163,7 @@ async def prefetch(session: AsyncSession, facts: list[Any]) -> None:
 
 async def _resolve(session: AsyncSession, raw_email: str, at: datetime, *, motion: str) -> ContactRecord:
     try:
-        email = identity.normalise_email(raw_email)
+        email = normalise_email(raw_email)
     except ValueError as exc:
         raise PermanentError(str(exc)) from exc
     contact = await repository.contact_by_email(session, email)

@@ -190,6 +190,8 @@ async def test_contact_filters(pipeline):
     assert await q() == {ada.id, bea.id, cal.id, dan.id}
     assert await q(email="  Ada@GoogleMail.com ") == {ada.id}
     assert await q(email="nobody@x.com") == set()
+    for text in ("no-at-sign", "ada@", "@gmail.com"):  # text that is no identity matches no one
+        assert await q(email=text) == set(), text
     assert await q(stage="sql") == {ada.id}
     assert await q(stage="sql,opportunity") == {ada.id, cal.id}
     assert ids(await pipeline.get("/v1/contacts?stage=sql&stage=mql")) == {ada.id, bea.id}

