@@ -29,11 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store import DATABASE
 from pipeline_store.models import PipelineOutbox, Touch
-from services.qualification import repository
+from services.qualification import records, repository
 from services.qualification.domain import attribution, identity
 from services.qualification.domain import scoring, stages
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
-from services.qualification.repository import AccountRecord, ContactRecord, utc
+from services.qualification.records import AccountRecord, ContactRecord
+from services.qualification.repository import utc
 from shared.consumer import PermanentError, is_transient
 from shared.db import transaction_time
 from shared.events import (
@@ -193,7 +194,7 @@ async def _merge_firmographics(session: AsyncSession, contact: ContactRecord, va
         return
     account = await repository.ensure_account(session, domain, at)
     account_values = {k: v for k, v in values.items() if k in _ACCOUNT_FIELDS}
-    repository.change_account(session, account, partial(_merge_account, account_values, source, at))
+    records.change_account(session, account, partial(_merge_account, account_values, source, at))
     contact.account_domain = domain
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from pipeline_store.models import Account, PipelineOutbox
-from services.qualification.repository import AccountRecord, ContactRecord
+from services.qualification.records import AccountRecord, ContactRecord
 from shared.db import Database, insert_many, insert_missing, update_many
 
 T0 = datetime(2026, 11, 30, 9, 30, 15, 123456, tzinfo=timezone.utc)

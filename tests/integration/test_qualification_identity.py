@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from pipeline_store.models import Account, Contact
 from services.capture.app import create_app as create_capture
-from shared.store.models import Account, Contact
 from tests.integration.test_qualification import Stack, stack  # noqa: F401 (the fixture)
 from tests.support import make_settings, serve_app
 
