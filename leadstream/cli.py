@@ -322,7 +322,10 @@ def rescore(
     """
     from pathlib import Path
 
-    from services.qualification.service import PolicyFileError, load_qualifier, rescore_all
+    from pipeline_store import DATABASE
+    from services.qualification.rescore import rescore_all
+    from services.qualification.service import PolicyFileError, load_qualifier
+    from shared.db import Database
 
     settings = get_settings()
     try:
@@ -330,7 +333,15 @@ def rescore(
     except PolicyFileError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
-    report = asyncio.run(rescore_all(settings, qualifier, apply=not dry_run))
+
+    async def run():  # noqa: ANN202
+        db = Database(settings.database_url(DATABASE), pool_size=2)
+        try:
+            return await rescore_all(db, qualifier, apply=not dry_run)
+        finally:
+            await db.dispose()
+
+    report = asyncio.run(run())
     for line in report.lines():
         typer.echo(line)
     typer.echo("dry run: nothing changed" if dry_run else "applied", err=True)

@@ -21,7 +21,8 @@ from sqlalchemy import func, select
 from pipeline_store.models import Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch
 from services.qualification.app import create_app
 from services.qualification.domain.policy import PolicyError
-from services.qualification.service import load_qualifier, rescore_all
+from services.qualification.rescore import rescore_all
+from services.qualification.service import load_qualifier
 from shared.broker import EmbeddedBroker, free_port
 from shared.events import (
     CONTENT_TYPE, LEAD_CAPTURED, LEADS_CAPTURED, OPPORTUNITIES_QUALIFIED, OUTREACH_TOUCHES, PIPELINE_CHANGES,
@@ -447,7 +448,7 @@ async def test_rescore_dry_run_changes_nothing_and_apply_moves_forward(stack, tm
     assert {e: (await stack.contact(e)).stage for e in before} == before
     assert await stack.count(Score) == scores_before
 
-    report = await rescore_all(stack.settings, load_qualifier(path), apply=True)
+    report = await rescore_all(stack.db, load_qualifier(path), apply=True)
     assert report.stage_changes["inbound"] >= 1 and report.stage_changes["outbound"] >= 1
     for email in before:
         contact = await stack.contact(email)
@@ -460,7 +461,7 @@ async def test_rescore_dry_run_changes_nothing_and_apply_moves_forward(stack, tm
     qualified = await stack.topic(OPPORTUNITIES_QUALIFIED, expect=await stack.count(Opportunity))
     assert len(qualified) == await stack.count(Opportunity)
     # the same version again changes nothing, and nothing ever moves back
-    again = await rescore_all(stack.settings, load_qualifier(path), apply=True)
+    again = await rescore_all(stack.db, load_qualifier(path), apply=True)
     assert sum(again.stage_changes.values()) == 0
 
 

@@ -181,7 +181,8 @@ async def test_a_batch_takes_a_bounded_number_of_statements(two_stores):
 async def test_a_rescore_beside_a_worker_waits_for_its_batch_and_keeps_its_facts(two_stores):
     """The worker's batch holds the contact (FOR UPDATE); a re-score of that contact waits,
     then sees the batch's touch: neither transaction overwrites the other's result."""
-    from services.qualification.service import _rescore_page
+    from services.qualification.rescore import rescore_page
+    from shared.retry import transaction_with_retries
 
     _, db = two_stores
     q = load_qualifier(ROOT / "deploy/config/scoring.yaml")
@@ -209,7 +210,7 @@ async def test_a_rescore_beside_a_worker_waits_for_its_batch_and_keeps_its_facts
 
     async def rescore() -> None:
         await locked.wait()
-        await _rescore_page(db, q, [contact_id])
+        await transaction_with_retries(db, lambda session: rescore_page(session, q, [contact_id]))
 
     await asyncio.gather(worker_batch(), rescore())
     async with db.reader() as session:

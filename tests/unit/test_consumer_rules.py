@@ -8,7 +8,8 @@ from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import exc as sa_exc
 
-from services.qualification.service import derived_id, forward_steps
+from services.qualification.domain.evaluation import forward_steps
+from services.qualification.domain.ids import derived_id
 from shared.consumer import PermanentError, is_permanent, is_transient
 from shared.events import InvalidEvent
 
@@ -80,9 +81,9 @@ def test_rescore_moves_only_forward(current, target, steps):
 def test_derived_ids_are_rfc_4122_name_based_uuids(parts):
     import uuid
 
-    from services.qualification.service import _NAMESPACE
+    from services.qualification.domain.ids import NAMESPACE
 
-    assert derived_id(*parts) == str(uuid.uuid5(_NAMESPACE, "|".join(parts)))
+    assert derived_id(*parts) == str(uuid.uuid5(NAMESPACE, "|".join(parts)))
     assert uuid.UUID(derived_id(*parts)).version == 5
 
 
