@@ -210,9 +210,10 @@ async def requalify(session: AsyncSession, q: Qualifier, contact: ContactRecord,
     since = await repository.entered_stage_at(session, contact.id, "nurture") if contact.stage == "nurture" else None
     # decay up to the latest fact known: the result does not depend on arrival order
     as_of = max(at, facts[-1].occurred_at) if facts else at
-    result = evaluation.evaluate(
-        policies, None if new else contact.stage, contact.email, evaluation.profile(contact.firmographics, account_values),
-        facts, real, as_of=as_of, qualified_at=utc(contact.sql_at), flags=flags or set(), since=utc(since))
+    profile = evaluation.profile(contact.firmographics, account_values)
+    result = evaluation.evaluate(policies, None if new else contact.stage, contact.email, profile, facts, real,
+                                 as_of=as_of, qualified_at=utc(contact.sql_at), flags=flags or set(),
+                                 since=utc(since))
     await apply_evaluation(session, contact, result, policies.version, cause=cause, at=at, facts=facts, real=real,
                            account_values=account_values)
     return result
