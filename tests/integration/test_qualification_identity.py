@@ -9,10 +9,13 @@ from sqlalchemy import select
 
 from pipeline_store.models import Account, Contact
 from services.capture.app import create_app as create_capture
-from tests.integration.test_qualification import Stack, stack  # noqa: F401 (the fixture)
+from tests.integration import test_qualification
+from tests.integration.test_qualification import Stack
 from tests.support import make_settings, serve_app
 
 pytestmark = pytest.mark.timeout(120)
+
+stack = test_qualification.stack  # the qualification service on its own broker, as there
 
 COMPANY = {"company": "Bücher GmbH", "title": "Head of Marketing", "employees": 120, "country": "DE"}
 
