@@ -26,7 +26,9 @@ def normalise_email(raw: str) -> str:
     local, at, domain = email.rpartition("@")
     if not at or not local or not domain:
         raise ValueError(f"not an email address: {raw!r}")
-    domain = normalise_domain(domain)
+    domain = domain.rstrip(".")  # normalise_domain's rule, inline: every event takes this path
+    if not domain.isascii():
+        domain = _a_label(domain)
     return f"{local}@{DOMAIN_ALIASES.get(domain, domain)}"
 
 
