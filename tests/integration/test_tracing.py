@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
 import orjson
 import pytest
 
+from shared.broker import EmbeddedBroker, free_port
 from shared.events import OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES
 from tests.integration.test_qualification import BUSINESS, lead, stack  # noqa: F401 - the fixture
 from tests.support import ROOT
@@ -31,12 +33,16 @@ async def test_derived_events_continue_the_trace_of_the_lead_that_caused_them(st
     assert {e.traceparent for e in stages if e.subject == "john@acme-robotics.com"} == {None}
 
 
-async def test_with_the_sdk_one_lead_is_one_trace_from_request_to_qualification(broker, database_factory, tmp_path):
-    if broker.cluster_id == "":
-        pytest.skip("the probe reads the topics from the start: it needs a broker of its own")
+async def test_with_the_sdk_one_lead_is_one_trace_from_request_to_qualification(database_factory, tmp_path):
     capture_url, pipeline_url = await database_factory("capture"), await database_factory("pipeline")
-    probe = subprocess.run([sys.executable, "-m", "tests.tracing_probe", broker.bootstrap, capture_url, pipeline_url,
-                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=150)
+    broker = EmbeddedBroker(port=free_port())  # of its own: the probe reads the topics from the start
+    await broker.astart()
+    try:
+        probe = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "tests.tracing_probe", broker.bootstrap, capture_url, pipeline_url,
+                             str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=150)
+    finally:
+        broker.stop()
     assert probe.returncode == 0, probe.stderr[-3000:]
     seen = orjson.loads(probe.stdout.strip().splitlines()[-1])
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"  # the client's, from its traceparent header
