@@ -118,7 +118,9 @@ async def read_topic(
     ]
 
 
-async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5):  # noqa: ANN201
+@asynccontextmanager
+async def from_the_beginning(bootstrap: str, topic: str):  # noqa: ANN201
+    """A consumer of no group, assigned every partition of ``topic`` at its first offset."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -126,6 +128,13 @@ async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 
         tps = [TopicPartition(topic, p) for p in parts.partitions_for_topic(topic) or []]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        yield consumer, tps
+    finally:
+        await consumer.stop()
+
+
+async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5):  # noqa: ANN201
+    async with from_the_beginning(bootstrap, topic) as (consumer, _):
         out = []
         deadline = time.monotonic() + timeout
         settle_until = None
@@ -141,8 +150,6 @@ async def read_raw(bootstrap: str, topic: str, *, expect: int, timeout: float = 
             for record in out:
                 assert_matches_contract(topic, record)
         return out
-    finally:
-        await consumer.stop()
 
 
 def assert_matches_contract(topic: str, record) -> None:  # noqa: ANN001
@@ -167,13 +174,7 @@ async def read_until_idle(bootstrap: str, topic: str, *, idle: float = 3.0, time
     ``end_offsets`` can be too low, see BROKER.md), or ``timeout``. Each record must match the
     events contract (as ``read_raw``), unless the topic is a DLQ or ``check_contract`` is off (a
     test that wrote something else there on purpose)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = await consumer._client.fetch_all_metadata()  # noqa: SLF001
-        tps = [TopicPartition(topic, p) for p in parts.partitions_for_topic(topic) or []]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+    async with from_the_beginning(bootstrap, topic) as (consumer, tps):
         out = []
         deadline = time.monotonic() + timeout
         last_new = time.monotonic()
@@ -193,8 +194,6 @@ async def read_until_idle(bootstrap: str, topic: str, *, idle: float = 3.0, time
             for record in out:
                 assert_matches_contract(topic, record)
         return out
-    finally:
-        await consumer.stop()
 
 
 @dataclass(frozen=True)

@@ -21,27 +21,14 @@ from services.pipeline.schemas import (
     TransitionIn,
     TransitionOut,
 )
-from shared.auth import Principal
-from shared.errors import PROBLEM_JSON
+from services.pipeline.auth import PROBLEM, auth_errors, caller_with
 from shared.idempotency import write_and_wake
 from shared.runtime import Runtime
 from shared.web import require_json
 
 SCOPE = "pipeline"
-
-
-async def authenticate(request: Request, runtime: Runtime) -> Principal:
-    return await runtime.auth.authenticate(request, SCOPE)
-
-
-Caller = Annotated[Principal, Depends(authenticate)]
-
-PROBLEM = {"content": {PROBLEM_JSON: {}}}
-AUTH_ERRORS = {
-    401: {"description": "Missing or wrong API key", **PROBLEM},
-    403: {"description": "The key lacks the `pipeline` scope", **PROBLEM},
-    429: {"description": "Rate limited per API key; see Retry-After", **PROBLEM},
-}
+authenticate, Caller = caller_with(SCOPE)
+AUTH_ERRORS = auth_errors(SCOPE)
 QUERY_ERRORS = AUTH_ERRORS | {422: {"description": "Invalid query parameters, each named", **PROBLEM}}
 
 router = APIRouter(prefix="/v1", tags=["pipeline"], dependencies=[Depends(authenticate)], responses=AUTH_ERRORS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
 from services.pipeline.schemas import Page
@@ -20,26 +20,13 @@ from services.pipeline.subscriptions.schemas import (
     SubscriptionPage,
     SubscriptionPatch,
 )
-from shared.auth import Principal
-from shared.errors import PROBLEM_JSON
+from services.pipeline.auth import PROBLEM, auth_errors, caller_with
 from shared.runtime import Runtime
 from shared.web import require_json
 
 SCOPE = "subscriptions"
-
-
-async def authenticate(request: Request, runtime: Runtime) -> Principal:
-    return await runtime.auth.authenticate(request, SCOPE)
-
-
-Caller = Annotated[Principal, Depends(authenticate)]
-
-PROBLEM = {"content": {PROBLEM_JSON: {}}}
-AUTH_ERRORS = {
-    401: {"description": "Missing or wrong API key", **PROBLEM},
-    403: {"description": "The key lacks the `subscriptions` scope", **PROBLEM},
-    429: {"description": "Rate limited per API key; see Retry-After", **PROBLEM},
-}
+authenticate, Caller = caller_with(SCOPE)
+AUTH_ERRORS = auth_errors(SCOPE)
 NOT_FOUND = {404: {"description": "Unknown subscription", **PROBLEM}}
 BODY_ERRORS = {
     415: {"description": "Body not JSON", **PROBLEM},
