@@ -20,7 +20,7 @@ from shared.auth import hash_key, new_key
 from shared.settings import Settings
 
 # a key's scopes: the APIs that check keys (each key is stored in all their databases: _key_databases)
-SCOPES = ("outreach", "pipeline", "subscriptions")
+SCOPES = ("outreach", "pipeline", "subscriptions", "privacy")
 
 api_keys_app = typer.Typer(help="API keys of the outreach and pipeline APIs (only hashes are stored).",
                            no_args_is_help=True)
@@ -98,7 +98,8 @@ def create_api_key(settings: Settings, name: str, scopes: list[str]) -> tuple[st
 def api_keys_create(
     name: Annotated[str, typer.Option("--name", help="Who or what uses the key (a tool, a team).")],
     scope: Annotated[list[str] | None, typer.Option(
-        "--scope", help="outreach, pipeline or subscriptions; repeat for several (default: outreach).")] = None,
+        "--scope", help="outreach, pipeline, subscriptions or privacy; repeat for several (default: outreach)."),
+    ] = None,
 ) -> None:
     """Create an API key and print it alone on stdout, once (only its hash is stored)."""
     scopes = list(dict.fromkeys(scope or ["outreach"]))

@@ -132,6 +132,11 @@ from leadstream.admin import api_keys_app, webhooks_app  # noqa: E402
 app.add_typer(api_keys_app, name="api-keys")
 app.add_typer(webhooks_app, name="webhooks")
 
+# data protection requests (access, erasure): see leadstream/privacy.py
+from leadstream.privacy import privacy_app  # noqa: E402
+
+app.add_typer(privacy_app, name="privacy")
+
 secrets_app = typer.Typer(help="LEADSTREAM_SECRETS_KEY: the key that encrypts stored signing secrets.",
                           no_args_is_help=True)
 app.add_typer(secrets_app, name="secrets")

@@ -374,3 +374,18 @@ async def serve_over_http(app, settings: Settings):  # noqa: ANN001, ANN201
             await made.aclose()
         server.should_exit = True
         await task
+
+
+async def run_leadstream(env: dict[str, str], *args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+    """The real ``leadstream`` command with ``env`` added: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "leadstream.cli", *args, cwd=ROOT, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, out.decode(), err.decode()

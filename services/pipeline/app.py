@@ -10,6 +10,7 @@ from services.pipeline.analytics import Thresholds
 from services.pipeline.api import router
 from services.pipeline.dashboard import STATIC_PATH, Sessions, static_files
 from services.pipeline.dashboard import router as dashboard_router
+from services.pipeline.privacy.api import router as privacy_router
 from services.pipeline.subscriptions.api import router as subscriptions_router
 from shared.auth import ApiKeyAuth
 from shared.runtime import ServiceRuntime
@@ -38,8 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "opportunities and sales transitions, and the sources question — where the best opportunities come "
         "from and where the business is too dependent. Every `/v1` route needs an API key with the "
         "`pipeline` scope (`Authorization: Bearer …`), but `/v1/subscriptions` (webhooks), which needs the "
-        "`subscriptions` scope.",
-        routers=[router, subscriptions_router, dashboard_router],
+        "`subscriptions` scope, and `/v1/privacy` (data protection requests), which needs the `privacy` scope.",
+        routers=[router, subscriptions_router, privacy_router, dashboard_router],
         runtime=runtime,
         ready_checks=runtime.ready_checks,
     )

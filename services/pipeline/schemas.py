@@ -254,7 +254,9 @@ class AccountBrief(BaseModel):
     website: str | None
 
 
-class ContactDetail(ContactSummary):
+class ContactProfile(ContactSummary):
+    """A contact without its histories: who, where they stand, their scores and account."""
+
     email_as_typed: str
     phone: str | None
     linkedin_url: str | None
@@ -267,6 +269,9 @@ class ContactDetail(ContactSummary):
     account: AccountBrief | None
     milestones: Milestones
     last_activity_at: Utc | None
+
+
+class ContactDetail(ContactProfile):
     stage_history: list[StageChangeView]
     score_history: list[ScoreRecord]
     timeline: list[TimelineEntry] = Field(description="Every inbound and outbound fact, oldest first")

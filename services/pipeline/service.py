@@ -21,6 +21,7 @@ from services.pipeline.schemas import (
     ContactDetail,
     ContactFilters,
     ContactPage,
+    ContactProfile,
     ContactSummary,
     Milestones,
     MotionMix,
@@ -159,9 +160,20 @@ async def contact_detail(session: AsyncSession, contact_id: str) -> ContactDetai
     if found is None:
         raise ProblemError(404, f"No contact with id {contact_id!r}.")
     c, account = found
-    summary = contact_summary(c, account.company if account else None)
     return ContactDetail(
-        **summary.model_dump(),
+        **dict(contact_profile(c, account)),
+        stage_history=await stage_history(session, c.id),
+        score_history=await score_history(session, c.id),
+        timeline=await timeline(session, c.id),
+        opportunities=[opportunity_view(o, e) for o, e in await repository.opportunities_of(session, contact_id=c.id)],
+    )
+
+
+def contact_profile(c: Contact, account: Account | None) -> ContactProfile:
+    """The contact's own values, scores and account (without its histories)."""
+    summary = contact_summary(c, account.company if account else None)
+    return ContactProfile(
+        **dict(summary),
         email_as_typed=c.email_as_typed, phone=c.phone, linkedin_url=c.linkedin_url,
         email_invalid=c.email_invalid, unsubscribed=c.unsubscribed,
         fit=ScoreView(score=c.fit_score, grade=c.fit_grade, reasons=list(c.fit_reasons or [])),
@@ -172,20 +184,28 @@ async def contact_detail(session: AsyncSession, contact_id: str) -> ContactDetai
         milestones=Milestones(lead_at=c.lead_at, mql_at=c.mql_at, sql_at=c.sql_at, opportunity_at=c.opportunity_at,
                               customer_at=c.customer_at, lost_at=c.lost_at),
         last_activity_at=c.last_activity_at,
-        stage_history=[stage_change_view(s) for s in await repository.stage_history(session, c.id)],
-        score_history=[
-            ScoreRecord(
-                fit=ScoreView(score=s.fit_score, grade=s.fit_grade, reasons=list(s.fit_reasons or [])),
-                engagement=ScoreView(score=s.engagement_score, reasons=list(s.engagement_reasons or [])),
-                policy_version=s.policy_version, cause_event_id=s.cause_event_id, scored_at=s.scored_at,
-            )
-            for s in await repository.score_history(session, c.id)
-        ],
-        timeline=[
-            TimelineEntry.model_validate(t, from_attributes=True) for t in await repository.timeline(session, c.id)
-        ],
-        opportunities=[opportunity_view(o, e) for o, e in await repository.opportunities_of(session, contact_id=c.id)],
     )
+
+
+async def stage_history(session: AsyncSession, contact_id: str) -> list[StageChangeView]:
+    return [stage_change_view(s) for s in await repository.stage_history(session, contact_id)]
+
+
+async def score_history(session: AsyncSession, contact_id: str) -> list[ScoreRecord]:
+    return [
+        ScoreRecord(
+            fit=ScoreView(score=s.fit_score, grade=s.fit_grade, reasons=list(s.fit_reasons or [])),
+            engagement=ScoreView(score=s.engagement_score, reasons=list(s.engagement_reasons or [])),
+            policy_version=s.policy_version, cause_event_id=s.cause_event_id, scored_at=s.scored_at,
+        )
+        for s in await repository.score_history(session, contact_id)
+    ]
+
+
+async def timeline(session: AsyncSession, contact_id: str) -> list[TimelineEntry]:
+    """Every fact about the contact, oldest first, with its payload as received."""
+    touches = await repository.timeline(session, contact_id)
+    return [TimelineEntry.model_validate(t, from_attributes=True) for t in touches]
 
 
 async def account_view(session: AsyncSession, domain: str) -> AccountView:

@@ -112,7 +112,7 @@ def test_outreach_api(tmp_path_factory):
 
 def test_pipeline_api(tmp_path_factory):
     app, urls = _app("pipeline", tmp_path_factory)
-    key = _key(urls["pipeline"], "pipeline_store.models.PipelineApiKey", "pipeline subscriptions")
+    key = _key(urls["pipeline"], "pipeline_store.models.PipelineApiKey", "pipeline subscriptions privacy")
     assert fuzz(schemathesis.openapi.from_asgi("/openapi.json", app), {"Authorization": f"Bearer {key}"}) >= 6
 
 

@@ -1,0 +1,2 @@
+"""The data protection rights on the pipeline service (API-key scope ``privacy``): access
+(an export of everything the pipeline store holds about a person)."""

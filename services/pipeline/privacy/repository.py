@@ -1,0 +1,33 @@
+"""All SQL of the privacy API: finding a person in the pipeline store and what was sent of them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pipeline_store.models import Contact, WebhookDelivery, WebhookSubscription
+
+
+async def contact_id_by_email(session: AsyncSession, email: str) -> str | None:
+    """The id of the contact whose normalised email is ``email``."""
+    return (await session.execute(select(Contact.id).where(Contact.email == email))).scalar_one_or_none()
+
+
+async def deliveries_of(session: AsyncSession, key: str) -> Sequence[Any]:
+    """The webhook deliveries of the events keyed by ``key`` (a contact's normalised email),
+    with their subscription's URL, oldest first. The deliveries' index leads with the
+    subscription, so the lookup names every subscription (there are few) and seeks the key
+    in each."""
+    stmt = (
+        select(WebhookDelivery.id, WebhookDelivery.subscription_id, WebhookSubscription.url,
+               WebhookDelivery.event_id, WebhookDelivery.event_type, WebhookDelivery.status,
+               WebhookDelivery.created_at, WebhookDelivery.delivered_at)
+        .join(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
+        .where(WebhookDelivery.subscription_id.in_(select(WebhookSubscription.id).scalar_subquery()),
+               WebhookDelivery.key == key)
+        .order_by(WebhookDelivery.id)
+    )
+    return (await session.execute(stmt)).all()

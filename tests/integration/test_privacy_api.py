@@ -1,0 +1,215 @@
+"""The privacy API's access export over HTTP (in-process app, real broker, real store built by
+Alembic) and ``leadstream privacy export``, on SQLite and PostgreSQL.
+
+The store is seeded as qualification and the webhooks process write it (the pipeline service
+only reads it here); the consent ledger's way from a form to the store is in
+``test_consent_ledger.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import select
+
+from pipeline_store.models import PipelineApiKey, Score, StageChange, Touch, WebhookDelivery, WebhookSubscription
+from services.pipeline.app import create_app
+from shared.auth import hash_key
+from tests.integration.test_pipeline_api import T0, Store, add_key, day
+from tests.support import make_settings, run_leadstream, serve_app
+
+pytestmark = pytest.mark.timeout(120)
+
+EXPORTS = "/v1/privacy/exports"
+
+
+@pytest.fixture
+async def privacy(broker, database_factory, tmp_path):
+    url = await database_factory("pipeline")
+    app = create_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url))
+    async with serve_app(app) as client:
+        client.runtime, client.url = app.state.runtime, url
+        client.store = Store(app.state.runtime.db)
+        client.headers["Authorization"] = "Bearer " + await add_key(client.runtime.db, "dpo@example", "privacy")
+        yield client
+
+
+def problem(response, status: int) -> dict:  # noqa: ANN001
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return response.json()
+
+
+# ---- who may ask --------------------------------------------------------------------------
+
+
+async def test_the_privacy_scope_is_required(privacy):
+    db = privacy.runtime.db
+    pipeline_only = await add_key(db, "bi", "pipeline")
+    everything_else = await add_key(db, "ops", "outreach pipeline subscriptions")
+    revoked = await add_key(db, "old", "privacy")
+    async with db.unit_of_work() as s:
+        row = (await s.execute(select(PipelineApiKey).where(PipelineApiKey.key_hash == hash_key(revoked)))).scalar_one()
+        row.revoked_at = datetime.now(timezone.utc)
+    query = {"email": "jo@example.com"}
+    assert problem(await privacy.get(EXPORTS, params=query, headers={"Authorization": ""}), 401)
+    assert problem(await privacy.get(EXPORTS, params=query, headers={"Authorization": "Bearer ls_nope"}), 401)
+    assert problem(await privacy.get(EXPORTS, params=query, headers={"Authorization": f"Bearer {revoked}"}), 401)
+    for key in (pipeline_only, everything_else):
+        body = problem(await privacy.get(EXPORTS, params=query, headers={"Authorization": f"Bearer {key}"}), 403)
+        assert body["required_scope"] == "privacy"
+    # a privacy key opens nothing else
+    assert problem(await privacy.get("/v1/contacts"), 403)["required_scope"] == "pipeline"
+    # an unknown person with the scope: 404, without repeating the address
+    body = problem(await privacy.get(EXPORTS, params=query), 404)
+    assert "jo@example.com" not in str(body)
+
+
+# ---- bad input ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("params", "kind"), [
+    ({}, "missing"),
+    ({"email": ""}, "value_error"),
+    ({"email": "not-an-address"}, "value_error"),
+    ({"email": "jo@"}, "value_error"),
+    ({"email": "@example.com"}, "value_error"),
+    ({"email": "jo@@example.com"}, "value_error"),
+    ({"email": "j" * 310 + "@example.com"}, "string_too_long"),
+    ({"email": "jo@example.com", "format": "csv"}, "extra_forbidden"),
+])
+async def test_a_missing_or_malformed_email_is_422_naming_it(privacy, params, kind):
+    body = problem(await privacy.get(EXPORTS, params=params), 422)
+    (error,) = body["errors"]
+    assert error["in"] == "query" and error["type"] == kind
+    assert error["field"] == ("format" if kind == "extra_forbidden" else "email")
+
+
+async def test_only_get_is_answered(privacy):
+    assert problem(await privacy.post(EXPORTS, json={"email": "jo@example.com"}), 405)
+
+
+# ---- the export ---------------------------------------------------------------------------
+
+
+async def seed_person(store: Store, db) -> dict:  # noqa: ANN001
+    """One person with something in every section, and a neighbour who must not appear."""
+    account = store.account("analytical.co.uk", company="Analytical Engines", employees=250, industry="software",
+                            firmographics={"company": {"value": "Analytical Engines", "source": "lead", "at": "x"}})
+    jo = store.contact(email="jo@gmail.com", first_name="Jo", last_name="Lovelace", title="VP Engineering",
+                       phone="+44 20 7946 0000", linkedin_url="https://www.linkedin.com/in/jo",
+                       account_domain=account.domain, stage="sql", sql_at=T0 + day(1),
+                       fit_reasons=[{"rule": "title.vp", "points": 20.0}])
+    other = store.contact(email="ada@example.org", first_name="Ada")
+    opportunity = store.opportunity(jo, qualified_at=T0 + day(1))
+    lead = str(uuid.uuid4())
+    rows = [
+        account, jo, other, opportunity,
+        Touch(event_id=lead, contact_id=jo.id, event_type="io.leadstream.lead.captured.v1", motion="inbound",
+              channel="paid_search", campaign="brand", form_id="demo-request", form_type="demo_request",
+              occurred_at=T0, recorded_at=T0, data={"email": "Jo@GoogleMail.com", "phone": "+44 20 7946 0000",
+                                                    "page_url": "https://www.example.com/demo?gclid=abc"}),
+        Touch(event_id=str(uuid.uuid4()), contact_id=other.id, event_type="io.leadstream.lead.captured.v1",
+              motion="inbound", channel="direct", occurred_at=T0, recorded_at=T0, data={"email": "ada@example.org"}),
+        Score(contact_id=jo.id, fit_score=60.0, fit_grade="B", fit_reasons=[{"rule": "title.vp", "points": 20.0}],
+              engagement_score=30.0, engagement_reasons=[{"rule": "form.demo_request", "points": 30.0}],
+              policy_version="2025-01", cause_event_id=lead, scored_at=T0),
+        StageChange(contact_id=jo.id, from_stage="lead", to_stage="sql", opportunity_id=opportunity.id,
+                    reason="demo request (2025-01)", changed_by="qualification", policy_version="2025-01",
+                    cause_event_id=lead, event_id=str(uuid.uuid4()), changed_at=T0 + day(1)),
+    ]
+    await store.add(*rows)
+    subscription = WebhookSubscription(id=str(uuid.uuid4()), url="https://crm.example.net/hooks", event_types=[],
+                                       status="active", secret="encrypted", created_by="ops", created_at=T0,
+                                       updated_at=T0)
+    deliveries = [
+        WebhookDelivery(subscription_id=subscription.id, event_id=event_id,
+                        event_type="io.leadstream.opportunity.qualified.v1", key=email, partition=0, payload=b"{}",
+                        status="delivered", attempts=1, next_attempt_at=T0, expires_at=T0 + day(1),
+                        published_at=T0, created_at=T0, delivered_at=T0)
+        for email, event_id in (("jo@gmail.com", opportunity.qualified_event_id), ("ada@example.org", lead + "-x"))
+    ]
+    await store.add(subscription)
+    await store.add(*deliveries)
+    return {"jo": jo, "opportunity": opportunity, "lead": lead, "subscription": subscription}
+
+
+async def test_the_export_holds_every_section_of_the_person_and_nothing_of_others(privacy):
+    seeded = await seed_person(privacy.store, privacy.runtime.db)
+    jo = seeded["jo"]
+    # any form of the address finds the person: case, spaces, googlemail.com
+    response = await privacy.get(EXPORTS, params={"email": "  Jo@GoogleMail.com "})
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert document["email"] == "jo@gmail.com" and document["exported_at"]
+    contact = document["contact"]
+    assert (contact["id"], contact["email"], contact["first_name"], contact["last_name"]) == (
+        jo.id, "jo@gmail.com", "Jo", "Lovelace")
+    assert (contact["title"], contact["phone"], contact["linkedin_url"]) == (
+        "VP Engineering", "+44 20 7946 0000", "https://www.linkedin.com/in/jo")
+    assert contact["fit"]["reasons"] == [{"rule": "title.vp", "points": 20.0}]
+    # the account link
+    assert contact["account_domain"] == "analytical.co.uk"
+    assert contact["account"]["company"] == "Analytical Engines"
+    # the timeline, with the payload as received
+    (fact,) = document["timeline"]
+    assert fact["event_id"] == seeded["lead"] and fact["data"]["page_url"].endswith("?gclid=abc")
+    # scores with reasons
+    (score,) = document["scores"]
+    assert score["fit"]["reasons"] == [{"rule": "title.vp", "points": 20.0}]
+    assert score["engagement"]["reasons"] == [{"rule": "form.demo_request", "points": 30.0}]
+    # stage changes and opportunities
+    (change,) = document["stage_changes"]
+    assert (change["from_stage"], change["to_stage"], change["reason"]) == ("lead", "sql", "demo request (2025-01)")
+    (opportunity,) = document["opportunities"]
+    assert opportunity["id"] == seeded["opportunity"].id and opportunity["email"] == "jo@gmail.com"
+    # who received their data
+    (delivery,) = document["webhook_deliveries"]
+    assert delivery["url"] == "https://crm.example.net/hooks"
+    assert delivery["event_id"] == seeded["opportunity"].qualified_event_id and delivery["status"] == "delivered"
+    assert "ada@example.org" not in response.text and "Ada" not in response.text
+    # the contact's own page says the same about the person
+    bi = await add_key(privacy.runtime.db, "bi", "pipeline")
+    detail = await privacy.get(f"/v1/contacts/{jo.id}", headers={"Authorization": f"Bearer {bi}"})
+    assert detail.status_code == 200
+    assert detail.json()["timeline"] == document["timeline"]
+    assert detail.json()["stage_history"] == document["stage_changes"]
+    assert detail.json()["score_history"] == document["scores"]
+
+
+async def test_the_command_prints_the_same_document(privacy, tmp_path):
+    await seed_person(privacy.store, privacy.runtime.db)
+    env = {"LEADSTREAM_DATA_DIR": str(tmp_path), "LEADSTREAM_PIPELINE_DATABASE_URL": privacy.url}
+    code, out, err = await run_leadstream(env, "privacy", "export", "JO@googlemail.com")
+    assert code == 0, err
+    import orjson
+
+    printed = orjson.loads(out)
+    answered = (await privacy.get(EXPORTS, params={"email": "jo@gmail.com"})).json()
+    assert printed.pop("exported_at") and answered.pop("exported_at")
+    assert printed == answered
+    # unknown: exit 1 with a sentence, nothing on stdout; malformed: a usage error (exit 2)
+    code, out, err = await run_leadstream(env, "privacy", "export", "nobody@example.com")
+    assert (code, out) == (1, "") and "no contact" in err
+    code, out, err = await run_leadstream(env, "privacy", "export", "not-an-address")
+    assert code == 2 and out == "" and "EMAIL" in err
+
+
+async def test_api_keys_take_the_privacy_scope(broker, database_factory, tmp_path):
+    env = {"LEADSTREAM_DATA_DIR": str(tmp_path),
+           "LEADSTREAM_OUTREACH_DATABASE_URL": await database_factory("outreach"),
+           "LEADSTREAM_PIPELINE_DATABASE_URL": await database_factory("pipeline")}
+    code, out, err = await run_leadstream(env, "api-keys", "create", "--name", "dpo", "--scope", "privacy")
+    assert code == 0, err
+    key = out.strip()
+    assert "scopes: privacy" in err
+    app = create_app(make_settings(broker.bootstrap, tmp_path,
+                                   pipeline_database_url=env["LEADSTREAM_PIPELINE_DATABASE_URL"]))
+    async with serve_app(app) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        assert problem(await client.get(EXPORTS, params={"email": "jo@example.com"}), 404)
+        assert problem(await client.get("/v1/contacts"), 403)
+    code, _, err = await run_leadstream(env, "api-keys", "create", "--name", "x", "--scope", "privacy-admin")
+    assert code == 2 and "privacy" in err
