@@ -208,11 +208,17 @@ async def seed(
                 await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
                            {"to": "disqualified", "reason": "no budget this year"}, auth | key)
                 continue
-            await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
-                       {"to": "opportunity", "reason": "discovery call held"}, auth | key)
+            # sales mostly names the expected amount on accepting; without one, scoring.yaml's
+            # expected amount of the motion (if it sets one) stands in, marked estimated
+            expected = rng.choice([6000, 12000, 18000, 24000, 36000, 60000, 90000])
+            accept = {"to": "opportunity", "reason": "discovery call held"}
+            if rng.random() < 0.8:
+                accept["amount"] = expected
+            await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions", accept, auth | key)
             sent["accepted"] += 1
             decide = rng.random()
-            amount = rng.choice([6000, 12000, 18000, 24000, 36000, 60000, 90000])
+            # the deal closes for more or less than expected
+            amount = int(expected * rng.choice([0.5, 0.75, 1.0, 1.0, 1.25, 1.5]))
             if decide < 0.35:
                 await post(
                     f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy import (
     JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, Numeric, String, Text,
-    UniqueConstraint,
+    UniqueConstraint, false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -159,6 +159,8 @@ class Opportunity(StoreBase):
     grade: Mapped[str | None] = mapped_column(String(2), nullable=True)
     policy_version: Mapped[str] = mapped_column(String(100))
     amount: Mapped[Decimal | None] = mapped_column(Numeric(18, 2), nullable=True)
+    # the amount is scoring.yaml's expected amount of its motion, not one sales gave
+    amount_estimated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     currency: Mapped[str] = mapped_column(String(3), default="USD")
     qualified_event_id: Mapped[str] = mapped_column(String(64), unique=True)
     caused_by: Mapped[list] = mapped_column(JSON)

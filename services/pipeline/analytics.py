@@ -16,7 +16,7 @@ from typing import Any
 METRICS = (
     "contacts", "leads", "mql", "sql", "opportunities", "won",
     "lead_to_mql", "mql_to_sql", "sql_to_opportunity", "opportunity_to_won",
-    "qualified_opportunities", "pipeline_amount", "won_amount",
+    "qualified_opportunities", "pipeline_amount", "estimated_pipeline_amount", "won_amount",
     "median_days_to_qualify", "share", "amount_share",
 )
 

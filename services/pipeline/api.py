@@ -80,8 +80,11 @@ async def get_opportunity(opportunity_id: str, runtime: Runtime) -> OpportunityV
     "/opportunities/{opportunity_id}/transitions",
     response_model=TransitionOut,
     summary="Move an opportunity: accept, win, lose, disqualify, nurture",
-    description="`sql` → `opportunity` (accept); `opportunity` → `customer` (win, `amount` required); "
-    "`sql` or `opportunity` → `lost`, `disqualified` or `nurture` (`reason` required). The change is stored "
+    description="`sql` → `opportunity` (accept, optionally with the expected `amount`; without one, the "
+    "motion's expected amount of `scoring.yaml` if it sets one, answered with `amount_estimated: true`); "
+    "`opportunity` → `customer` (win, `amount` required: it replaces the expected one); "
+    "`sql` or `opportunity` → `lost`, `disqualified` or `nurture` (`reason` required). Amounts are in the "
+    "opportunity's currency, greater than 0, at most 16 digits before the point and 2 after. The change is stored "
     "with the API key's name and published as `io.leadstream.stage.changed.v1` on `pipeline.changes`. "
     "Send `Idempotency-Key` to make retries safe: a retry answers the same and changes nothing.",
     dependencies=[Depends(require_json)],
@@ -102,7 +105,8 @@ async def post_transition(
 ) -> Response:
     async def write():  # noqa: ANN202
         async with runtime.db.unit_of_work() as session:
-            return await service.transition(session, opportunity_id, body, caller, idempotency_key)
+            return await service.transition(session, opportunity_id, body, caller, idempotency_key,
+                                            expected_amounts=runtime.expected_amounts)
 
     # a concurrent request with the same Idempotency-Key committed first: answer as it did
     result = await write_and_wake(runtime.relay, write, retries=1 if idempotency_key else 0,
@@ -118,7 +122,8 @@ SOURCES_EXAMPLE = {
         "motion": "inbound", "channel": "paid_search", "contacts": 120, "leads": 100, "mql": 40, "sql": 20,
         "opportunities": 12, "won": 4, "lead_to_mql": 0.4, "mql_to_sql": 0.5, "sql_to_opportunity": 0.6,
         "opportunity_to_won": 0.3333, "qualified_opportunities": 20, "pipeline_amount": 180000.0,
-        "won_amount": 60000.0, "median_days_to_qualify": 6.5, "share": 0.7143, "amount_share": 0.6,
+        "estimated_pipeline_amount": 24000.0, "won_amount": 60000.0, "median_days_to_qualify": 6.5,
+        "share": 0.7143, "amount_share": 0.6,
     }],
     "totals": {"contacts": 200, "leads": 170, "mql": 60, "sql": 28, "opportunities": 17, "won": 6,
                "qualified_opportunities": 28, "share": 1.0, "amount_share": 1.0},
@@ -132,7 +137,9 @@ SOURCES_EXAMPLE = {
     summary="Where the best opportunities come from, and where we are too dependent",
     responses=QUERY_ERRORS | {200: {
         "description": "Per group: the funnel (contacts that reached each milestone), stage-to-stage "
-        "conversion rates, pipeline (open and won) and won amount, median days from first touch to `sql`, "
+        "conversion rates, pipeline amount (open and won; `estimated_pipeline_amount` is its part that is "
+        "scoring.yaml's expected amount of opportunities accepted without one) and won amount, median "
+        "days from first touch to `sql`, "
         "`share` of qualified opportunities by count and `amount_share` of pipeline amount; then totals, the "
         "Herfindahl–Hirschman concentration index over channel shares (0–1) and dependency warnings. "
         "`Accept: text/csv` answers the rows as CSV.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from fastapi import FastAPI
 
 from pipeline_store import DATABASE
@@ -12,15 +13,19 @@ from services.pipeline.dashboard import STATIC_PATH, Sessions, static_files
 from services.pipeline.dashboard import router as dashboard_router
 from services.pipeline.privacy.api import router as privacy_router
 from services.pipeline.subscriptions.api import router as subscriptions_router
+from shared.amounts import NO_EXPECTED_AMOUNTS, ExpectedAmounts, ExpectedAmountsError, read_expected_amounts
 from shared.auth import ApiKeyAuth
 from shared.runtime import ServiceRuntime
 from shared.settings import Settings, get_settings
 from shared.web import create_service_app
 
+log = structlog.get_logger("pipeline")
+
 
 class PipelineRuntime(ServiceRuntime):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, expected_amounts: ExpectedAmounts = NO_EXPECTED_AMOUNTS) -> None:
         super().__init__(settings, "pipeline", PipelineOutbox, database=DATABASE)
+        self.expected_amounts = expected_amounts
         self.auth = ApiKeyAuth(self.db, PipelineApiKey, settings.api_rate_limit)
         self.thresholds = Thresholds(
             channel=settings.dependency_thresholds_channel,
@@ -31,7 +36,14 @@ class PipelineRuntime(ServiceRuntime):
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    runtime = PipelineRuntime(settings or get_settings())
+    settings = settings or get_settings()
+    # scoring.yaml's expected amounts: a mistake stops the service here, before it answers
+    try:
+        expected_amounts = read_expected_amounts(settings.scoring_file)
+    except ExpectedAmountsError as exc:
+        log.error("invalid expected amounts; not starting", error=str(exc))
+        raise SystemExit(f"pipeline: {exc}") from exc
+    runtime = PipelineRuntime(settings, expected_amounts)
     app = create_service_app(
         service="pipeline",
         title="Leadstream pipeline",

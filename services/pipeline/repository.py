@@ -343,6 +343,9 @@ def _per_contact_opportunities():  # noqa: ANN202
             O.contact_id.label("contact_id"),
             func.count().label("n"),
             func.sum(case((O.stage.in_(OPEN_OR_WON), O.amount))).label("pipeline_amount"),
+            func.sum(case((and_(O.stage.in_(OPEN_OR_WON), O.amount_estimated), O.amount))).label(
+                "estimated_pipeline_amount"
+            ),
             func.sum(case((O.stage == "customer", O.amount))).label("won_amount"),
         )
         .group_by(O.contact_id)
@@ -383,6 +386,7 @@ async def source_rows(session: AsyncSession, group_by: str | None, f: SourcesFil
             func.coalesce(func.sum(_reached(C.customer_at)), 0).label("won"),
             cast(func.coalesce(func.sum(opp.c.n), 0), Integer).label("qualified_opportunities"),
             func.sum(opp.c.pipeline_amount).label("pipeline_amount"),
+            func.sum(opp.c.estimated_pipeline_amount).label("estimated_pipeline_amount"),
             func.sum(opp.c.won_amount).label("won_amount"),
         )
         .select_from(C)
@@ -400,7 +404,7 @@ async def source_rows(session: AsyncSession, group_by: str | None, f: SourcesFil
         _rate(g.c.sql, g.c.mql).label("mql_to_sql"),
         _rate(g.c.opportunities, g.c.sql).label("sql_to_opportunity"),
         _rate(g.c.won, g.c.opportunities).label("opportunity_to_won"),
-        g.c.qualified_opportunities, g.c.pipeline_amount, g.c.won_amount,
+        g.c.qualified_opportunities, g.c.pipeline_amount, g.c.estimated_pipeline_amount, g.c.won_amount,
         _rate(g.c.qualified_opportunities, func.sum(g.c.qualified_opportunities).over()).label("share"),
         _rate(g.c.pipeline_amount, func.sum(g.c.pipeline_amount).over()).label("amount_share"),
     ).order_by(g.c.qualified_opportunities.desc(), g.c.contacts.desc(), *(c.asc().nulls_last() for c in key_cols))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from shared.amounts import Money
 from shared.events import INBOUND_CHANNELS, OUTBOUND_CHANNELS, Motion, Stage
 
 Channel = Literal[tuple(sorted(set(INBOUND_CHANNELS) | set(OUTBOUND_CHANNELS)))]  # type: ignore[valid-type]
@@ -186,6 +186,9 @@ class OpportunityView(BaseModel):
     grade: str | None
     policy_version: str
     amount: float | None
+    amount_estimated: bool = Field(
+        description="`amount` is scoring.yaml's expected amount of the motion, not one sales gave"
+    )
     currency: str
     qualified_event_id: str
     caused_by: list[str]
@@ -312,7 +315,10 @@ class TransitionIn(Strict):
 
     to: Target
     reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] | None = None
-    amount: Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=2)] | None = None
+    amount: Money | None = Field(
+        None, description="In the opportunity's currency: the expected amount when accepting, the won amount "
+        "when winning (required then)"
+    )
 
 
 class TransitionOut(BaseModel):

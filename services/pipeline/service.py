@@ -37,6 +37,7 @@ from services.pipeline.schemas import (
     TransitionIn,
     TransitionOut,
 )
+from shared.amounts import NO_EXPECTED_AMOUNTS, ExpectedAmounts
 from shared.auth import Principal
 from shared.errors import ProblemError
 from shared.events import STAGE_CHANGED, StageChanged, make_event
@@ -102,7 +103,8 @@ def opportunity_view(opp: Opportunity, email: str) -> OpportunityView:
         motion=opp.motion, owner=opp.owner,
         first_touch=_touch(opp, "first_touch_"), last_touch=_touch(opp, "last_touch_"),
         fit_score=opp.fit_score, engagement_score=opp.engagement_score, grade=opp.grade,
-        policy_version=opp.policy_version, amount=_amount(opp.amount), currency=opp.currency,
+        policy_version=opp.policy_version, amount=_amount(opp.amount),
+        amount_estimated=bool(opp.amount_estimated) and opp.amount is not None, currency=opp.currency,
         qualified_event_id=opp.qualified_event_id, caused_by=list(opp.caused_by or []),
         qualified_at=opp.qualified_at, accepted_at=opp.accepted_at, closed_at=opp.closed_at,
         close_reason=opp.close_reason, updated_at=opp.updated_at,
@@ -270,10 +272,12 @@ def fingerprint(opportunity_id: str, body: TransitionIn) -> str:
 
 async def transition(
     session: AsyncSession, opportunity_id: str, body: TransitionIn, principal: Principal,
-    idempotency_key: str | None = None,
+    idempotency_key: str | None = None, *, expected_amounts: ExpectedAmounts = NO_EXPECTED_AMOUNTS,
 ) -> Transition:
     """Move an opportunity and its contact, record who did it, and stage ``stage.changed``.
 
+    A move that carries an amount sets the opportunity's (a win's replaces an expected one);
+    an accept without one takes ``expected_amounts``' amount of its motion, marked estimated.
     With an ``Idempotency-Key`` (scoped to the API key) a retry answers what the first
     request answered and changes nothing; the same key with another request is ``409``.
     """
@@ -305,7 +309,11 @@ async def transition(
     from_stage = opp.stage
     opp.stage, opp.updated_at = body.to, now
     if body.amount is not None:
-        opp.amount = body.amount
+        opp.amount, opp.amount_estimated = body.amount, False
+    elif body.to == "opportunity" and opp.amount is None:
+        expected = expected_amounts.for_motion(opp.motion)
+        if expected is not None:
+            opp.amount, opp.amount_estimated = expected, True
     if body.to == "opportunity":
         opp.accepted_at = now
     else:
@@ -343,7 +351,7 @@ async def transition(
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, value in row.items():
-        if name in ("pipeline_amount", "won_amount"):
+        if name in ("pipeline_amount", "estimated_pipeline_amount", "won_amount"):
             value = None if value is None else float(value)
         elif name in ("lead_to_mql", "mql_to_sql", "sql_to_opportunity", "opportunity_to_won", "share", "amount_share"):
             value = None if value is None else round(float(value), 4)
@@ -352,6 +360,9 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
             value = int(value)  # counts (PostgreSQL sums integers as numeric)
         out[name] = value
+    if "estimated_pipeline_amount" in out and out["estimated_pipeline_amount"] is None \
+            and out.get("pipeline_amount") is not None:
+        out["estimated_pipeline_amount"] = 0.0  # pipeline amounts, none of them estimated
     return out
 
 

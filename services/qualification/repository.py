@@ -233,7 +233,8 @@ async def opportunity_of(session: AsyncSession, contact_id: str) -> str | None:
 
 
 # every column, so the opportunities of a batch go as one multi-row INSERT (same keys in each row)
-_OPPORTUNITY_FIELDS = {c.key: None for c in Opportunity.__table__.columns} | {"currency": "USD"}
+_OPPORTUNITY_FIELDS = {c.key: None for c in Opportunity.__table__.columns} | {"currency": "USD",
+                                                                             "amount_estimated": False}
 
 
 def add_opportunity(session: AsyncSession, row: dict[str, Any]) -> None:

@@ -65,6 +65,8 @@ async def test_demo_seeds_everything_through_the_apis(seeded):
     assert everything["totals"]["qualified_opportunities"] > 0 and everything["totals"]["won"] == result["won"]
     assert {r["motion"] for r in (await api(stack, group_by="motion"))["rows"]} >= {"inbound", "outbound"}
     assert any(w.endswith("comes from paid_search") for w in everything["warnings"]), everything["warnings"]
+    # open opportunities carry the amount sales expects: pipeline is more than what was won
+    assert everything["totals"]["pipeline_amount"] > everything["totals"]["won_amount"] > 0
 
 
 def _number(text: str) -> float | None:
@@ -109,7 +111,7 @@ async def test_the_dashboard_in_chromium_shows_what_the_api_returns(seeded):
             # the totals, the funnel per motion, the channel shares and the warnings are the API's
             totals = everything["totals"]
             for kpi, name in [("contacts", "contacts"), ("qualified", "qualified_opportunities"), ("won", "won"),
-                              ("pipeline", "pipeline_amount")]:
+                              ("pipeline", "pipeline_amount"), ("estimated", "estimated_pipeline_amount")]:
                 assert _number(await page.locator(f"#kpi-{kpi}").inner_text()) == pytest.approx(totals[name] or 0)
             assert _number(await page.locator("#kpi-hhi").inner_text()) == everything["concentration_index"]
             assert await page.locator("#funnel tbody tr").count() == len(motions["rows"])

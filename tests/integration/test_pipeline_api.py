@@ -753,20 +753,23 @@ async def test_sources_by_channel_match_hand_computed_figures(pipeline):
     assert rows[("inbound", "paid_search")] == {
         "motion": "inbound", "channel": "paid_search", "contacts": 5, "leads": 5, "mql": 4, "sql": 3,
         "opportunities": 2, "won": 1, "lead_to_mql": 0.8, "mql_to_sql": 0.75, "sql_to_opportunity": 0.6667,
-        "opportunity_to_won": 0.5, "qualified_opportunities": 3, "pipeline_amount": 15000.0, "won_amount": 10000.0,
+        "opportunity_to_won": 0.5, "qualified_opportunities": 3, "pipeline_amount": 15000.0,
+        "estimated_pipeline_amount": 0.0, "won_amount": 10000.0,
         "median_days_to_qualify": 4.0, "share": 0.5, "amount_share": 0.4286,
     }
     assert rows[("inbound", "organic_search")] == {
         "motion": "inbound", "channel": "organic_search", "contacts": 2, "leads": 2, "mql": 1, "sql": 1,
         "opportunities": 0, "won": 0, "lead_to_mql": 0.5, "mql_to_sql": 1.0, "sql_to_opportunity": 0.0,
-        "opportunity_to_won": None, "qualified_opportunities": 1, "pipeline_amount": None, "won_amount": None,
+        "opportunity_to_won": None, "qualified_opportunities": 1, "pipeline_amount": None,
+        "estimated_pipeline_amount": None, "won_amount": None,
         "median_days_to_qualify": 10.0, "share": 0.1667, "amount_share": None,
     }
     # e2 jumped straight to sql: it still counts as a lead and an MQL that converted
     assert rows[("outbound", "cold_email")] == {
         "motion": "outbound", "channel": "cold_email", "contacts": 2, "leads": 1, "mql": 1, "sql": 1,
         "opportunities": 1, "won": 1, "lead_to_mql": 1.0, "mql_to_sql": 1.0, "sql_to_opportunity": 1.0,
-        "opportunity_to_won": 1.0, "qualified_opportunities": 1, "pipeline_amount": 20000.0, "won_amount": 20000.0,
+        "opportunity_to_won": 1.0, "qualified_opportunities": 1, "pipeline_amount": 20000.0,
+        "estimated_pipeline_amount": 0.0, "won_amount": 20000.0,
         "median_days_to_qualify": 1.0, "share": 0.1667, "amount_share": 0.5714,
     }
     blended = rows[("blended", "webinar")]
@@ -775,7 +778,8 @@ async def test_sources_by_channel_match_hand_computed_figures(pipeline):
     assert report["totals"] == {
         "contacts": 10, "leads": 9, "mql": 7, "sql": 6, "opportunities": 3, "won": 2,
         "lead_to_mql": 0.7778, "mql_to_sql": 0.8571, "sql_to_opportunity": 0.5, "opportunity_to_won": 0.6667,
-        "qualified_opportunities": 6, "pipeline_amount": 35000.0, "won_amount": 30000.0,
+        "qualified_opportunities": 6, "pipeline_amount": 35000.0, "estimated_pipeline_amount": 0.0,
+        "won_amount": 30000.0,
         "median_days_to_qualify": 3.5, "share": 1.0, "amount_share": 1.0,
     }
     # channel shares 3/6, 1/6, 1/6, 1/6: HHI = 1/4 + 3/36

@@ -1,5 +1,6 @@
 """The policy file: the shipped one loads; a broken one names its line."""
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,28 @@ outbound:
     assert policy.for_motion("outbound").weights["meeting_booked"] == 100
     with pytest.raises(ValueError):
         policy.for_motion("blended")
+
+
+EXPECTED = "\nexpected_amounts:\n  inbound: 12000\n  outbound: \"30000.50\"\n"
+
+
+def test_expected_amounts_are_read_per_motion():
+    policy = parse_policies(SHIPPED.read_text(encoding="utf-8") + EXPECTED, "scoring.yaml")
+    amounts = policy.expected_amounts
+    assert (amounts.for_motion("inbound"), amounts.for_motion("outbound")) == (12000, Decimal("30000.50"))
+    assert amounts.for_motion("blended") is None and amounts.for_motion("nonsense") is None
+    assert load_policies(SHIPPED).expected_amounts.model_dump() == {"inbound": None, "outbound": None, "blended": None}
+
+
+@pytest.mark.parametrize(("section", "needle", "says"), [
+    ("expected_amounts:\n  inbound: -5\n", "inbound: -5", "expected_amounts.inbound: Input should be greater than 0"),
+    ("expected_amounts:\n  inbound: lots\n", "inbound: lots", "valid decimal"),
+    ("expected_amounts:\n  outbound: 12345678901234567\n", "outbound: 1234", "16 digits before the decimal point"),
+    ("expected_amounts:\n  partners: 5\n", "partners: 5", "unknown field"),
+])
+def test_a_bad_expected_amount_names_its_line(section, needle, says):
+    broken = SHIPPED.read_text(encoding="utf-8") + "\n" + section
+    with pytest.raises(PolicyError) as raised:
+        parse_policies(broken, "scoring.yaml")
+    message = str(raised.value)
+    assert f"scoring.yaml:{_line_of(broken, needle)}:" in message and says in message, message

@@ -24,6 +24,8 @@ Shape (see the shipped file for a commented example)::
       weights: {meeting_booked: 100, …}
       caps: {opened: 10, clicked: 20}
       lead: […]  mql: […]  sql: […]
+    expected_amounts:              # optional: amount of an opportunity accepted without one
+      inbound: 12000               # per motion (inbound, outbound, blended); see shared/amounts.py
 
 A stage is reached when ANY of its criteria holds; a criterion holds when ALL of its
 conditions do: ``min_fit``, ``min_engagement``, ``any_signal`` (at least one touch of
@@ -40,6 +42,8 @@ from pydantic import (
     BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, ValidationError, field_validator, model_validator,
 )
 from yaml.nodes import MappingNode, Node, SequenceNode
+
+from shared.amounts import NO_EXPECTED_AMOUNTS, ExpectedAmounts
 
 FORM_TYPES = (
     "demo_request", "contact_sales", "pricing", "trial_signup", "webinar",
@@ -204,6 +208,8 @@ class PolicySet(_Strict):
     fit: FitPolicy
     inbound: InboundPolicy
     outbound: OutboundPolicy
+    # read by the pipeline service when sales accepts an opportunity without an amount
+    expected_amounts: ExpectedAmounts = NO_EXPECTED_AMOUNTS
     # (dimension, value) → the fit rule it matches: titles and industries repeat across
     # contacts and every event re-scores its contact (bounded; see scoring.fit_score)
     _fit_matches: dict = PrivateAttr(default_factory=dict)
