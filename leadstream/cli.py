@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from leadstream.registry import DATABASES, SERVICES, port_of
+from leadstream.registry import DATABASES, SERVICES, port_of, settings_of
 from shared import tracing
 from shared.settings import get_settings
 
@@ -73,7 +73,7 @@ def serve(
 
     if service not in SERVICES:
         raise typer.BadParameter(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
-    settings = get_settings()
+    settings = settings_of(service)  # its own class: a bad value of one of its settings stops it here
     configure_logging(settings.log_level, settings.log_json, service=service)
     tracing.configure(service)
     uvicorn.run(

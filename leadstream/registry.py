@@ -1,7 +1,8 @@
 """The registry: every service and every database of Leadstream, in one place.
 
 A **service** has a name (``leadstream serve NAME``, ``LEADSTREAM_<NAME>_PORT``), a default
-port, the database it uses and its app factory. A **database** has a name
+port, the database it uses, its app factory and its settings class (the spine's ``Settings``
+and the fields that service alone reads, in its ``settings.py``). A **database** has a name
 (``LEADSTREAM_<NAME>_DATABASE_URL``, ``<data dir>/<name>.db``, Alembic's
 ``alembic_version_<name>`` table) and the package that holds its ``models.py`` and its
 Alembic ``migrations/``.
@@ -14,6 +15,7 @@ name. Adding a service is one ``Service`` here (and a ``Database`` if it owns on
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,15 @@ class Service:
     port: int  # the default; LEADSTREAM_<NAME>_PORT overrides it
     database: str  # a key of DATABASES
     app: str  # "module:factory", a function returning the FastAPI app (uvicorn --factory)
+    settings: str = "shared.settings:Settings"  # "module:class", the Settings subclass the app is built with
+
+    @property
+    def settings_class(self) -> type[Settings]:
+        module, _, name = self.settings.partition(":")
+        found = getattr(importlib.import_module(module), name)
+        if not (isinstance(found, type) and issubclass(found, Settings)):
+            raise TypeError(f"service {self.name}: {self.settings} is not a Settings class")
+        return found
 
 
 DATABASES: dict[str, Database] = {d.name: d for d in (
@@ -54,13 +65,32 @@ DATABASES: dict[str, Database] = {d.name: d for d in (
 )}
 
 SERVICES: dict[str, Service] = {s.name: s for s in (
-    Service("capture", 8001, "capture", "services.capture.app:create_app"),
-    Service("outreach", 8002, "outreach", "services.outreach.app:create_app"),
-    Service("qualification", 8003, "pipeline", "services.qualification.app:create_app"),
-    Service("pipeline", 8004, "pipeline", "services.pipeline.app:create_app"),
+    Service("capture", 8001, "capture", "services.capture.app:create_app",
+            "services.capture.settings:CaptureSettings"),
+    Service("outreach", 8002, "outreach", "services.outreach.app:create_app",
+            "services.outreach.settings:OutreachSettings"),
+    Service("qualification", 8003, "pipeline", "services.qualification.app:create_app",
+            "services.qualification.settings:QualificationSettings"),
+    Service("pipeline", 8004, "pipeline", "services.pipeline.app:create_app",
+            "services.pipeline.settings:PipelineSettings"),
     # webhook delivery: a consumer group of its own, deliveries stored in the pipeline store
-    Service("webhooks", 8005, "pipeline", "services.webhooks.app:create_app"),
+    Service("webhooks", 8005, "pipeline", "services.webhooks.app:create_app",
+            "services.webhooks.settings:WebhooksSettings"),
 )}
+
+
+def settings_of(service: str, **values: object) -> Settings:
+    """The settings ``service`` runs with: its own class, from the environment (``values`` win)."""
+    return SERVICES[service].settings_class(**values)
+
+
+def setting_names() -> set[str]:
+    """Every setting a process of Leadstream reads (fields: ``LEADSTREAM_<NAME>`` upper-cased):
+    the spine's and each service's, not the per-name ``<name>_port`` and ``<name>_database_url``."""
+    names = set(Settings.model_fields)
+    for service in SERVICES.values():
+        names |= set(service.settings_class.model_fields)
+    return names
 
 
 def port_of(settings: Settings, service: str) -> int:

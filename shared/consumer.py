@@ -174,7 +174,7 @@ class InboxConsumer:
         handlers: Mapping[str, Handler],
         name: str,
         inbox_model: type,
-        group_id: str | None = None,
+        group_id: str,
         client_id: str | None = None,
         after_commit: Callable[[], None] | None = None,
         max_attempts: int = 3,
@@ -188,7 +188,7 @@ class InboxConsumer:
         self.handlers = dict(handlers)
         self.name = name
         self.inbox = inbox_model
-        self.group_id = group_id or settings.kafka_consumer_group
+        self.group_id = group_id
         self.client_id = client_id or f"leadstream-{name}"
         self.after_commit = after_commit
         self.max_attempts = max_attempts

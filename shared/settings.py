@@ -1,4 +1,12 @@
-"""Settings of every Leadstream process, read from ``LEADSTREAM_*`` environment variables.
+"""The spine's settings: what more than one Leadstream process reads, from ``LEADSTREAM_*``
+environment variables (Kafka, the database pool, the outbox, the host, logging, the secrets
+key ...).
+
+A setting one service alone reads belongs to that service: its ``settings.py`` holds a
+subclass of ``Settings`` that adds its fields, and the composition root's registry
+(``leadstream/registry.py``) names the class each service is built with. The variables keep
+one flat namespace, ``LEADSTREAM_<FIELD>`` whichever class declares the field; a process
+ignores the variables it does not declare (those of other services).
 
 The spine names no service: each database's URL (``LEADSTREAM_<DATABASE>_DATABASE_URL``)
 and each service's port (``LEADSTREAM_<SERVICE>_PORT``) are read for any name, and looked
@@ -28,7 +36,8 @@ PER_NAME = re.compile(r"[a-z][a-z0-9_]*_(database_url|port)")
 
 
 class Settings(BaseSettings):
-    """Everything a process needs; tests build their own instance instead of patching."""
+    """What more than one process needs (a service's own settings: its subclass of this one);
+    tests build their own instance instead of patching."""
 
     # errors never echo a value (some are keys and passwords)
     # extras: only the per-name settings (``PER_NAME``); other unknown keys are ignored
@@ -56,10 +65,9 @@ class Settings(BaseSettings):
     kafka_heartbeat_interval_ms: int = 1000
     kafka_request_timeout_ms: int = 5000
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
-    kafka_consumer_group: str = "leadstream-qualification"
 
     data_dir: Path = Path("./var")
-    config_dir: Path = Path("deploy/config")
+    config_dir: Path = Path("deploy/config")  # the services' YAML files (forms, scoring policies)
 
     # and, per database and per service, <name>_database_url and <name>_port (PER_NAME)
     database_pool_size: int = 10
@@ -70,11 +78,6 @@ class Settings(BaseSettings):
     # default): none, so a client cannot name its own address by sending the header.
     forwarded_allow_ips: str = ""
 
-    capture_rate_limit: str = "100/minute"
-    # how far back a lead's occurred_at may be (anonymous clients must not backdate into old cohorts)
-    capture_occurred_at_horizon_days: int = Field(400, ge=1, le=36500)
-    # per form and client address, counting only well-formed submissions
-    capture_form_rate_limit: str = "20/minute"
     api_rate_limit: str = "6000/minute"
 
     outbox_poll_interval_s: float = 0.2
@@ -92,15 +95,7 @@ class Settings(BaseSettings):
     # 1,000 / 2,000 / 4,000, peak RSS 162 / 192 / 190 MiB); a quiet stream still makes
     # small batches.
     consumer_batch_size: int = 2000
-    dependency_thresholds_channel: float = 0.5
-    dependency_thresholds_campaign: float = 0.3
-    dependency_thresholds_motion: float = 0.8
 
-    # dashboard sessions live in the pipeline store (any pipeline process serves them)
-    dashboard_session_hours: float = Field(12.0, gt=0)
-    # the session cookie is Secure (sent over https only) even when a TLS-terminating proxy
-    # forwards plain http; only `make run` (plain http on localhost) turns it off
-    dashboard_secure_cookie: bool = True
     # Host header values a service answers (comma-separated; `*.example.com` for subdomains,
     # `*` for any); others are 400. /healthz, /readyz and /metrics answer any Host (probes).
     trusted_hosts: str = "*"
@@ -108,18 +103,6 @@ class Settings(BaseSettings):
     # Fernet key(s), comma-separated (the first encrypts): signing secrets stored encrypted.
     # The default is public (shared/secrets.py), for development only.
     secrets_key: str = Field(DEVELOPMENT_KEY, repr=False)
-
-    # webhook subscriptions (services/webhooks): targets, timeouts, retries
-    webhooks_allow_http: bool = False  # for local receivers only
-    webhooks_allow_private: bool = False  # loopback, private, link-local targets
-    webhooks_timeout_s: float = Field(10.0, gt=0)
-    webhooks_retry_hours: float = Field(24.0, gt=0)
-    webhooks_backoff_initial_s: float = Field(1.0, gt=0)
-    webhooks_backoff_max_s: float = Field(3600.0, gt=0)
-    webhooks_max_in_flight: int = Field(16, ge=1, le=256)  # concurrent requests per subscription
-    webhooks_poll_interval_s: float = Field(1.0, gt=0)
-    webhooks_consumer_group: str = "leadstream-webhooks"
-    webhooks_retention_hours: float = Field(7 * 24.0, gt=0)  # delivered deliveries kept (dead ones until redriven)
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -219,11 +202,8 @@ class Settings(BaseSettings):
         return async_url(url)
 
     @property
-    def forms_file(self) -> Path:
-        return self.config_dir / "forms.yaml"
-
-    @property
     def scoring_file(self) -> Path:
+        """The scoring policies (``config_dir``): more than one service reads them."""
         return self.config_dir / "scoring.yaml"
 
 

@@ -15,6 +15,8 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
+from pydantic import BaseModel, Field
+
 from shared.events import EVENT_TYPES, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES
 
 # the topics a webhook can follow, and so the event types a subscription may name
@@ -22,6 +24,17 @@ WEBHOOK_TOPICS = (OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES)
 SUBSCRIBABLE_TYPES = tuple(t for t, (topic, _) in EVENT_TYPES.items() if topic in WEBHOOK_TOPICS)
 
 MAX_URL_LENGTH = 2048
+
+
+class WebhookSettings(BaseModel):
+    """The settings of these shared rules, read by every process that makes subscriptions or
+    delivers to them: mixed into those services' settings classes (``class
+    XSettings(Settings, WebhookSettings)``), so both read the one definition."""
+
+    webhooks_allow_http: bool = False  # for local receivers only
+    webhooks_allow_private: bool = False  # loopback, private, link-local targets
+    # how long a failed delivery is retried (from its first attempt, or from a manual retry)
+    webhooks_retry_hours: float = Field(24.0, gt=0)
 
 
 class TargetRefused(ValueError):

@@ -83,8 +83,18 @@ async def migrated_store(database_factory, database: str):  # noqa: ANN001, ANN2
         await db.dispose()
 
 
-def make_settings(bootstrap: str, data_dir: Path, **overrides) -> Settings:  # noqa: ANN003
-    values = dict(
+def make_settings(bootstrap: str, data_dir: Path, *, service: str | None = None, **overrides) -> Settings:  # noqa: ANN003
+    """A test's own settings: the spine's ``Settings``, or with ``service`` that service's class
+    from the registry (its own fields too). An override the class does not declare is an error,
+    where the class itself would ignore it (as it ignores other services' variables)."""
+    from leadstream.registry import SERVICES
+    from shared.settings import PER_NAME
+
+    cls = SERVICES[service].settings_class if service else Settings
+    unknown = sorted(k for k in overrides if k not in cls.model_fields and not PER_NAME.fullmatch(k))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {', '.join(unknown)} (pass service=…?)")
+    defaults = dict(
         kafka_bootstrap_servers=bootstrap,
         data_dir=data_dir,
         config_dir=ROOT / "deploy" / "config",
@@ -96,8 +106,9 @@ def make_settings(bootstrap: str, data_dir: Path, **overrides) -> Settings:  # n
         log_json=False,
         gc_freeze=False,  # apps built inside the test process: never freeze its heap
     )
+    values = {k: v for k, v in defaults.items() if k in cls.model_fields}
     values.update(overrides)
-    return Settings(**values)
+    return cls(**values)
 
 
 @asynccontextmanager

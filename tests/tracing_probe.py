@@ -33,9 +33,11 @@ async def main(bootstrap: str, capture_url: str, pipeline_url: str, data_dir: st
     from shared.events import LEADS_CAPTURED, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES
     from tests.support import eventually, make_settings, read_topic, serve_app
 
-    settings = make_settings(bootstrap, Path(data_dir), capture_database_url=capture_url,
-                             pipeline_database_url=pipeline_url, kafka_consumer_group=f"q-{uuid.uuid4().hex[:8]}")
-    async with serve_app(capture_app(settings)) as capture, serve_app(qualification_app(settings)) as qualification:
+    capture_settings = make_settings(bootstrap, Path(data_dir), service="capture", capture_database_url=capture_url)
+    settings = make_settings(bootstrap, Path(data_dir), service="qualification", pipeline_database_url=pipeline_url,
+                             kafka_consumer_group=f"q-{uuid.uuid4().hex[:8]}")
+    async with (serve_app(capture_app(capture_settings)) as capture,
+                serve_app(qualification_app(settings)) as qualification):
         lead = {"email": "jane@acme-robotics.com", "form_type": "demo_request", "company": "Acme Robotics",
                 "title": "VP of Sales", "employees": 250, "industry": "Software", "country": "US"}
         traceparent = f"00-{CLIENT_TRACE}-00f067aa0ba902b7-01"

@@ -11,15 +11,15 @@ from services.capture.api import router
 from services.capture.forms import load_forms
 from services.capture.models import CaptureOutbox
 from services.capture.schemas import OCCURRED_AT_HORIZON, LeadIn
+from services.capture.settings import CaptureSettings
 from shared.db import GroupCommit
 from shared.ratelimit import RateLimit
 from shared.runtime import ServiceRuntime
-from shared.settings import Settings, get_settings
 from shared.web import create_service_app
 
 
 class CaptureRuntime(ServiceRuntime):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: CaptureSettings) -> None:
         super().__init__(settings, "capture", CaptureOutbox)
         self.forms = load_forms(settings.forms_file)
         # LeadIn's validation context: how far back occurred_at may go
@@ -33,8 +33,8 @@ class CaptureRuntime(ServiceRuntime):
         await super().stop()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    runtime = CaptureRuntime(settings or get_settings())
+def create_app(settings: CaptureSettings | None = None) -> FastAPI:
+    runtime = CaptureRuntime(settings or CaptureSettings())
     return create_service_app(
         service="capture",
         title="Leadstream capture",

@@ -8,18 +8,18 @@ from services.outreach import repository
 from services.outreach.api import router, webhooks
 from services.outreach.models import OutreachApiKey, OutreachOutbox
 from services.outreach.schemas import MAX_BATCH, ProspectIn, TouchBatchIn, TouchIn
+from services.outreach.settings import OutreachSettings
 from shared.auth import ApiKeyAuth
 from shared.db import GroupCommit
 from shared.ratelimit import RateLimit
 from shared.runtime import ServiceRuntime
-from shared.settings import Settings, get_settings
 from shared.web import create_service_app
 
 BATCH_BODY_LIMIT = 1024 * 1024
 
 
 class OutreachRuntime(ServiceRuntime):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: OutreachSettings) -> None:
         super().__init__(settings, "outreach", OutreachOutbox)
         self.auth = ApiKeyAuth(self.db, OutreachApiKey, settings.api_rate_limit)
         self.webhook_limit = RateLimit(settings.api_rate_limit, "integration")
@@ -30,8 +30,8 @@ class OutreachRuntime(ServiceRuntime):
         await super().stop()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    runtime = OutreachRuntime(settings or get_settings())
+def create_app(settings: OutreachSettings | None = None) -> FastAPI:
+    runtime = OutreachRuntime(settings or OutreachSettings())
     return create_service_app(
         service="outreach",
         title="Leadstream outreach",

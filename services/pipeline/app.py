@@ -12,18 +12,18 @@ from services.pipeline.api import router
 from services.pipeline.dashboard import STATIC_PATH, Sessions, static_files
 from services.pipeline.dashboard import router as dashboard_router
 from services.pipeline.privacy.api import router as privacy_router
+from services.pipeline.settings import PipelineSettings
 from services.pipeline.subscriptions.api import router as subscriptions_router
 from shared.amounts import NO_EXPECTED_AMOUNTS, ExpectedAmounts, ExpectedAmountsError, read_expected_amounts
 from shared.auth import ApiKeyAuth
 from shared.runtime import ServiceRuntime
-from shared.settings import Settings, get_settings
 from shared.web import create_service_app
 
 log = structlog.get_logger("pipeline")
 
 
 class PipelineRuntime(ServiceRuntime):
-    def __init__(self, settings: Settings, expected_amounts: ExpectedAmounts = NO_EXPECTED_AMOUNTS) -> None:
+    def __init__(self, settings: PipelineSettings, expected_amounts: ExpectedAmounts = NO_EXPECTED_AMOUNTS) -> None:
         super().__init__(settings, "pipeline", PipelineOutbox, database=DATABASE)
         self.expected_amounts = expected_amounts
         self.auth = ApiKeyAuth(self.db, PipelineApiKey, settings.api_rate_limit)
@@ -35,8 +35,8 @@ class PipelineRuntime(ServiceRuntime):
         self.sessions = Sessions(settings.dashboard_session_hours, settings.dashboard_secure_cookie)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: PipelineSettings | None = None) -> FastAPI:
+    settings = settings or PipelineSettings()
     # scoring.yaml's expected amounts: a mistake stops the service here, before it answers
     try:
         expected_amounts = read_expected_amounts(settings.scoring_file)

@@ -16,10 +16,10 @@ from services.qualification.domain import identity
 from services.qualification.domain.policy import PolicyError
 from services.qualification.handlers import bind, prefetch
 from services.qualification.service import Qualifier, load_qualifier
+from services.qualification.settings import QualificationSettings
 from shared.consumer import InboxConsumer
 from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES
 from shared.runtime import Runtime, ServiceRuntime
-from shared.settings import Settings, get_settings
 from shared.web import create_service_app
 
 log = structlog.get_logger("qualification")
@@ -28,7 +28,7 @@ TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES)
 
 
 class QualificationRuntime(ServiceRuntime):
-    def __init__(self, settings: Settings, qualifier: Qualifier) -> None:
+    def __init__(self, settings: QualificationSettings, qualifier: Qualifier) -> None:
         super().__init__(settings, "qualification", PipelineOutbox, database=DATABASE)
         self.qualifier = qualifier
         self.consumer = InboxConsumer(
@@ -38,6 +38,7 @@ class QualificationRuntime(ServiceRuntime):
             topics=TOPICS,
             handlers=bind(qualifier),
             name="qualification",
+            group_id=settings.kafka_consumer_group,
             inbox_model=ProcessedEvent,
             after_commit=self.relay.wake,
             prefetch=prefetch,
@@ -69,8 +70,8 @@ async def status(runtime: Runtime) -> dict:
     }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: QualificationSettings | None = None) -> FastAPI:
+    settings = settings or QualificationSettings()
     # A bad policy file stops the service here, before it consumes anything, with the
     # file, line and field named.
     try:

@@ -14,16 +14,16 @@ from fastapi import APIRouter, FastAPI
 from pipeline_store import DATABASE
 from services.webhooks.dispatcher import Dispatcher
 from services.webhooks.handlers import bind, prefetch
+from services.webhooks.settings import WebhooksSettings
 from shared.consumer import InboxConsumer
 from shared.runtime import Runtime, ServiceRuntime
-from shared.settings import Settings, get_settings
 from pipeline_store.models import WebhookProcessedEvent
 from shared.web import create_service_app
 from shared.webhooks import WEBHOOK_TOPICS
 
 
 class WebhooksRuntime(ServiceRuntime):
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: WebhooksSettings) -> None:
         super().__init__(settings, "webhooks", database=DATABASE)
         self.dispatcher = Dispatcher(self.db, settings, self.secrets, partitions=self.partitions)
         self.consumer = InboxConsumer(
@@ -65,8 +65,8 @@ async def status(runtime: Runtime) -> dict:
     return {"consumer": runtime.consumer.status(), "dispatcher": runtime.dispatcher.status()}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    runtime = WebhooksRuntime(settings or get_settings())
+def create_app(settings: WebhooksSettings | None = None) -> FastAPI:
+    runtime = WebhooksRuntime(settings or WebhooksSettings())
     return create_service_app(
         service="webhooks",
         title="Leadstream webhooks",

@@ -32,9 +32,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.webhooks import repository
 from services.webhooks.retries import next_attempt, retry_after_s
 from services.webhooks.sender import Attempt, Sender
+from services.webhooks.settings import WebhooksSettings
 from shared.db import Database
 from shared.secrets import SecretBox, UndecryptableSecret
-from shared.settings import Settings
 
 log = structlog.get_logger("webhooks")
 
@@ -286,7 +286,7 @@ class Worker:
 class Dispatcher:
     """Keeps one worker per active subscription, in step with the subscriptions table."""
 
-    def __init__(self, db: Database, settings: Settings, box: SecretBox,
+    def __init__(self, db: Database, settings: WebhooksSettings, box: SecretBox,
                  partitions: Callable[[], set[int]]) -> None:
         self.db, self.settings, self.box = db, settings, box
         self.partitions = partitions

@@ -10,8 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.webhooks import repository
 from shared.consumer import Delivery, Handler
 from shared.db import transaction_time
-from shared.settings import Settings
-from shared.webhooks import SUBSCRIBABLE_TYPES
+from shared.webhooks import SUBSCRIBABLE_TYPES, WebhookSettings
 
 _FOLLOWERS = "webhook_followers"  # session.info slot: event type -> [(subscription id, created_at)]
 
@@ -31,7 +30,7 @@ async def prefetch(session: AsyncSession, deliveries: list[Delivery]) -> None:  
     session.info[_FOLLOWERS] = followers
 
 
-def bind(settings: Settings) -> dict[str, Handler]:
+def bind(settings: WebhookSettings) -> dict[str, Handler]:
     window = timedelta(hours=settings.webhooks_retry_hours)
 
     async def queue_deliveries(session: AsyncSession, delivery: Delivery) -> None:

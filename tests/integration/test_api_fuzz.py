@@ -49,7 +49,7 @@ def _app(service: str, tmp_path_factory):  # noqa: ANN001, ANN202
     for db, url in urls.items():
         upgrade(db, url)
     # nothing listens there: fuzzed answers never wait for Kafka (ingest stores first)
-    s = make_settings(f"127.0.0.1:{free_port()}", tmp, capture_database_url=urls["capture"],
+    s = make_settings(f"127.0.0.1:{free_port()}", tmp, service=service, capture_database_url=urls["capture"],
                       outreach_database_url=urls["outreach"], pipeline_database_url=urls["pipeline"],
                       kafka_request_timeout_ms=300)
     app = importlib.import_module(f"services.{service}.app").create_app(s)

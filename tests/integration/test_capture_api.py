@@ -26,7 +26,7 @@ DEMO = {
 @pytest.fixture
 async def capture(broker, database_factory, tmp_path):
     url = await database_factory("capture")
-    settings = make_settings(broker.bootstrap, tmp_path, capture_database_url=url)
+    settings = make_settings(broker.bootstrap, tmp_path, service="capture", capture_database_url=url)
     app = create_app(settings)
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
@@ -239,7 +239,8 @@ async def test_operations_endpoints(capture):
 
 async def test_rate_limit_per_client_address(broker, database_factory, tmp_path):
     url = await database_factory("capture")
-    settings = make_settings(broker.bootstrap, tmp_path, capture_database_url=url, capture_rate_limit="3/minute")
+    settings = make_settings(broker.bootstrap, tmp_path, service="capture", capture_database_url=url,
+                             capture_rate_limit="3/minute")
     async with serve_app(create_app(settings)) as client:
         codes = [(await client.post("/v1/leads", json={"email": f"u{i}@b.co"})).status_code for i in range(2)]
         codes.append((await client.post("/v1/leads", json={"email": "not an email"})).status_code)
@@ -256,7 +257,7 @@ async def test_readiness_can_require_only_the_database(broker, database_factory,
     from shared.broker import free_port
 
     settings = make_settings(
-        f"127.0.0.1:{free_port()}", tmp_path, capture_database_url=url, kafka_request_timeout_ms=500
+        f"127.0.0.1:{free_port()}", tmp_path, service="capture", capture_database_url=url, kafka_request_timeout_ms=500
     )
     async with serve_app(create_app(settings)) as client:
         full = await client.get("/readyz")

@@ -23,7 +23,7 @@ async def capture_settings(broker, database_factory, tmp_path):
     url = await database_factory("capture")
 
     def settings(**overrides):  # noqa: ANN003, ANN202
-        return make_settings(broker.bootstrap, tmp_path, capture_database_url=url, **overrides)
+        return make_settings(broker.bootstrap, tmp_path, service="capture", capture_database_url=url, **overrides)
 
     return settings
 

@@ -118,7 +118,8 @@ async def test_a_session_is_good_on_every_process_of_the_store(pipeline, broker,
     """Sessions live in the store: another pipeline process (no shared secret) accepts them."""
     session = (await sign_in(pipeline, key_of(pipeline))).cookies[COOKIE]
     url = pipeline.runtime.settings.pipeline_database_url
-    other = create_app(make_settings(broker.bootstrap, tmp_path / "other", pipeline_database_url=url))
+    other = create_app(make_settings(broker.bootstrap, tmp_path / "other", service="pipeline",
+                                     pipeline_database_url=url))
     async with serve_app(other) as second:
         assert signed_in(await page(second, session))
         out = await second.post("/dashboard/sign-out", headers=SIGNED_OUT | {"Cookie": f"{COOKIE}={session}"})
@@ -142,7 +143,7 @@ async def test_the_session_cookie_is_secure_even_behind_a_tls_proxy(pipeline, br
     assert "secure" in cookie_flags(out)
 
     url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url,
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url,
                                    dashboard_secure_cookie=False))
     async with serve_app(app) as dev:
         key = await add_key(app.state.runtime.db, "dev", "pipeline")

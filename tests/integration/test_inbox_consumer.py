@@ -53,7 +53,8 @@ class Harness:
     def __init__(self, broker: EmbeddedBroker, url: str, tmp_path) -> None:  # noqa: ANN001
         self.broker = broker
         self.settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url,
-                                      kafka_consumer_group=f"test-{uuid.uuid4().hex[:8]}", consumer_batch_size=50)
+                                      consumer_batch_size=50)
+        self.group_id = f"test-{uuid.uuid4().hex[:8]}"
         self.db = Database(url)
         self.kafka = KafkaGateway(self.settings, "test-producer")
         self.consumers: list[InboxConsumer] = []
@@ -61,7 +62,7 @@ class Harness:
     def consumer(self, name: str = "test") -> InboxConsumer:
         c = InboxConsumer(self.db, self.kafka, self.settings, topics=[LEADS_CAPTURED],
                           handlers={LEAD_CAPTURED: record_account}, name=name, inbox_model=ProcessedEvent,
-                          client_id=f"{name}-{len(self.consumers)}",
+                          group_id=self.group_id, client_id=f"{name}-{len(self.consumers)}",
                           max_backoff_s=0.5)
         self.consumers.append(c)
         return c

@@ -65,7 +65,7 @@ async def add_secret(db: Database, integration: str, secret: str | None = None) 
 @pytest.fixture
 async def outreach(broker, database_factory, tmp_path):
     url = await database_factory("outreach")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=url))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=url))
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
         client.headers["Authorization"] = f"Bearer {await add_key(client.runtime.db)}"
@@ -192,7 +192,8 @@ async def _anonymous(client, path, body, content=None, content_type="application
 
 async def test_rate_limit_per_api_key(broker, database_factory, tmp_path):
     url = await database_factory("outreach")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=url, api_rate_limit="3/minute"))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=url,
+                                   api_rate_limit="3/minute"))
     async with serve_app(app) as client:
         first, second = await add_key(app.state.runtime.db), await add_key(app.state.runtime.db)
         codes = [
@@ -564,7 +565,7 @@ async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_pa
     code, listing, _ = await leadstream(env, "webhooks", "list")
     assert "salesloft" in listing and secret.strip() not in listing
 
-    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=outreach_url))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=outreach_url))
     async with serve_app(app) as client:
         ok = await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {key}"})
         assert ok.status_code == 202
@@ -590,7 +591,7 @@ async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_pa
         finally:
             await db.dispose()
     # a process started after the revocation refuses the key (running ones within the key cache's 5 s)
-    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=outreach_url))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=outreach_url))
     async with serve_app(app) as client:
         revoked = await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {both_key}"})
         assert revoked.status_code == 401

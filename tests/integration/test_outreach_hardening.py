@@ -21,7 +21,7 @@ TOUCH = {"email": "grace@navy.example.com", "channel": "cold_email", "outcome": 
 @pytest.fixture
 async def outreach(broker, database_factory, tmp_path):
     url = await database_factory("outreach")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=url))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=url))
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
         client.headers["Authorization"] = f"Bearer {await add_key(client.runtime.db)}"

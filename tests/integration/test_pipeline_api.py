@@ -106,7 +106,7 @@ async def add_key(db, name: str, scopes: str) -> str:  # noqa: ANN001
 @pytest.fixture
 async def pipeline(broker, database_factory, tmp_path):
     url = await database_factory("pipeline")
-    settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url)
+    settings = make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url)
     app = create_app(settings)
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
@@ -158,7 +158,8 @@ async def test_auth_none_bad_wrong_scope_and_revoked(pipeline):
 
 async def test_rate_limit_per_key(broker, database_factory, tmp_path):
     url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url, api_rate_limit="3/minute"))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url,
+                                   api_rate_limit="3/minute"))
     async with serve_app(app) as client:
         key = await add_key(app.state.runtime.db, "busy", "pipeline")
         answers = [await client.get("/v1/contacts", headers={"Authorization": f"Bearer {key}"}) for _ in range(4)]
@@ -800,7 +801,7 @@ async def test_sources_inbound_only_warns_about_the_channel(pipeline):
 
 async def test_sources_thresholds_come_from_settings(broker, database_factory, tmp_path):
     url = await database_factory("pipeline")
-    settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url,
+    settings = make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url,
                              dependency_thresholds_channel=0.4, dependency_thresholds_campaign=0.9,
                              dependency_thresholds_motion=0.6)
     app = create_app(settings)

@@ -64,7 +64,7 @@ BUSINESS = dict(company="Acme Robotics", title="VP of Sales", employees=250, ind
 class Stack:
     def __init__(self, broker: EmbeddedBroker, url: str, tmp_path) -> None:  # noqa: ANN001
         self.broker, self.url = broker, url
-        self.settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url,
+        self.settings = make_settings(broker.bootstrap, tmp_path, service="qualification", pipeline_database_url=url,
                                       kafka_consumer_group=f"qual-{uuid.uuid4().hex[:8]}")
         self.producer = KafkaGateway(self.settings, "test-producer")
         self.apps: list = []
@@ -413,7 +413,7 @@ def test_a_bad_policy_file_stops_the_service_naming_the_line(tmp_path):
     with pytest.raises(PolicyError) as info:
         load_qualifier(bad)
     assert f"{bad}:" in str(info.value) and "half_life_day" in str(info.value)
-    settings = make_settings("127.0.0.1:1", tmp_path, config_dir=tmp_path)
+    settings = make_settings("127.0.0.1:1", tmp_path, service="qualification", config_dir=tmp_path)
     with pytest.raises((PolicyError, SystemExit)):
         create_app(settings)
 

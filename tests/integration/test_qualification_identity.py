@@ -21,7 +21,8 @@ COMPANY = {"company": "Bücher GmbH", "title": "Head of Marketing", "employees":
 
 
 async def test_unicode_and_punycode_domains_are_one_contact_and_one_account(stack: Stack, database_factory, tmp_path):
-    settings = make_settings(stack.broker.bootstrap, tmp_path, capture_database_url=await database_factory("capture"))
+    settings = make_settings(stack.broker.bootstrap, tmp_path, service="capture",
+                             capture_database_url=await database_factory("capture"))
     async with serve_app(create_capture(settings)) as capture:
         posted = [
             {"email": "Jo@Bücher.de", "form_type": "newsletter", **COMPANY},

@@ -163,7 +163,7 @@ async def test_a_service_shows_its_lease_on_metrics_and_hands_it_over_when_it_st
     from tests.support import eventually, serve_app
 
     url = await database_factory("capture")
-    settings = make_settings(broker.bootstrap, tmp_path, capture_database_url=url)
+    settings = make_settings(broker.bootstrap, tmp_path, service="capture", capture_database_url=url)
     holder = 'leadstream_relay_lease_holder{outbox="capture_outbox"} 1.0'
 
     async def holds(client) -> bool:  # noqa: ANN001

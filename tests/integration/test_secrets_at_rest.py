@@ -69,7 +69,7 @@ async def test_existing_secrets_are_encrypted_by_the_migration_and_still_verify(
     finally:
         await db.dispose()
 
-    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=outreach_url))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=outreach_url))
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
         client.headers["Authorization"] = f"Bearer {await add_key(client.runtime.db)}"
@@ -97,7 +97,7 @@ async def test_a_secret_under_an_unknown_key_is_refused_not_an_error(outreach_ur
                              "at": datetime.now(timezone.utc)})
     finally:
         await db.dispose()
-    app = create_app(make_settings(broker.bootstrap, tmp_path, outreach_database_url=outreach_url))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=outreach_url))
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
         answer = await deliver(client, "salesloft", webhook("evt_other_key"), PLAIN)

@@ -258,7 +258,8 @@ async def test_a_batch_another_member_applied_since_its_snapshot_is_deduplicated
             pass
 
     old, new = (InboxConsumer(db, harness.kafka, harness.settings, topics=[LEADS_CAPTURED],
-                              handlers={LEAD_CAPTURED: handler}, name=name, inbox_model=ProcessedEvent, snapshot=True,
+                              handlers={LEAD_CAPTURED: handler}, name=name, group_id=harness.group_id,
+                              inbox_model=ProcessedEvent, snapshot=True,
                               max_backoff_s=0.2)
                 for name, handler in (("old", slow), ("new", stage_lead)))
     event = make_event(LEAD_CAPTURED, LeadCaptured(email="ada@acme.io", occurred_at=utcnow()), source="/test",
@@ -290,7 +291,7 @@ async def test_members_of_a_group_get_the_same_partitions_of_both_topics(harness
     """Range assignment: a contact's leads and touches (both keyed by its email) go to one
     member. Three members, as two would get matching partitions by round robin too."""
     members = [InboxConsumer(harness.db, harness.kafka, harness.settings, topics=[LEADS_CAPTURED, OUTREACH_TOUCHES],
-                             handlers={LEAD_CAPTURED: stage_lead}, name="qualification",
+                             handlers={LEAD_CAPTURED: stage_lead}, name="qualification", group_id=harness.group_id,
                              inbox_model=ProcessedEvent, client_id=f"m{n}")
                for n in range(3)]
     harness.consumers += members  # stopped by the fixture

@@ -23,7 +23,7 @@ PROBLEM = "application/problem+json"
 @pytest.fixture
 async def subscriptions(broker, database_factory, tmp_path):
     url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url))
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
         client.headers["Authorization"] = "Bearer " + await add_key(client.runtime.db, "crm-team", "subscriptions")
@@ -34,7 +34,7 @@ async def subscriptions(broker, database_factory, tmp_path):
 async def local(broker, database_factory, tmp_path):
     """The same API with local receivers allowed (LEADSTREAM_WEBHOOKS_ALLOW_HTTP/_PRIVATE)."""
     url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url,
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url,
                                    webhooks_allow_http=True, webhooks_allow_private=True))
     async with serve_app(app) as client:
         client.runtime = app.state.runtime

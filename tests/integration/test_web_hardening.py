@@ -80,7 +80,7 @@ async def test_a_cursor_holding_an_impossible_time_is_422(pipeline):  # noqa: F8
 
 def _app(service: str, tmp_path: Path, **overrides):  # noqa: ANN003, ANN202
     """A service's app, not started: routing and middleware answer without its lifespan."""
-    settings = make_settings("127.0.0.1:9", tmp_path, **overrides)
+    settings = make_settings("127.0.0.1:9", tmp_path, service=service, **overrides)
     return importlib.import_module(f"services.{service}.app").create_app(settings)
 
 

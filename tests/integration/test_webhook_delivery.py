@@ -66,7 +66,7 @@ async def webhooks(broker, store_url: str, tmp_path, **overrides):  # noqa: ANN0
     values = dict(pipeline_database_url=store_url, webhooks_allow_http=True, webhooks_allow_private=True,
                   webhooks_consumer_group=f"test-webhooks-{uuid.uuid4().hex[:8]}", webhooks_backoff_initial_s=0.2,
                   webhooks_poll_interval_s=0.2)
-    app = create_app(make_settings(broker.bootstrap, tmp_path, **(values | overrides)))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="webhooks", **(values | overrides)))
     async with serve_app(app) as client:
         runtime = app.state.runtime
         await runtime.consumer.wait_assigned(60)
@@ -176,7 +176,8 @@ async def test_retries_honour_retry_after_then_dead_then_redrive(broker, pipelin
             assert f'leadstream_webhook_dead_total{{subscription="{flaky_id}"}} 3.0' in metrics
 
             # listed as dead, then redriven through the API once the receiver is fixed
-            app = pipeline_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=db.url))
+            app = pipeline_app(make_settings(broker.bootstrap, tmp_path, service="pipeline",
+                                             pipeline_database_url=db.url))
             async with serve_app(app) as api:
                 api.headers["Authorization"] = "Bearer " + await add_key(app.state.runtime.db, "ops", "subscriptions")
                 listed = (await api.get(f"/v1/subscriptions/{flaky_id}/deliveries", params={"status": "dead"})).json()

@@ -24,15 +24,15 @@ import yaml
 from check_jsonschema.builtin_schemas import get_builtin_schema
 
 from leadstream.cli import app
-from leadstream.registry import DATABASES, SERVICES, database_url
+from leadstream.registry import DATABASES, SERVICES, database_url, setting_names
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.37"  # the newest schemas kubernetes-validate ships (see test below)
-SETTING_NAMES = (
-    {f"LEADSTREAM_{name.upper()}" for name in Settings.model_fields}
+SETTING_NAMES = (  # the spine's settings and every service's (leadstream/registry.py)
+    {f"LEADSTREAM_{name.upper()}" for name in setting_names()}
     | {f"LEADSTREAM_{name.upper()}_PORT" for name in SERVICES}
     | {f"LEADSTREAM_{name.upper()}_DATABASE_URL" for name in DATABASES}
 )
@@ -269,7 +269,8 @@ def test_compose_settings_are_real_settings_and_load():
     for name in (*SERVICES, "migrate", "topics"):
         env = {k: interpolate(str(v)) for k, v in services[name]["environment"].items()}
         assert set(env) <= SETTING_NAMES, f"{name}: not settings: {sorted(set(env) - SETTING_NAMES)}"
-        settings = Settings(**{k.removeprefix("LEADSTREAM_").lower(): v for k, v in env.items()})
+        cls = SERVICES[name].settings_class if name in SERVICES else Settings  # as `serve NAME` builds it
+        settings = cls(**{k.removeprefix("LEADSTREAM_").lower(): v for k, v in env.items()})
         assert (database_url(settings, name) if name in SERVICES else settings.database_url("pipeline")).startswith("postgresql+asyncpg://")
         assert not settings.embedded_broker
         assert settings.kafka_replication_factor <= 3
@@ -484,6 +485,8 @@ def test_settings_and_secret_references_are_real_settings(rendered, k8s_settings
         assert sum(n.endswith("_DATABASE_URL") for n in names) == 1
     # the ConfigMap and the Secret together are settings a process accepts
     values = {**k8s_settings, **example_secret["stringData"]}
+    for name in SERVICES:  # every Deployment reads the one ConfigMap: each service's class loads it
+        SERVICES[name].settings_class(**{k.removeprefix("LEADSTREAM_").lower(): v for k, v in values.items()})
     settings = Settings(**{k.removeprefix("LEADSTREAM_").lower(): v for k, v in values.items()})
     assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism.startswith("SCRAM")
     # behind the ingress: its X-Forwarded-For is believed, and only from a network, never "*"

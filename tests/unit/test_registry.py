@@ -9,7 +9,7 @@ import importlib
 import pytest
 from pydantic import ValidationError
 
-from leadstream.registry import DATABASES, SERVICES, database_url, port_of
+from leadstream.registry import DATABASES, SERVICES, database_url, port_of, setting_names, settings_of
 from shared.outbox import OutboxMixin
 from shared.settings import Settings
 from tests.support import ROOT
@@ -36,9 +36,10 @@ def test_each_database_has_its_migrations_and_an_outbox(name):
 async def test_each_service_runs_on_the_database_the_registry_names(name, tmp_path):
     module, _, factory = SERVICES[name].app.partition(":")
     create_app = getattr(importlib.import_module(module), factory)
-    settings = Settings(data_dir=tmp_path, config_dir=ROOT / "deploy" / "config", gc_freeze=False)
+    settings = settings_of(name, data_dir=tmp_path, config_dir=ROOT / "deploy" / "config", gc_freeze=False)
     runtime = create_app(settings).state.runtime
     try:
+        assert type(runtime.settings) is SERVICES[name].settings_class
         assert runtime.database_name == SERVICES[name].database
         assert str(runtime.db.url) == database_url(settings, name) == settings.database_url(SERVICES[name].database)
     finally:
@@ -74,3 +75,31 @@ def test_unknown_settings_are_still_ignored(monkeypatch):
     settings = Settings(another_unknown=2)
     assert not settings.model_extra
     assert not hasattr(settings, "no_such_thing") and not hasattr(settings, "another_unknown")
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_has_a_settings_class_that_adds_to_the_spine(name):
+    cls = SERVICES[name].settings_class
+    assert issubclass(cls, Settings)
+    assert cls.__module__ == f"services.{name}.settings", "a service's settings live in its own settings.py"
+    assert set(Settings.model_fields) <= set(cls.model_fields)
+
+
+def test_a_setting_is_declared_once_and_read_by_its_service_only(monkeypatch):
+    """Variables keep their names whichever class declares them; a service reads its own
+    variables and ignores those of other services (one environment may hold them all)."""
+    monkeypatch.setenv("LEADSTREAM_CAPTURE_RATE_LIMIT", "7/minute")
+    monkeypatch.setenv("LEADSTREAM_KAFKA_CONSUMER_GROUP", "workers")
+    monkeypatch.setenv("LEADSTREAM_DASHBOARD_SESSION_HOURS", "2")
+    monkeypatch.setenv("LEADSTREAM_WEBHOOKS_RETRY_HOURS", "3")
+    monkeypatch.setenv("LEADSTREAM_WEBHOOKS_TIMEOUT_S", "4")
+    assert settings_of("capture").capture_rate_limit == "7/minute"
+    assert settings_of("qualification").kafka_consumer_group == "workers"
+    assert settings_of("pipeline").dashboard_session_hours == 2
+    assert settings_of("pipeline").webhooks_retry_hours == settings_of("webhooks").webhooks_retry_hours == 3
+    assert settings_of("webhooks").webhooks_timeout_s == 4
+    assert not hasattr(settings_of("outreach"), "capture_rate_limit")
+    assert not hasattr(Settings(), "kafka_consumer_group") and not Settings().model_extra
+    with pytest.raises(ValidationError, match="dashboard_session_hours"):
+        settings_of("pipeline", dashboard_session_hours=0)
+    assert {"capture_rate_limit", "kafka_consumer_group", "webhooks_timeout_s"} <= setting_names()

@@ -247,9 +247,12 @@ def test_email_verdict_by_domain_matches_the_whole_check_on_any_text(text, suffi
 
 
 def test_operations_configuration_names_every_setting():
-    """Every ``Settings`` field is a row of docs/operations.md's Configuration table, by its full name."""
+    """Every setting (the spine's ``Settings`` and each service's class, from the registry) is a
+    row of docs/operations.md's Configuration table, by its full name."""
+    from leadstream.registry import setting_names
+
     operations = (ROOT / "docs" / "operations.md").read_text()
     start = operations.index("## Configuration")
     section = operations[start:operations.index("\n## ", start)]
-    missing = [name for name in Settings.model_fields if f"`LEADSTREAM_{name.upper()}`" not in section]
+    missing = sorted(name for name in setting_names() if f"`LEADSTREAM_{name.upper()}`" not in section)
     assert not missing, f"docs/operations.md's Configuration table lacks {missing}"

@@ -5,6 +5,10 @@
 - ``pipeline_store/`` imports the spine only: services may import it, it imports no service.
 - a service imports the spine, the pipeline store and itself; never another service, never
   the composition root.
+- the spine's ``Settings`` holds what more than one process reads: no field is named after a
+  service, and each is read by the spine, the composition root or two services at least. A
+  setting one service alone reads is a field of that service's own class
+  (``services/<name>/settings.py``, named in the registry).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from leadstream.registry import SERVICES
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTSIDE_THE_SPINE = ("services", "leadstream", "pipeline_store")
@@ -117,3 +122,60 @@ def test_no_service_imports_another_service_or_the_composition_root(service, pat
         if parts[0] == "leadstream" or (parts[0] == "services" and parts[1:2] != [service]):
             bad.append(f"{path.relative_to(ROOT)}:{line}: {name}")
     assert not bad, f"{service} may import shared/, pipeline_store/ and itself:\n" + "\n".join(bad)
+
+
+# ---------------------------------------------------------------- settings
+
+
+def read_names(directory: str) -> set[str]:
+    """Attribute names (``settings.capture_rate_limit``) and strings (``getattr(s, "gc_freeze")``)
+    that the modules under ``directory`` use: what they may read of the settings."""
+    found = set()
+    for path in modules(directory):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                found.add(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.add(node.value)
+    return found
+
+
+def named_after_a_service(field: str) -> str | None:
+    return next((s for s in SERVICES if field.startswith(f"{s}_")), None)
+
+
+def read_by_one_service_at_most(fields) -> dict[str, list[str]]:  # noqa: ANN001
+    """The fields neither the spine nor the composition root reads, with the services that do
+    when there are fewer than two."""
+    common = read_names("shared") | read_names("leadstream")
+    readers = {service: read_names(f"services/{service}") for service in SERVICES}
+    alone = {}
+    for field in fields:
+        users = [service for service, names in readers.items() if field in names]
+        if field not in common and len(users) < 2:
+            alone[field] = users
+    return alone
+
+
+@pytest.mark.parametrize("field", Settings.model_fields)
+def test_no_setting_of_the_spine_is_named_after_a_service(field):
+    """``capture_rate_limit`` is capture's: a field of ``CaptureSettings``, not of the spine's."""
+    owner = named_after_a_service(field)
+    assert owner is None, (f"shared/settings.py: {field} is named after the {owner} service; "
+                           f"declare it in services/{owner}/settings.py")
+
+
+def test_every_setting_of_the_spine_is_read_by_more_than_one_service():
+    """A setting of the spine is read by the spine or the composition root, or by two services
+    at least; one that a single service reads is that service's (``dashboard_session_hours``
+    is the pipeline's, though no service is named in it)."""
+    alone = read_by_one_service_at_most(Settings.model_fields)
+    assert not alone, f"settings of the spine that one service alone (or none) reads: {alone}"
+
+
+def test_the_settings_rules_have_teeth():
+    assert named_after_a_service("capture_rate_limit") == "capture"
+    assert named_after_a_service("webhooks_timeout_s") == "webhooks"
+    assert named_after_a_service("kafka_partitions") is None
+    assert read_by_one_service_at_most(["dashboard_session_hours", "kafka_consumer_group", "api_rate_limit"]) == {
+        "dashboard_session_hours": ["pipeline"], "kafka_consumer_group": ["qualification"]}

@@ -23,10 +23,9 @@ from services.pipeline.schemas import Page
 from shared.auth import Principal
 from shared.errors import ProblemError
 from shared.secrets import SecretBox
-from shared.settings import Settings
 from shared.signatures import new_webhook_secret
 from pipeline_store.models import WebhookDelivery, WebhookSubscription
-from shared.webhooks import TargetRefused, check_target
+from shared.webhooks import TargetRefused, WebhookSettings, check_target
 
 VALIDATION = "https://leadstream.dev/problems/validation"
 
@@ -37,7 +36,7 @@ def _invalid(field: str, message: str, where: str = "body", kind: str = "value_e
                                                                    "type": kind}])
 
 
-async def checked_url(url: str, settings: Settings) -> str:
+async def checked_url(url: str, settings: WebhookSettings) -> str:
     """The URL if it may receive webhooks (form, scheme, addresses after DNS); else 422 naming ``url``.
     Runs before the unit of work opens: resolving a name can take a while."""
     try:
@@ -117,7 +116,8 @@ async def list_deliveries(session: AsyncSession, subscription_id: str, params: D
     return DeliveryPage(items=[delivery_view(r) for r in page], next_cursor=cursor)
 
 
-async def retry(session: AsyncSession, subscription_id: str, delivery_id: int, settings: Settings) -> DeliveryOut:
+async def retry(session: AsyncSession, subscription_id: str, delivery_id: int,
+                settings: WebhookSettings) -> DeliveryOut:
     """A dead (or delivered) delivery sent again now, with a new retry window."""
     await get(session, subscription_id)
     row = await repository.delivery(session, subscription_id, delivery_id)
@@ -133,7 +133,7 @@ async def retry(session: AsyncSession, subscription_id: str, delivery_id: int, s
     return delivery_view(row)
 
 
-async def redrive(session: AsyncSession, subscription_id: str, settings: Settings) -> int:
+async def redrive(session: AsyncSession, subscription_id: str, settings: WebhookSettings) -> int:
     await get(session, subscription_id)
     now = datetime.now(timezone.utc)
     return await repository.requeue_dead(session, subscription_id, now=now,
