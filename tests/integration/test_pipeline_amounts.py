@@ -36,7 +36,7 @@ def config_with(tmp_path, extra: str):  # noqa: ANN001, ANN201
 @pytest.fixture
 async def with_defaults(broker, database_factory, tmp_path):
     url = await database_factory("pipeline")
-    settings = make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url,
+    settings = make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url,
                              config_dir=config_with(tmp_path, EXPECTED))
     app = create_app(settings)
     async with serve_app(app) as client:
@@ -163,7 +163,7 @@ async def test_a_bad_expected_amount_in_scoring_yaml_stops_the_pipeline_at_start
     config = config_with(tmp_path, "\n" + section)
     with pytest.raises(ExpectedAmountsError, match="scoring.yaml: " + problem.replace(".", r"\.")):
         read_expected_amounts(config / "scoring.yaml")
-    settings = make_settings(broker.bootstrap, tmp_path, config_dir=config)
+    settings = make_settings(broker.bootstrap, tmp_path, service="pipeline", config_dir=config)
     with pytest.raises(SystemExit, match="pipeline: .*" + problem.replace(".", r"\.")):
         create_app(settings)
 

@@ -28,7 +28,7 @@ EXPORTS = "/v1/privacy/exports"
 @pytest.fixture
 async def privacy(broker, database_factory, tmp_path):
     url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, pipeline_database_url=url))
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url))
     async with serve_app(app) as client:
         client.runtime, client.url = app.state.runtime, url
         client.store = Store(app.state.runtime.db)
@@ -205,7 +205,7 @@ async def test_api_keys_take_the_privacy_scope(broker, database_factory, tmp_pat
     assert code == 0, err
     key = out.strip()
     assert "scopes: privacy" in err
-    app = create_app(make_settings(broker.bootstrap, tmp_path,
+    app = create_app(make_settings(broker.bootstrap, tmp_path, service="pipeline",
                                    pipeline_database_url=env["LEADSTREAM_PIPELINE_DATABASE_URL"]))
     async with serve_app(app) as client:
         client.headers["Authorization"] = f"Bearer {key}"
