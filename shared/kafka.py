@@ -49,12 +49,13 @@ def connection_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-async def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS) -> None:
-    """Create every topic with its partition count before any client can auto-create it."""
+async def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS) -> set[str]:
+    """Create every topic with its partition count before any client can auto-create it;
+    returns the topics that existed already."""
     admin = AIOKafkaAdminClient(request_timeout_ms=settings.kafka_request_timeout_ms, **connection_options(settings))
     await admin.start()
     try:
-        await _create_topics(admin, settings, topics)
+        return await _create_topics(admin, settings, topics)
     finally:
         await admin.close()
 
@@ -92,7 +93,8 @@ def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
     }
 
 
-async def _create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: tuple[str, ...]) -> None:
+async def _create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics: tuple[str, ...]) -> set[str]:
+    """Create ``topics``; returns those that existed already (error code 36, not an exception)."""
     response = await admin.create_topics(
         [
             NewTopic(
@@ -102,10 +104,29 @@ async def _create_topics(admin: AIOKafkaAdminClient, settings: Settings, topics:
             for t in topics
         ]
     )
+    existing = set()
     for topic_error in getattr(response, "topic_errors", []):
         name, code = topic_error[0], topic_error[1]
-        if code not in (0, TOPIC_ALREADY_EXISTS):
+        if code == TOPIC_ALREADY_EXISTS:
+            existing.add(name)
+        elif code != 0:
             raise RuntimeError(f"could not create topic {name}: error code {code}")
+    return existing
+
+
+def send_each_batch_once(producer: AIOKafkaProducer) -> None:
+    """Make ``producer`` fail a batch whose request failed instead of sending it again.
+
+    aiokafka re-sends a batch after a connection error until ``request_timeout_ms`` has
+    passed since the batch was made. When the broker restarts meanwhile, the batch goes to
+    the new one the moment it listens, before its topics are created; the embedded broker
+    acknowledges it, and creating the topic then starts the partition's offsets again at 0,
+    so later writes take offsets that batch covers and readers skip them: acknowledged and
+    lost (BROKER.md). The relay sends the rows again itself, after it has checked the
+    cluster and created the topics (``shared.outbox``). The batches' time to live is the
+    only knob aiokafka has for it (a private attribute; ``test_kafka_settings`` checks it).
+    """
+    producer._message_accumulator._batch_ttl = 0  # noqa: SLF001
 
 
 class KafkaGateway:
@@ -131,6 +152,7 @@ class KafkaGateway:
             request_timeout_ms=self.settings.kafka_request_timeout_ms,
             **opts,
         )
+        send_each_batch_once(self.producer)
         self.admin = AIOKafkaAdminClient(
             client_id=f"{self.client_id}-admin", request_timeout_ms=self.settings.kafka_request_timeout_ms, **opts
         )
@@ -167,9 +189,10 @@ class KafkaGateway:
         info = await asyncio.wait_for(self.admin.describe_cluster(), self.settings.kafka_request_timeout_ms / 1000)
         return str(info.get("cluster_id"))
 
-    async def ensure_topics(self) -> None:
+    async def ensure_topics(self) -> set[str]:
+        """Create every topic that is missing; returns those that existed already."""
         await self._ready()
-        await _create_topics(self.admin, self.settings, ALL_TOPICS)
+        return await _create_topics(self.admin, self.settings, ALL_TOPICS)
 
     async def send_many(self, messages: list[Message]) -> list[bool]:
         """Send in order; wait until every send is settled; return which were acknowledged.
@@ -178,7 +201,8 @@ class KafkaGateway:
         fills), each acknowledged as a whole: no future and no accumulator step per record.
         Within a partition they keep their order. Nothing is left in flight when this
         returns, so a caller that retries the unacknowledged ones cannot race an old attempt
-        into a duplicate.
+        into a duplicate; and nothing is sent twice by the producer itself: a batch whose
+        request failed comes back unacknowledged (``send_each_batch_once``).
         """
         await self._ready()
         producer = self.producer
@@ -305,5 +329,6 @@ __all__ = [
     "describe_topics",
     "ensure_topics",
     "read_latest",
+    "send_each_batch_once",
     "topic_configs",
 ]

@@ -4,11 +4,16 @@ A fact and its outgoing event are written in one transaction (``stage_event``); 
 relay publishes committed rows to Kafka in id order (so in order per key), marks them
 published only after the broker acknowledged them, keeps them for a retention window
 and, when it finds a new broker cluster (the embedded broker keeps messages in memory
-and comes back empty), publishes the retained rows again. Consumers deduplicate by id.
+and comes back empty), publishes the retained rows again, once. Consumers deduplicate by id.
 
-Right after such a restart the embedded broker can acknowledge a write and lose it (seen
-as a lead or two missing out of a hundred when the machine is busy), so what the relay
-publishes in the first seconds on a new cluster is published once more when they are over.
+The embedded broker loses acknowledged writes to a partition that was written before its
+topic was created (creating it starts the partition's offsets again at 0, and later writes
+hide behind the early ones; BROKER.md). So nothing reaches a broker before the relay has
+checked the cluster and created the topics: the producer never re-sends a batch by itself
+(``shared.kafka.send_each_batch_once``), the cluster id is checked again before a send that
+does not follow closely on the last contact, and on a broker found new whose topics another
+client created (that creation may still be under way) the relay holds its first send for
+``NEW_BROKER_HOLD_S``. Each retained row then goes to the new broker once.
 
 On SQLite, where the group commit's batch writer tells the relay of each row it commits
 (``Database.listen``), the relay publishes those rows from memory instead of reading them
@@ -30,7 +35,9 @@ from datetime import datetime, timedelta, timezone
 
 import structlog
 from prometheus_client import Counter, Gauge
-from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String, Text, delete, func, select, update
+from sqlalchemy import (
+    BigInteger, DateTime, Index, Integer, LargeBinary, String, Table, Text, and_, delete, func, select, update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
@@ -99,9 +106,15 @@ LINGER_S = 0.01
 # With nothing more committed for this long after a send, the relay writes its deferred marks
 # of published rows itself (on SQLite they otherwise go with the next group commit).
 MARKS_IDLE_S = 0.05
-# after a broker restart: rows published this soon are published again when it is over
-SETTLE_S = 3.0
-SETTLING = "#settling"
+# A broker found new whose topics another client created: that creation may still be under way
+# (Tansu answers "already exists" before it has set the partitions' offsets), and a write that
+# lands before it ends is lost; the relay waits this long before its first send.
+NEW_BROKER_HOLD_S = 1.0
+# The cluster id checked last is trusted for a send only this soon after the relay's last
+# contact with the broker (a send or a check): a broker restarted in between would have
+# failed that contact, and a restart takes longer than this.
+CONTACT_FRESH_S = 0.1
+CLUSTER_CHECK_MAX_AGE_S = 1.0
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
 
@@ -169,6 +182,22 @@ class FreshRows:
         return [self.rows.popleft() for _ in range(min(limit, len(self.rows)))]
 
 
+# What the relay publishes is decided here and nowhere else: the table read, a new broker's
+# re-publication and the count of pending rows use these conditions; the in-memory path only
+# ever holds rows this process committed after a read found the table drained (pending ones).
+
+
+def pending(table: Table) -> ColumnElement[bool]:
+    """Rows to publish: not yet acknowledged by the broker cluster of the moment."""
+    return table.c.published_at.is_(None)
+
+
+def lost_with_broker(table: Table, cluster_id: str) -> ColumnElement[bool]:
+    """Rows acknowledged by another broker cluster than ``cluster_id`` (an embedded broker that
+    restarted empty): retained rows that ``cluster_id`` must be given again."""
+    return and_(table.c.published_at.is_not(None), table.c.published_cluster != cluster_id)
+
+
 class LeaseLost(Exception):
     """The relay no longer holds its outbox's lease: what it was about to send stays unsent."""
 
@@ -190,9 +219,11 @@ class OutboxRelay:
         self._task: asyncio.Task | None = None
         self._keeper: asyncio.Task | None = None
         self._stopping = False
-        self._cluster_id: str | None = None
+        self._cluster_id: str | None = None  # checked and its topics created; None: check again
+        self._known_cluster: str | None = None  # the last cluster this relay published to
         self._cluster_checked_at = 0.0
-        self._settle_until = 0.0
+        self._contact_at = 0.0  # the last send or check the broker answered
+        self._hold_until = 0.0
         self._housekept = 0.0
         self._metrics_at = 0.0
         self._scanned_at = 0.0
@@ -257,12 +288,12 @@ class OutboxRelay:
 
     def _took_over(self) -> None:
         # Start from the table's lowest unpublished row; check the cluster at once (the
-        # previous holder may have published to a broker that is gone, or died while settling).
+        # previous holder may have published to a broker that is gone).
         if self.fresh is not None:
             self.fresh.forget()
         self._cluster_id = None
         self._cluster_checked_at = 0.0
-        self._settle_until = 0.0
+        self._hold_until = 0.0
         self._scanned_at = 0.0
         self._wake.set()
 
@@ -290,8 +321,13 @@ class OutboxRelay:
                     # with a broker that started anew, and must go out again.
                     self._cluster_checked_at = 0.0
                     await self._check_cluster()
-                if self._settle_until and now >= self._settle_until:
-                    await self._end_settling()
+                if self._hold_until:
+                    if now < self._hold_until:
+                        if self._stopping:  # held rows stay pending for the next holder
+                            return
+                        await asyncio.sleep(min(self._hold_until - now, self.settings.outbox_poll_interval_s))
+                        continue
+                    self._hold_until = 0.0
                 sent = await self.publish_pending()
                 if now - self._housekept > 60.0:
                     await self._housekeep()
@@ -343,22 +379,27 @@ class OutboxRelay:
         return self.lease.fence()
 
     async def _check_cluster(self) -> str:
-        """The current cluster id; on a new one (an embedded broker started anew, empty),
-        create the topics and queue every retained row again."""
+        """The current cluster id, checked unless the last check is recent and the broker has
+        answered since closely enough that it cannot have restarted in between. On an id this
+        relay has not checked yet: create the missing topics and make every row another cluster
+        acknowledged pending again (an embedded broker that started anew is empty); on a
+        broker found new whose topics were there already, hold the first send
+        (``NEW_BROKER_HOLD_S``)."""
         loop = asyncio.get_running_loop()
-        if self._cluster_id is not None and loop.time() - self._cluster_checked_at < 1.0:
-            # A stale id is safe: rows marked with an old id are only ever published again.
+        now = loop.time()
+        if (self._cluster_id is not None and now - self._cluster_checked_at < CLUSTER_CHECK_MAX_AGE_S
+                and now - self._contact_at < CONTACT_FRESH_S):
             return self._cluster_id
         fence = self._fence()
         cluster_id = await self.kafka.cluster_id()
-        self._cluster_checked_at = loop.time()
+        self._cluster_checked_at = self._contact_at = loop.time()
         if cluster_id == self._cluster_id:
             return cluster_id
-        await self.kafka.ensure_topics()
+        existing = await self.kafka.ensure_topics()
         async with self.db.unit_of_work() as session:
             result = await session.execute(
                 update(self.table)
-                .where(self.table.c.published_at.is_not(None), self.table.c.published_cluster != cluster_id, fence)
+                .where(lost_with_broker(self.table, cluster_id), fence)
                 .values(published_at=None, published_cluster=None)
             )
         if self.fresh is not None:
@@ -368,32 +409,24 @@ class OutboxRelay:
             log.warning(
                 "new broker cluster: re-publishing retained events", cluster_id=cluster_id, rows=result.rowcount
             )
-        if result.rowcount or self._cluster_id is not None:  # a broker we had published to was replaced
-            self._settle_until = loop.time() + SETTLE_S
-        self._cluster_id = cluster_id
+        replaced = cluster_id != self._known_cluster and (self._known_cluster is not None or result.rowcount > 0)
+        if replaced and existing:
+            # Another client created the topics of this new broker; wait until that is surely over.
+            self._hold_until = loop.time() + NEW_BROKER_HOLD_S
+            log.info("new broker cluster: holding the first send", cluster_id=cluster_id, hold_s=NEW_BROKER_HOLD_S)
+        self._cluster_id = self._known_cluster = cluster_id
         return cluster_id
 
-    async def _end_settling(self) -> None:
-        """Publish again what went out in the first seconds on a new cluster."""
-        fence = self._fence()
-        async with self.db.unit_of_work() as session:
-            result = await session.execute(
-                update(self.table)
-                .where(self.table.c.published_cluster.like(f"%{SETTLING}"), fence)
-                .values(published_at=None, published_cluster=None)
-            )
-        self._settle_until = 0.0
-        if self.fresh is not None:
-            self.fresh.forget()
-        if result.rowcount:
-            OUTBOX_REPUBLISHED.labels(self.service).inc(result.rowcount)
-            log.info("new broker cluster settled: re-publishing what was sent while it started", rows=result.rowcount)
+    def _holding(self) -> bool:
+        return self._hold_until > asyncio.get_running_loop().time()
 
     async def publish_pending(self) -> int:
         """Publish one batch of pending rows in id order; returns how many were published."""
         limit = self.settings.outbox_batch_size
         fresh = self.fresh
         now = asyncio.get_running_loop().time()
+        if self._holding():
+            return 0
         if fresh is not None and fresh.trusted and fresh.rows and now - self._scanned_at < SCAN_EVERY_S:
             rows = fresh.take(limit)
             return await self._publish(rows)
@@ -406,7 +439,7 @@ class OutboxRelay:
             rows = (
                 await session.execute(
                     select(m.id, m.topic, m.key, m.value)
-                    .where(m.published_at.is_(None))
+                    .where(pending(self.table))
                     .order_by(m.id)
                     .limit(limit)
                 )
@@ -422,20 +455,25 @@ class OutboxRelay:
 
     async def _publish(self, rows) -> int:  # noqa: ANN001 - (id, topic, key, value) rows
         # Rows are marked with the cluster seen just before sending. If the broker restarts
-        # while they are in flight, the next check sees another id and publishes them again:
-        # at worst a duplicate (same event id), never a loss.
+        # while they are in flight, the send fails (the producer does not send them again) or
+        # the old broker acknowledged them and the next check publishes them again: at worst a
+        # duplicate (same event id) of rows in flight, never a loss.
         cluster_id = await self._check_cluster()
+        if self._holding():  # a broker found new just now: the rows wait (memory was forgotten)
+            return 0
         if not self.lease.held:  # checked right before sending: a relay that lost it sends nothing more
             raise LeaseLost(self.table.name)
         fence = self.lease.fence_params()
         acked = await self.kafka.send_many([(topic, key.encode(), value, HEADERS) for _, topic, key, value in rows])
         done = [row[0] for row, ok in zip(rows, acked) if ok]
+        if done:
+            self._contact_at = asyncio.get_running_loop().time()
         # On SQLite the marks go with the group commit's next transaction (flushed before the
         # table is read): a crash before then publishes the rows again, never loses them. They
         # are written only while this relay still holds the lease (fence).
         await self.db.update_later(self.table, "id", done, {
             "published_at": datetime.now(timezone.utc),
-            "published_cluster": cluster_id + SETTLING if self._settle_until else cluster_id,
+            "published_cluster": cluster_id,
         }, only_if=fence)
         OUTBOX_PUBLISHED.labels(self.service).inc(len(done))
         self.published += len(done)
@@ -456,7 +494,7 @@ class OutboxRelay:
         await self.db.flush()
         async with self.db.reader() as session:
             count, oldest = (
-                await session.execute(select(func.count(m.id), func.min(m.created_at)).where(m.published_at.is_(None)))
+                await session.execute(select(func.count(m.id), func.min(m.created_at)).where(pending(self.table)))
             ).one()
         OUTBOX_DEPTH.labels(self.service).set(count)
         if oldest is not None and oldest.tzinfo is None:

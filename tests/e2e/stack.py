@@ -139,8 +139,8 @@ class FullStack:
 
 
     async def outboxes_settled(self) -> bool:
-        """Every outbox row published, and none waiting for a settling pass (after a broker
-        restart what went out in its first seconds is published once more)."""
+        """Every outbox row published to the broker of the moment (after a restart the relays
+        publish every retained row again)."""
         from services.capture.models import CaptureOutbox
         from services.outreach.models import OutreachOutbox
         from pipeline_store.models import PipelineOutbox
@@ -151,7 +151,7 @@ class FullStack:
                 async with db.reader() as session:
                     waiting = (await session.execute(
                         select(func.count()).select_from(model).where(
-                            (model.published_at.is_(None)) | model.published_cluster.like("%#settling"))
+                            (model.published_at.is_(None)) | (model.published_cluster != self.broker.cluster_id))
                     )).scalar_one()
             finally:
                 if db is not self.store:

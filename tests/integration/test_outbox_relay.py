@@ -117,21 +117,20 @@ async def test_broker_down_keeps_rows_then_publishes_once_it_is_back(setup):
     await asyncio.sleep(3)
     assert await pending(db) == 50  # nothing marked published while the broker is away
     await broker.astart(settings)  # the embedded broker comes back empty, with a new cluster id
-    await eventually(lambda: _settled(db, broker.cluster_id, 70), timeout=40)
+    await eventually(lambda: _published_on(db, broker.cluster_id, 70), timeout=40)
     records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=70, timeout=20, settle=1.0)
     import orjson
 
     got = Counter(orjson.loads(r.value)["id"] for r in records)
-    # the 20 published before the restart were lost with the old broker's memory and are re-published;
-    # what went out in the first seconds on the new broker is published once more (the broker can
-    # acknowledge and lose writes then): at least once, at most twice
-    assert len(got) == 70 and set(got.values()) <= {1, 2}
+    # the 20 published before the restart were lost with the old broker's memory and are
+    # re-published; nothing was in flight at the restart, so the new broker has each row once
+    assert len(got) == 70 and set(got.values()) == {1}
     assert set(later) <= set(got)
-    assert relay.published >= 90
+    assert relay.published == 90
 
 
-async def _settled(db: Database, cluster_id: str, count: int) -> bool:
-    """Every row published and marked with ``cluster_id`` itself (the settling pass is over)."""
+async def _published_on(db: Database, cluster_id: str, count: int) -> bool:
+    """``count`` rows, every one published to the cluster ``cluster_id``."""
     async with db.reader() as s:
         marks = (await s.execute(select(CaptureOutbox.published_cluster))).scalars().all()
     return len(marks) == count and set(marks) == {cluster_id}
@@ -157,12 +156,12 @@ async def test_an_idle_relay_republishes_after_the_broker_starts_anew(setup):
     await eventually(lambda: _zero(db))
     broker.stop()
     await broker.astart(settings)  # empty; nothing new is written meanwhile
-    await eventually(lambda: _settled(db, broker.cluster_id, 20), timeout=40)
+    await eventually(lambda: _published_on(db, broker.cluster_id, 20), timeout=40)
     records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=20, timeout=30, settle=0.5)
     import orjson
 
     got = Counter(orjson.loads(r.value)["id"] for r in records)
-    assert set(got) == set(ids) and set(got.values()) <= {1, 2}
+    assert set(got) == set(ids) and set(got.values()) == {1}
 
 
 async def test_send_many_puts_each_record_where_the_producer_would_in_order(setup):
@@ -186,6 +185,73 @@ async def test_send_many_puts_each_record_where_the_producer_would_in_order(setu
     for partition in set(placed.values()):
         sent = [r.value[:4] for r in sorted(records, key=lambda r: r.offset) if r.partition == partition]
         assert sent == sorted(sent)
+
+
+def on_partition(prefix: str, count: int, partition: int = 0) -> list[tuple[str, bytes, bytes, list]]:
+    """``count`` records whose keys the producer puts on ``partition`` of ``leads.captured``."""
+    from shared.kafka import PARTITIONER
+
+    out, i = [], 0
+    while len(out) < count:
+        key = f"{prefix}-{i}".encode()
+        i += 1
+        if PARTITIONER(key, [0, 1, 2, 3], [0, 1, 2, 3]) == partition:
+            out.append((LEADS_CAPTURED, key, key, []))
+    return out
+
+
+async def test_a_send_in_flight_through_a_broker_restart_fails_and_loses_nothing_after(setup):
+    """The cause of the embedded broker's lost writes after a restart: aiokafka re-sends a batch
+    whose request failed, so a batch in flight when the broker went away reached the new one the
+    moment it listened, before its topics existed; creating the topic then started the
+    partition's offsets again at 0, and later acknowledged writes hid behind that batch (10 of 40
+    unreadable here before the gateway stopped the re-send). Now the batch fails instead."""
+    broker, _, relay, settings = setup
+    kafka = relay.kafka
+    assert await kafka.send_many(on_partition("warm", 1)) == [True]  # metadata of the first broker
+    broker.stop()
+    in_flight = asyncio.create_task(kafka.send_many(on_partition("stale", 30)))
+    await asyncio.sleep(1.0)
+    broker.start(create_topics=False)  # listening, no topics yet
+    try:
+        acked = await in_flight
+    except Exception:  # noqa: BLE001 - nothing acknowledged: the gateway raises the error
+        acked = [False] * 30
+    assert not any(acked), "the batch went to a broker the producer had not been pointed at"
+    await kafka.ensure_topics()
+    later = []
+    for n in range(4):
+        batch = on_partition(f"new{n}", 10)
+        assert await kafka.send_many(batch) == [True] * 10
+        later += [key for _, key, _, _ in batch]
+    records = await read_until_idle(broker.bootstrap, LEADS_CAPTURED, idle=1.0, check_contract=False)
+    assert sorted(r.key for r in records) == sorted(later)
+
+
+async def test_a_broker_found_new_with_its_topics_made_by_another_client_holds_the_first_send(setup, monkeypatch):
+    """Another client (here the test, as ``leadstream broker`` or a second relay would) created the
+    new broker's topics; the relay cannot tell whether that creation is over, so it waits
+    ``NEW_BROKER_HOLD_S`` before it sends, then sends every retained row once."""
+    from shared import outbox
+
+    monkeypatch.setattr(outbox, "NEW_BROKER_HOLD_S", 3.0)  # a window the test can see on a busy machine
+    broker, db, relay, settings = setup
+    ids = await stage_many(db, 10)
+    relay.start()
+    await eventually(lambda: _zero(db))
+    broker.stop()
+    await broker.astart(settings)  # creates every topic, as the broker command does
+    await eventually(lambda: _holding(relay), timeout=20)
+    assert await pending(db) == 10  # re-queued, and not sent while holding
+    await eventually(lambda: _published_on(db, broker.cluster_id, 10), timeout=20)
+    records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=10, timeout=20, settle=0.5)
+    import orjson
+
+    assert sorted(orjson.loads(r.value)["id"] for r in records) == sorted(ids)
+
+
+async def _holding(relay: OutboxRelay) -> bool:
+    return relay._holding()  # noqa: SLF001
 
 
 # --- SQLite: rows the group commit wrote are published from memory -------------------------
@@ -329,15 +395,15 @@ async def test_a_broker_outage_in_memory_mode_loses_nothing(setup):
     await asyncio.sleep(2)
     assert await pending(db) == 80
     await broker.astart(settings)
-    await eventually(lambda: _settled(db, broker.cluster_id, 80), timeout=40)
+    await eventually(lambda: _published_on(db, broker.cluster_id, 80), timeout=40)
     records = await read_raw(broker.bootstrap, LEADS_CAPTURED, expect=80, timeout=20, settle=1.0)
     import orjson
 
     got = Counter(orjson.loads(r.value)["id"] for r in records)
-    # none lost. A send that was waiting for the broker when it went away reaches the new one
-    # and is marked with the old cluster: published again, and once more after settling
-    # (duplicates have the same event id; consumers drop them)
-    assert set(got) == set(later) and max(got.values()) <= 3
+    # none lost, none twice: a send that was waiting for the broker when it went away fails
+    # (the producer does not send it again by itself) and the relay sends its rows once the
+    # new broker's topics exist
+    assert set(got) == set(later) and set(got.values()) == {1}
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

@@ -105,3 +105,25 @@ def test_topic_configs_delete_by_age_and_keep_the_dlq_longer():
 def test_min_insync_replicas(replication, min_isr, expected):
     settings = Settings(kafka_replication_factor=replication, kafka_min_insync_replicas=min_isr)
     assert topic_configs(settings, TOPICS[0])["min.insync.replicas"] == expected
+
+
+async def test_the_gateway_producer_never_sends_a_batch_a_second_time_by_itself():
+    """``send_each_batch_once`` relies on aiokafka's batch time to live (a private attribute):
+    a batch past it is failed on its first error instead of being sent again (the sender's
+    ``_can_retry``). An aiokafka that renames it must fail here, not lose writes after a broker
+    restart (see ``shared.kafka.send_each_batch_once``)."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    from shared.kafka import send_each_batch_once
+
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", request_timeout_ms=30000)
+    assert producer._message_accumulator._batch_ttl == 30  # noqa: SLF001 - what the setting gives
+    send_each_batch_once(producer)
+    builder = producer.create_batch()
+    builder.append(key=b"k", value=b"v", timestamp=None)
+    accumulator = producer._message_accumulator  # noqa: SLF001
+    await accumulator.add_batch(builder, TopicPartition("t", 0), timeout=1)
+    (batch,) = accumulator._batches[TopicPartition("t", 0)]  # noqa: SLF001
+    assert batch.expired()
+    await producer.client.close()
+    producer._closed = True  # noqa: SLF001 - never started: nothing to stop
