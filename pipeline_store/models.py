@@ -117,6 +117,29 @@ class Touch(StoreBase):
     data: Mapped[dict] = mapped_column(JSON)
 
 
+class ConsentEntry(StoreBase):
+    """One entry of a contact's consent ledger: a purpose granted or withdrawn, by which fact
+    (a form's consent or opt-out, an ``unsubscribed`` touch), in the fact's transaction.
+    Append-only; the current state per purpose is the latest entry (``shared/consent.py``)."""
+
+    __tablename__ = "consent_ledger"
+    __table_args__ = (
+        # one entry per fact and purpose: the same event applied twice records once
+        UniqueConstraint("cause_event_id", "purpose", name="uq_consent_ledger_cause"),
+        Index("ix_consent_ledger_contact", "contact_id", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    contact_id: Mapped[str] = mapped_column(ForeignKey("contacts.id"))
+    purpose: Mapped[str] = mapped_column(String(40))  # marketing
+    status: Mapped[str] = mapped_column(String(10))  # granted | withdrawn
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)  # the wording the person agreed to
+    source: Mapped[str] = mapped_column(String(250))  # form:<form id>, form, outreach:<channel>
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cause_event_id: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Score(StoreBase):
     """Every score a contact was given, with reasons and the policy version that made it."""
 

@@ -216,6 +216,25 @@ class AccountOut(_Data):
     website: str | None = None
 
 
+class ConsentEntryOut(_Data):
+    """An entry of the contact's consent ledger: a purpose granted or withdrawn by a fact."""
+
+    purpose: str
+    status: Literal["granted", "withdrawn"]
+    text: str | None = None
+    source: str
+    occurred_at: datetime
+    cause_event_id: str
+
+
+class ConsentStateOut(_Data):
+    """A purpose's current consent: its latest entry's status, since when, and from where."""
+
+    status: Literal["granted", "withdrawn"]
+    since: datetime
+    source: str
+
+
 class OpportunityQualified(_Data):
     opportunity_id: str
     contact: ContactOut
@@ -230,6 +249,9 @@ class OpportunityQualified(_Data):
     stage: Stage = "sql"
     qualified_at: datetime
     caused_by: list[str] = Field(default_factory=list)
+    # the consent ledger as it stood when the contact qualified (ledger order) and its state per purpose
+    consents: list[ConsentEntryOut] = Field(default_factory=list)
+    consent_state: dict[str, ConsentStateOut] = Field(default_factory=dict)
 
 
 # A money amount read as a decimal (a JSON number or, as v1 events before 2026-12 carried it, a

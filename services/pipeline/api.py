@@ -46,7 +46,8 @@ async def list_contacts(params: Annotated[ContactFilters, Query()], runtime: Run
             responses=AUTH_ERRORS | {404: {"description": "Unknown contact", **PROBLEM}},
             description="Stage and stage history, fit and engagement with reasons and grade, policy version, "
             "motion, first and last touch, firmographics with sources, the full timeline of inbound and "
-            "outbound facts (oldest first) and the contact's opportunities.")
+            "outbound facts (oldest first), the contact's opportunities, and its consent ledger (`consents`) with the "
+            "current consent per purpose (`consent_state`).")
 async def get_contact(contact_id: str, runtime: Runtime) -> ContactDetail:
     async with runtime.db.reader() as session:
         return await service.contact_detail(session, contact_id)

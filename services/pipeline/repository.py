@@ -18,6 +18,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from pipeline_store.models import (
     Account,
+    ConsentEntry,
     Contact,
     DashboardSession,
     Opportunity,
@@ -179,6 +180,12 @@ async def timeline(session: AsyncSession, contact_id: str) -> Sequence[Touch]:
         .where(Touch.contact_id == contact_id)
         .order_by(Touch.occurred_at, Touch.recorded_at, Touch.event_id)
     )
+    return (await session.execute(stmt)).scalars().all()
+
+
+async def consents(session: AsyncSession, contact_id: str) -> Sequence[ConsentEntry]:
+    stmt = select(ConsentEntry).where(ConsentEntry.contact_id == contact_id).order_by(ConsentEntry.occurred_at,
+                                                                                      ConsentEntry.id)
     return (await session.execute(stmt)).scalars().all()
 
 

@@ -274,11 +274,38 @@ class ContactProfile(ContactSummary):
     last_activity_at: Utc | None
 
 
+ConsentStatus = Literal["granted", "withdrawn"]
+
+
+class ConsentEntryView(BaseModel):
+    purpose: str = Field(description="What the consent is for: `marketing`")
+    status: ConsentStatus
+    text: str | None = Field(description="The wording the person agreed to, as the form sent it")
+    source: str = Field(description="`form:<form id>` (`form` without one), or `outreach:<channel>` for an "
+                        "`unsubscribed` touch")
+    occurred_at: Utc = Field(description="When the person said so (the fact's time)")
+    cause_event_id: str = Field(description="The event of the fact")
+    recorded_at: Utc
+
+
+class ConsentState(BaseModel):
+    status: ConsentStatus
+    since: Utc
+    source: str
+
+
+CONSENTS = "The consent ledger: every purpose granted or withdrawn, and by which fact, in order of time"
+CONSENT_STATE = ("Per purpose, the person's latest word (a withdrawal wins over a grant at the same instant); a "
+                 "purpose never mentioned is absent")
+
+
 class ContactDetail(ContactProfile):
     stage_history: list[StageChangeView]
     score_history: list[ScoreRecord]
     timeline: list[TimelineEntry] = Field(description="Every inbound and outbound fact, oldest first")
     opportunities: list[OpportunityView]
+    consents: list[ConsentEntryView] = Field(description=CONSENTS)
+    consent_state: dict[str, ConsentState] = Field(description=CONSENT_STATE)
 
 
 class MotionMix(BaseModel):

@@ -18,6 +18,8 @@ from services.pipeline.cursor import BadCursor, Position, decode_cursor, encode_
 from services.pipeline.schemas import (
     AccountBrief,
     AccountView,
+    ConsentEntryView,
+    ConsentState,
     ContactDetail,
     ContactFilters,
     ContactPage,
@@ -39,6 +41,7 @@ from services.pipeline.schemas import (
 )
 from shared.amounts import NO_EXPECTED_AMOUNTS, ExpectedAmounts
 from shared.auth import Principal
+from shared.consent import current_state, in_ledger_order
 from shared.errors import ProblemError
 from shared.events import STAGE_CHANGED, StageChanged, make_event
 from shared.identity import normalise_domain, normalise_email
@@ -168,6 +171,7 @@ async def contact_detail(session: AsyncSession, contact_id: str) -> ContactDetai
         score_history=await score_history(session, c.id),
         timeline=await timeline(session, c.id),
         opportunities=[opportunity_view(o, e) for o, e in await repository.opportunities_of(session, contact_id=c.id)],
+        **await consent_ledger(session, c.id),
     )
 
 
@@ -202,6 +206,15 @@ async def score_history(session: AsyncSession, contact_id: str) -> list[ScoreRec
         )
         for s in await repository.score_history(session, contact_id)
     ]
+
+
+async def consent_ledger(session: AsyncSession, contact_id: str) -> dict[str, Any]:
+    """``consents`` (the ledger, in ledger order) and ``consent_state`` (purpose → its latest entry)."""
+    entries = [ConsentEntryView.model_validate(e, from_attributes=True)
+               for e in in_ledger_order(await repository.consents(session, contact_id))]
+    state = {purpose: ConsentState(status=e.status, since=e.occurred_at, source=e.source)
+             for purpose, e in current_state(entries).items()}
+    return {"consents": entries, "consent_state": state}
 
 
 async def timeline(session: AsyncSession, contact_id: str) -> list[TimelineEntry]:

@@ -10,9 +10,11 @@ from datetime import datetime
 from services.qualification.domain import attribution, evaluation, identity
 from services.qualification.domain.evaluation import Evaluation
 from services.qualification.records import ContactRecord
+from services.qualification.repository import utc
+from shared.consent import current_state, in_ledger_order
 from shared.events import (
-    OPPORTUNITY_QUALIFIED, STAGE_CHANGED, AccountOut, CloudEvent, ContactOut, OpportunityQualified, ScoreOut,
-    ScoreReason, StageChanged, TouchOut, make_event,
+    OPPORTUNITY_QUALIFIED, STAGE_CHANGED, AccountOut, CloudEvent, ConsentEntryOut, ConsentStateOut, ContactOut,
+    OpportunityQualified, ScoreOut, ScoreReason, StageChanged, TouchOut, make_event,
 )
 
 SOURCE = "/leadstream/qualification"
@@ -41,15 +43,28 @@ def touch_out(touch: attribution.Touch | None) -> TouchOut | None:
                     occurred_at=touch.occurred_at)
 
 
+def consents_out(entries: list[dict]) -> tuple[list[ConsentEntryOut], dict[str, ConsentStateOut]]:
+    """A consent ledger's entries (ledger order) and the current state per purpose, as events carry them."""
+    ordered = [ConsentEntryOut(purpose=e["purpose"], status=e["status"], text=e["text"], source=e["source"],
+                               occurred_at=utc(e["occurred_at"]), cause_event_id=e["cause_event_id"])
+               for e in in_ledger_order(entries)]
+    state = {purpose: ConsentStateOut(status=e.status, since=e.occurred_at, source=e.source)
+             for purpose, e in current_state(ordered).items()}
+    return ordered, state
+
+
 def opportunity_qualified(contact: ContactRecord, account_values: dict, result: Evaluation, *, opportunity_id: str,
-                          event_id: str, policy_version: str, caused_by: list[str], at: datetime) -> CloudEvent:
+                          event_id: str, policy_version: str, caused_by: list[str], at: datetime,
+                          consents: list[dict] | None = None) -> CloudEvent:
     """The one ``opportunity.qualified`` event of a contact: who, which account (its
-    account's values, or the contact's own without one), attribution, scores and causes."""
+    account's values, or the contact's own without one), attribution, scores, causes and
+    the consent ledger as it stands."""
     fit_, engagement_ = result.fit, result.engagement
     fit = ScoreOut(score=float(fit_.points), grade=fit_.grade,
                    reasons=[ScoreReason(**r) for r in evaluation.reasons_of(fit_.reasons)])
     engagement = ScoreOut(score=float(engagement_.points),
                           reasons=[ScoreReason(**r) for r in evaluation.reasons_of(engagement_.reasons)])
+    ledger, consent_state = consents_out(consents or [])
     data = OpportunityQualified(
         opportunity_id=opportunity_id,
         contact=ContactOut(id=contact.id, email=contact.email, first_name=contact.first_name,
@@ -62,6 +77,6 @@ def opportunity_qualified(contact: ContactRecord, account_values: dict, result: 
         }),
         motion=result.motion, first_touch=touch_out(result.first), last_touch=touch_out(result.last),
         fit=fit, engagement=engagement, grade=fit_.grade, policy_version=policy_version, stage="sql",
-        qualified_at=at, caused_by=caused_by,
+        qualified_at=at, caused_by=caused_by, consents=ledger, consent_state=consent_state,
     )
     return make_event(OPPORTUNITY_QUALIFIED, data, source=SOURCE, subject=contact.email, time=at, event_id=event_id)

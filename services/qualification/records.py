@@ -9,14 +9,15 @@ back in one executemany UPDATE per table and new contacts in one INSERT, before 
 append-only facts that refer to them (``stage_insert``).
 
 The invariant: **a fact about a contact changes the contact's row.** Any transaction
-that stores a touch, a stage change or an opportunity of a contact also changes at least
-one column of that contact's ``contacts`` row (a new contact is inserted). Qualification
-reads a contact's history (timeline, the stage entries it watches, its opportunity)
-through that row, so an unchanged row proves an unchanged history; the SQLite snapshot
-check (``_check_contacts``) compares only contact rows, and relies on it. It holds for
-every writer of the pipeline store: qualification's handlers (a touch moves
-``last_activity_at`` and ``updated_at``), its re-score (a stage move changes ``stage``)
-and the pipeline's manual moves (``stage``, ``updated_at``). For qualification's own
+that stores a touch, a stage change, an opportunity or a consent ledger entry of a contact
+also changes at least one column of that contact's ``contacts`` row (a new contact is
+inserted). Qualification reads a contact's history (timeline, the stage entries it watches,
+its opportunity, its consent ledger) through that row, so an unchanged row proves an
+unchanged history; the SQLite snapshot check (``_check_contacts``) compares only contact
+rows, and relies on it. It holds for every writer of the pipeline store: qualification's
+handlers (a touch moves ``last_activity_at`` and ``updated_at``; a consent entry comes only
+with a touch), its re-score (a stage move changes ``stage``) and the pipeline's manual moves
+(``stage``, ``updated_at``). For qualification's own
 transactions it is checked at every commit (``_write_records``): a fact of a contact
 that is neither new nor written back raises ``UnchangedContact``.
 """
@@ -31,7 +32,7 @@ from sqlalchemy import Table, Text, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pipeline_store.models import Account, Contact, Opportunity, StageChange, Touch
+from pipeline_store.models import Account, ConsentEntry, Contact, Opportunity, StageChange, Touch
 from shared.db import (
     WriteConflict, before_inserts, check_before_write, in_chunks, insert_many, insert_missing, is_unique_violation,
     stage_insert, staging_of, update_many,
@@ -109,7 +110,7 @@ _JSON = frozenset(("firmographics", "fit_reasons", "engagement_reasons"))
 _CONTACTS = Contact.__table__
 _ACCOUNTS = Account.__table__
 # the facts about a contact, each row naming it in ``contact_id`` (the invariant above)
-FACT_TABLES = (Touch.__table__, StageChange.__table__, Opportunity.__table__)
+FACT_TABLES = (Touch.__table__, StageChange.__table__, Opportunity.__table__, ConsentEntry.__table__)
 
 # A fact's re-qualification replaces a contact's reasons without reading them: they are
 # loaded as their stored JSON text (not decoded), and a record whose reasons are not

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pipeline_store.models import Account, Contact, Opportunity, Score, StageChange, Touch
+from pipeline_store.models import Account, ConsentEntry, Contact, Opportunity, Score, StageChange, Touch
 from services.qualification import records
 from services.qualification.domain import attribution
 from services.qualification.records import AccountRecord, ContactRecord, hold
@@ -80,6 +80,11 @@ class _Caches:
     opportunities: dict[str, str | None] = field(default_factory=dict)
     entered: dict[tuple[str, str], datetime | None] = field(default_factory=dict)
     accounts: dict[str, AccountRecord | None] = field(default_factory=dict)
+    # a contact's consent ledger as stored (read only when an event carries it) and as added;
+    # the stored contacts of the batch whose ledger is not read yet (read together, once)
+    consents: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    consents_added: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    consents_unread: set[str] = field(default_factory=set)
 
 
 def _caches(session: AsyncSession) -> _Caches:
@@ -110,6 +115,8 @@ async def prefetch(session: AsyncSession, emails: set[str], domains: set[str]) -
         for email in chunk:
             contacts[email] = hold(session, found.get(email))  # the record held if one already is
         ids += [c.id for c in found.values()]
+    caches = _caches(session)
+    caches.consents_unread.update(i for i in ids if i not in caches.consents)
     timelines = _caches(session).timelines
     ids = [i for i in ids if i not in timelines]
     for chunk in in_chunks(ids):
@@ -155,6 +162,7 @@ def add_contact(session: AsyncSession, contact: ContactRecord) -> None:
     _caches(session).contacts[contact.email] = contact
     _caches(session).timelines[contact.id] = Timeline()
     _caches(session).opportunities[contact.id] = None  # a new contact has none yet
+    _caches(session).consents[contact.id] = []  # nor a consent ledger
 
 
 async def contact_by_id(session: AsyncSession, contact_id: str, *, lock: bool = False) -> ContactRecord | None:
@@ -230,6 +238,34 @@ async def opportunity_of(session: AsyncSession, contact_id: str) -> str | None:
             )
         ).scalar_one_or_none()
     return cache[contact_id]
+
+
+# what a consent entry is read as (without its row id)
+_CONSENT_COLUMNS = tuple(c for c in ConsentEntry.__table__.c if c.key != "id")
+
+
+def add_consent(session: AsyncSession, row: dict[str, Any]) -> None:
+    """Queue a consent ledger entry's insert (every column but the id, as one multi-row INSERT)."""
+    records.stage_fact(session, ConsentEntry.__table__, row)
+    _caches(session).consents_added.setdefault(row["contact_id"], []).append(row)
+
+
+async def consents_of(session: AsyncSession, contact_id: str) -> list[dict[str, Any]]:
+    """The contact's consent ledger entries, stored and added in this transaction (in no order:
+    ``shared.consent`` orders them). Read only when asked (an ``opportunity.qualified`` event
+    carries them), not for every fact; then the ledgers of every contact the batch prefetched
+    are read with it, so a batch in which many contacts qualify reads them in one query."""
+    caches = _caches(session)
+    if contact_id not in caches.consents:
+        wanted = sorted(caches.consents_unread | {contact_id})
+        caches.consents_unread.clear()
+        for chunk in in_chunks(wanted):
+            for one in chunk:
+                caches.consents[one] = []
+            rows = await session.execute(select(*_CONSENT_COLUMNS).where(ConsentEntry.contact_id.in_(chunk)))
+            for row in rows:
+                caches.consents[row.contact_id].append(dict(row._mapping))
+    return caches.consents[contact_id] + caches.consents_added.get(contact_id, [])
 
 
 # every column, so the opportunities of a batch go as one multi-row INSERT (same keys in each row)

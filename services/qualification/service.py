@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import PipelineOutbox, Touch
 from services.qualification import events, records, repository
-from services.qualification.domain import attribution, evaluation, identity, ids, stages
+from services.qualification.domain import attribution, consent, evaluation, identity, ids, stages
 from services.qualification.domain.evaluation import Evaluation
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
 from services.qualification.records import AccountRecord, ContactRecord
@@ -81,6 +81,7 @@ async def record_lead(session: AsyncSession, q: Qualifier, event: CloudEvent, da
         )
         await _add_touch(session, contact, event, at, motion="inbound", channel=channel, campaign=data.utm.campaign,
                          form_id=data.form_id, form_type=data.form_type, lead_magnet=data.lead_magnet)
+        _record_consents(session, contact, consent.of_lead(data.consent, data.form_id, event.id, at))
         await requalify(session, q, contact, cause=event.id, at=at)
 
 
@@ -109,6 +110,7 @@ async def record_touch(session: AsyncSession, q: Qualifier, event: CloudEvent, d
             contact.owner = data.rep
         await _add_touch(session, contact, event, at, motion="outbound", channel=data.channel, campaign=data.sequence,
                          sequence=data.sequence, step=data.step, outcome=data.outcome, rep=data.rep)
+        _record_consents(session, contact, consent.of_touch(data.outcome, data.channel, event.id, at))
         result = await requalify(session, q, contact, cause=event.id, at=at, flags={data.outcome})
         # side effects of the outcome: a bounce marks the address, an opt-out is remembered
         if result.decision.email_invalid:
@@ -194,6 +196,17 @@ async def _add_touch(session: AsyncSession, contact: ContactRecord, event: Cloud
     })
     contact.last_activity_at = max(utc(contact.last_activity_at) or at, at)
     contact.updated_at = transaction_time(session)
+
+
+def _record_consents(session: AsyncSession, contact: ContactRecord, facts: list[consent.ConsentFact]) -> None:
+    """Add the fact's consent entries to the contact's ledger, in the fact's transaction (the
+    inbox makes a redelivered fact record nothing; the ledger's unique cause is the backstop)."""
+    for fact in facts:
+        repository.add_consent(session, {
+            "contact_id": contact.id, "purpose": fact.purpose, "status": fact.status, "text": fact.text,
+            "source": fact.source, "occurred_at": fact.occurred_at, "cause_event_id": fact.cause_event_id,
+            "recorded_at": transaction_time(session),
+        })
 
 
 # ---------------------------------------------------------------------- qualification
@@ -321,6 +334,7 @@ async def _qualify(session: AsyncSession, contact: ContactRecord, result: Evalua
         policy_version=version, qualified_event_id=event_id, caused_by=causes, qualified_at=at, updated_at=at,
     ))
     event = events.opportunity_qualified(contact, account_values, result, opportunity_id=opportunity_id,
-                                         event_id=event_id, policy_version=version, caused_by=causes, at=at)
+                                         event_id=event_id, policy_version=version, caused_by=causes, at=at,
+                                         consents=await repository.consents_of(session, contact.id))
     stage_event(session, PipelineOutbox, event, key=contact.email)
     return opportunity_id

@@ -14,7 +14,9 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import select
 
-from pipeline_store.models import PipelineApiKey, Score, StageChange, Touch, WebhookDelivery, WebhookSubscription
+from pipeline_store.models import (
+    ConsentEntry, PipelineApiKey, Score, StageChange, Touch, WebhookDelivery, WebhookSubscription,
+)
 from services.pipeline.app import create_app
 from shared.auth import hash_key
 from tests.integration.test_pipeline_api import T0, Store, add_key, day
@@ -121,6 +123,12 @@ async def seed_person(store: Store, db) -> dict:  # noqa: ANN001
                     cause_event_id=lead, event_id=str(uuid.uuid4()), changed_at=T0 + day(1)),
     ]
     await store.add(*rows)
+    await store.add(  # after their contacts (no ORM relationship orders the inserts)
+        ConsentEntry(contact_id=jo.id, purpose="marketing", status="granted", text="I agree to product news.",
+                     source="form:demo-request", occurred_at=T0, cause_event_id=lead, recorded_at=T0),
+        ConsentEntry(contact_id=other.id, purpose="marketing", status="withdrawn", source="outreach:cold_email",
+                     occurred_at=T0, cause_event_id=str(uuid.uuid4()), recorded_at=T0),
+    )
     subscription = WebhookSubscription(id=str(uuid.uuid4()), url="https://crm.example.net/hooks", event_types=[],
                                        status="active", secret="encrypted", created_by="ops", created_at=T0,
                                        updated_at=T0)
@@ -165,6 +173,12 @@ async def test_the_export_holds_every_section_of_the_person_and_nothing_of_other
     assert (change["from_stage"], change["to_stage"], change["reason"]) == ("lead", "sql", "demo request (2025-01)")
     (opportunity,) = document["opportunities"]
     assert opportunity["id"] == seeded["opportunity"].id and opportunity["email"] == "jo@gmail.com"
+    # the consent ledger and the current consent per purpose
+    (consent,) = document["consents"]
+    assert (consent["purpose"], consent["status"], consent["text"], consent["source"], consent["cause_event_id"]) == (
+        "marketing", "granted", "I agree to product news.", "form:demo-request", seeded["lead"])
+    assert document["consent_state"] == {"marketing": {"status": "granted", "since": "2025-01-10T09:00:00Z",
+                                                       "source": "form:demo-request"}}
     # who received their data
     (delivery,) = document["webhook_deliveries"]
     assert delivery["url"] == "https://crm.example.net/hooks"
@@ -177,6 +191,11 @@ async def test_the_export_holds_every_section_of_the_person_and_nothing_of_other
     assert detail.json()["timeline"] == document["timeline"]
     assert detail.json()["stage_history"] == document["stage_changes"]
     assert detail.json()["score_history"] == document["scores"]
+    assert detail.json()["consents"] == document["consents"]
+    assert detail.json()["consent_state"] == document["consent_state"]
+    # every section is checked above
+    assert set(document) == {"email", "exported_at", "contact", "timeline", "scores", "stage_changes",
+                             "opportunities", "consents", "consent_state", "webhook_deliveries"}
 
 
 async def test_the_command_prints_the_same_document(privacy, tmp_path):

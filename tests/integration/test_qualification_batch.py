@@ -17,14 +17,15 @@ import pytest
 from sqlalchemy import event, select
 
 from pipeline_store.models import (
-    Account, Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch,
+    Account, ConsentEntry, Contact, Opportunity, PipelineOutbox, ProcessedEvent, Score, StageChange, Touch,
 )
 from services.qualification import handlers
 from services.qualification.service import load_qualifier
 from shared.consumer import Delivery
 from shared.db import Database, stage_insert
 from shared.events import (
-    LEAD_CAPTURED, PROSPECT_ADDED, TOUCH_RECORDED, LeadCaptured, ProspectAdded, TouchRecorded, make_event,
+    LEAD_CAPTURED, OPPORTUNITIES_QUALIFIED, PROSPECT_ADDED, TOUCH_RECORDED, LeadCaptured, ProspectAdded,
+    TouchRecorded, make_event, parse_event,
 )
 from tests.support import ROOT
 
@@ -47,8 +48,10 @@ def history(contacts: int = 40, per_contact: int = 7) -> list[Delivery]:
             firm = dict(company=f"Company {c % 9}", title=["VP Sales", "Engineer", "CEO"][c % 3],
                         employees=50 + 40 * c, industry=["software", "fintech"][step % 2], country="US")
             if c % 2 == 0 and step % 3 != 2:
+                # a form that asks for consent (yes or no) on most leads: the consent ledger
+                consent = {"marketing": (c + step) % 3 != 0, "text": "Product news"} if (c + step) % 4 else None
                 data = LeadCaptured(email=email, form_type=FORMS[(c + step) % len(FORMS)], occurred_at=at,
-                                    utm={"source": "google", "medium": "cpc"}, **firm)
+                                    utm={"source": "google", "medium": "cpc"}, consent=consent, **firm)
                 kind = LEAD_CAPTURED
             elif step == 0:
                 data, kind = ProspectAdded(email=email, owner="sam", occurred_at=at, **firm), PROSPECT_ADDED
@@ -91,8 +94,15 @@ async def snapshot(db: Database) -> dict:
         opportunities = sorted((await session.execute(
             select(Opportunity.id, Opportunity.contact_id, Opportunity.qualified_event_id, Opportunity.motion))).all())
         outbox = sorted((await session.execute(select(PipelineOutbox.event_id, PipelineOutbox.topic))).all())
+        consents = sorted((await session.execute(select(
+            ConsentEntry.contact_id, ConsentEntry.purpose, ConsentEntry.status, ConsentEntry.source,
+            ConsentEntry.occurred_at, ConsentEntry.cause_event_id))).all())
+        # what opportunity.qualified carries of the ledger, by event
+        qualified = {event.id: (event.data["consents"], event.data["consent_state"]) for event in map(
+            parse_event, (await session.execute(select(PipelineOutbox.value).where(
+                PipelineOutbox.topic == OPPORTUNITIES_QUALIFIED))).scalars())}
     return dict(contacts=contacts, accounts=accounts, touches=touches, scores=scores, changes=changes,
-                opportunities=opportunities, outbox=outbox)
+                opportunities=opportunities, outbox=outbox, consents=consents, qualified=qualified)
 
 
 @pytest.fixture
@@ -124,12 +134,14 @@ async def test_batches_leave_the_store_as_one_event_per_transaction_would(two_st
     assert got["contacts"].keys() == expected["contacts"].keys()
     for email, row in expected["contacts"].items():
         assert got["contacts"][email] == row, email
-    for name in ("accounts", "touches", "scores", "changes", "opportunities", "outbox"):
+    for name in ("accounts", "touches", "scores", "changes", "opportunities", "outbox", "consents", "qualified"):
         assert got[name] == expected[name], name
     # the history exercises what the caches stand in for
     assert expected["opportunities"] and any(c["email_invalid"] for c in expected["contacts"].values())
     assert any(to == "nurture" for _, _, to, _ in expected["changes"])
     assert len(expected["accounts"]) == 9 and all(firm for *_, firm in expected["accounts"])
+    assert {status for _, _, status, *_ in expected["consents"]} == {"granted", "withdrawn"}
+    assert any(consents for consents, _ in expected["qualified"].values())
 
 
 async def test_contacts_a_batch_loads_and_does_not_rescore_keep_their_stored_reasons(two_stores):

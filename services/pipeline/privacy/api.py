@@ -25,8 +25,9 @@ router = APIRouter(prefix="/v1/privacy", tags=["privacy"], dependencies=[Depends
             responses=QUERY_ERRORS | {404: {"description": "No contact with this email address", **PROBLEM}},
             description="One JSON document of everything the pipeline store holds about the person with this "
             "email address: the contact and its account, the timeline with each fact's payload, every score "
-            "with its reasons, stage changes, opportunities, and the webhook deliveries that sent their data "
-            "on. `leadstream privacy export EMAIL` prints the same document.")
+            "with its reasons, stage changes, opportunities, the consent ledger with the current consent per "
+            "purpose, and the webhook deliveries that sent their data on. `leadstream privacy export EMAIL` "
+            "prints the same document.")
 async def get_export(params: Annotated[PersonQuery, Query()], runtime: Runtime) -> PrivacyExport:
     async with runtime.db.reader() as session:
         return await service.export(session, params.email)

@@ -7,7 +7,8 @@ from typing import Annotated
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from services.pipeline.schemas import (
-    ContactProfile, OpportunityView, ScoreRecord, StageChangeView, Strict, TimelineEntry, Utc,
+    CONSENT_STATE, CONSENTS, ConsentEntryView, ConsentState, ContactProfile, OpportunityView, ScoreRecord,
+    StageChangeView, Strict, TimelineEntry, Utc,
 )
 from shared.identity import EMAIL_MAX_LENGTH, check_email
 
@@ -52,5 +53,7 @@ class PrivacyExport(BaseModel):
     scores: list[ScoreRecord] = Field(description="Every score given, with reasons and the policy that made it")
     stage_changes: list[StageChangeView] = Field(description="Every stage change, who or what made it, and why")
     opportunities: list[OpportunityView]
+    consents: list[ConsentEntryView] = Field(description=CONSENTS)
+    consent_state: dict[str, ConsentState] = Field(description=CONSENT_STATE)
     webhook_deliveries: list[DisclosedEvent] = Field(
         description="Events about the person sent to webhook subscriptions: who received their data")

@@ -35,6 +35,7 @@ async def export(session: AsyncSession, email: str) -> PrivacyExport:
         stage_changes=await pipeline.stage_history(session, contact.id),
         opportunities=[pipeline.opportunity_view(o, e)
                        for o, e in await pipeline_repository.opportunities_of(session, contact_id=contact.id)],
+        **await pipeline.consent_ledger(session, contact.id),
         webhook_deliveries=[DisclosedEvent(delivery_id=d.id, subscription_id=d.subscription_id, url=d.url,
                                            event_id=d.event_id, event_type=d.event_type, status=d.status,
                                            created_at=d.created_at, delivered_at=d.delivered_at)
