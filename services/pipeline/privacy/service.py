@@ -18,8 +18,7 @@ NOT_FOUND = "The pipeline store holds no contact with this email address."
 
 async def export(session: AsyncSession, email: str) -> PrivacyExport:
     """Everything the store holds about the person whose address normalises as ``email``'s
-    (``404`` without a contact), read in one transaction. The detail never repeats the
-    address: problem answers are logged."""
+    (``404`` without a contact). No answer repeats the address but the export itself."""
     key = normalise_email(email)
     contact_id = await repository.contact_id_by_email(session, key)
     found = await pipeline_repository.contact(session, contact_id) if contact_id is not None else None
