@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
-    JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, Numeric, String, Text,
+    JSON, BigInteger, Boolean, Date, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, Numeric, String, Text,
     UniqueConstraint, false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -316,3 +316,50 @@ class WebhookProcessedEvent(StoreBase):
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigId)
     processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+# ---- motion balance rollups (pipeline_store/rollups.py keeps them; GET /v1/analytics/balance reads them)
+
+
+class BalanceDay(StoreBase):
+    """Per first-touch day (UTC), entry motion, motion and first-touch channel: what the
+    contacts of that cohort add up to. Kept in the transaction that changes a contact
+    (qualification) or its opportunity (pipeline transitions), as the change's delta."""
+
+    __tablename__ = "balance_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    entry_motion: Mapped[str] = mapped_column(String(10), primary_key=True)  # the first touch's motion
+    motion: Mapped[str] = mapped_column(String(10), primary_key=True)  # inbound | outbound | blended
+    channel: Mapped[str] = mapped_column(String(40), primary_key=True)  # first-touch channel, '' for none
+    entrants: Mapped[int] = mapped_column(BigId, default=0)
+    fit_ab: Mapped[int] = mapped_column(BigId, default=0)  # entrants with fit grade A or B
+    sql: Mapped[int] = mapped_column(BigId, default=0)  # reached sql (one qualified opportunity each)
+    won: Mapped[int] = mapped_column(BigId, default=0)
+    pipeline_amount: Mapped[Decimal] = mapped_column(Numeric(18, 2), default=0)  # open and won
+    won_amount: Mapped[Decimal] = mapped_column(Numeric(18, 2), default=0)
+
+
+class BalanceDaysToSql(StoreBase):
+    """Per first-touch day, entry motion and motion: how many contacts reached sql after
+    ``days`` whole days from their first touch (a histogram, so medians are exact)."""
+
+    __tablename__ = "balance_days_to_sql"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    entry_motion: Mapped[str] = mapped_column(String(10), primary_key=True)
+    motion: Mapped[str] = mapped_column(String(10), primary_key=True)
+    days: Mapped[int] = mapped_column(Integer, primary_key=True)
+    contacts: Mapped[int] = mapped_column(BigId, default=0)
+
+
+class BalanceEffort(StoreBase):
+    """Per day the fact occurred (UTC) and motion: form submissions (inbound) and sales
+    touches (outbound) — the effort behind each motion's opportunities."""
+
+    __tablename__ = "balance_effort"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    motion: Mapped[str] = mapped_column(String(10), primary_key=True)
+    forms: Mapped[int] = mapped_column(BigId, default=0)
+    touches: Mapped[int] = mapped_column(BigId, default=0)

@@ -46,10 +46,11 @@ def percent(share: float) -> int:
     return int((Decimal(str(share)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def dependency_warnings(
+def dependencies(
     shares: dict[str, Sequence[tuple[str | None, float]]], thresholds: Thresholds, *, skip: Iterable[str] = ()
-) -> list[str]:
-    """Plain-language warnings for every source carrying more than its dimension's threshold.
+) -> list[tuple[str, str, float, str]]:
+    """Every source carrying more than its dimension's threshold: (dimension, name, share,
+    plain-language warning).
 
     ``shares`` maps ``channel``/``campaign``/``motion`` to (name, share) pairs; unattributed
     sources (name ``None``) are never a dependency. Biggest first within a dimension.
@@ -65,12 +66,20 @@ def dependency_warnings(
                 continue
             pct = percent(share)
             if dimension == "channel":
-                out.append(f"{pct}% of qualified pipeline comes from {name}")
+                sentence = f"{pct}% of qualified pipeline comes from {name}"
             elif dimension == "campaign":
-                out.append(f"{pct}% of qualified pipeline comes from the {name} campaign")
+                sentence = f"{pct}% of qualified pipeline comes from the {name} campaign"
             else:
-                out.append(f"{pct}% of qualified pipeline comes from the {name} motion")
+                sentence = f"{pct}% of qualified pipeline comes from the {name} motion"
+            out.append((dimension, name, share, sentence))
     return out
+
+
+def dependency_warnings(
+    shares: dict[str, Sequence[tuple[str | None, float]]], thresholds: Thresholds, *, skip: Iterable[str] = ()
+) -> list[str]:
+    """The warnings of ``dependencies``, in its order."""
+    return [sentence for *_, sentence in dependencies(shares, thresholds, skip=skip)]
 
 
 def to_csv(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> str:

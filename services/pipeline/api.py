@@ -9,8 +9,10 @@ from fastapi.responses import JSONResponse
 
 from services.pipeline import service
 from services.pipeline.analytics import to_csv
+from services.pipeline.balance import to_csv as balance_csv
 from services.pipeline.schemas import (
     AccountView,
+    BalanceQuery,
     ContactDetail,
     ContactFilters,
     ContactPage,
@@ -159,5 +161,59 @@ async def get_source_analytics(
         return Response(
             to_csv(report["rows"], report["keys"]), media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="sources-by-{report["group_by"]}.csv"'},
+        )
+    return JSONResponse(report)
+
+
+BALANCE_EXAMPLE = {
+    "from": "2025-01-01", "to": "2025-03-31", "date_basis": "first_touch",
+    "rows": [{
+        "motion": "inbound", "entrants": 1200, "fit_ab": 372, "fit_share": 0.31, "qualified_opportunities": 72,
+        "share": 0.72, "pipeline_amount": 540000.0, "amount_share": 0.64, "won": 12, "won_amount": 180000.0,
+        "entrant_to_sql": 0.06, "sql_to_customer": 0.1667, "median_days_to_sql": 3.0,
+        "effort_kind": "form_submissions", "effort": 1500, "effort_per_sql": 20.83, "effort_per_sql_recent": 19.5,
+        "effort_per_sql_prior": 21.0, "recent_share": 0.75, "prior_share": 0.7, "share_change_pp": 5.0,
+        "assisted": 9, "assisted_share": 0.125,
+    }],
+    "totals": {"entrants": 1500, "qualified_opportunities": 100, "assisted": 14, "assisted_share": 0.14},
+    "trend": {"days": 28, "recent": {"from": "2025-03-04", "to": "2025-03-31", "qualified_opportunities": 30},
+              "prior": {"from": "2025-02-04", "to": "2025-03-03", "qualified_opportunities": 28},
+              "weeks": [], "channels": []},
+    "diagnoses": [{
+        "rule": "weak_control",
+        "sentence": "72 % of qualified pipeline is inbound, yet 31 % of inbound entrants fit (A/B) against 64 % of "
+        "outbound prospects: stronger prospecting would add control over who enters",
+        "figures": {"inbound_share": 0.72, "inbound_fit_share": 0.31, "outbound_fit_share": 0.64, "fit_gap": 0.33},
+    }],
+}
+
+
+@router.get(
+    "/analytics/balance",
+    summary="Which motion the business needs more of right now",
+    responses=QUERY_ERRORS | {200: {
+        "description": "Per motion (`inbound`, `outbound`: how contacts entered; `blended`, shown apart: those "
+        "the other motion also touched before qualification): entrants and their fit share (grade A or B), "
+        "qualified opportunities and their share of qualified pipeline, won and won amount, conversions "
+        "entrant → `sql` and `sql` → `customer`, median whole days from first touch to `sql`, effort per "
+        "qualified opportunity (form submissions for inbound, sales touches for outbound), the share in the "
+        "last 28 days of the range against the 28 days before (in percentage points) and the assisted share; "
+        "then the diagnoses, each a rule id, a sentence and its figures. `Accept: text/csv` answers the rows "
+        "as CSV.",
+        "content": {"application/json": {"example": BALANCE_EXAMPLE}, "text/csv": {}},
+    }},
+    description="The cohort is the contacts whose first touch falls within `from`–`to` (whole UTC days); "
+    "effort counts the form submissions and sales touches that occurred within them. Answered from rollups "
+    "kept with every fact, so any range costs the same.",
+)
+async def get_balance_analytics(
+    params: Annotated[BalanceQuery, Query()], request: Request, runtime: Runtime
+) -> Response:
+    async with runtime.db.reader() as session:
+        report = await service.balance_analytics(session, params, runtime.thresholds, runtime.balance_thresholds)
+    if "text/csv" in request.headers.get("accept", ""):
+        return Response(
+            balance_csv(report["rows"]), media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="balance-by-motion.csv"'},
         )
     return JSONResponse(report)

@@ -9,6 +9,7 @@ from pipeline_store import DATABASE
 from pipeline_store.models import PipelineApiKey, PipelineOutbox
 from services.pipeline.analytics import Thresholds
 from services.pipeline.api import router
+from services.pipeline.balance import BalanceThresholds
 from services.pipeline.dashboard import STATIC_PATH, Sessions, static_files
 from services.pipeline.dashboard import router as dashboard_router
 from services.pipeline.privacy.api import router as privacy_router
@@ -31,6 +32,12 @@ class PipelineRuntime(ServiceRuntime):
             channel=settings.dependency_thresholds_channel,
             campaign=settings.dependency_thresholds_campaign,
             motion=settings.dependency_thresholds_motion,
+        )
+        self.balance_thresholds = BalanceThresholds(
+            majority=settings.balance_majority, fit_gap=settings.balance_fit_gap,
+            effort_high=settings.balance_effort_high, effort_rise=settings.balance_effort_rise,
+            shift=settings.balance_shift, assisted=settings.balance_assisted,
+            min_opportunities=settings.balance_min_opportunities,
         )
         self.sessions = Sessions(settings.dashboard_session_hours, settings.dashboard_secure_cookie)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Float, Integer, and_, case, cast, delete, func, or_, select
@@ -16,8 +17,12 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
+from pipeline_store import rollups
 from pipeline_store.models import (
     Account,
+    BalanceDay,
+    BalanceDaysToSql,
+    BalanceEffort,
     ConsentEntry,
     Contact,
     DashboardSession,
@@ -28,6 +33,7 @@ from pipeline_store.models import (
     Touch,
     TransitionRequest,
 )
+from services.pipeline import balance
 from services.pipeline.cursor import Position
 
 C, O = Contact, Opportunity  # noqa: E741 - short aliases for the queries below
@@ -312,6 +318,13 @@ def add(session: AsyncSession, *rows: Any) -> None:
     session.add_all(rows)
 
 
+async def move_balance(session: AsyncSession, before: rollups.Contribution, after: rollups.Contribution) -> None:
+    """A transition's change to the motion balance rollups (won, amounts), in its transaction."""
+    deltas = rollups.Deltas()
+    deltas.change(before, after)
+    await rollups.write(session, deltas)
+
+
 # ---- the sources question --------------------------------------------------------------
 
 GROUP_COLUMNS = {
@@ -530,3 +543,50 @@ async def dashboard_session_key(session: AsyncSession, session_id: str, now: dat
                PipelineApiKey.revoked_at.is_(None))
     )
     return (await session.execute(stmt)).scalar_one_or_none()
+
+
+# ---- motion balance (from the rollups: pipeline_store/rollups.py) ------------------------
+
+
+def _days(column: Any, start: date | None, end: date | None) -> list[ColumnElement]:
+    return [c for c in (column >= start if start else None, column <= end if end else None) if c is not None]
+
+
+async def balance_sums(session: AsyncSession, start: date | None, end: date | None,
+                       windows: tuple[date, date]) -> balance.Sums:
+    """The rollups summed over the days ``start``–``end`` (either open) and, day by day, over
+    ``windows`` (the trend's two windows, first day to last): a few hundred rows at most."""
+    d, h, e = BalanceDay, BalanceDaysToSql, BalanceEffort
+    cohort = await session.execute(
+        select(d.entry_motion, d.motion, d.channel, func.sum(d.entrants), func.sum(d.fit_ab), func.sum(d.sql),
+               func.sum(d.won), func.sum(d.pipeline_amount), func.sum(d.won_amount))
+        .where(*_days(d.day, start, end)).group_by(d.entry_motion, d.motion, d.channel)
+    )
+    rows = [balance.CohortSum(entry, motion, channel or None, int(n), int(fit), int(sql), int(won),
+                              Decimal(str(pipeline or 0)), Decimal(str(won_amount or 0)))
+            for entry, motion, channel, n, fit, sql, won, pipeline, won_amount in cohort]
+    days = await session.execute(
+        select(h.entry_motion, h.motion, h.days, func.sum(h.contacts))
+        .where(*_days(h.day, start, end)).group_by(h.entry_motion, h.motion, h.days)
+    )
+    effort = await session.execute(
+        select(e.motion, func.sum(e.forms), func.sum(e.touches)).where(*_days(e.day, start, end)).group_by(e.motion)
+    )
+    window = await session.execute(
+        select(d.day, d.entry_motion, d.motion, d.channel, func.sum(d.sql))
+        .where(*_days(d.day, *windows), d.sql != 0).group_by(d.day, d.entry_motion, d.motion, d.channel)
+    )
+    window_effort = await session.execute(
+        select(e.day, e.motion, e.forms, e.touches).where(*_days(e.day, *windows))
+    )
+    return balance.Sums(
+        cohort=rows,
+        days_to_sql=[(entry, motion, int(days_), int(n)) for entry, motion, days_, n in days if n],
+        effort={motion: (int(forms), int(touches)) for motion, forms, touches in effort},
+        window=[(_date(day), entry, motion, channel or None, int(n)) for day, entry, motion, channel, n in window],
+        window_effort=[(_date(day), motion, int(forms), int(touches)) for day, motion, forms, touches in window_effort],
+    )
+
+
+def _date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])

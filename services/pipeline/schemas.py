@@ -131,6 +131,17 @@ class SourcesQuery(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class BalanceQuery(Strict):
+    """``GET /v1/analytics/balance``: the range's bounds as the sources answer reads them; the
+    answer is kept per day, so a date-time bound counts its whole (UTC) day."""
+
+    from_: When | None = Field(None, alias="from", description="First touch on or after this day (date or date-time)")
+    to: When | None = Field(None, description="First touch on or before this day; the trend's windows end here "
+                            "(default: today, UTC)")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 # ---- answers ---------------------------------------------------------------------------
 
 

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pipeline_store import rollups
 from pipeline_store.models import Account, Contact, Opportunity, PipelineOutbox, StageChange, TransitionRequest
-from services.pipeline import repository, transitions
+from services.pipeline import balance, repository, transitions
+from services.pipeline.balance import BalanceThresholds
 from services.pipeline.analytics import Thresholds, concentration_index, dependency_warnings
 from services.pipeline.cursor import BadCursor, Position, decode_cursor, encode_cursor
 from services.pipeline.schemas import (
     AccountBrief,
     AccountView,
+    BalanceQuery,
     ConsentEntryView,
     ConsentState,
     ContactDetail,
@@ -319,6 +322,7 @@ async def transition(
 
     now = datetime.now(timezone.utc)
     contact = await repository.contact_for_update(session, opp.contact_id)
+    before = rollups.contribution(contact, opp.stage, opp.amount)
     from_stage = opp.stage
     opp.stage, opp.updated_at = body.to, now
     if body.amount is not None:
@@ -335,6 +339,7 @@ async def transition(
     milestone = transitions.MILESTONES.get(body.to)
     if milestone and getattr(contact, milestone) is None:
         setattr(contact, milestone, now)
+    await repository.move_balance(session, before, rollups.contribution(contact, opp.stage, opp.amount))
 
     data = StageChanged(
         contact_id=contact.id, email=contact.email, opportunity_id=opp.id, from_stage=from_stage, to_stage=body.to,
@@ -407,4 +412,35 @@ async def source_analytics(
         "totals": totals,
         "concentration_index": None if hhi is None else round(hhi, 4),
         "warnings": dependency_warnings(shares, thresholds, skip=skip),
+    }
+
+
+# ---- the motion balance ----------------------------------------------------------------
+
+
+def _day(value: date | datetime | None) -> date | None:
+    return value.date() if isinstance(value, datetime) else value
+
+
+async def balance_analytics(
+    session: AsyncSession, query: BalanceQuery, thresholds: Thresholds = Thresholds(),
+    balance_thresholds: BalanceThresholds = BalanceThresholds(), today: date | None = None,
+) -> dict[str, Any]:
+    """Which motion the business needs more of: the figures per motion over the contacts
+    whose first touch falls in the range, the 28-day trend and the diagnoses, from the
+    rollups. ``today`` ends the trend when the range has no end (default: today, UTC)."""
+    _check_range(query, "from_", "to", "from")
+    start, end = _day(query.from_), _day(query.to)
+    windows = balance.Windows(end or today or datetime.now(timezone.utc).date())
+    sums = await repository.balance_sums(session, start, end, (windows.prior[0], windows.recent[1]))
+    report = balance.answer(sums, windows)
+    diagnoses = balance.diagnose(report, balance_thresholds, thresholds)
+    return {
+        "from": start.isoformat() if start else None,
+        "to": end.isoformat() if end else None,
+        "date_basis": "first_touch",
+        "rows": report["rows"],
+        "totals": report["totals"],
+        "trend": report["trend"],
+        "diagnoses": [d.as_dict() for d in diagnoses],
     }

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import Account, ConsentEntry, Contact, Opportunity, StageChange, Touch
+from services.qualification import rollups
 from shared.db import (
     WriteConflict, before_inserts, check_before_write, in_chunks, insert_many, insert_missing, is_unique_violation,
     stage_insert, staging_of, update_many,
@@ -227,6 +228,7 @@ async def _write_records(session: AsyncSession) -> None:
             raise
     written = await _update_changed(session, ContactRecord, CONTACT_UPDATE, [r for r in contacts if not r.new])
     check_facts_change_contacts(session, {r.id for r in contacts if r.new} | written)
+    await rollups.write(session, contacts)
 
 
 def check_facts_change_contacts(session: AsyncSession, changed: set[str]) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import Account, ConsentEntry, Contact, Opportunity, Score, StageChange, Touch
-from services.qualification import records
+from services.qualification import records, rollups
 from services.qualification.domain import attribution
 from services.qualification.records import AccountRecord, ContactRecord, hold
 from shared.db import in_chunks, stage_insert, staging_of
@@ -215,6 +215,7 @@ async def add_touch(session: AsyncSession, row: dict[str, Any]) -> None:
     """Queue the touch's insert and add it to the contact's timeline."""
     (await timeline(session, row["contact_id"])).add([row.get(key) for key in _FACT_KEYS])
     records.stage_fact(session, Touch.__table__, row)
+    rollups.count_fact(session, row)
 
 
 def add_score(session: AsyncSession, row: dict[str, Any]) -> None:

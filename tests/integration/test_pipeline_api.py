@@ -468,6 +468,12 @@ BAD_QUERIES = [
     ("/v1/analytics/sources", {"from": "2025-03-01", "to": "2025-02-01"}, "to"),
     ("/v1/analytics/sources", {"motion": "both"}, "motion"),
     ("/v1/analytics/sources", {"groupby": "channel"}, "groupby"),
+    ("/v1/analytics/balance", {"from": "last week"}, "from"),
+    ("/v1/analytics/balance", {"to": "2025-02-30"}, "to"),
+    ("/v1/analytics/balance", {"from": "2025-03-01", "to": "2025-02-01"}, "to"),
+    ("/v1/analytics/balance", {"from": "2025-03-01T10:00:00Z", "to": "2025-03-01T09:00:00Z"}, "to"),
+    ("/v1/analytics/balance", {"to": "9999-12-31"}, "to"),
+    ("/v1/analytics/balance", {"group_by": "channel"}, "group_by"),
 ]
 
 
@@ -868,3 +874,16 @@ async def test_sources_as_csv(pipeline):
     assert (first["channel"], first["sql"], first["pipeline_amount"], first["share"]) == (
         "paid_search", "3", "15000.0", "0.5")
     assert table[1]["opportunity_to_won"] == ""  # none, not zero
+
+
+async def test_balance_on_an_empty_store_and_its_auth(pipeline):
+    report = (await pipeline.get("/v1/analytics/balance", params={"to": "2025-03-31"})).json()
+    assert [r["motion"] for r in report["rows"]] == ["inbound", "outbound", "blended"]
+    assert all(r["entrants"] == 0 and r["share"] is None and r["median_days_to_sql"] is None for r in report["rows"])
+    assert report["totals"] == {"entrants": 0, "qualified_opportunities": 0, "assisted": 0, "assisted_share": None}
+    assert report["trend"]["recent"] == {"from": "2025-03-04", "to": "2025-03-31", "qualified_opportunities": 0}
+    assert report["diagnoses"] == []
+    assert (await pipeline.get("/v1/analytics/balance", headers={"Authorization": ""})).status_code == 401
+    other = await add_key(pipeline.runtime.db, "webhooks-only", "subscriptions")
+    response = await pipeline.get("/v1/analytics/balance", headers={"Authorization": f"Bearer {other}"})
+    assert response.status_code == 403 and response.headers["content-type"] == "application/problem+json"
