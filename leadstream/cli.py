@@ -352,6 +352,105 @@ def rescore(
     typer.echo("dry run: nothing changed" if dry_run else "applied", err=True)
 
 
+BALANCE_LINES = [  # (figure, label, how to show it)
+    ("entrants", "entrants", "count"),
+    ("fit_share", "fit share (A/B)", "percent"),
+    ("qualified_opportunities", "qualified opportunities", "count"),
+    ("share", "share of qualified pipeline", "percent"),
+    ("pipeline_amount", "pipeline amount", "amount"),
+    ("won", "won", "count"),
+    ("won_amount", "won amount", "amount"),
+    ("entrant_to_sql", "entrant -> sql", "percent"),
+    ("sql_to_customer", "sql -> customer", "percent"),
+    ("median_days_to_sql", "median days to sql", "number"),
+    ("effort_per_sql", "effort per opportunity", "number"),
+    ("recent_share", "share, last 28 days", "percent"),
+    ("prior_share", "share, 28 days before", "percent"),
+    ("share_change_pp", "change (points)", "signed"),
+    ("assisted_share", "assisted by the other motion", "percent"),
+]
+
+
+def _shown(value: object, how: str) -> str:
+    if value is None:
+        return "-"
+    if how == "percent":
+        return f"{value * 100:.1f} %"
+    if how == "amount":
+        return f"{value:,.0f}"
+    if how == "signed":
+        return f"{value:+g}"
+    if how == "number":
+        return f"{value:g}"
+    return f"{value:,}"
+
+
+def balance_table(report: dict) -> str:
+    """The balance answer as the terminal shows it: one column per motion, the diagnoses below."""
+    rows = report["rows"]
+    names = [r["motion"] + (" (apart)" if r["motion"] == "blended" else "") for r in rows]
+    lines = [("", names)]
+    for key, label, how in BALANCE_LINES:
+        lines.append((label, [_shown(r[key], how) for r in rows]))
+    efforts = [f"({r['effort_kind'].replace('_', ' ')})" if r["effort_kind"] else "" for r in rows]
+    lines.insert(12, ("", efforts))
+    width = max(len(label) for label, _ in lines)
+    cells = [max(len(values[i]) for _, values in lines) for i in range(len(rows))]
+    out = [f"Motion balance, first touch {report['from'] or 'from the start'} to {report['to'] or 'today'} "
+           f"(trend: {report['trend']['prior']['from']} to {report['trend']['recent']['to']})", ""]
+    for label, values in lines:
+        out.append("  ".join([label.ljust(width), *(v.rjust(cells[i]) for i, v in enumerate(values))]).rstrip())
+    out += ["", "Diagnoses:" if report["diagnoses"] else "Diagnoses: none"]
+    out += [f"- {d['rule']}: {d['sentence']}" for d in report["diagnoses"]]
+    return "\n".join(out)
+
+
+@app.command()
+def balance(
+    from_: Annotated[str | None, typer.Option("--from", help="first touch on or after this day (2026-09-01)")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="first touch on or before this day; the trend ends here")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the API's JSON answer instead of the table")] = False,
+) -> None:
+    """Which motion the business needs more of: GET /v1/analytics/balance's answer as a table,
+    read from the pipeline store (LEADSTREAM_PIPELINE_DATABASE_URL)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from pipeline_store import DATABASE
+    from services.pipeline.app import balance_thresholds, dependency_thresholds
+    from services.pipeline.schemas import BalanceQuery
+    from services.pipeline.service import balance_analytics
+    from shared.db import Database
+    from shared.errors import ProblemError
+
+    settings = get_settings()
+    try:
+        query = BalanceQuery.model_validate({k: v for k, v in (("from", from_), ("to", to)) if v is not None})
+    except ValidationError as exc:
+        for error in exc.errors():
+            typer.echo(f"--{error['loc'][0]}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> dict:
+        db = Database(settings.database_url(DATABASE), pool_size=1)
+        try:
+            async with db.reader() as session:
+                return await balance_analytics(session, query, dependency_thresholds(settings),
+                                               balance_thresholds(settings))
+        finally:
+            await db.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except ProblemError as exc:
+        for error in exc.errors or []:
+            typer.echo(f"--{error['field']}: {error['message']}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(report, indent=2) if as_json else balance_table(report))
+
+
 @app.command()
 def demo(
     seed: Annotated[int, typer.Option(help="same seed, same history")] = 7,

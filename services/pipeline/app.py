@@ -23,22 +23,27 @@ from shared.web import create_service_app
 log = structlog.get_logger("pipeline")
 
 
+def dependency_thresholds(settings: Settings) -> Thresholds:
+    return Thresholds(channel=settings.dependency_thresholds_channel,
+                      campaign=settings.dependency_thresholds_campaign, motion=settings.dependency_thresholds_motion)
+
+
+def balance_thresholds(settings: Settings) -> BalanceThresholds:
+    return BalanceThresholds(
+        majority=settings.balance_majority, fit_gap=settings.balance_fit_gap,
+        effort_high=settings.balance_effort_high, effort_rise=settings.balance_effort_rise,
+        shift=settings.balance_shift, assisted=settings.balance_assisted,
+        min_opportunities=settings.balance_min_opportunities,
+    )
+
+
 class PipelineRuntime(ServiceRuntime):
     def __init__(self, settings: PipelineSettings, expected_amounts: ExpectedAmounts = NO_EXPECTED_AMOUNTS) -> None:
         super().__init__(settings, "pipeline", PipelineOutbox, database=DATABASE)
         self.expected_amounts = expected_amounts
         self.auth = ApiKeyAuth(self.db, PipelineApiKey, settings.api_rate_limit)
-        self.thresholds = Thresholds(
-            channel=settings.dependency_thresholds_channel,
-            campaign=settings.dependency_thresholds_campaign,
-            motion=settings.dependency_thresholds_motion,
-        )
-        self.balance_thresholds = BalanceThresholds(
-            majority=settings.balance_majority, fit_gap=settings.balance_fit_gap,
-            effort_high=settings.balance_effort_high, effort_rise=settings.balance_effort_rise,
-            shift=settings.balance_shift, assisted=settings.balance_assisted,
-            min_opportunities=settings.balance_min_opportunities,
-        )
+        self.thresholds = dependency_thresholds(settings)
+        self.balance_thresholds = balance_thresholds(settings)
         self.sessions = Sessions(settings.dashboard_session_hours, settings.dashboard_secure_cookie)
 
 

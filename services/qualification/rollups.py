@@ -49,7 +49,8 @@ async def write(session: AsyncSession, contacts: Sequence[Any]) -> None:
     for record in contacts:
         after = rollups.contribution(record)
         before = rollups.contribution(_AsLoaded(record.loaded)) if record.loaded is not None else None
-        if before is not None and before.key != after.key and (before.counters[2] or after.counters[2]):
+        # an opportunity stored before this batch may carry an amount (one it creates has none)
+        if before is not None and before.key != after.key and before.counters[2]:
             moved.append((record, _AsLoaded(record.loaded)))
             continue
         deltas.change(before, after)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timezone
 
@@ -29,7 +32,7 @@ from shared.broker import EmbeddedBroker, free_port
 from shared.migrate import alembic_config
 from tests.integration.test_outreach_api import add_key as outreach_key
 from tests.integration.test_pipeline_api import add_key as pipeline_key
-from tests.support import eventually, make_settings, serve_app
+from tests.support import ROOT, eventually, make_settings, serve_app
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -262,6 +265,23 @@ async def test_every_figure_of_the_balance_matches_the_history_worked_by_hand(pr
     everything = await _balance(product)
     assert everything["rows"][:2] == [{**r, **{k: everything["rows"][i][k] for k in r if k.startswith(
         ("recent", "prior", "share_change", "effort_per_sql_"))}} for i, r in enumerate(EXPECTED_ROWS[:2])]
+
+    # the terminal's answer is the same
+    env = {**os.environ, "LEADSTREAM_BALANCE_MIN_OPPORTUNITIES": "3",
+           "LEADSTREAM_PIPELINE_DATABASE_URL": product.urls["pipeline"]}
+    shown = subprocess.run([sys.executable, "-m", "leadstream.cli", "balance", "--from", "2026-09-01", "--to",
+                            "2026-11-10"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[2].split() == ["inbound", "outbound", "blended", "(apart)"]
+    assert next(x for x in lines if x.startswith("share of qualified pipeline")).split()[-6:] == [
+        "66.7", "%", "33.3", "%", "16.7", "%"]
+    assert next(x for x in lines if x.startswith("median days to sql")).split()[-3:] == ["0", "2", "4"]
+    assert lines[lines.index("Diagnoses:") + 1] == f"- weak_control: {EXPECTED_DIAGNOSES[0][1]}"
+    assert len(lines) - lines.index("Diagnoses:") - 1 == len(EXPECTED_DIAGNOSES)
+    refused = subprocess.run([sys.executable, "-m", "leadstream.cli", "balance", "--from", "2026-11-10", "--to",
+                              "2026-11-01"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--to: must not be before from" in refused.stderr
 
     # rebuilt from the raw rows by the migration's backfill: the same answer
     config = alembic_config(DATABASES["pipeline"].migrations, product.urls["pipeline"])
