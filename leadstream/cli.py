@@ -421,11 +421,12 @@ def balance(
     from pipeline_store import DATABASE
     from services.pipeline.app import balance_thresholds, dependency_thresholds
     from services.pipeline.schemas import BalanceQuery
+    from services.pipeline.settings import PipelineSettings
     from services.pipeline.service import balance_analytics
     from shared.db import Database
     from shared.errors import ProblemError
 
-    settings = get_settings()
+    settings = PipelineSettings()
     try:
         query = BalanceQuery.model_validate({k: v for k, v in (("from", from_), ("to", to)) if v is not None})
     except ValidationError as exc:

@@ -23,12 +23,12 @@ from shared.web import create_service_app
 log = structlog.get_logger("pipeline")
 
 
-def dependency_thresholds(settings: Settings) -> Thresholds:
+def dependency_thresholds(settings: PipelineSettings) -> Thresholds:
     return Thresholds(channel=settings.dependency_thresholds_channel,
                       campaign=settings.dependency_thresholds_campaign, motion=settings.dependency_thresholds_motion)
 
 
-def balance_thresholds(settings: Settings) -> BalanceThresholds:
+def balance_thresholds(settings: PipelineSettings) -> BalanceThresholds:
     return BalanceThresholds(
         majority=settings.balance_majority, fit_gap=settings.balance_fit_gap,
         effort_high=settings.balance_effort_high, effort_rise=settings.balance_effort_rise,

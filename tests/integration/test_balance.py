@@ -152,12 +152,12 @@ class Product:
 
     async def start(self, broker: EmbeddedBroker, urls: dict[str, str], tmp_path, **balance) -> None:  # noqa: ANN001, ANN003
         common = dict(pipeline_database_url=urls["pipeline"], capture_database_url=urls["capture"],
-                      outreach_database_url=urls["outreach"], kafka_consumer_group=f"q-{uuid.uuid4().hex[:8]}",
-                      **balance)
-        settings = make_settings(broker.bootstrap, tmp_path, **common)
+                      outreach_database_url=urls["outreach"])
+        group = dict(kafka_consumer_group=f"q-{uuid.uuid4().hex[:8]}")
         for name, factory in (("capture", capture_app), ("outreach", outreach_app),
                               ("qualification", qualification_app), ("pipeline", pipeline_app)):
-            app = factory(settings)
+            own = balance if name == "pipeline" else group if name == "qualification" else {}
+            app = factory(make_settings(broker.bootstrap, tmp_path, service=name, **common, **own))
             ctx = serve_app(app)
             client = await ctx.__aenter__()
             self.contexts.append(ctx)
