@@ -261,7 +261,7 @@ def answer(sums: Sums, windows: Windows) -> dict[str, Any]:
         start = windows.prior[0] + timedelta(days=7 * i)
         week_total = counts["inbound"] + counts["outbound"]
         week_rows.append({"from": start.isoformat(), "to": (start + timedelta(days=6)).isoformat(),
-                          "qualified_opportunities": week_total,
+                          "qualified_opportunities": week_total, "counts": dict(counts),
                           **{m: _ratio(counts[m], week_total) for m in counts}})
     channels = [{"channel": c, "recent_share": _ratio(v["recent"], total_recent),
                  "prior_share": _ratio(v["prior"], total_prior)} for c, v in channel_windows.items()]

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from services.pipeline import repository, service, sessions
 from services.pipeline.charts import bar_chart, stacked_columns, top_series, weekly_series
-from services.pipeline.schemas import SourcesQuery
+from services.pipeline.schemas import BalanceQuery, SourcesQuery
 from shared.auth import Principal
 from shared.errors import ProblemError
 from shared.runtime import Runtime
@@ -36,6 +36,14 @@ COOKIE = "leadstream_session"
 MOTIONS = ("inbound", "outbound", "blended")
 REASONS_SHOWN = 4
 LATEST = 10
+BALANCE_LINES = [  # the balance panel's rows: (figure, label, how it is shown)
+    ("entrants", "Entrants", "num"), ("fit_share", "Fit share (A/B)", "pct"),
+    ("qualified_opportunities", "Qualified opportunities", "num"), ("share", "Share of qualified pipeline", "pct"),
+    ("won", "Won", "num"), ("won_amount", "Won amount", "num"), ("entrant_to_sql", "Entrant → SQL", "pct"),
+    ("sql_to_customer", "SQL → customer", "pct"), ("median_days_to_sql", "Median days to SQL", "days"),
+    ("effort_per_sql", "Effort per opportunity", "effort"), ("share_change_pp", "Share, last 28 days vs before", "pp"),
+    ("assisted_share", "Assisted by the other motion", "pct"),
+]
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
@@ -166,6 +174,8 @@ async def dashboard(
                 session, repository.OpportunityQuery(motions=motions, qualified_from=from_, qualified_to=to),
                 limit=LATEST, position=None))[:LATEST]
             scores = await repository.qualifying_scores(session, [opp for opp, _ in latest])
+            balance = await service.balance_analytics(session, BalanceQuery(**{"from": from_, "to": to}),
+                                                      runtime.thresholds, runtime.balance_thresholds)
     except ProblemError as exc:  # e.g. a range that ends before it starts
         return _page(request, "dashboard.html", {
             "principal": principal, "error": exc.detail, "filters": {"from": from_, "to": to, "motion": motion},
@@ -192,9 +202,18 @@ async def dashboard(
         "campaign_share": bar_chart("chart-campaign-share", "Share of qualified pipeline by campaign",
                                     sorted(by_campaign.items(), key=lambda kv: -kv[1])[:10], percent=True),
     }
+    weeks = balance["trend"]["weeks"]
+    charts["balance_trend"] = stacked_columns(
+        "chart-balance-trend", "Qualified opportunities per week by entry motion, the 28-day windows",
+        [date.fromisoformat(w["from"]) for w in weeks],
+        {m: [w["counts"][m] for w in weeks] for m in ("inbound", "outbound")},
+    ) if any(w["qualified_opportunities"] for w in weeks) else (
+        '<p class="empty">No qualified pipeline in the last 56 days of this range.</p>')
     return _page(request, "dashboard.html", {
         "principal": principal,
         "filters": {"from": from_, "to": to, "motion": motion},
+        "balance": balance,
+        "balance_lines": BALANCE_LINES,
         "motions": MOTIONS,
         "totals": figures["motion"]["totals"],
         "funnel": figures["motion"]["rows"],
