@@ -460,8 +460,14 @@ def demo(
         str | None, typer.Option(help="a key with outreach and pipeline scopes; created if absent")
     ] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
+    balanced: Annotated[bool, typer.Option("--balanced", help="both motions alike: no balance diagnosis fires")]
+    = False,
 ) -> None:
-    """Seed a realistic 90-day history through the public APIs (the services must be running)."""
+    """Seed a realistic 90-day history through the public APIs (the services must be running).
+
+    By default it leans on inbound and paid search while sales prospects a target list, so the
+    balance diagnoses weak_control and the sources answer warns; --balanced seeds one where
+    no balance diagnosis fires."""
     from leadstream.demo import plan, seed as seed_history
 
     settings = get_settings()
@@ -472,12 +478,13 @@ def demo(
         )
         api_key = created.stdout.strip()
     urls = {s: f"http://{host}:{port_of(settings, s)}" for s in ("capture", "outreach", "pipeline")}
-    preview = plan(seed, contacts, __import__("datetime").datetime.now(__import__("datetime").timezone.utc))
+    preview = plan(seed, contacts, __import__("datetime").datetime.now(__import__("datetime").timezone.utc),
+                   balanced=balanced)
     total = len(preview.leads) + len(preview.prospects) + len(preview.touches)
     with typer.progressbar(length=total, label="seeding through the APIs", file=sys.stderr) as bar:
         result = asyncio.run(seed_history(
             capture_url=urls["capture"], outreach_url=urls["outreach"], pipeline_url=urls["pipeline"],
-            api_key=api_key, seed_value=seed, contacts=contacts, progress=bar.update,
+            api_key=api_key, seed_value=seed, contacts=contacts, progress=bar.update, balanced=balanced,
         ))
     typer.echo(", ".join(f"{k}: {v}" for k, v in result.items()), err=True)
     typer.echo(f"open http://{host}:{port_of(settings, 'pipeline')}/dashboard (sign in with the key above)", err=True)

@@ -66,6 +66,22 @@ OUTCOME_PATHS = [  # a prospect's sequence, weighted
 ]
 
 
+# --balanced: prospecting that books more meetings (fewer touches per opportunity)
+BALANCED_OUTCOME_PATHS = [
+    (["sent", "delivered", "opened"], 0.25),
+    (["sent", "delivered", "opened", "clicked"], 0.10),
+    (["sent", "delivered", "opened", "replied", "positive_reply"], 0.15),
+    (["sent", "delivered", "opened", "replied", "meeting_booked"], 0.15),
+    (["sent", "bounced"], 0.05),
+    (["sent", "delivered", "negative_reply", "not_interested"], 0.10),
+    (["sent", "delivered"], 0.20),
+]
+# The accounts and people sales researches (the control outbound gives over who enters): the
+# industries, sizes and seniorities the shipped policy (deploy/config/scoring.yaml) grades A/B.
+TARGET_INDUSTRIES = ("software", "fintech")
+TARGET_TITLES = ["VP Marketing", "Head of Sales", "Director of Revenue Operations", "Chief Revenue Officer",
+                 "VP Sales", "Head of Growth"]
+
 RETRIES = 20
 
 
@@ -80,8 +96,14 @@ class DemoPlan:
     touches: list[dict] = field(default_factory=list)
 
 
-def plan(seed: int, contacts: int, now: datetime, days: int = 90) -> DemoPlan:
-    """Everything the demo will send, decided up front from the seed (deterministic)."""
+def plan(seed: int, contacts: int, now: datetime, days: int = 90, *, balanced: bool = False) -> DemoPlan:
+    """Everything the demo will send, decided up front from the seed (deterministic).
+
+    By default the history leans on inbound, and on paid search within it, while sales
+    prospects a researched target list: most qualified pipeline is inbound but its entrants
+    fit far less often than outbound's prospects (the balance diagnoses ``weak_control``, and
+    the sources answer warns about paid search). ``balanced``: both motions alike in volume,
+    fit and effort, inbound spread over its channels, so no diagnosis fires."""
     rng = random.Random(seed)
     companies = []
     for i in range(max(20, contacts // 4)):
@@ -91,24 +113,28 @@ def plan(seed: int, contacts: int, now: datetime, days: int = 90) -> DemoPlan:
                           "employees": rng.choice([8, 25, 60, 120, 250, 600, 1500, 4000, 12000]),
                           "country": rng.choice(COUNTRIES)})
     out = DemoPlan()
-    n_inbound = int(contacts * 0.65)
+    n_inbound = int(contacts * (0.45 if balanced else 0.65))
     shared_accounts = companies[: len(companies) // 5]  # touched by both motions
+    targets = [c for c in companies if c["industry"] in TARGET_INDUSTRIES and 50 <= c["employees"] <= 4000]
+    inbound_channels = [(c, 1.0 if balanced else w) for c, w, _ in INBOUND]
     for i in range(contacts):
         first, last = rng.choice(FIRST), rng.choice(LAST)
         inbound = i < n_inbound
-        company = rng.choice(shared_accounts if rng.random() < 0.3 else companies)
+        researched = not inbound and not balanced and targets
+        company = rng.choice(targets if researched else shared_accounts if rng.random() < 0.3 else companies)
         at = now - timedelta(days=rng.random() * days, minutes=rng.randint(0, 600))
-        free = inbound and rng.random() < 0.15
+        free = inbound and not balanced and rng.random() < 0.15
         email = f"{first}.{last}{i}@{rng.choice(FREE_MAIL) if free else company['domain']}".lower()
-        person = {"email": email, "first_name": first, "last_name": last, "title": rng.choice(TITLES),
+        title = rng.choice(TARGET_TITLES if researched else TITLES)
+        person = {"email": email, "first_name": first, "last_name": last, "title": title,
                   "company": company["company"], "industry": company["industry"],
                   "employees": company["employees"], "country": company["country"],
                   "website": f"https://www.{company['domain']}"}
         if inbound:
-            channel = _pick(rng, [(c, w) for c, w, _ in INBOUND])
+            channel = _pick(rng, inbound_channels)
             how = next(h for c, _, h in INBOUND if c == channel)
             form_type = _pick(rng, FORM_TYPES)
-            if channel == "paid_search" and rng.random() < 0.6:
+            if channel == "paid_search" and not balanced and rng.random() < 0.6:
                 form_type = "demo_request"  # paid search carries the high-intent pipeline
             lead = person | {k: (dict(v) if isinstance(v, dict) else v) for k, v in how.items()}
             if channel in CAMPAIGNS:
@@ -119,7 +145,7 @@ def plan(seed: int, contacts: int, now: datetime, days: int = 90) -> DemoPlan:
             if form_type in ("content_download", "webinar"):
                 lead["lead_magnet"] = "state-of-b2b-pipeline-2026" if form_type == "content_download" else "revops-live"
             out.leads.append(lead)
-            if rng.random() < 0.12:  # some inbound people are also prospected: blended
+            if not balanced and rng.random() < 0.12:  # some inbound people are also prospected: blended
                 out.prospects.append(person | {"owner": f"rep{rng.randint(1, 6)}@ourco.example",
                                                "list": "inbound-follow-up",
                                                "occurred_at": (at + timedelta(hours=2)).isoformat()})
@@ -128,7 +154,7 @@ def plan(seed: int, contacts: int, now: datetime, days: int = 90) -> DemoPlan:
             owner = f"rep{rng.randint(1, 6)}@ourco.example"
             out.prospects.append(person | {"owner": owner, "list": sequence, "source": "sales-navigator",
                                            "occurred_at": at.isoformat()})
-            for step, outcome in enumerate(_pick(rng, OUTCOME_PATHS), start=1):
+            for step, outcome in enumerate(_pick(rng, BALANCED_OUTCOME_PATHS if balanced else OUTCOME_PATHS), start=1):
                 touch_at = min(at + timedelta(days=step * rng.uniform(0.5, 3)), now - timedelta(minutes=1))
                 out.touches.append({"email": email, "channel": channel, "outcome": outcome, "rep": owner,
                                     "sequence": sequence, "step": step, "occurred_at": touch_at.isoformat(),
@@ -147,10 +173,11 @@ async def seed(
     contacts: int = 2000,
     progress: Callable[[int], None] | None = None,
     settle_timeout: float = 120.0,
+    balanced: bool = False,
 ) -> dict[str, int]:
     """Send the plan through the APIs, wait for qualification, then make sales decisions."""
     rng = random.Random(seed_value + 1)
-    demo = plan(seed_value, contacts, datetime.now(timezone.utc))
+    demo = plan(seed_value, contacts, datetime.now(timezone.utc), balanced=balanced)
     auth = {"Authorization": f"Bearer {api_key}"}
     limits = httpx.Limits(max_connections=16)
     sent = {"leads": 0, "prospects": 0, "touches": 0, "accepted": 0, "won": 0, "lost": 0}

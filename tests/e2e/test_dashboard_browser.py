@@ -48,9 +48,9 @@ async def seeded(tmp_path_factory):
         await stack.close()
 
 
-async def api(stack: FullStack, **params) -> dict:  # noqa: ANN003
+async def api(stack: FullStack, path: str = "/v1/analytics/sources", **params) -> dict:  # noqa: ANN003
     async with httpx.AsyncClient(base_url=stack.pipeline.url, headers=stack.auth) as client:
-        answer = await client.get("/v1/analytics/sources", params=params)
+        answer = await client.get(path, params=params)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -125,10 +125,25 @@ async def test_the_dashboard_in_chromium_shows_what_the_api_returns(seeded):
             warnings = await page.locator("#warnings").inner_text()
             assert everything["warnings"] and all(w in warnings for w in everything["warnings"])
 
+            # the balance panel: per motion side by side, the trend chart and the diagnoses, all the API's
+            balance = await api(stack, path="/v1/analytics/balance")
+            assert [d["rule"] for d in balance["diagnoses"]][:1] == ["weak_control"]  # the demo's history
+            for figure in ("entrants", "qualified_opportunities", "won"):
+                cells = page.locator(f'#balance tr[data-figure="{figure}"] td')
+                assert [_number(t) for t in await cells.all_inner_texts()] == [r[figure] for r in balance["rows"]]
+            shares = await page.locator('#balance tr[data-figure="share"] td').all_inner_texts()
+            assert shares == [f"{r['share'] * 100:.0f}%" if r["share"] is not None else "–" for r in balance["rows"]]
+            diagnoses = page.locator("#diagnoses li")
+            assert await diagnoses.count() == len(balance["diagnoses"])
+            for i, d in enumerate(balance["diagnoses"]):
+                assert await diagnoses.nth(i).get_attribute("data-rule") == d["rule"]
+                assert d["sentence"] in await diagnoses.nth(i).inner_text()
+            assert await page.locator("#chart-balance-trend").count() == 1
+
             # readable and accessible: labelled charts and controls, the stylesheet applied, nothing external
             charts = page.locator("svg[role=img]")
-            assert await charts.count() == 4
-            for i in range(4):
+            assert await charts.count() == 5
+            for i in range(5):
                 assert (await charts.nth(i).locator(":scope > title").text_content()).strip()
                 assert await charts.nth(i).get_attribute("aria-labelledby")
             unlabelled = await page.evaluate(

@@ -65,3 +65,82 @@ def test_touches_are_in_time_order_with_stable_external_ids():
     assert times == sorted(times)
     ids = [t["external_id"] for t in p.touches]
     assert len(set(ids)) == len(ids) and all(i.startswith("demo-7-") for i in ids)
+
+
+# ---- the balance diagnoses over the plan ------------------------------------------------------
+
+HAND_RAISERS = ("demo_request", "contact_sales", "pricing")  # the shipped policy's hand_raiser rule
+
+
+def _balance_of(p, now: datetime) -> list[str]:  # noqa: ANN001
+    """The balance diagnoses' rules over the plan, as the shipped policy will judge it: a
+    hand-raiser's form from a business address qualifies at once, a prospect on a meeting or a
+    positive reply; fit grades from the policy's own fit score (domain functions, no I/O)."""
+    from services.pipeline.balance import BalanceThresholds, CohortSum, Sums, Windows, answer, diagnose
+    from services.pipeline.analytics import Thresholds
+    from services.qualification.domain.attribution import derive_inbound_channel
+    from services.qualification.domain.policy import load_policies
+    from services.qualification.domain.scoring import fit_score
+    from services.qualification.domain.identity import is_free_mail
+    from tests.support import ROOT
+
+    policies = load_policies(ROOT / "deploy" / "config" / "scoring.yaml")
+    fields = ("title", "company", "industry", "employees", "country")
+    cohort: dict[tuple, list[int]] = {}
+    days_to_sql: dict[tuple, int] = {}
+    effort: dict[tuple, list[int]] = {}
+    window: dict[tuple, int] = {}
+    followed_up = {x["email"] for x in p.prospects if x["list"] == "inbound-follow-up"}
+
+    def add(day, entry, motion, channel, fit, sql_days) -> None:  # noqa: ANN001
+        row = cohort.setdefault((entry, motion, channel), [0, 0, 0])
+        row[0] += 1
+        row[1] += fit
+        if sql_days is not None:
+            row[2] += 1
+            days_to_sql[(entry, motion, sql_days)] = days_to_sql.get((entry, motion, sql_days), 0) + 1
+            window[(day, entry, motion, channel)] = window.get((day, entry, motion, channel), 0) + 1
+
+    for lead in p.leads:
+        at = datetime.fromisoformat(lead["occurred_at"])
+        utm = lead.get("utm") or {}
+        channel = derive_inbound_channel(utm.get("source"), utm.get("medium"), lead.get("referrer"),
+                                         lead.get("page_url"), lead["form_type"])
+        sql = lead["form_type"] in HAND_RAISERS and not is_free_mail(lead["email"].split("@")[1])
+        motion = "blended" if lead["email"] in followed_up and not sql else "inbound"
+        fit = fit_score({k: lead[k] for k in fields}, lead["email"], policies).grade in ("A", "B")
+        add(at.date(), "inbound", motion, channel, fit, 0 if sql else None)
+        effort.setdefault((at.date(), "inbound"), [0, 0])[0] += 1
+    touches: dict[str, list[dict]] = {}
+    for t in p.touches:
+        touches.setdefault(t["email"], []).append(t)
+        effort.setdefault((datetime.fromisoformat(t["occurred_at"]).date(), "outbound"), [0, 0])[1] += 1
+    for x in p.prospects:
+        if x["list"] == "inbound-follow-up":
+            continue
+        own = sorted(touches[x["email"]], key=lambda t: t["occurred_at"])
+        first = datetime.fromisoformat(own[0]["occurred_at"])
+        won = next((t for t in own if t["outcome"] in ("meeting_booked", "positive_reply")), None)
+        days = (datetime.fromisoformat(won["occurred_at"]) - first).days if won else None
+        fit = fit_score({k: x[k] for k in fields}, x["email"], policies).grade in ("A", "B")
+        add(first.date(), "outbound", "outbound", own[0]["channel"], fit, days)
+    sums = Sums(
+        cohort=[CohortSum(e, m, c, n, fit, sql) for (e, m, c), (n, fit, sql) in cohort.items()],
+        days_to_sql=[(e, m, d, n) for (e, m, d), n in days_to_sql.items()],
+        effort={m: (sum(v[0] for (_, mm), v in effort.items() if mm == m),
+                    sum(v[1] for (_, mm), v in effort.items() if mm == m)) for m in ("inbound", "outbound")},
+        window=[(d, e, m, c, n) for (d, e, m, c), n in window.items()],
+        window_effort=[(d, m, v[0], v[1]) for (d, m), v in effort.items()],
+    )
+    return [d.rule for d in diagnose(answer(sums, Windows(now.date())), BalanceThresholds(), Thresholds())]
+
+
+@pytest.mark.parametrize("seed_value", [7, 5])
+def test_the_demo_history_is_diagnosed_weak_control(seed_value):
+    rules = _balance_of(plan(seed_value, 2000, NOW), NOW)
+    assert "weak_control" in rules, rules
+
+
+@pytest.mark.parametrize("seed_value", [7, 5])
+def test_the_balanced_demo_history_has_no_diagnosis(seed_value):
+    assert _balance_of(plan(seed_value, 2000, NOW, balanced=True), NOW) == []
