@@ -4,14 +4,26 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from pathlib import Path
+
+from services.qualification.domain import attribution
 from services.qualification.domain.attribution import (
     INBOUND_CHANNELS,
     Touch,
-    derive_inbound_channel,
     first_touch,
     last_touch_before_qualification,
     motion_of,
 )
+from services.qualification.domain.channels import load_channel_rules
+
+SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "config" / "channels.yaml"
+
+
+@pytest.fixture(params=["code", "rules"])
+def derive_inbound_channel(request):
+    """The channel derivation: the code, and the shipped deploy/config/channels.yaml."""
+    return attribution.derive_inbound_channel if request.param == "code" else load_channel_rules(SHIPPED).classify
+
 
 SITE = "https://www.leadstream.io/demo"
 
@@ -87,13 +99,14 @@ SITE = "https://www.leadstream.io/demo"
         ("linkedin", "cpc", None, SITE, "webinar", "paid_social"),
     ],
 )
-def test_derive_inbound_channel(utm_source, utm_medium, referrer, page_url, form_type, expected):
+def test_derive_inbound_channel(derive_inbound_channel, utm_source, utm_medium, referrer, page_url, form_type,
+                                expected):
     channel = derive_inbound_channel(utm_source, utm_medium, referrer, page_url, form_type)
     assert channel == expected
     assert channel in INBOUND_CHANNELS
 
 
-def test_derive_inbound_channel_survives_garbage():
+def test_derive_inbound_channel_survives_garbage(derive_inbound_channel):
     assert derive_inbound_channel(None, None, "http://[::1", "::::") in INBOUND_CHANNELS
 
 

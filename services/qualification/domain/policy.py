@@ -35,13 +35,13 @@ these form types / outcomes), ``business_email`` and ``fields`` (firmographics k
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel, ConfigDict, Field, PrivateAttr, StrictStr, ValidationError, field_validator, model_validator,
 )
-from yaml.nodes import MappingNode, Node, SequenceNode
+
+from services.qualification.domain import yaml_config
 
 from shared.amounts import NO_EXPECTED_AMOUNTS, ExpectedAmounts
 
@@ -238,77 +238,14 @@ def load_policies(path: str | Path) -> PolicySet:
 
 def parse_policies(text: str, name: str = "<policy>") -> PolicySet:
     """The policy in YAML ``text`` (``name`` is used in error messages)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = f"{exc.problem or 'invalid YAML'}" + (f" ({exc.context})" if exc.context else "")
-        raise PolicyError(f"{name}:{line}: invalid YAML: {problem}", [(line, problem)]) from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{name}: invalid YAML: {exc}") from exc
-    if root is None or not isinstance(data, dict):
-        raise PolicyError(f"{name}:1: the policy file must be a mapping with version, fit, inbound and outbound")
-    _refuse_duplicate_keys(root, name)
+    root, data = yaml_config.read_mapping(text, name, PolicyError, what="policy",
+                                          shape="version, fit, inbound and outbound")
     try:
         return PolicySet.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(root, error) for error in exc.errors()]
+        problems = [(yaml_config.line_of(root, tuple(e["loc"])), yaml_config.describe(e, yaml_config.dotted(e["loc"])))
+                    for e in exc.errors()]
         lines = "\n".join(f"  {name}:{line}: {message}" for line, message in problems)
         raise PolicyError(
             f"{name}:{problems[0][0]}: invalid policy ({len(problems)} problem(s)):\n{lines}", problems
         ) from exc
-
-
-def _problem(root: Node, error: dict[str, Any]) -> tuple[int | None, str]:
-    loc = tuple(error["loc"])
-    node = _node_at(root, loc)
-    where = ".".join(str(part) for part in loc) or "(top level)"
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown field (check its spelling and indentation)"
-    elif error["type"] == "string_type" and loc == ("version",):
-        message = "must be a string: quote it, e.g. version: \"2026-11-25.1\""
-    elif error["type"] == "string_type" and isinstance(error.get("input"), bool | int | float):
-        message = f"must be a string, but YAML read {error['input']!r}: quote it (e.g. \"NO\", \"on\")"
-    elif isinstance(error.get("input"), str | int | float) and error["type"] != "missing":
-        message = f"{message} (got {error['input']!r})"
-    return node.start_mark.line + 1, f"{where}: {message}"
-
-
-def _node_at(root: Node, loc: tuple[Any, ...]) -> Node:
-    """The YAML node an error at ``loc`` is about: the key's node for a mapping entry
-    (the line an operator edits), the item for a list, and for a missing field the key
-    of the section that lacks it."""
-    node, anchor = root, root
-    for index, part in enumerate(loc):
-        if isinstance(node, MappingNode):
-            entry = next(((key, value) for key, value in node.value if key.value == str(part)), None)
-            if entry is None:
-                return anchor
-            key, value = entry
-            if index == len(loc) - 1 or not isinstance(value, MappingNode | SequenceNode):
-                return key
-            node, anchor = value, key
-        elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            node = anchor = node.value[part]
-        else:
-            return anchor
-    return node
-
-
-def _refuse_duplicate_keys(node: Node, name: str) -> None:
-    # safe_load keeps the last of two equal keys silently; an operator almost never means it.
-    if isinstance(node, MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if key.value in seen:
-                line = key.start_mark.line + 1
-                problem = f"duplicate key {key.value!r}"
-                raise PolicyError(f"{name}:{line}: invalid policy: {problem}", [(line, problem)])
-            seen.add(key.value)
-            _refuse_duplicate_keys(value, name)
-    elif isinstance(node, SequenceNode):
-        for item in node.value:
-            _refuse_duplicate_keys(item, name)

@@ -1,0 +1,390 @@
+"""Channel rules: the inbound channel of a lead, from a versioned file operators edit
+(``deploy/config/channels.yaml``), validated into frozen pydantic models and compiled once.
+
+A lead is read into **fields** (``lead_fields``), each compared without case:
+
+- ``utm_source``, ``utm_medium``, ``utm_campaign``: the UTM parameters sent, else those in the
+  landing page's query string; trimmed and lower-cased, ``""`` when absent.
+- ``click_id``: the names of the landing page's query parameters (``gclid``, ``msclkid`` …).
+- ``referrer``: the referrer as sent (trimmed), ``""`` when absent or when it is a URL naming
+  no host (a referrer that cannot be read as a URL is kept: it is some other site).
+- ``referrer_host``, ``referrer_scheme``: the referrer URL's host and scheme, lower-cased
+  (``android-app://com.google.android.gm`` has scheme ``android-app``, host the app's package).
+- ``referrer_internal``: ``true`` when the referrer's registrable domain is the landing page's
+  (a hop within the site).
+- ``form_type``: the form's type (``demo_request``, ``webinar`` …).
+
+**Rules** are tried in order and the first whose conditions all hold names the channel;
+none holding, ``default`` does. A condition is a field and a matcher:
+
+- a string: the field equals it; ``true``/``false`` for ``referrer_internal``;
+- ``{equals: S}``; ``{in: LIST}``: the field is one of a named list or of an inline list;
+- ``{matches: REGEX}``: a Python regular expression found anywhere in the field (anchor it
+  with ``^`` and ``$``);
+- ``{domain_in: LIST}``: the field, read as a host, has its registrable domain in the list
+  (``m.facebook.com`` → ``facebook.com``);
+- ``{label_in: LIST}``: the field, read as a host, has the label before its public suffix in
+  the list (``www.google.co.uk`` → ``google``);
+- ``{present: true|false}``: the field is (not) empty;
+- ``{any: [matcher, …]}``: one of them holds.
+
+For ``click_id`` (a set of names) a matcher holds when it holds for one of the names.
+A file that does not load is a ``ChannelRulesError`` naming the file, the line, the rule
+(index and name) and the reason: an unknown field, list or channel, a rule with no
+condition, an invalid regular expression.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, ValidationError, ValidationInfo,
+    field_validator, model_validator,
+)
+
+from services.qualification.domain import yaml_config
+from services.qualification.domain.identity import registrable_domain
+
+INBOUND_CHANNELS = (
+    "organic_search", "paid_search", "organic_social", "paid_social", "email", "referral",
+    "direct", "event", "webinar", "content", "partner", "other",
+)
+Channel = Literal[
+    "organic_search", "paid_search", "organic_social", "paid_social", "email", "referral",
+    "direct", "event", "webinar", "content", "partner", "other",
+]
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9_\-]+$")]
+TEXT_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "click_id", "referrer", "referrer_host",
+               "referrer_scheme", "form_type")
+OPERATORS = ("equals", "in", "matches", "domain_in", "label_in", "present", "any")
+
+
+class ChannelRulesError(ValueError):
+    """A channel rules file that cannot be used; ``problems`` lists ``(line, message)`` pairs."""
+
+    def __init__(self, message: str, problems: list[tuple[int | None, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _lowered(values: Any) -> Any:
+    return [v.strip().lower() for v in values] if isinstance(values, list) and all(
+        isinstance(v, str) for v in values) else values
+
+
+ListRef = Annotated[Name | list[StrictStr], BeforeValidator(_lowered)]
+
+
+class Matcher(_Strict):
+    """One test of a field's value; exactly one operator."""
+
+    equals: StrictStr | None = None
+    in_: ListRef | None = Field(None, alias="in")
+    matches: StrictStr | None = None
+    domain_in: ListRef | None = None
+    label_in: ListRef | None = None
+    present: StrictBool | None = None
+    any: Annotated[list[Matcher], Field(min_length=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"equals": value}
+        if isinstance(value, bool):
+            raise ValueError(f"YAML read {value!r}: quote a string (\"yes\", \"no\"), or use {{present: …}}")
+        return value
+
+    @field_validator("equals")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return None if value is None else value.strip().lower()
+
+    @field_validator("matches")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
+
+    @field_validator("in_", "domain_in", "label_in")
+    @classmethod
+    def _known_list(cls, value: Any, info: ValidationInfo) -> Any:
+        lists = (info.context or {}).get("lists")
+        if isinstance(value, str) and lists is not None and value not in lists:
+            known = ", ".join(sorted(lists)) or "none"
+            raise ValueError(f"unknown list {value!r} (lists: {known})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_operator(self) -> Matcher:
+        given = [name for name in OPERATORS if getattr(self, "in_" if name == "in" else name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a matcher has exactly one of {', '.join(OPERATORS)} (got {', '.join(given) or 'none'})")
+        return self
+
+
+class When(_Strict):
+    """The conditions of a rule, all of which must hold."""
+
+    utm_source: Matcher | None = None
+    utm_medium: Matcher | None = None
+    utm_campaign: Matcher | None = None
+    click_id: Matcher | None = None
+    referrer: Matcher | None = None
+    referrer_host: Matcher | None = None
+    referrer_scheme: Matcher | None = None
+    referrer_internal: StrictBool | None = None
+    form_type: Matcher | None = None
+
+
+class Rule(_Strict):
+    name: Name
+    when: When
+    channel: Channel
+
+    @model_validator(mode="after")
+    def _has_a_condition(self) -> Rule:
+        if not self.when.model_dump(exclude_none=True):
+            raise ValueError("a rule needs at least one condition under when")
+        return self
+
+
+class ChannelRuleSet(_Strict):
+    """One version of the channel rules: named lists, ordered rules, the default channel."""
+
+    version: Annotated[StrictStr, Field(min_length=1, max_length=100)]
+    lists: dict[Name, list[StrictStr]] = {}
+    rules: Annotated[list[Rule], Field(min_length=1)]
+    default: Channel = "direct"
+
+    @field_validator("lists")
+    @classmethod
+    def _lower_lists(cls, lists: dict[str, list[str]]) -> dict[str, list[str]]:
+        return {name: [v.strip().lower() for v in values] for name, values in lists.items()}
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[Rule]) -> list[Rule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen:
+                raise ValueError(f"two rules are named {rule.name!r}")
+            seen.add(rule.name)
+        return rules
+
+
+# ---- a lead's fields ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeadFields:
+    """What the rules read of a lead (see the module docstring)."""
+
+    utm_source: str = ""
+    utm_medium: str = ""
+    utm_campaign: str = ""
+    click_id: frozenset[str] = frozenset()
+    referrer: str = ""
+    referrer_host: str = ""
+    referrer_scheme: str = ""
+    referrer_internal: bool = False
+    form_type: str = ""
+
+
+def _clean(value: str | None) -> str:
+    return (value or "").strip().lower()
+
+
+def _query(url: str | None) -> dict[str, list[str]]:
+    if not url:
+        return {}
+    try:
+        return parse_qs(urlsplit(url).query)
+    except ValueError:
+        return {}
+
+
+def lead_fields(utm_source: str | None, utm_medium: str | None, referrer: str | None, page_url: str | None = None,
+                form_type: str | None = None, utm_campaign: str | None = None) -> LeadFields:
+    """The fields of a lead as the rules read them."""
+    query = _query(page_url)
+
+    def utm(value: str | None, name: str) -> str:
+        return _clean(value) or _clean((query.get(name) or [""])[0])
+
+    text = (referrer or "").strip()
+    host = scheme = ""
+    internal = False
+    if text:
+        try:
+            parts = urlsplit(text if "://" in text else f"//{text}")
+            host, scheme = (parts.hostname or "").lower(), parts.scheme
+        except ValueError:
+            pass  # not a URL: some other site all the same
+        else:
+            if not host:
+                text = ""  # a URL naming no host says nothing
+            elif page_url:
+                site = registrable_domain(host)
+                internal = site is not None and site == registrable_domain(page_url)
+    return LeadFields(
+        utm_source=utm(utm_source, "utm_source"), utm_medium=utm(utm_medium, "utm_medium"),
+        utm_campaign=utm(utm_campaign, "utm_campaign"), click_id=frozenset(query), referrer=text,
+        referrer_host=host, referrer_scheme=scheme, referrer_internal=internal, form_type=_clean(form_type),
+    )
+
+
+# ---- compiled rules ----------------------------------------------------------------------
+
+Test = Callable[[str], bool]
+
+
+def _host_label(host: str) -> str | None:
+    """``www.google.co.uk`` → ``google``: the label before the public suffix."""
+    if "." not in host:
+        return None
+    registrable = registrable_domain(host)
+    return registrable.split(".", 1)[0] if registrable else None
+
+
+def _compile_matcher(matcher: Matcher, lists: dict[str, frozenset[str]]) -> Test:
+    def members(ref: str | list[str]) -> frozenset[str]:
+        return lists[ref] if isinstance(ref, str) else frozenset(ref)
+
+    if matcher.equals is not None:
+        expected = matcher.equals
+        return lambda value: value == expected
+    if matcher.in_ is not None:
+        return members(matcher.in_).__contains__
+    if matcher.matches is not None:
+        search = re.compile(matcher.matches).search
+        return lambda value: search(value) is not None
+    if matcher.domain_in is not None:
+        domains = members(matcher.domain_in)
+        return lambda value: "." in value and registrable_domain(value) in domains
+    if matcher.label_in is not None:
+        labels = members(matcher.label_in)
+        return lambda value: _host_label(value) in labels
+    if matcher.present is not None:
+        wanted = matcher.present
+        return lambda value: bool(value) is wanted
+    tests = [_compile_matcher(m, lists) for m in matcher.any or ()]
+    return lambda value: any(test(value) for test in tests)
+
+
+def _on_names(matcher: Matcher, test: Test) -> Callable[[frozenset[str]], bool]:
+    # click_id is a set of names: present means any name; other tests hold for one of them
+    if matcher.present is not None:
+        wanted = matcher.present
+        return lambda names: bool(names) is wanted
+    return lambda names: any(test(name) for name in names)
+
+
+@dataclass(frozen=True)
+class _CompiledRule:
+    name: str
+    channel: str
+    conditions: tuple[tuple[str, Callable[[Any], bool]], ...]
+
+    def holds(self, fields: LeadFields) -> bool:
+        return all(test(getattr(fields, name)) for name, test in self.conditions)
+
+
+class ChannelRules:
+    """A loaded rule set, compiled: ``classify`` gives a lead's channel (and ``version``)."""
+
+    def __init__(self, rule_set: ChannelRuleSet, source: str = "") -> None:
+        self.rule_set, self.source = rule_set, source
+        self.version = rule_set.version
+        lists = {name: frozenset(values) for name, values in rule_set.lists.items()}
+        compiled = []
+        for rule in rule_set.rules:
+            conditions: list[tuple[str, Callable[[Any], bool]]] = []
+            for name in TEXT_FIELDS:
+                matcher = getattr(rule.when, name)
+                if matcher is not None:
+                    test = _compile_matcher(matcher, lists)
+                    conditions.append((name, _on_names(matcher, test) if name == "click_id" else test))
+            if rule.when.referrer_internal is not None:
+                wanted = rule.when.referrer_internal
+                conditions.append(("referrer_internal", lambda value, wanted=wanted: value is wanted))
+            compiled.append(_CompiledRule(rule.name, rule.channel, tuple(conditions)))
+        self._rules = tuple(compiled)
+        self.default = rule_set.default
+
+    def rule_for(self, fields: LeadFields) -> str | None:
+        """The name of the first rule that holds (``None``: the default channel)."""
+        return next((rule.name for rule in self._rules if rule.holds(fields)), None)
+
+    def channel_of(self, fields: LeadFields) -> str:
+        for rule in self._rules:
+            if rule.holds(fields):
+                return rule.channel
+        return self.default
+
+    def classify(self, utm_source: str | None, utm_medium: str | None, referrer: str | None,
+                 page_url: str | None = None, form_type: str | None = None, utm_campaign: str | None = None) -> str:
+        """The inbound channel of a lead; always one of ``INBOUND_CHANNELS``."""
+        return self.channel_of(lead_fields(utm_source, utm_medium, referrer, page_url, form_type, utm_campaign))
+
+    def classify_lead(self, data: dict[str, Any]) -> str:
+        """The channel of a lead from its event data as stored (``touches.data``)."""
+        utm = data.get("utm") or {}
+        return self.classify(utm.get("source"), utm.get("medium"), data.get("referrer"), data.get("page_url"),
+                             data.get("form_type"), utm.get("campaign"))
+
+
+# ---- loading -----------------------------------------------------------------------------
+
+
+def load_channel_rules(path: str | Path) -> ChannelRules:
+    """The rules in the YAML file at ``path``; ``ChannelRulesError`` naming the line otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ChannelRulesError(f"{path}: cannot read the channel rules file: {exc.strerror or exc}") from exc
+    return parse_channel_rules(text, str(path))
+
+
+def parse_channel_rules(text: str, name: str = "<channels>") -> ChannelRules:
+    """The rules in YAML ``text`` (``name`` is used in error messages)."""
+    root, data = yaml_config.read_mapping(text, name, ChannelRulesError, what="channel rules",
+                                          shape="version, lists and rules")
+    lists = data.get("lists")
+    context = {"lists": set(lists) if isinstance(lists, dict) else set()}
+    try:
+        return ChannelRules(ChannelRuleSet.model_validate(data, context=context), name)
+    except ValidationError as exc:
+        problems = [(yaml_config.line_of(root, tuple(e["loc"])), yaml_config.describe(e, _where(data, e["loc"])))
+                    for e in exc.errors()]
+        lines = "\n".join(f"  {name}:{line}: {message}" for line, message in problems)
+        raise ChannelRulesError(
+            f"{name}:{problems[0][0]}: invalid channel rules ({len(problems)} problem(s)):\n{lines}", problems
+        ) from exc
+
+
+def _where(data: dict, loc: tuple[Any, ...]) -> str:
+    """``rule 3 (paid_medium): when.utm_medium.matches`` for a rule's error, else the path."""
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        rules = data.get("rules")
+        rule = rules[loc[1]] if isinstance(rules, list) and loc[1] < len(rules) else None
+        name = rule.get("name") if isinstance(rule, dict) else None
+        label = f"rule {loc[1]}" + (f" ({name})" if isinstance(name, str) else "")
+        rest = [str(p) for p in loc[2:] if not str(p).startswith("function-")]
+        return label + (": " + ".".join(rest) if rest else "")
+    return yaml_config.dotted(loc)

@@ -1,0 +1,177 @@
+"""Channel rules as configuration: the shipped file is the code's derivation, exactly; a file
+that does not load names its line, its rule and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.qualification.domain.channels import (
+    INBOUND_CHANNELS,
+    ChannelRulesError,
+    lead_fields,
+    load_channel_rules,
+    parse_channel_rules,
+)
+from tests.unit.channel_reference import derive_inbound_channel as reference
+
+SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "config" / "channels.yaml"
+RULES = load_channel_rules(SHIPPED)
+
+# pieces real leads are made of, so random inputs reach every rule (plain random text
+# rarely names a search engine or a webmail host)
+PIECES = [
+    "", " ", "google", "Google", "bing", "cpc", "CPC", "ppc", "paid", "paid social", "paidsearch", "retargeting",
+    "display", "organic", "social", "sm", "email", "e mail", "newsletter", "referral", "affiliate", "event",
+    "webinar", "content", "(direct)", "(none)", "(not set)", "none", "facebook", "fb", "linkedin", "x", "yt",
+    "adwords", "microsoft", "so", "so.com", "foo.so", "m.facebook.com", "www.google.co.uk", "search.yahoo.com",
+    "lnkd.in", "t.co", "mail.google.com", "android.gm", "https://", "http://", "//", "android-app://",
+    "com.google.android.gm", "com.google.android.googlequicksearchbox", "com.linkedin.android", "com.example.app",
+    "http://[::1", "https://www.leadstream.io/demo", "https://leadstream.io/pricing", "?", "&", "=",
+    "utm_source", "utm_medium", "gclid", "msclkid", "li_fat_id", "ttclid", "/", ".", ":", "@", "news.ycombinator.com",
+    "webinar", "content_download", "demo_request",
+]
+piece = st.sampled_from(PIECES)
+value = st.one_of(st.none(), piece, st.lists(piece, max_size=4).map("".join), st.text(max_size=10))
+page = st.one_of(st.none(), st.builds(
+    lambda base, q: base + ("?" + "&".join(q) if q else ""),
+    st.sampled_from(["https://www.leadstream.io/demo", "https://leadstream.io/", "::::", "", "https://other.dev/x"]),
+    st.lists(st.sampled_from(["utm_source=google", "utm_medium=cpc", "utm_source=linkedin", "utm_medium=social",
+                              "utm_campaign=q4", "gclid=1", "li_fat_id=2", "msclkid=3", "x=1", "utm_source=",
+                              "utm_medium=Email"]), max_size=3),
+), value)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value, value, value, page, value)
+def test_the_shipped_rules_are_the_codes_derivation(utm_source, utm_medium, referrer, page_url, form_type):
+    expected = reference(utm_source, utm_medium, referrer, page_url, form_type)
+    assert RULES.classify(utm_source, utm_medium, referrer, page_url, form_type) == expected
+
+
+def test_the_shipped_rules_load_with_a_version():
+    assert RULES.version == "2026-12-02.1"
+    assert RULES.default == "direct"
+    assert {rule.channel for rule in RULES.rule_set.rules} | {RULES.default} <= set(INBOUND_CHANNELS)
+
+
+@pytest.mark.parametrize(("lead", "rule"), [
+    (dict(utm_source="linkedin", utm_medium="cpc", referrer=None), "paid_medium_social_source"),
+    (dict(utm_source=None, utm_medium=None, referrer="https://www.google.de/"), "search_referrer"),
+    (dict(utm_source=None, utm_medium=None, referrer="https://leadstream.io/x", page_url="https://www.leadstream.io/"),
+     None),
+    (dict(utm_source=None, utm_medium=None, referrer=None, form_type="webinar"), "webinar_form"),
+])
+def test_the_first_rule_that_holds_names_the_channel(lead, rule):
+    assert RULES.rule_for(lead_fields(**lead)) == rule
+
+
+def test_a_lead_as_stored_is_classified_from_its_event_data():
+    data = {"email": "a@b.c", "utm": {"source": "google", "medium": "cpc", "campaign": "q4"},
+            "referrer": None, "page_url": "https://www.leadstream.io/demo", "form_type": "demo_request"}
+    assert RULES.classify_lead(data) == "paid_search"
+    assert RULES.classify_lead({"email": "a@b.c"}) == "direct"
+
+
+def test_every_field_and_matcher_of_a_custom_file():
+    rules = parse_channel_rules("""
+version: "custom-1"
+lists:
+  partners: [Acme, globex]
+rules:
+  - name: partner_campaign
+    when: {utm_campaign: {matches: "^partner-"}}
+    channel: partner
+  - name: partner_source
+    when: {utm_source: {in: partners}}
+    channel: partner
+  - name: any_click_id
+    when: {click_id: {present: true}}
+    channel: paid_search
+  - name: internal_webinar
+    when: {referrer_internal: true, form_type: {any: [{equals: webinar}, {in: [event]}]}}
+    channel: webinar
+  - name: no_referrer
+    when: {referrer: {present: false}, referrer_scheme: {present: false}}
+    channel: direct
+default: other
+""", "custom.yaml")
+    assert rules.classify("x", "y", None, utm_campaign="Partner-Q4") == "partner"
+    assert rules.classify("ACME", None, None) == "partner"  # lists compare without case
+    assert rules.classify(None, None, None, "https://a.io/?foo=1") == "paid_search"
+    assert rules.classify(None, None, "https://www.a.io/", "https://a.io/", "event") == "webinar"
+    assert rules.classify(None, None, "https://b.io/", "https://a.io/", "event") == "other"
+    assert rules.classify(None, None, None) == "direct"
+
+
+GOOD_RULE = "  - name: fine\n    when: {utm_source: google}\n    channel: organic_search\n"
+
+
+def _file(rules: str, lists: str = "lists:\n  engines: [google]\n") -> str:
+    return f'version: "t-1"\n{lists}rules:\n{GOOD_RULE}{rules}'
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize(("rules", "needle", "says"), [
+    ("  - name: bad_regex\n    when: {utm_medium: {matches: \"^(cpc\"}}\n    channel: paid_search\n",
+     "^(cpc", "rule 1 (bad_regex): when.utm_medium.matches: invalid regular expression"),
+    ("  - name: unknown_field\n    when: {utm_sorce: google}\n    channel: paid_search\n",
+     "utm_sorce", "rule 1 (unknown_field): when.utm_sorce: unknown field"),
+    ("  - name: no_condition\n    when: {}\n    channel: paid_search\n",
+     "name: no_condition", "rule 1 (no_condition): a rule needs at least one condition"),
+    ("  - name: no_when\n    channel: paid_search\n", "name: no_when", "rule 1 (no_when): when: Field required"),
+    ("  - name: unknown_channel\n    when: {utm_source: google}\n    channel: billboards\n",
+     "channel: billboards", "rule 1 (unknown_channel): channel: Input should be"),
+    ("  - name: unknown_list\n    when: {utm_source: {in: engnes}}\n    channel: organic_search\n",
+     "in: engnes", "rule 1 (unknown_list): when.utm_source.in: unknown list 'engnes' (lists: engines)"),
+    ("  - name: two_operators\n    when: {utm_source: {equals: a, present: true}}\n    channel: other\n",
+     "equals: a, present", "rule 1 (two_operators): when.utm_source: a matcher has exactly one of"),
+    ("  - name: unknown_operator\n    when: {utm_source: {contains: a}}\n    channel: other\n",
+     "contains: a", "rule 1 (unknown_operator): when.utm_source.contains: unknown field"),
+    ("  - name: yaml_bool\n    when: {utm_medium: no}\n    channel: other\n",
+     "utm_medium: no", "rule 1 (yaml_bool): when.utm_medium: YAML read False"),
+    ("  - name: internal_text\n    when: {referrer_internal: \"yes\"}\n    channel: other\n",
+     "referrer_internal", "rule 1 (internal_text): when.referrer_internal: Input should be a valid boolean"),
+    ("  - name: fine\n    when: {utm_source: bing}\n    channel: organic_search\n",
+     "rules:", "rules: two rules are named 'fine'"),
+    ("  - name: Bad Name\n    when: {utm_source: bing}\n    channel: organic_search\n",
+     "Bad Name", "rule 1 (Bad Name): name: String should match pattern"),
+    ("  - name: nested_regex\n    when: {referrer_host: {any: [{in: engines}, {matches: \"[a-\"}]}}\n"
+     "    channel: other\n",
+     "[a-", "rule 1 (nested_regex): when.referrer_host.any.1.matches: invalid regular expression '[a-'"),
+])
+def test_a_bad_rule_is_refused_naming_its_line_rule_and_reason(rules, needle, says):
+    text = _file(rules)
+    with pytest.raises(ChannelRulesError) as raised:
+        parse_channel_rules(text, "channels.yaml")
+    message = str(raised.value)
+    assert f"channels.yaml:{_line_of(text, needle)}: {says}" in message, message
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("", ":1: the channel rules file must be a mapping"),
+    ("- a list\n", ":1: the channel rules file must be a mapping"),
+    ('version: "1"\nrules: []\n', ":2: rules: List should have at least 1 item"),
+    ('rules:\n' + GOOD_RULE, ":1: version: Field required"),
+    ('version: 2026.12\nrules:\n' + GOOD_RULE, ":1: version: must be a string: quote it"),
+    ('version: "1"\nlists:\n  Bad List: [a]\nrules:\n' + GOOD_RULE, ":3: lists.Bad List.[key]: String should match"),
+    ('version: "1"\nrules:\n' + GOOD_RULE + "default: billboards\n", ":6: default: Input should be"),
+    ('version: "1"\nversion: "2"\nrules:\n' + GOOD_RULE, ":2: invalid channel rules: duplicate key 'version'"),
+    ('version: "1"\nrules:\n  - name: x\n   when: {}\n', ":4: invalid YAML"),
+    ('version: "1"\nextra: 1\nrules:\n' + GOOD_RULE, ":2: extra: unknown field"),
+])
+def test_a_bad_file_is_refused_naming_its_line(text, says):
+    with pytest.raises(ChannelRulesError) as raised:
+        parse_channel_rules(text, "channels.yaml")
+    assert "channels.yaml" + says in str(raised.value), str(raised.value)
+
+
+def test_a_missing_file_is_refused(tmp_path):
+    with pytest.raises(ChannelRulesError, match="cannot read the channel rules file"):
+        load_channel_rules(tmp_path / "nope.yaml")
