@@ -317,38 +317,53 @@ def replay(
 
 @app.command()
 def rescore(
-    policy: Annotated[str, typer.Option(help="the scoring policy file (YAML) to apply")],
+    policy: Annotated[str | None, typer.Option(help="the scoring policy file (YAML) to apply")] = None,
+    channels: Annotated[str | None, typer.Option(help="the channel rules file (YAML) to reclassify under")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print what would change; change nothing")] = False,
 ) -> None:
-    """Re-score every contact's stored history under another policy version.
+    """Re-score every contact's stored history under another policy version, and/or
+    reclassify its inbound touches under other channel rules.
 
-    Prints how many contacts change grade or stage, by motion, then (without --dry-run)
-    stores the new scores and moves stages forward (never back), with their events.
+    --channels prints, per channel, the contacts and opportunities (by first and last touch)
+    before and after; --policy how many contacts change grade or stage, by motion. Without
+    --dry-run the new channels (and their rules' version), scores and forward stage moves
+    are stored, with their events. With both, the channels are reclassified first.
     """
     from pathlib import Path
 
     from pipeline_store import DATABASE
+    from services.qualification.domain.channels import ChannelRulesError, load_channel_rules
+    from services.qualification.reclassify import reclassify_all
     from services.qualification.rescore import rescore_all
     from services.qualification.service import PolicyFileError, load_qualifier
     from shared.db import Database
 
+    if policy is None and channels is None:
+        typer.echo("give --policy PATH, --channels PATH or both", err=True)
+        raise typer.Exit(2)
     settings = get_settings()
     try:
-        qualifier = load_qualifier(Path(policy))
-    except PolicyFileError as exc:
+        rules = load_channel_rules(Path(channels)) if channels else None
+        qualifier = load_qualifier(Path(policy), Path(channels) if channels else None) if policy else None
+    except (PolicyFileError, ChannelRulesError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
 
     async def run():  # noqa: ANN202
         db = Database(settings.database_url(DATABASE), pool_size=2)
         try:
-            return await rescore_all(db, qualifier, apply=not dry_run)
+            reports = []
+            if rules is not None:
+                reports.append(await reclassify_all(db, rules, apply=not dry_run))
+            if qualifier is not None:
+                reports.append(await rescore_all(db, qualifier, apply=not dry_run))
+            return reports
         finally:
             await db.dispose()
 
-    report = asyncio.run(run())
-    for line in report.lines():
-        typer.echo(line)
+    for report in asyncio.run(run()):
+        for line in report.lines():
+            typer.echo(line)
     typer.echo("dry run: nothing changed" if dry_run else "applied", err=True)
 
 

@@ -104,6 +104,8 @@ class Touch(StoreBase):
     event_type: Mapped[str] = mapped_column(String(100))
     motion: Mapped[str] = mapped_column(String(10))
     channel: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # the version of deploy/config/channels.yaml that classified an inbound touch
+    channel_rules_version: Mapped[str | None] = mapped_column(String(100), nullable=True)
     campaign: Mapped[str | None] = mapped_column(String(200), nullable=True)
     form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     form_type: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -229,6 +229,9 @@ class TimelineEntry(BaseModel):
     event_type: str
     motion: str
     channel: str | None
+    channel_rules_version: str | None = Field(
+        None, description="The version of the channel rules (channels.yaml) that classified an inbound touch"
+    )
     campaign: str | None
     form_id: str | None
     form_type: str | None

@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI
 from pipeline_store import DATABASE
 from pipeline_store.models import PipelineOutbox, ProcessedEvent
 from services.qualification.domain import identity
+from services.qualification.domain.channels import ChannelRulesError
 from services.qualification.domain.policy import PolicyError
 from services.qualification.handlers import bind, prefetch
 from services.qualification.service import Qualifier, load_qualifier
@@ -61,7 +62,7 @@ class QualificationRuntime(ServiceRuntime):
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/v1/status", summary="Consumer group membership, partitions, lag and policy versions")
+@router.get("/v1/status", summary="Consumer group membership, partitions, lag, policy and channel rules versions")
 async def status(runtime: Runtime) -> dict:
     return {
         "consumer": runtime.consumer.status(),
@@ -72,12 +73,15 @@ async def status(runtime: Runtime) -> dict:
 
 def create_app(settings: QualificationSettings | None = None) -> FastAPI:
     settings = settings or QualificationSettings()
-    # A bad policy file stops the service here, before it consumes anything, with the
-    # file, line and field named.
+    # A bad policy or channel rules file stops the service here, before it consumes
+    # anything, with the file, line and field (and rule) named.
     try:
-        qualifier = load_qualifier(settings.scoring_file)
+        qualifier = load_qualifier(settings.scoring_file, settings.channels_file)
     except PolicyError as exc:
         log.error("invalid scoring policy; not starting", error=str(exc))
+        raise SystemExit(f"qualification: {exc}") from exc
+    except ChannelRulesError as exc:
+        log.error("invalid channel rules; not starting", error=str(exc))
         raise SystemExit(f"qualification: {exc}") from exc
     runtime = QualificationRuntime(settings, qualifier)
     return create_service_app(

@@ -27,9 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pipeline_store.models import PipelineOutbox, Touch
 from services.qualification import events, records, repository
 from services.qualification.domain import attribution, consent, evaluation, identity, ids, stages
+from services.qualification.domain.channels import ChannelRules, load_channel_rules
 from services.qualification.domain.evaluation import Evaluation
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
 from services.qualification.records import AccountRecord, ContactRecord
+from services.qualification.settings import QualificationSettings
 from services.qualification.repository import utc
 from shared.consumer import PermanentError
 from shared.db import transaction_time
@@ -47,10 +49,12 @@ ACCOUNT_FIELDS = events.ACCOUNT_FIELDS
 
 @dataclass(frozen=True)
 class Qualifier:
-    """The policies loaded once at start (and their file), handed to every handler."""
+    """The policies and channel rules loaded once at start (and their files), handed to
+    every handler."""
 
     policies: PolicySet
-    source: str = ""
+    source: str
+    channels: ChannelRules
 
     @property
     def version(self) -> str:
@@ -58,12 +62,18 @@ class Qualifier:
 
     def describe(self) -> dict[str, Any]:
         return {"version": self.policies.version, "file": self.source,
-                "half_life_days": self.policies.half_life_days}
+                "half_life_days": self.policies.half_life_days,
+                "channels": {"version": self.channels.version, "file": self.channels.source}}
 
 
-def load_qualifier(path: Path | str) -> Qualifier:
-    """Load and validate the policy file; ``PolicyError`` names the file and the line."""
-    return Qualifier(load_policies(path), str(path))
+def load_qualifier(path: Path | str, channels: Path | str | None = None) -> Qualifier:
+    """Load and validate the policy file and the channel rules (by default the
+    ``channels.yaml`` beside the policy file, else the configured one); ``PolicyError`` or
+    ``ChannelRulesError`` names the file, the line (and the rule)."""
+    if channels is None:
+        beside = Path(path).with_name("channels.yaml")
+        channels = beside if beside.exists() else QualificationSettings().channels_file
+    return Qualifier(load_policies(path), str(path), load_channel_rules(channels))
 
 
 # ---------------------------------------------------------------------- facts in
@@ -76,11 +86,11 @@ async def record_lead(session: AsyncSession, q: Qualifier, event: CloudEvent, da
         values = data.model_dump(include=set(_PROFILE_FIELDS + ACCOUNT_FIELDS))
         contact = await _resolve(session, data.email, at, motion="inbound")
         await _merge_firmographics(session, contact, values, event.type, at, website=data.website)
-        channel = attribution.derive_inbound_channel(
-            data.utm.source, data.utm.medium, data.referrer, data.page_url, data.form_type
-        )
+        channel = q.channels.classify(data.utm.source, data.utm.medium, data.referrer, data.page_url,
+                                      data.form_type, data.utm.campaign)
         await _add_touch(session, contact, event, at, motion="inbound", channel=channel, campaign=data.utm.campaign,
-                         form_id=data.form_id, form_type=data.form_type, lead_magnet=data.lead_magnet)
+                         form_id=data.form_id, form_type=data.form_type, lead_magnet=data.lead_magnet,
+                         channel_rules_version=q.channels.version)
         _record_consents(session, contact, consent.of_lead(data.consent, data.form_id, event.id, at))
         await requalify(session, q, contact, cause=event.id, at=at)
 

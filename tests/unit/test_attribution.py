@@ -1,4 +1,4 @@
-"""Inbound channel derivation (GA4-like) and first/last touch attribution."""
+"""Inbound channel derivation (GA4-like, the shipped channels.yaml) and first/last touch attribution."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -6,23 +6,22 @@ import pytest
 
 from pathlib import Path
 
-from services.qualification.domain import attribution
 from services.qualification.domain.attribution import (
-    INBOUND_CHANNELS,
     Touch,
     first_touch,
     last_touch_before_qualification,
     motion_of,
 )
-from services.qualification.domain.channels import load_channel_rules
+from services.qualification.domain.channels import INBOUND_CHANNELS, load_channel_rules
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "config" / "channels.yaml"
 
 
-@pytest.fixture(params=["code", "rules"])
-def derive_inbound_channel(request):
-    """The channel derivation: the code, and the shipped deploy/config/channels.yaml."""
-    return attribution.derive_inbound_channel if request.param == "code" else load_channel_rules(SHIPPED).classify
+@pytest.fixture
+def derive_inbound_channel():
+    """The channel derivation: the shipped rules, deploy/config/channels.yaml (the code it
+    replaced is tests/unit/channel_reference.py, compared in test_channel_rules.py)."""
+    return load_channel_rules(SHIPPED).classify
 
 
 SITE = "https://www.leadstream.io/demo"

@@ -78,13 +78,14 @@ def _balance_of(p, now: datetime) -> list[str]:  # noqa: ANN001
     positive reply; fit grades from the policy's own fit score (domain functions, no I/O)."""
     from services.pipeline.balance import BalanceThresholds, CohortSum, Sums, Windows, answer, diagnose
     from services.pipeline.analytics import Thresholds
-    from services.qualification.domain.attribution import derive_inbound_channel
+    from services.qualification.domain.channels import load_channel_rules
     from services.qualification.domain.policy import load_policies
     from services.qualification.domain.scoring import fit_score
     from services.qualification.domain.identity import is_free_mail
     from tests.support import ROOT
 
     policies = load_policies(ROOT / "deploy" / "config" / "scoring.yaml")
+    derive_inbound_channel = load_channel_rules(ROOT / "deploy" / "config" / "channels.yaml").classify
     fields = ("title", "company", "industry", "employees", "country")
     cohort: dict[tuple, list[int]] = {}
     days_to_sql: dict[tuple, int] = {}

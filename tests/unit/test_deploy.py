@@ -379,6 +379,7 @@ def test_config_files_of_the_configmap_exist(rendered):
     assert not missing
     config = rendered.of_kind("ConfigMap")["leadstream-config"]["data"]
     assert config["forms.yaml"] == (DEPLOY / "config" / "forms.yaml").read_text()
+    assert config["channels.yaml"] == (DEPLOY / "config" / "channels.yaml").read_text()
 
 
 @pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not installed")

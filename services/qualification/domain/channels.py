@@ -39,8 +39,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
@@ -190,9 +191,9 @@ class ChannelRuleSet(_Strict):
 # ---- a lead's fields ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LeadFields:
-    """What the rules read of a lead (see the module docstring)."""
+class LeadFields(NamedTuple):
+    """What the rules read of a lead (see the module docstring). A named tuple: one is built
+    per lead on qualification's path, and a tuple is the cheapest to build."""
 
     utm_source: str = ""
     utm_medium: str = ""
@@ -222,10 +223,11 @@ def lead_fields(utm_source: str | None, utm_medium: str | None, referrer: str | 
                 form_type: str | None = None, utm_campaign: str | None = None) -> LeadFields:
     """The fields of a lead as the rules read them."""
     query = _query(page_url)
-
-    def utm(value: str | None, name: str) -> str:
-        return _clean(value) or _clean((query.get(name) or [""])[0])
-
+    source, medium, campaign = _clean(utm_source), _clean(utm_medium), _clean(utm_campaign)
+    if query:
+        source = source or _clean((query.get("utm_source") or [""])[0])
+        medium = medium or _clean((query.get("utm_medium") or [""])[0])
+        campaign = campaign or _clean((query.get("utm_campaign") or [""])[0])
     text = (referrer or "").strip()
     host = scheme = ""
     internal = False
@@ -241,11 +243,11 @@ def lead_fields(utm_source: str | None, utm_medium: str | None, referrer: str | 
             elif page_url:
                 site = registrable_domain(host)
                 internal = site is not None and site == registrable_domain(page_url)
-    return LeadFields(
-        utm_source=utm(utm_source, "utm_source"), utm_medium=utm(utm_medium, "utm_medium"),
-        utm_campaign=utm(utm_campaign, "utm_campaign"), click_id=frozenset(query), referrer=text,
-        referrer_host=host, referrer_scheme=scheme, referrer_internal=internal, form_type=_clean(form_type),
-    )
+    return LeadFields(source, medium, campaign, frozenset(query) if query else _NO_NAMES, text, host, scheme,
+                      internal, _clean(form_type))
+
+
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 # ---- compiled rules ----------------------------------------------------------------------
@@ -259,6 +261,18 @@ def _host_label(host: str) -> str | None:
         return None
     registrable = registrable_domain(host)
     return registrable.split(".", 1)[0] if registrable else None
+
+
+def _resolved(matcher: Matcher, lists: dict[str, frozenset[str]]) -> Matcher:
+    """The matcher with its named lists replaced by their values."""
+    changes: dict[str, Any] = {}
+    for name in ("in_", "domain_in", "label_in"):
+        ref = getattr(matcher, name)
+        if isinstance(ref, str):
+            changes[name] = sorted(lists[ref])
+    if matcher.any is not None:
+        changes["any"] = [_resolved(m, lists) for m in matcher.any]
+    return matcher.model_copy(update=changes) if changes else matcher
 
 
 def _compile_matcher(matcher: Matcher, lists: dict[str, frozenset[str]]) -> Test:
@@ -294,14 +308,40 @@ def _on_names(matcher: Matcher, test: Test) -> Callable[[frozenset[str]], bool]:
     return lambda names: any(test(name) for name in names)
 
 
+def _needs_a_value(matcher: Matcher) -> bool:
+    """Whether the matcher can only hold for a non-empty field (so a rule with it is
+    skipped at once for a lead without that field)."""
+    if matcher.equals is not None:
+        return matcher.equals != ""
+    if matcher.in_ is not None:
+        return isinstance(matcher.in_, list) and "" not in matcher.in_
+    if matcher.matches is not None:
+        return re.search(matcher.matches, "") is None
+    if matcher.domain_in is not None or matcher.label_in is not None:
+        return True
+    if matcher.present is not None:
+        return matcher.present
+    return all(_needs_a_value(m) for m in matcher.any or ())
+
+
+def _holds(conditions: list[tuple[str, Callable[[Any], bool]]]) -> Callable[[LeadFields], bool]:
+    """One function testing every condition of a rule, in order (no generator per lead)."""
+    getters = [(attrgetter(name), test) for name, test in conditions]
+    if len(getters) == 1:
+        (get, test), = getters
+        return lambda fields: test(get(fields))
+    if len(getters) == 2:
+        (get1, test1), (get2, test2) = getters
+        return lambda fields: test1(get1(fields)) and test2(get2(fields))
+    return lambda fields: all(test(get(fields)) for get, test in getters)
+
+
 @dataclass(frozen=True)
 class _CompiledRule:
     name: str
     channel: str
-    conditions: tuple[tuple[str, Callable[[Any], bool]], ...]
-
-    def holds(self, fields: LeadFields) -> bool:
-        return all(test(getattr(fields, name)) for name, test in self.conditions)
+    holds: Callable[[LeadFields], bool]
+    needs: frozenset[str]  # fields that must not be empty for the rule to hold
 
 
 class ChannelRules:
@@ -314,24 +354,40 @@ class ChannelRules:
         compiled = []
         for rule in rule_set.rules:
             conditions: list[tuple[str, Callable[[Any], bool]]] = []
+            needs = set()
             for name in TEXT_FIELDS:
                 matcher = getattr(rule.when, name)
                 if matcher is not None:
-                    test = _compile_matcher(matcher, lists)
-                    conditions.append((name, _on_names(matcher, test) if name == "click_id" else test))
+                    # named lists are resolved here: a list is all it can be once loaded
+                    resolved = _resolved(matcher, lists)
+                    test = _compile_matcher(resolved, lists)
+                    conditions.append((name, _on_names(resolved, test) if name == "click_id" else test))
+                    if _needs_a_value(resolved):
+                        needs.add(name)
             if rule.when.referrer_internal is not None:
                 wanted = rule.when.referrer_internal
                 conditions.append(("referrer_internal", lambda value, wanted=wanted: value is wanted))
-            compiled.append(_CompiledRule(rule.name, rule.channel, tuple(conditions)))
+            compiled.append(_CompiledRule(rule.name, rule.channel, _holds(conditions), frozenset(needs)))
         self._rules = tuple(compiled)
         self.default = rule_set.default
+        # the rules that may hold for a lead, by which fields it has (most leads have few):
+        # the rules needing a field it lacks are never tried
+        self._candidates: dict[tuple[bool, ...], tuple[_CompiledRule, ...]] = {}
+
+    def _rules_for(self, fields: LeadFields) -> tuple[_CompiledRule, ...]:
+        key = tuple(bool(getattr(fields, name)) for name in TEXT_FIELDS)
+        found = self._candidates.get(key)
+        if found is None:
+            present = {name for name, has in zip(TEXT_FIELDS, key) if has}
+            found = self._candidates[key] = tuple(rule for rule in self._rules if rule.needs <= present)
+        return found
 
     def rule_for(self, fields: LeadFields) -> str | None:
         """The name of the first rule that holds (``None``: the default channel)."""
-        return next((rule.name for rule in self._rules if rule.holds(fields)), None)
+        return next((rule.name for rule in self._rules_for(fields) if rule.holds(fields)), None)
 
     def channel_of(self, fields: LeadFields) -> str:
-        for rule in self._rules:
+        for rule in self._rules_for(fields):
             if rule.holds(fields):
                 return rule.channel
         return self.default

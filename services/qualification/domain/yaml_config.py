@@ -44,7 +44,8 @@ def describe(error: dict[str, Any], where: str) -> str:
         message = "must be a string: quote it, e.g. version: \"2026-11-25.1\""
     elif error["type"] == "string_type" and isinstance(error.get("input"), bool | int | float):
         message = f"must be a string, but YAML read {error['input']!r}: quote it (e.g. \"NO\", \"on\")"
-    elif isinstance(error.get("input"), str | int | float) and error["type"] != "missing":
+    elif isinstance(error.get("input"), str | int | float) and error["type"] != "missing" \
+            and repr(error["input"]) not in message:
         message = f"{message} (got {error['input']!r})"
     return f"{where}: {message}"
 
