@@ -22,9 +22,12 @@ lock: $(UV)
 migrate: install
 	$(VENV)/bin/leadstream migrate
 
-# development defaults: plain http on localhost, so the dashboard's cookie cannot be Secure
+# development defaults: plain http on localhost, so the dashboard's cookie cannot be Secure; a
+# public privacy secret (shared/privacy.py DEVELOPMENT_SECRET), unsafe in production
 run: install
-	LEADSTREAM_DASHBOARD_SECURE_COOKIE=$${LEADSTREAM_DASHBOARD_SECURE_COOKIE:-false} $(VENV)/bin/leadstream run
+	LEADSTREAM_DASHBOARD_SECURE_COOKIE=$${LEADSTREAM_DASHBOARD_SECURE_COOKIE:-false} \
+	LEADSTREAM_PRIVACY_SECRET=$${LEADSTREAM_PRIVACY_SECRET:-development-only-privacy-secret-unsafe-in-production} \
+	$(VENV)/bin/leadstream run
 
 # Debian's Chromium for the dashboard's browser tests (skipped, not failed, if it cannot be installed)
 browser:

@@ -282,6 +282,7 @@ def replay(
     from sqlalchemy import update
 
     from shared.db import Database
+    from shared.outbox import ERASED
 
     settings = get_settings()
     window = settings.outbox_retention_hours if hours is None else hours
@@ -297,7 +298,8 @@ def replay(
                         async with db.unit_of_work() as session:
                             result = await session.execute(
                                 update(model)
-                                .where(model.published_at.is_not(None), model.created_at >= since)
+                                .where(model.published_at.is_not(None), model.created_at >= since,
+                                       model.published_cluster.is_distinct_from(ERASED))  # never erased rows
                                 .values(published_at=None, published_cluster=None)
                             )
                     except Exception as exc:  # noqa: BLE001 - e.g. a database not migrated yet

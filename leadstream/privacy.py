@@ -1,12 +1,16 @@
 """``leadstream privacy``: the data protection requests from the command line.
 
-``export EMAIL`` prints what ``GET /v1/privacy/exports?email=`` answers. Each command is one
+``export EMAIL`` prints what ``GET /v1/privacy/exports?email=`` answers; ``erase EMAIL`` asks
+for an erasure as ``POST /v1/privacy/erasures`` does (written to the pipeline store, published
+by a running pipeline service's or qualification worker's relay; audited as ``cli <user>``) and
+``status ID`` prints what ``GET /v1/privacy/erasures/{id}`` answers. Each command is one
 function here over the service's own use case, so the API and the command cannot disagree.
 """
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 from typing import Annotated
 
 import orjson
@@ -14,7 +18,7 @@ import typer
 
 from shared.settings import Settings
 
-privacy_app = typer.Typer(help="Data protection requests about one person: access (export).",
+privacy_app = typer.Typer(help="Data protection requests about one person: access (export), erasure.",
                           no_args_is_help=True)
 
 EmailArgument = Annotated[str, typer.Argument(metavar="EMAIL", help="The person's email address (any form of it).")]
@@ -65,6 +69,78 @@ def privacy_export(email: EmailArgument) -> None:
 
     try:
         document = export_document(Settings(), checked_email(email))
+    except ProblemError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+
+
+def _actor() -> str:
+    """Who asks, for the audit: the CLI's user."""
+    try:
+        return f"cli {getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in this environment
+        return "cli"
+
+
+def request_erasure(settings: Settings, email: str) -> str:
+    """Ask every store to erase the person of ``email``; the erasure's id."""
+    from services.pipeline.privacy.erasures import request_erasure as request
+    from shared.db import Database
+    from shared.privacy import privacy_key
+
+    privacy = privacy_key(settings)
+    url = pipeline_store_url(settings)
+
+    async def _request() -> str:
+        db = Database(url, pool_size=1)
+        try:
+            async with db.unit_of_work() as session:
+                return (await request(session, privacy, email, _actor())).erasure_id
+        finally:
+            await db.dispose()
+
+    return asyncio.run(_request())
+
+
+def erasure_document(settings: Settings, erasure_id: str) -> dict:
+    """An erasure's progress as the API answers it (``ProblemError`` 404 when unknown)."""
+    from services.pipeline.privacy.erasures import erasure_status
+    from shared.db import Database
+
+    url = pipeline_store_url(settings)
+
+    async def _status() -> dict:
+        db = Database(url, pool_size=1)
+        try:
+            async with db.reader() as session:
+                return (await erasure_status(session, erasure_id)).model_dump(mode="json")
+        finally:
+            await db.dispose()
+
+    return asyncio.run(_status())
+
+
+@privacy_app.command("erase")
+def privacy_erase(email: EmailArgument) -> None:
+    """Erase a person from every store; prints the erasure's id (follow it with `privacy status ID`)."""
+    from shared.privacy import MissingPrivacySecret
+
+    try:
+        typer.echo(request_erasure(Settings(), checked_email(email)))
+    except MissingPrivacySecret as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+
+@privacy_app.command("status")
+def privacy_status(erasure_id: Annotated[str, typer.Argument(metavar="ID", help="The id `privacy erase` printed.")]
+                   ) -> None:
+    """An erasure's progress, store by store, as JSON (exit 1 if unknown)."""
+    from shared.errors import ProblemError
+
+    try:
+        document = erasure_document(Settings(), erasure_id)
     except ProblemError as exc:
         typer.echo(exc.detail, err=True)
         raise typer.Exit(1) from None

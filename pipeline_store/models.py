@@ -12,7 +12,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.auth import ApiKeyMixin
+from shared.consumer import InboxMixin
 from shared.outbox import OutboxMixin
+from shared.privacy import SuppressionMixin
 
 BigId = BigInteger().with_variant(Integer, "sqlite")
 
@@ -365,3 +367,57 @@ class BalanceEffort(StoreBase):
     motion: Mapped[str] = mapped_column(String(10), primary_key=True)
     forms: Mapped[int] = mapped_column(BigId, default=0)
     touches: Mapped[int] = mapped_column(BigId, default=0)
+
+
+class ErasedSubject(SuppressionMixin, StoreBase):
+    """People erased from the store, by keyed hash only: a fact about one that is still in
+    flight (or a sales tool's late touch) creates nothing, until a new marketing opt-in
+    (a lead with ``consent.marketing: true`` made after the erasure was asked) lifts it."""
+
+    __tablename__ = "erased_subjects"
+
+
+class ErasureRequest(StoreBase):
+    """One erasure (``POST /v1/privacy/erasures``, ``leadstream privacy erase``): the person
+    as a keyed hash, never the email; who asked, when, and when every store was done."""
+
+    __tablename__ = "erasure_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(20))  # pending | completed
+    requested_by: Mapped[str] = mapped_column(String(300))  # "key <id> (<name>)" or "cli <user>"
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ErasureStore(StoreBase):
+    """Each store's progress on an erasure, from its ``erasure.completed`` report."""
+
+    __tablename__ = "erasure_stores"
+
+    erasure_id: Mapped[str] = mapped_column(ForeignKey("erasure_requests.id"), primary_key=True)
+    store: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20))  # pending | completed
+    records: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ErasureAudit(StoreBase):
+    """Every erasure call, as it was answered: who (API key id and name, or the CLI's user),
+    when, which erasure, and the outcome (``requested``, or ``repeated`` when one was under
+    way or done for the same person). Never the email."""
+
+    __tablename__ = "erasure_audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    erasure_id: Mapped[str] = mapped_column(String(36), index=True)
+    actor: Mapped[str] = mapped_column(String(300))
+    outcome: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class PrivacyProcessedEvent(InboxMixin, StoreBase):
+    """The inbox of the pipeline service's ``privacy.requests`` consumer (the stores' reports)."""
+
+    __tablename__ = "privacy_processed_events"

@@ -15,12 +15,14 @@ from typing import Any
 import yaml
 
 from shared.events import (
+    CONTACT_ERASED,
     CONTENT_TYPE,
     EVENT_TYPES,
     LEADS_CAPTURED,
     OPPORTUNITIES_QUALIFIED,
     OUTREACH_TOUCHES,
     PIPELINE_CHANGES,
+    PRIVACY_REQUESTS,
     TOPICS,
     dlq_topic,
 )
@@ -35,7 +37,15 @@ TOPIC_DESCRIPTIONS = {
         "One event per qualification: everything a CRM needs to create its opportunity "
         "(contact, account, motion, first and last touch, scores with reasons, policy version)."
     ),
-    PIPELINE_CHANGES: "Every lifecycle stage change, automatic (qualification) or by sales (pipeline).",
+    PIPELINE_CHANGES: (
+        "Every lifecycle stage change, automatic (qualification) or by sales (pipeline), and every contact "
+        "erased at the person's request (`contact.erased`: erase your copies of that contact)."
+    ),
+    PRIVACY_REQUESTS: (
+        "The erasure saga: requests (`erasure.requested`), each store's report (`erasure.completed`) and "
+        "new opt-ins that lift an erased address's suppression (`suppression.lifted`). Never an email: "
+        "the person is a keyed hash."
+    ),
 }
 
 PRODUCERS = {  # who publishes each topic, as a sentence (the spine names no service as a value)
@@ -43,6 +53,7 @@ PRODUCERS = {  # who publishes each topic, as a sentence (the spine names no ser
     OUTREACH_TOUCHES: "The outreach service publishes",
     OPPORTUNITIES_QUALIFIED: "The qualification service publishes",
     PIPELINE_CHANGES: "The qualification and pipeline services publish",
+    PRIVACY_REQUESTS: "The pipeline service (requests) and every store (reports) publish",
 }
 
 DLQ_HEADERS = {
@@ -59,6 +70,13 @@ KEY = {
     "type": "string",
     "description": "The contact's normalised email (trimmed, lower-cased, googlemail.com = gmail.com): "
                    "one partition per contact, so a contact's events keep their order.",
+}
+# the types keyed otherwise
+KEYS = {
+    CONTACT_ERASED: {"type": "string", "description": "The erased contact's id (never personal data)."},
+    **{t: {"type": "string", "description": "The person's keyed hash: HMAC-SHA256 of the normalised email "
+                                            "with LEADSTREAM_PRIVACY_SECRET, as hex (never the email)."}
+       for t, (topic, _) in EVENT_TYPES.items() if topic == PRIVACY_REQUESTS},
 }
 
 
@@ -138,7 +156,7 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             "contentType": CONTENT_TYPE,
             "headers": _headers(dlq=False),
             "payload": _ref(SCHEMAS + f"{model.__name__}Event"),
-            "bindings": {"kafka": {"key": KEY, "bindingVersion": "0.5.0"}},
+            "bindings": {"kafka": {"key": KEYS.get(event_type, KEY), "bindingVersion": "0.5.0"}},
         }
         messages[f"{name}.dead-lettered"] = {
             "name": event_type,
@@ -147,7 +165,7 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             "contentType": CONTENT_TYPE,
             "headers": _headers(dlq=True),
             "payload": _ref(SCHEMAS + f"{model.__name__}Event"),
-            "bindings": {"kafka": {"key": KEY, "bindingVersion": "0.5.0"}},
+            "bindings": {"kafka": {"key": KEYS.get(event_type, KEY), "bindingVersion": "0.5.0"}},
         }
     for topic in TOPICS:
         types = [t for t, (tp, _) in EVENT_TYPES.items() if tp == topic]
@@ -177,7 +195,8 @@ def document(settings: Settings | None = None) -> dict[str, Any]:
             "version": "1.0.0",
             "description": (
                 "Every Kafka message is a CloudEvents 1.0 JSON event in structured mode (header "
-                "content-type: application/cloudevents+json), keyed by the contact's normalised email. "
+                "content-type: application/cloudevents+json), keyed by the contact's normalised email "
+                "(privacy.requests by the person's keyed hash, contact.erased by the contact id). "
                 "Delivery is at least once: deduplicate by `id`. Order holds per key (one partition per "
                 "contact). Generated from the code by `leadstream events asyncapi`."
             ),

@@ -38,8 +38,9 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select
+from sqlalchemy import BigInteger, DateTime, Integer, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import (
     Database, WriteConflict, check_before_write, in_chunks, is_transient_db_error, stage_insert, transaction_time,
@@ -73,6 +74,18 @@ BATCH_SECONDS = Histogram(
 
 START_TIMEOUT_S = 60.0
 STALE_SNAPSHOT = "stale snapshot, applying the batch again"  # logged per retry (the fault suite counts them)
+
+
+class InboxMixin:
+    """Columns of an inbox table (the ids of the events a consumer applied); each database
+    that consumes declares ``class X(InboxMixin, Base)`` with a ``__tablename__`` of its own."""
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(100))
+    topic: Mapped[str] = mapped_column(String(200))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class PermanentError(Exception):
@@ -629,4 +642,4 @@ class InboxConsumer:
         }
 
 
-__all__ = ["Delivery", "Handler", "InboxConsumer", "PermanentError", "is_permanent", "is_transient"]
+__all__ = ["Delivery", "Handler", "InboxConsumer", "InboxMixin", "PermanentError", "is_permanent", "is_transient"]

@@ -27,7 +27,9 @@ LEADS_CAPTURED = "leads.captured"
 OUTREACH_TOUCHES = "outreach.touches"
 OPPORTUNITIES_QUALIFIED = "opportunities.qualified"
 PIPELINE_CHANGES = "pipeline.changes"
-TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES)
+# erasure requests and each store's report, keyed by the person's keyed hash (never the email)
+PRIVACY_REQUESTS = "privacy.requests"
+TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES, PRIVACY_REQUESTS)
 
 
 def dlq_topic(topic: str) -> str:
@@ -42,6 +44,10 @@ PROSPECT_ADDED = "io.leadstream.prospect.added.v1"
 TOUCH_RECORDED = "io.leadstream.touch.recorded.v1"
 OPPORTUNITY_QUALIFIED = "io.leadstream.opportunity.qualified.v1"
 STAGE_CHANGED = "io.leadstream.stage.changed.v1"
+CONTACT_ERASED = "io.leadstream.contact.erased.v1"
+ERASURE_REQUESTED = "io.leadstream.erasure.requested.v1"
+ERASURE_COMPLETED = "io.leadstream.erasure.completed.v1"
+SUPPRESSION_LIFTED = "io.leadstream.suppression.lifted.v1"
 
 FORM_TYPES = (
     "demo_request", "contact_sales", "pricing", "trial_signup", "webinar",
@@ -100,6 +106,18 @@ def new_event_id() -> str:
     value = (value & ~(0xF << 76 | 0x3 << 62)) | 0x7 << 76 | 0x2 << 62  # version 7, RFC variant
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def event_id_time(event_id: str) -> datetime | None:
+    """When a UUIDv7 event id (``new_event_id``) was made, to the millisecond; ``None`` for
+    an id of another kind (a derived, name-based one)."""
+    h = event_id.replace("-", "")
+    if len(h) != 32 or h[12] != "7":
+        return None
+    try:
+        return datetime.fromtimestamp(int(h[:12], 16) / 1000, timezone.utc)
+    except ValueError:
+        return None
 
 
 class _Data(BaseModel):
@@ -275,6 +293,46 @@ class StageChanged(_Data):
     changed_at: datetime
 
 
+class ContactErased(_Data):
+    """A contact's personal data was erased: erase your copies of this contact too.
+
+    Keyed and identified by the contact id alone (the id earlier events carried); no
+    personal data. What the store keeps of the contact (stages, scores, amounts, dates) lives
+    on under a new pseudonymous id that no event names."""
+
+    contact_id: str
+    erased_at: datetime
+
+
+class ErasureRequested(_Data):
+    """Erase everything stored about one person: every store that holds personal data
+    erases and answers ``erasure.completed``. ``subject`` is the keyed hash (HMAC-SHA256 with
+    ``LEADSTREAM_PRIVACY_SECRET``) of the normalised email, never the email itself."""
+
+    erasure_id: str
+    subject: str
+    requested_at: datetime
+
+
+class ErasureCompleted(_Data):
+    """One store erased what it held about the subject of an erasure (``records``: how many
+    records it erased; 0 when it held nothing)."""
+
+    erasure_id: str
+    subject: str
+    store: str
+    records: int = 0
+    completed_at: datetime
+
+
+class SuppressionLifted(_Data):
+    """A new marketing opt-in (a lead with ``consent.marketing: true``) lifted the
+    suppression of an erased address: its facts are accepted again."""
+
+    subject: str
+    lifted_at: datetime
+
+
 # type -> (topic, data schema): the one table producers and consumers agree on
 EVENT_TYPES: dict[str, tuple[str, type[BaseModel]]] = {
     LEAD_CAPTURED: (LEADS_CAPTURED, LeadCaptured),
@@ -282,6 +340,10 @@ EVENT_TYPES: dict[str, tuple[str, type[BaseModel]]] = {
     TOUCH_RECORDED: (OUTREACH_TOUCHES, TouchRecorded),
     OPPORTUNITY_QUALIFIED: (OPPORTUNITIES_QUALIFIED, OpportunityQualified),
     STAGE_CHANGED: (PIPELINE_CHANGES, StageChanged),
+    CONTACT_ERASED: (PIPELINE_CHANGES, ContactErased),
+    ERASURE_REQUESTED: (PRIVACY_REQUESTS, ErasureRequested),
+    ERASURE_COMPLETED: (PRIVACY_REQUESTS, ErasureCompleted),
+    SUPPRESSION_LIFTED: (PRIVACY_REQUESTS, SuppressionLifted),
 }
 
 

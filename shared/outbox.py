@@ -102,6 +102,23 @@ def stage_event(session: AsyncSession, outbox_model: type[OutboxMixin], event: C
     )
 
 
+async def erase_rows(session: AsyncSession, outbox_model: type[OutboxMixin], condition: ColumnElement[bool],
+                     key: str) -> int:
+    """Erase the rows matching ``condition`` in the caller's transaction: the value is
+    emptied, the key becomes ``key`` (a pseudonym) and the row is marked published with
+    ``ERASED``, which the relay never publishes again (not even when it finds a new broker
+    cluster). The row itself stays until the retention removes it, so ids are never reused."""
+    table = outbox_model.__table__
+    now = transaction_time(session)
+    result = await session.execute(
+        update(table).where(condition).values(
+            key=key, value=b"", published_at=func.coalesce(table.c.published_at, now), published_cluster=ERASED,
+            last_error=None,
+        )
+    )
+    return result.rowcount or 0
+
+
 LINGER_S = 0.01
 # With nothing more committed for this long after a send, the relay writes its deferred marks
 # of published rows itself (on SQLite they otherwise go with the next group commit).
@@ -115,6 +132,9 @@ NEW_BROKER_HOLD_S = 1.0
 # failed that contact, and a restart takes longer than this.
 CONTACT_FRESH_S = 0.1
 CLUSTER_CHECK_MAX_AGE_S = 1.0
+# the mark of a row whose personal data was erased: never published again, not even after a
+# broker restart (``erase_rows``)
+ERASED = "#erased"
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
 
@@ -194,8 +214,9 @@ def pending(table: Table) -> ColumnElement[bool]:
 
 def lost_with_broker(table: Table, cluster_id: str) -> ColumnElement[bool]:
     """Rows acknowledged by another broker cluster than ``cluster_id`` (an embedded broker that
-    restarted empty): retained rows that ``cluster_id`` must be given again."""
-    return and_(table.c.published_at.is_not(None), table.c.published_cluster != cluster_id)
+    restarted empty): retained rows that ``cluster_id`` must be given again; never an erased one."""
+    return and_(table.c.published_at.is_not(None), table.c.published_cluster != cluster_id,
+                table.c.published_cluster != ERASED)
 
 
 class LeaseLost(Exception):

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     # The default is public (shared/secrets.py), for development only.
     secrets_key: str = Field(DEVELOPMENT_KEY, repr=False)
 
+    # keys the hashes that stand for erased people (suppression lists, erasure requests); the
+    # services that store personal data refuse to start without it (`make run` sets a
+    # development value, unsafe in production). A new value forgets every suppression.
+    privacy_secret: str | None = Field(None, repr=False)
+    # the erasure saga's consumer groups on privacy.requests: <this>-capture, -outreach,
+    # -pipeline (the pipeline store) and -coordinator (the pipeline service)
+    privacy_consumer_group: str = "leadstream-privacy"
+
     log_level: str = "INFO"
     log_json: bool = True
     # after start-up: freeze the heap built so far and collect young objects less often

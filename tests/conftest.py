@@ -11,6 +11,10 @@ from shared.settings import Settings
 from tests.support import create_postgres_database, drop_postgres_database, migrated_store, postgres_available
 
 
+# the services that store personal data refuse to start without it (the processes tests start inherit it)
+os.environ.setdefault("LEADSTREAM_PRIVACY_SECRET", "test-privacy-secret")
+
+
 def pytest_configure(config) -> None:  # noqa: ANN001, ARG001
     """Each parallel worker (pytest-xdist) hands out ports from a range of its own."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")

@@ -46,13 +46,17 @@ async def _record_spam(runtime, form: Form, payload: dict, reason: str, address:
 async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: Request) -> service.Capture:
     address, traceparent = client_address(request), request.headers.get("traceparent")
 
+    hint = service.hint(runtime.privacy, lead, idempotency_key)
+
     async def work(session):  # noqa: ANN001, ANN202
         return await service.capture_lead(
-            session, lead, idempotency_key=idempotency_key, client_address=address, traceparent=traceparent
+            session, lead, idempotency_key=idempotency_key, client_address=address, traceparent=traceparent,
+            subject=hint[1],
         )
 
-    return await write_and_wake(runtime.relay, lambda: runtime.writer.submit(work, hint=idempotency_key),
-                                retries=1 if idempotency_key else 0, published=lambda result: not result.duplicate)
+    return await write_and_wake(runtime.relay, lambda: runtime.writer.submit(work, hint=hint),
+                                retries=1 if idempotency_key else 0,
+                                published=lambda result: not (result.duplicate or result.dropped))
 
 
 @router.post(

@@ -7,7 +7,9 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.consumer import InboxMixin
 from shared.outbox import OutboxMixin
+from shared.privacy import SuppressionMixin
 
 
 class Base(DeclarativeBase):
@@ -35,3 +37,16 @@ class CapturedLead(Base):
 
 class CaptureOutbox(OutboxMixin, Base):
     __tablename__ = "capture_outbox"
+
+
+class CaptureSuppression(SuppressionMixin, Base):
+    """Erased people, by keyed hash only: a later lead for one is dropped (answered like a
+    success) unless it carries a new marketing opt-in, which lifts the suppression."""
+
+    __tablename__ = "capture_suppressions"
+
+
+class CaptureProcessedEvent(InboxMixin, Base):
+    """The inbox of capture's ``privacy.requests`` consumer."""
+
+    __tablename__ = "capture_processed_events"

@@ -18,14 +18,23 @@ from shared.errors import ProblemError
 from shared.events import LEAD_CAPTURED, make_event, new_event_id
 from shared.identity import normalise_email
 from shared.outbox import stage_event
+from shared.privacy import PrivacyKey, stage_lifted
 
 SOURCE = "/leadstream/capture"
+STORE = "capture"  # its name in erasure reports
 
 
 @dataclass(frozen=True)
 class Capture:
     event_id: str
     duplicate: bool = False
+    dropped: bool = False  # an erased person's lead without a new opt-in: answered, not stored
+
+
+def hint(privacy: PrivacyKey, lead: LeadIn, idempotency_key: str | None) -> tuple[str | None, str]:
+    """What the group commit looks up for this lead with the others of its batch
+    (``repository.prefetch``): its Idempotency-Key and its subject (keyed hash)."""
+    return idempotency_key, privacy.subject_of_email(lead.email)
 
 
 def fingerprint(lead: LeadIn) -> str:
@@ -65,8 +74,13 @@ async def capture_lead(
     idempotency_key: str | None = None,
     client_address: str | None = None,
     traceparent: str | None = None,
+    subject: str | None = None,
 ) -> Capture:
-    """Store the lead and its ``lead.captured`` event; a repeated idempotency key returns the first."""
+    """Store the lead and its ``lead.captured`` event; a repeated idempotency key returns the first.
+
+    A lead of an erased person (``subject`` on the suppression list) is dropped, and answered
+    as if stored, unless it carries a new marketing opt-in (``consent.marketing: true``):
+    that lifts the suppression here and, through ``suppression.lifted``, in the other stores."""
     received_at = datetime.now(timezone.utc)
     print_ = fingerprint(lead) if idempotency_key else None
     if idempotency_key:
@@ -80,6 +94,11 @@ async def capture_lead(
                 )
             return Capture(existing["event_id"], duplicate=True)
     contact_key = normalise_email(lead.email)
+    if subject is not None and await repository.is_suppressed(session, subject):
+        if not (lead.consent is not None and lead.consent.marketing is True):
+            return Capture(new_event_id(), dropped=True)
+        repository.lift_suppression(session, subject)
+        stage_lifted(session, CaptureOutbox, subject, STORE)
     occurred_at = lead.occurred_at or received_at
     event = make_event(
         LEAD_CAPTURED, event_data(lead, occurred_at), source=SOURCE, subject=contact_key, time=occurred_at,
@@ -138,3 +157,10 @@ async def record_spam(
         ),
     )
     return Capture(event_id)
+
+
+async def erase(privacy: PrivacyKey, session: AsyncSession, subject: str, _request: object) -> int:
+    """An erasure: the leads (and their outbox rows) of the identities whose keyed hash is
+    ``subject`` lose every personal field; how many leads were erased."""
+    keys = list(privacy.matching(await repository.contact_keys(session), [subject]))
+    return await repository.erase_leads(session, keys, subject)

@@ -37,6 +37,9 @@ ERRORS = {
     429: {"description": "Rate limited per API key; see Retry-After", **PROBLEM},
 }
 
+SUPPRESSED = {409: {"description": "The address was erased at the person's request (problem type `suppressed`)",
+                    **PROBLEM}}
+
 _bearer = HTTPBearer(auto_error=False, description="An API key with the `outreach` scope "
                      "(`leadstream api-keys create --name NAME --scope outreach`).")
 
@@ -57,14 +60,18 @@ T = TypeVar("T")
 
 
 async def _in_transaction(
-    runtime, use_case: Callable[..., Awaitable[T]], *, retry: bool = True, external_id: str | None = None  # noqa: ANN001
+    runtime, use_case: Callable[..., Awaitable[T]], *, retry: bool = True, external_id: str | None = None,  # noqa: ANN001
+    email: str | None = None,
 ) -> T:
     """Run a use case in a unit of work; wake the relay after the commit. ``external_id``
-    joins the batch's one lookup of stored external ids (instead of a query of its own)."""
+    and ``email`` join the batch's one lookup of stored external ids and of suppressed
+    subjects (instead of queries of their own)."""
+    subject = service.subject_of(runtime.privacy, email) if email else None
+    hint = (external_id, (subject,) if subject else ())
     # group commit: concurrent requests share a transaction, each answered after it commits. A
     # duplicate key: a request with the same external_id committed first; looking again finds
     # it, and the repeat is answered as a duplicate.
-    return await write_and_wake(runtime.relay, lambda: runtime.writer.submit(use_case, hint=external_id),
+    return await write_and_wake(runtime.relay, lambda: runtime.writer.submit(use_case, hint=hint),
                                 retries=2 if retry else 0)
 
 
@@ -75,13 +82,15 @@ async def _in_transaction(
     summary="Add a researched prospect",
     description="Answers `202` once the prospect is durably stored; it is published as "
     "`io.leadstream.prospect.added.v1` on `outreach.touches`, keyed by the normalised email.",
-    responses=ERRORS,
+    responses=ERRORS | SUPPRESSED,
     openapi_extra=json_body_openapi(ProspectIn),
 )
 async def post_prospect(request: Request, caller: Caller) -> Accepted:
     prospect = await json_body(request, ProspectIn)
-    result = await _in_transaction(runtime_of(request), lambda s: service.add_prospect(
-        s, prospect, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent")), retry=False)
+    runtime = runtime_of(request)
+    result = await _in_transaction(runtime, lambda s: service.add_prospect(
+        s, prospect, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent"),
+        privacy=runtime.privacy), retry=False, email=prospect.email)
     return Accepted(event_id=result.event_id)
 
 
@@ -93,14 +102,17 @@ async def post_prospect(request: Request, caller: Caller) -> Accepted:
     description="Answers `202 accepted` once the touch is durably stored; it is published as "
     "`io.leadstream.touch.recorded.v1` on `outreach.touches`, keyed by the normalised email. "
     "A repeated `external_id` is a no-op answered `200` with `status: duplicate` and the first touch's `event_id`.",
-    responses=ERRORS | {200: {"description": "Duplicate `external_id`: nothing recorded", "model": TouchAnswer}},
+    responses=ERRORS | SUPPRESSED | {
+        200: {"description": "Duplicate `external_id`: nothing recorded", "model": TouchAnswer}},
     openapi_extra=json_body_openapi(TouchIn),
 )
 async def post_touch(request: Request, response: Response, caller: Caller) -> TouchAnswer:
     touch = await json_body(request, TouchIn)
-    result = await _in_transaction(runtime_of(request), lambda s: service.record_touch(
+    runtime = runtime_of(request)
+    result = await _in_transaction(runtime, lambda s: service.record_touch(
         s, touch, external_id=touch.external_id, api_key_id=caller.key_id,
-        traceparent=request.headers.get("traceparent")), external_id=touch.external_id)
+        traceparent=request.headers.get("traceparent"), privacy=runtime.privacy),
+        external_id=touch.external_id, email=touch.email)
     if result.duplicate:
         response.status_code = 200
     return TouchAnswer(event_id=result.event_id, status=result.status)
@@ -122,8 +134,10 @@ async def post_touch(request: Request, response: Response, caller: Caller) -> To
 )
 async def post_touch_batch(request: Request, caller: Caller) -> BatchAnswer:
     batch = await json_body(request, TouchBatchIn)
-    results = await _in_transaction(runtime_of(request), lambda s: service.record_touches(
-        s, batch.touches, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent")))
+    runtime = runtime_of(request)
+    results = await _in_transaction(runtime, lambda s: service.record_touches(
+        s, batch.touches, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent"),
+        privacy=runtime.privacy))
     return BatchAnswer.model_validate(
         {"results": [{"status": r.status, "event_id": r.event_id, "errors": r.errors} for r in results]}
     )
@@ -198,8 +212,9 @@ async def post_webhook(
     integration: str, event: WebhookEventIn, request: Request, response: Response, runtime: Runtime
 ) -> WebhookAnswer:
     result = await _in_transaction(runtime, lambda s: service.record_webhook_event(
-        s, integration, event, traceparent=request.headers.get("traceparent")),
-        external_id=service.webhook_external_id(integration, event.id))
+        s, integration, event, traceparent=request.headers.get("traceparent"), privacy=runtime.privacy),
+        external_id=service.webhook_external_id(integration, event.id),
+        email=event.touch.email if event.touch is not None else None)
     if result.status != "accepted":
         response.status_code = 200
     return WebhookAnswer(id=event.id, event_id=result.event_id, status=result.status)

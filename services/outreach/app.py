@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import FastAPI
 
-from services.outreach import repository
+from services.outreach import repository, service
 from services.outreach.api import router, webhooks
-from services.outreach.models import OutreachApiKey, OutreachOutbox
+from services.outreach.models import OutreachApiKey, OutreachOutbox, OutreachProcessedEvent, OutreachSuppression
 from services.outreach.schemas import MAX_BATCH, ProspectIn, TouchBatchIn, TouchIn
 from services.outreach.settings import OutreachSettings
 from shared.auth import ApiKeyAuth
 from shared.db import GroupCommit
+from shared.privacy import erasure_consumer, privacy_key
 from shared.ratelimit import RateLimit
 from shared.runtime import ServiceRuntime
 from shared.web import create_service_app
@@ -21,13 +24,25 @@ BATCH_BODY_LIMIT = 1024 * 1024
 class OutreachRuntime(ServiceRuntime):
     def __init__(self, settings: OutreachSettings) -> None:
         super().__init__(settings, "outreach", OutreachOutbox)
+        self.privacy = privacy_key(settings)
         self.auth = ApiKeyAuth(self.db, OutreachApiKey, settings.api_rate_limit)
         self.webhook_limit = RateLimit(settings.api_rate_limit, "integration")
-        self.writer = GroupCommit(self.db, prepare=repository.prefetch_external_ids)
+        self.writer = GroupCommit(self.db, prepare=repository.prefetch)
+        self.privacy_consumer = erasure_consumer(
+            self, store=service.STORE, erase=partial(service.erase, self.privacy),
+            inbox_model=OutreachProcessedEvent, suppression_model=OutreachSuppression, outbox_model=OutreachOutbox,
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        self.privacy_consumer.start()
 
     async def stop(self) -> None:
-        await self.writer.stop()
-        await super().stop()
+        try:
+            await self.privacy_consumer.stop()
+        finally:
+            await self.writer.stop()
+            await super().stop()
 
 
 def create_app(settings: OutreachSettings | None = None) -> FastAPI:

@@ -8,7 +8,9 @@ from sqlalchemy import JSON, DateTime, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.auth import ApiKeyMixin
+from shared.consumer import InboxMixin
 from shared.outbox import OutboxMixin
+from shared.privacy import SuppressionMixin
 
 
 class Base(DeclarativeBase):
@@ -67,3 +69,16 @@ class OutreachWebhookSecret(Base):
 
 class OutreachOutbox(OutboxMixin, Base):
     __tablename__ = "outreach_outbox"
+
+
+class OutreachSuppression(SuppressionMixin, Base):
+    """Erased people, by keyed hash only: their prospects and touches are refused (409
+    ``suppressed``) until a new marketing opt-in at capture lifts it."""
+
+    __tablename__ = "outreach_suppressions"
+
+
+class OutreachProcessedEvent(InboxMixin, Base):
+    """The inbox of outreach's ``privacy.requests`` consumer."""
+
+    __tablename__ = "outreach_processed_events"

@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, union, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.outreach.models import OutreachProspect, OutreachTouch, OutreachWebhookSecret
+from services.outreach.models import (
+    OutreachOutbox, OutreachProspect, OutreachSuppression, OutreachTouch, OutreachWebhookSecret,
+)
 from shared.db import prefetch_rows, prefetched, stage_insert, staged_rows
+from shared.outbox import erase_rows
+from shared.privacy import scrub
 from shared.secrets import SecretBox, UndecryptableSecret
 
 log = structlog.get_logger("outreach")
 
 TOUCHES = OutreachTouch.__table__
 PROSPECTS = OutreachProspect.__table__
+SUPPRESSIONS = OutreachSuppression.__table__
 
 
 async def touch_event_ids_by_external_id(session: AsyncSession, external_ids: Collection[str]) -> dict[str, str]:
@@ -42,6 +47,53 @@ async def touch_event_ids_by_external_id(session: AsyncSession, external_ids: Co
 async def prefetch_external_ids(session: AsyncSession, external_ids: Collection[str]) -> None:
     """A group commit's external ids in one query; ``touch_event_ids_by_external_id`` answers from it."""
     await prefetch_rows(session, TOUCHES.c.external_id, external_ids, TOUCHES.c.event_id)
+
+
+async def prefetch(session: AsyncSession, hints: Collection[tuple[str | None, tuple[str, ...]]]) -> None:
+    """A group commit's lookups in one query each: external ids already stored, and which
+    subjects (keyed hashes) of its facts are suppressed (``hints``: ``(external_id, subjects)``)."""
+    external_ids = [external_id for external_id, _ in hints if external_id]
+    if external_ids:
+        await prefetch_external_ids(session, external_ids)
+    await prefetch_rows(session, SUPPRESSIONS.c.subject, [s for _, subjects in hints for s in subjects])
+
+
+async def suppressed(session: AsyncSession, subjects: Collection[str]) -> set[str]:
+    """Which of ``subjects`` are on the suppression list (erased people)."""
+    known = prefetched(session, SUPPRESSIONS.c.subject)
+    found = {s for s in subjects if known.get(s) is not None}
+    unknown = [s for s in set(subjects) if s not in known]
+    for start in range(0, len(unknown), 500):
+        rows = await session.execute(
+            select(SUPPRESSIONS.c.subject).where(SUPPRESSIONS.c.subject.in_(unknown[start:start + 500])))
+        found.update(rows.scalars())
+    return found
+
+
+async def contact_keys(session: AsyncSession) -> list[str]:
+    """Every identity outreach holds (an erasure finds its subject among their hashes)."""
+    query = union(select(PROSPECTS.c.contact_key), select(TOUCHES.c.contact_key))
+    return list((await session.execute(query)).scalars())
+
+
+async def erase(session: AsyncSession, contact_keys: list[str], subject: str) -> int:
+    """Remove the personal fields of the prospects and touches of these identities, and of
+    their outbox rows; channel, outcome, sequence and times stay, filed under ``subject``."""
+    if not contact_keys:
+        return 0
+    erased = 0
+    for table in (PROSPECTS, TOUCHES):
+        rows = (await session.execute(
+            select(table.c.event_id, table.c.payload).where(table.c.contact_key.in_(contact_keys))
+        )).all()
+        extra = {"external_id": None} if table is TOUCHES else {}
+        for event_id, payload in rows:
+            await session.execute(update(table).where(table.c.event_id == event_id).values(
+                email="", contact_key=subject, payload=scrub(payload), **extra))
+        erased += len(rows)
+    outbox = OutreachOutbox.__table__
+    await erase_rows(session, OutreachOutbox, outbox.c.key.in_(contact_keys), key=subject)
+    return erased
 
 
 def add_touch(session: AsyncSession, **row) -> None:  # noqa: ANN003

@@ -18,8 +18,45 @@ from shared.errors import ProblemError, field_errors
 from shared.events import PROSPECT_ADDED, TOUCH_RECORDED, ProspectAdded, TouchRecorded, make_event
 from shared.identity import normalise_email
 from shared.outbox import stage_event
+from shared.privacy import PrivacyKey
 
 SOURCE = "/leadstream/outreach"
+STORE = "outreach"  # its name in erasure reports
+SUPPRESSED = "https://leadstream.dev/problems/suppressed"
+
+
+def suppressed_problem() -> ProblemError:
+    return ProblemError(409, "This address was erased at the person's request and is suppressed: its prospects "
+                        "and touches are not accepted (a new marketing opt-in through capture lifts it).",
+                        type_=SUPPRESSED)
+
+
+def suppressed_errors() -> list[dict[str, Any]]:
+    return [{"field": "email", "in": "body", "message": "the address was erased and is suppressed",
+             "type": "suppressed"}]
+
+
+def subject_of(privacy: PrivacyKey | None, email: str) -> str | None:
+    """The keyed hash of a fact's email, or ``None`` (no key, or not an address: the schema says why)."""
+    if privacy is None:
+        return None
+    try:
+        return privacy.subject_of_email(email)
+    except ValueError:
+        return None
+
+
+async def _refuse_suppressed(session: AsyncSession, privacy: PrivacyKey | None, email: str) -> None:
+    subject = subject_of(privacy, email)
+    if subject is not None and await repository.suppressed(session, [subject]):
+        raise suppressed_problem()
+
+
+async def erase(privacy: PrivacyKey, session: AsyncSession, subject: str, _request: object) -> int:
+    """An erasure: the prospects and touches (and their outbox rows) of the identities whose
+    keyed hash is ``subject`` lose every personal field; how many records were erased."""
+    keys = list(privacy.matching(await repository.contact_keys(session), [subject]))
+    return await repository.erase(session, keys, subject)
 
 
 @dataclass(frozen=True)
@@ -36,9 +73,11 @@ class Recorded:
 
 
 async def add_prospect(
-    session: AsyncSession, prospect: ProspectIn, *, api_key_id: str | None = None, traceparent: str | None = None
+    session: AsyncSession, prospect: ProspectIn, *, api_key_id: str | None = None, traceparent: str | None = None,
+    privacy: PrivacyKey | None = None,
 ) -> Recorded:
-    """Store the prospect and its ``prospect.added`` event."""
+    """Store the prospect and its ``prospect.added`` event (``409 suppressed`` for an erased person)."""
+    await _refuse_suppressed(session, privacy, prospect.email)
     received_at = datetime.now(timezone.utc)
     contact_key = normalise_email(prospect.email)
     data = ProspectAdded(
@@ -93,14 +132,17 @@ async def record_touch(
     integration: str | None = None,
     api_key_id: str | None = None,
     traceparent: str | None = None,
+    privacy: PrivacyKey | None = None,
 ) -> Recorded:
     """Store the touch and its ``touch.recorded`` event, unless ``external_id`` was seen:
     then answer the first one's event id and change nothing (the repeat may differ; the
-    first fact stands, as a sales tool's redelivery is the same touch)."""
+    first fact stands, as a sales tool's redelivery is the same touch). An erased person's
+    touch is ``409 suppressed``."""
     if external_id is not None:
         existing = await repository.touch_event_ids_by_external_id(session, [external_id])
         if external_id in existing:
             return Recorded("duplicate", existing[external_id])
+    await _refuse_suppressed(session, privacy, touch.email)
     event_id = _stage_touch(
         session, touch, received_at=datetime.now(timezone.utc), external_id=external_id,
         integration=integration, api_key_id=api_key_id, traceparent=traceparent,
@@ -109,10 +151,12 @@ async def record_touch(
 
 
 async def record_touches(
-    session: AsyncSession, items: Sequence[Any], *, api_key_id: str | None = None, traceparent: str | None = None
+    session: AsyncSession, items: Sequence[Any], *, api_key_id: str | None = None, traceparent: str | None = None,
+    privacy: PrivacyKey | None = None,
 ) -> list[Recorded]:
     """A batch: each item validated on its own; valid ones stored (repeats of a stored or an
-    earlier item's ``external_id`` are duplicates), invalid ones rejected with field errors."""
+    earlier item's ``external_id`` are duplicates), invalid ones rejected with field errors,
+    an erased person's rejected as ``suppressed``."""
     parsed: list[TouchIn | list[dict[str, Any]]] = []
     for item in items:
         try:
@@ -122,6 +166,8 @@ async def record_touches(
     known = await repository.touch_event_ids_by_external_id(
         session, {p.external_id for p in parsed if isinstance(p, TouchIn) and p.external_id}
     )
+    subjects = {id(p): subject_of(privacy, p.email) for p in parsed if isinstance(p, TouchIn)}
+    blocked = await repository.suppressed(session, {s for s in subjects.values() if s is not None})
     received_at = datetime.now(timezone.utc)
     results: list[Recorded] = []
     for item in parsed:
@@ -129,6 +175,8 @@ async def record_touches(
             results.append(Recorded("rejected", errors=item))
         elif item.external_id and item.external_id in known:
             results.append(Recorded("duplicate", known[item.external_id]))
+        elif subjects[id(item)] in blocked:
+            results.append(Recorded("rejected", errors=suppressed_errors()))
         else:
             event_id = _stage_touch(
                 session, item, received_at=received_at, external_id=item.external_id, integration=None,
@@ -145,7 +193,8 @@ def webhook_external_id(integration: str, tool_event_id: str) -> str:
 
 
 async def record_webhook_event(
-    session: AsyncSession, integration: str, event: WebhookEventIn, *, traceparent: str | None = None
+    session: AsyncSession, integration: str, event: WebhookEventIn, *, traceparent: str | None = None,
+    privacy: PrivacyKey | None = None,
 ) -> Recorded:
     """A signed webhook event: a ``touch`` is recorded once per tool event id; other types ignored."""
     if event.type != "touch":
@@ -157,5 +206,5 @@ async def record_webhook_event(
         )
     return await record_touch(
         session, event.touch, external_id=webhook_external_id(integration, event.id), integration=integration,
-        traceparent=traceparent,
+        traceparent=traceparent, privacy=privacy,
     )

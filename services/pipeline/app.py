@@ -6,17 +6,21 @@ import structlog
 from fastapi import FastAPI
 
 from pipeline_store import DATABASE
-from pipeline_store.models import PipelineApiKey, PipelineOutbox
+from pipeline_store.models import PipelineApiKey, PipelineOutbox, PrivacyProcessedEvent
 from services.pipeline.analytics import Thresholds
 from services.pipeline.api import router
 from services.pipeline.balance import BalanceThresholds
 from services.pipeline.dashboard import STATIC_PATH, Sessions, static_files
 from services.pipeline.dashboard import router as dashboard_router
+from services.pipeline.privacy import erasures
 from services.pipeline.privacy.api import router as privacy_router
 from services.pipeline.settings import PipelineSettings
 from services.pipeline.subscriptions.api import router as subscriptions_router
 from shared.amounts import NO_EXPECTED_AMOUNTS, ExpectedAmounts, ExpectedAmountsError, read_expected_amounts
 from shared.auth import ApiKeyAuth
+from shared.consumer import InboxConsumer
+from shared.events import ERASURE_COMPLETED, ERASURE_REQUESTED, PRIVACY_REQUESTS, SUPPRESSION_LIFTED
+from shared.privacy import privacy_key
 from shared.runtime import ServiceRuntime
 from shared.web import create_service_app
 
@@ -45,6 +49,24 @@ class PipelineRuntime(ServiceRuntime):
         self.thresholds = dependency_thresholds(settings)
         self.balance_thresholds = balance_thresholds(settings)
         self.sessions = Sessions(settings.dashboard_session_hours, settings.dashboard_secure_cookie)
+        self.privacy = privacy_key(settings)
+        # the erasure saga's reports: each store's erasure.completed marks it done
+        self.privacy_consumer = InboxConsumer(
+            self.db, self.kafka, settings, topics=[PRIVACY_REQUESTS], name="pipeline-privacy",
+            handlers={ERASURE_COMPLETED: erasures.record_report, ERASURE_REQUESTED: erasures.ignore,
+                      SUPPRESSION_LIFTED: erasures.ignore},
+            inbox_model=PrivacyProcessedEvent, group_id=f"{settings.privacy_consumer_group}-coordinator",
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        self.privacy_consumer.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.privacy_consumer.stop()
+        finally:
+            await super().stop()
 
 
 def create_app(settings: PipelineSettings | None = None) -> FastAPI:

@@ -7,11 +7,15 @@ changes out). HTTP serves only operations: health, readiness, metrics and status
 
 from __future__ import annotations
 
+import dataclasses
+from functools import partial
+
 import structlog
 from fastapi import APIRouter, FastAPI
 
 from pipeline_store import DATABASE
-from pipeline_store.models import PipelineOutbox, ProcessedEvent
+from pipeline_store.models import ErasedSubject, PipelineOutbox, ProcessedEvent
+from services.qualification import erasure
 from services.qualification.domain import identity
 from services.qualification.domain.channels import ChannelRulesError
 from services.qualification.domain.policy import PolicyError
@@ -20,6 +24,7 @@ from services.qualification.service import Qualifier, load_qualifier
 from services.qualification.settings import QualificationSettings
 from shared.consumer import InboxConsumer
 from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES
+from shared.privacy import erasure_consumer, privacy_key
 from shared.runtime import Runtime, ServiceRuntime
 from shared.web import create_service_app
 
@@ -31,6 +36,8 @@ TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES)
 class QualificationRuntime(ServiceRuntime):
     def __init__(self, settings: QualificationSettings, qualifier: Qualifier) -> None:
         super().__init__(settings, "qualification", PipelineOutbox, database=DATABASE)
+        self.privacy = privacy_key(settings)
+        qualifier = dataclasses.replace(qualifier, privacy=self.privacy)
         self.qualifier = qualifier
         self.consumer = InboxConsumer(
             self.db,
@@ -42,18 +49,25 @@ class QualificationRuntime(ServiceRuntime):
             group_id=settings.kafka_consumer_group,
             inbox_model=ProcessedEvent,
             after_commit=self.relay.wake,
-            prefetch=prefetch,
+            prefetch=partial(prefetch, qualifier=qualifier),
             snapshot=True,  # the repository checks what a batch read (services/qualification/repository.py)
+        )
+        # erasures of the pipeline store: a group of their own (every worker is a member)
+        self.privacy_consumer = erasure_consumer(
+            self, store=erasure.STORE, erase=partial(erasure.erase, self.privacy), inbox_model=ProcessedEvent,
+            suppression_model=ErasedSubject, outbox_model=PipelineOutbox,
         )
 
     async def start(self) -> None:
         await super().start()
         identity.registrable_domain("www.example.co.uk")  # builds the suffix trie before the heap is frozen
         self.consumer.start()
+        self.privacy_consumer.start()
 
     async def stop(self) -> None:
         # stop consuming first (commit what is done), then let the relay drain
         try:
+            await self.privacy_consumer.stop()
             await self.consumer.stop()
         finally:
             await super().stop()

@@ -36,9 +36,10 @@ HANDLERS: dict[str, Callable[[Qualifier, AsyncSession, Delivery], Awaitable[None
 }
 
 
-async def prefetch(session: AsyncSession, deliveries: list[Delivery]) -> None:
-    """Before a batch: load its contacts, timelines and accounts in a few queries."""
-    await service.prefetch(session, [d.data for d in deliveries])
+async def prefetch(session: AsyncSession, deliveries: list[Delivery], qualifier: Qualifier | None = None) -> None:
+    """Before a batch: load its contacts, timelines and accounts (and whether the people it
+    would create were erased) in a few queries."""
+    await service.prefetch(session, [d.data for d in deliveries], qualifier.privacy if qualifier else None)
 
 
 def bind(qualifier: Qualifier) -> dict[str, Handler]:

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pipeline_store.models import Account, ConsentEntry, Contact, Opportunity, Score, StageChange, Touch
+from pipeline_store.models import Account, ConsentEntry, Contact, ErasedSubject, Opportunity, Score, StageChange, Touch
 from services.qualification import records, rollups
 from services.qualification.domain import attribution
 from services.qualification.records import AccountRecord, ContactRecord, hold
-from shared.db import in_chunks, stage_insert, staging_of
+from shared.db import before_inserts, in_chunks, prefetch_rows, prefetched, stage_insert, staging_of
 
 # A batch of events is applied in one transaction; its contacts and accounts are records
 # held and written back at commit (``records``), its facts (touches, scores, stage changes,
@@ -209,6 +209,43 @@ async def timeline(session: AsyncSession, contact_id: str) -> Timeline:
         for row in rows.all():
             found.add(row)
     return cache[contact_id]
+
+
+_ERASED = ErasedSubject.__table__
+
+
+def unknown(session: AsyncSession, emails: set[str]) -> list[str]:
+    """The emails of ``emails`` that ``prefetch`` found no contact for."""
+    contacts = _caches(session).contacts
+    return [e for e in emails if e in contacts and contacts[e] is None]
+
+
+async def prefetch_erased(session: AsyncSession, subjects: list[str]) -> None:
+    """Whether the people a batch would create were erased, in one query (``erased`` answers)."""
+    if subjects:
+        await prefetch_rows(session, _ERASED.c.subject, subjects, _ERASED.c.requested_at)
+
+
+async def erased(session: AsyncSession, subject: str) -> datetime | None | bool:
+    """``None`` if ``subject`` was not erased; else when the erasure was asked (``True`` when unknown)."""
+    known = prefetched(session, _ERASED.c.subject)
+    if subject in known:
+        row = known[subject]
+    else:
+        found = (await session.execute(
+            select(_ERASED.c.subject, _ERASED.c.requested_at).where(_ERASED.c.subject == subject))).first()
+        row = dict(found._mapping) if found else None
+    if row is None:
+        return None
+    return row["requested_at"] or True
+
+
+def lift_erasure(session: AsyncSession, subject: str) -> None:
+    """Forget that ``subject`` was erased (a new opt-in), when the unit of work commits."""
+    async def lift(writer: AsyncSession) -> None:
+        await writer.execute(delete(_ERASED).where(_ERASED.c.subject == subject))
+
+    before_inserts(session, f"qualification.lift.{subject}", lift)
 
 
 async def add_touch(session: AsyncSession, row: dict[str, Any]) -> None:

@@ -36,8 +36,10 @@ from services.qualification.repository import utc
 from shared.consumer import PermanentError
 from shared.db import transaction_time
 from shared.events import CloudEvent, LeadCaptured, ProspectAdded, TouchRecorded
+from shared.events import LEAD_CAPTURED, event_id_time
 from shared.identity import normalise_email
 from shared.outbox import stage_event
+from shared.privacy import PrivacyKey
 
 PolicyFileError = PolicyError
 
@@ -55,6 +57,8 @@ class Qualifier:
     policies: PolicySet
     source: str
     channels: ChannelRules
+    # keys the hashes of erased people (facts about one still in flight are dropped); None: no check
+    privacy: PrivacyKey | None = None
 
     @property
     def version(self) -> str:
@@ -84,7 +88,9 @@ async def record_lead(session: AsyncSession, q: Qualifier, event: CloudEvent, da
     with session.no_autoflush:
         at = utc(data.occurred_at)
         values = data.model_dump(include=set(_PROFILE_FIELDS + ACCOUNT_FIELDS))
-        contact = await _resolve(session, data.email, at, motion="inbound")
+        contact = await _resolve(session, q, event, data, at, motion="inbound")
+        if contact is None:
+            return
         await _merge_firmographics(session, contact, values, event.type, at, website=data.website)
         channel = q.channels.classify(data.utm.source, data.utm.medium, data.referrer, data.page_url,
                                       data.form_type, data.utm.campaign)
@@ -100,7 +106,9 @@ async def record_prospect(session: AsyncSession, q: Qualifier, event: CloudEvent
     with session.no_autoflush:
         at = utc(data.occurred_at)
         values = data.model_dump(include=set(_PROFILE_FIELDS + ACCOUNT_FIELDS))
-        contact = await _resolve(session, data.email, at, motion="outbound")
+        contact = await _resolve(session, q, event, data, at, motion="outbound")
+        if contact is None:
+            return
         await _merge_firmographics(session, contact, values, event.type, at, website=data.website)
         if data.owner and not contact.owner:
             contact.owner = data.owner
@@ -115,7 +123,9 @@ async def record_touch(session: AsyncSession, q: Qualifier, event: CloudEvent, d
     """A sales touch (email, call, social, …) with its outcome, and its side effects."""
     with session.no_autoflush:
         at = utc(data.occurred_at)
-        contact = await _resolve(session, data.email, at, motion="outbound")
+        contact = await _resolve(session, q, event, data, at, motion="outbound")
+        if contact is None:
+            return
         if data.rep and not contact.owner:
             contact.owner = data.rep
         await _add_touch(session, contact, event, at, motion="outbound", channel=data.channel, campaign=data.sequence,
@@ -129,8 +139,9 @@ async def record_touch(session: AsyncSession, q: Qualifier, event: CloudEvent, d
             contact.unsubscribed = True
 
 
-async def prefetch(session: AsyncSession, facts: list[Any]) -> None:
-    """Load what a batch of facts will read (contacts, timelines, accounts) up front."""
+async def prefetch(session: AsyncSession, facts: list[Any], privacy: PrivacyKey | None = None) -> None:
+    """Load what a batch of facts will read (contacts, timelines, accounts and, with
+    ``privacy``, whether the people it would create were erased) up front."""
     emails, domains = set(), set()
     for data in facts:
         try:
@@ -142,12 +153,28 @@ async def prefetch(session: AsyncSession, facts: list[Any]) -> None:
         if domain:
             domains.add(domain)
     await repository.prefetch(session, emails, domains)
+    if privacy is not None:
+        await repository.prefetch_erased(session, [privacy.subject_of(e) for e in repository.unknown(session, emails)])
 
 
 # ---------------------------------------------------------------------- identity
 
 
-async def _resolve(session: AsyncSession, raw_email: str, at: datetime, *, motion: str) -> ContactRecord:
+def _lifts_erasure(event: CloudEvent, data: Any, requested_at: datetime | None) -> bool:
+    """A fact about an erased person creates them again only if it is a new marketing opt-in:
+    a lead with ``consent.marketing: true`` that capture accepted after the erasure was asked
+    (capture drops the others; a fact accepted earlier and still in flight stays erased)."""
+    if event.type != LEAD_CAPTURED or data.consent is None or data.consent.marketing is not True:
+        return False
+    accepted_at = event_id_time(event.id)
+    return accepted_at is not None and (requested_at is None or accepted_at >= utc(requested_at))
+
+
+async def _resolve(session: AsyncSession, q: Qualifier, event: CloudEvent, data: Any, at: datetime, *,
+                   motion: str) -> ContactRecord | None:
+    """The fact's contact, created if new; ``None`` when the person was erased and the fact
+    does not lift it (see ``_lifts_erasure``): the fact is then dropped."""
+    raw_email = data.email
     try:
         email = normalise_email(raw_email)
     except ValueError as exc:
@@ -155,6 +182,13 @@ async def _resolve(session: AsyncSession, raw_email: str, at: datetime, *, motio
     contact = await repository.contact_by_email(session, email)
     if contact is not None:
         return contact
+    if q.privacy is not None:
+        subject = q.privacy.subject_of(email)
+        erased = await repository.erased(session, subject)
+        if erased is not None:
+            if not _lifts_erasure(event, data, None if erased is True else erased):
+                return None
+            repository.lift_erasure(session, subject)
     contact = ContactRecord(
         id=ids.contact_id(email), email=email, email_as_typed=raw_email.strip()[:320],
         stage=stages.entry_stage(motion), motion=motion, email_invalid=False, unsubscribed=False, firmographics={},

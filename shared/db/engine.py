@@ -44,6 +44,9 @@ def sqlite_pragmas(cursor, busy_timeout_ms: int = 30000) -> None:  # noqa: ANN00
     cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    # what a write removes is overwritten with zeros, so an erased person's data is not left
+    # in free space of the file (an update that moves a record frees its old copy)
+    cursor.execute("PRAGMA secure_delete=ON")
 
 
 def sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:

@@ -140,8 +140,9 @@ class FullStack:
 
     async def outboxes_settled(self) -> bool:
         """Every outbox row published to the broker of the moment (after a restart the relays
-        publish every retained row again)."""
+        publish every retained row again, but the erased ones)."""
         from services.capture.models import CaptureOutbox
+        from shared.outbox import ERASED
         from services.outreach.models import OutreachOutbox
         from pipeline_store.models import PipelineOutbox
 
@@ -151,7 +152,9 @@ class FullStack:
                 async with db.reader() as session:
                     waiting = (await session.execute(
                         select(func.count()).select_from(model).where(
-                            (model.published_at.is_(None)) | (model.published_cluster != self.broker.cluster_id))
+                            (model.published_at.is_(None))
+                            | ((model.published_cluster != self.broker.cluster_id)
+                               & (model.published_cluster != ERASED)))  # erased rows are never published again
                     )).scalar_one()
             finally:
                 if db is not self.store:

@@ -85,4 +85,5 @@ def test_url_form(url, allow_http, message):
 
 
 def test_subscribable_types_are_every_type_of_the_followed_topics():
-    assert SUBSCRIBABLE_TYPES == ("io.leadstream.opportunity.qualified.v1", "io.leadstream.stage.changed.v1")
+    assert SUBSCRIBABLE_TYPES == ("io.leadstream.opportunity.qualified.v1", "io.leadstream.stage.changed.v1",
+                                  "io.leadstream.contact.erased.v1")

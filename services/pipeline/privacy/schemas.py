@@ -1,10 +1,11 @@
-"""Query and response models of the privacy API (unknown parameters are refused)."""
+"""Query, request and response models of the privacy API (unknown parameters and fields are refused)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from services.pipeline.schemas import (
     CONSENT_STATE, CONSENTS, ConsentEntryView, ConsentState, ContactProfile, OpportunityView, ScoreRecord,
@@ -57,3 +58,40 @@ class PrivacyExport(BaseModel):
     consent_state: dict[str, ConsentState] = Field(description=CONSENT_STATE)
     webhook_deliveries: list[DisclosedEvent] = Field(
         description="Events about the person sent to webhook subscriptions: who received their data")
+
+
+# ---- erasure
+
+Status = Literal["pending", "completed"]
+
+
+class ErasureIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"email": "ada@example.com"}]})
+
+    email: Annotated[str, StringConstraints(max_length=EMAIL_MAX_LENGTH)] = Field(
+        description="The person's email, as they gave it (normalised to find them; never stored)")
+
+    @field_validator("email")
+    @classmethod
+    def _valid_email(cls, value: str) -> str:
+        return check_email(value)
+
+
+class ErasureAccepted(BaseModel):
+    erasure_id: str
+    status: Status
+
+
+class StoreProgress(BaseModel):
+    store: str = Field(description="`capture`, `outreach` or `pipeline` (the pipeline store)")
+    status: Status
+    records: int | None = Field(None, description="How many records the store erased (0: it held nothing)")
+    completed_at: datetime | None = None
+
+
+class ErasureOut(BaseModel):
+    erasure_id: str
+    status: Status = Field(description="`completed` once every store has reported")
+    requested_at: datetime
+    completed_at: datetime | None = None
+    stores: list[StoreProgress]
