@@ -184,6 +184,8 @@ async def test_a_batch_takes_a_bounded_number_of_statements(two_stores):
         assert statements[("INSERT", table)] == 1, statements
     assert statements[("SELECT", "opportunities")] <= 1, statements
     assert statements[("SELECT", "stage_changes")] <= 1, statements
+    # the consent ledger: its entries in one INSERT, read (for those who qualify) in one query
+    assert statements[("INSERT", "consent_ledger")] == 1 and statements[("SELECT", "consent_ledger")] <= 1, statements
     # accounts: read once, then held and written back once at commit
     assert statements[("UPDATE", "accounts")] <= 1 and statements[("INSERT", "accounts")] == 0, statements
     assert statements[("SELECT", "accounts")] == 2, statements
