@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import capture, e2e, outreach, pipeline, qualification, qualification_pg, webhooks
+from bench import analytics, capture, e2e, outreach, pipeline, qualification, qualification_pg, webhooks
 from bench.harness import Row, Stack
 
 SECTIONS = {
@@ -19,6 +19,7 @@ SECTIONS = {
     "e2e-pg": e2e.run_pg,
     "pipeline": pipeline.run,
     "webhooks": webhooks.run,
+    "analytics": analytics.run,
 }
 
 

@@ -1,4 +1,6 @@
-"""Pipeline API: ``GET /v1/analytics/sources`` and list-page latency over 100,000 contacts.
+"""Pipeline API: ``GET /v1/analytics/sources`` and list-page latency over 100,000 contacts
+(the sources answer reads the rollups seeded with them; ``bench.analytics`` measures it
+under every model up to 1,000,000 contacts).
 
 The pipeline store of this section's own is seeded directly with bulk SQL (SQLAlchemy Core,
 executemany in chunks) — a year of contacts across motions, channels and campaigns with
@@ -24,7 +26,8 @@ import httpx
 from sqlalchemy import create_engine, func, insert, select
 
 from bench.harness import Row, Stack
-from pipeline_store.models import Account, Contact, Opportunity, PipelineApiKey
+from pipeline_store import source_rollups
+from pipeline_store.models import Account, Contact, Opportunity, PipelineApiKey, QualifyDaysRollup, SourceRollup
 from services.pipeline.cursor import encode_cursor
 from shared.auth import hash_key, new_key
 
@@ -111,8 +114,15 @@ def seed(db: Path, contacts: int, seed_value: int = 7) -> dict[str, int]:
             "policy_version": "bench", "created_at": created, "updated_at": last_at, "last_activity_at": last_at,
             **milestones,
         })
+    # the sources rollups qualification would have kept (no credits: first and last touch)
+    total = source_rollups.Rollups()
+    opportunities_of = {o["contact_id"]: [(o["stage"], o["amount"])] for o in opportunity_rows}
+    for contact in contact_rows:
+        total.add(source_rollups.facts_of(contact, opportunities_of.get(contact["id"], ())))
+    sums, days = source_rollups.stored_rows(total)
     with engine.begin() as conn:
-        for table, rows in ((Account, accounts), (Contact, contact_rows), (Opportunity, opportunity_rows)):
+        for table, rows in ((Account, accounts), (Contact, contact_rows), (Opportunity, opportunity_rows),
+                            (SourceRollup, sums), (QualifyDaysRollup, days)):
             for start in range(0, len(rows), 5000):
                 conn.execute(insert(table.__table__), rows[start:start + 5000])
     engine.dispose()

@@ -67,7 +67,8 @@ class Contact(StoreBase):
     first_touch_form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     first_touch_sequence: Mapped[str | None] = mapped_column(String(200), nullable=True)
     first_touch_event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    first_touch_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # indexed: the sources answer reads the contacts of a partial first or last day
+    first_touch_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
     last_touch_motion: Mapped[str | None] = mapped_column(String(10), nullable=True)
     last_touch_channel: Mapped[str | None] = mapped_column(String(40), nullable=True)
     last_touch_campaign: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -93,6 +94,8 @@ class Contact(StoreBase):
     opportunity_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     customer_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     lost_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the fact that made the contact mql (w_shaped attribution credits it)
+    mql_event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Touch(StoreBase):
@@ -421,3 +424,77 @@ class PrivacyProcessedEvent(InboxMixin, StoreBase):
     """The inbox of the pipeline service's ``privacy.requests`` consumer (the stores' reports)."""
 
     __tablename__ = "privacy_processed_events"
+
+
+# ---- sources rollups and attribution credits (pipeline_store/source_rollups.py keeps them)
+
+
+class AttributionCredit(StoreBase):
+    """One counting touch's credit for one opportunity under one attribution model
+    (``services/qualification/domain/attribution_models.py``); an opportunity's credits sum
+    to 1 per model. Written by qualification in the transaction of the facts, replaced when
+    a late touch changes the opportunity's counting touches. No personal data."""
+
+    __tablename__ = "attribution_credits"
+
+    opportunity_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model: Mapped[str] = mapped_column(String(20), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the touch
+    contact_id: Mapped[str] = mapped_column(String(36), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # in the counting order (occurred_at, event id)
+    motion: Mapped[str] = mapped_column(String(10))  # the touch's
+    channel: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    campaign: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    sequence: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    credit: Mapped[float] = mapped_column(Float)
+
+
+class _RollupKey:
+    """A rollup row's key: the attribution model, the grain (``d``: the row sums one cohort day,
+    the UTC day of the contacts' first touch; ``m``: one month, ``day`` its first day), the
+    contact's motion and the credited touch's channel, campaign, form and sequence ("" for
+    none: NULLs are never equal in a unique key)."""
+
+    model: Mapped[str] = mapped_column(String(20), primary_key=True)
+    grain: Mapped[str] = mapped_column(String(1), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    motion: Mapped[str] = mapped_column(String(10), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(40), primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(200), primary_key=True)
+    form_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    sequence: Mapped[str] = mapped_column(String(200), primary_key=True)
+
+
+class SourceRollup(_RollupKey, StoreBase):
+    """The sources question per day and key, as credited sums (``pipeline_store/source_rollups.py``):
+    qualification keeps it in the transaction of the facts, the pipeline service in that of
+    sales' moves, so analytics read it instead of contacts. No personal data."""
+
+    __tablename__ = "source_rollups"
+
+    contacts: Mapped[float] = mapped_column(Float, default=0.0)
+    leads: Mapped[float] = mapped_column(Float, default=0.0)
+    mql: Mapped[float] = mapped_column(Float, default=0.0)
+    sql: Mapped[float] = mapped_column(Float, default=0.0)
+    opportunities: Mapped[float] = mapped_column(Float, default=0.0)
+    won: Mapped[float] = mapped_column(Float, default=0.0)
+    qualified_opportunities: Mapped[float] = mapped_column(Float, default=0.0)
+    pipeline_amount: Mapped[float] = mapped_column(Float, default=0.0)
+    pipeline_amounts: Mapped[float] = mapped_column(Float, default=0.0)  # credited count of amounts set
+    won_amount: Mapped[float] = mapped_column(Float, default=0.0)
+    won_amounts: Mapped[float] = mapped_column(Float, default=0.0)
+    estimated_pipeline_amount: Mapped[float] = mapped_column(Float, default=0.0)  # of pipeline_amount
+    estimated_pipeline_amounts: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class QualifyDaysRollup(_RollupKey, StoreBase):
+    """Days from first touch to ``sql`` per period, key and bucket (``pipeline_store.source_rollups.
+    bucket_of``): credited weight and credited sum of days, for the median."""
+
+    __tablename__ = "qualify_days_rollups"
+
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    weight: Mapped[float] = mapped_column(Float, default=0.0)
+    days: Mapped[float] = mapped_column(Float, default=0.0)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from services.pipeline import service
-from services.pipeline.analytics import to_csv
+from services.pipeline.analytics import csv_name, to_csv
 from services.pipeline.balance import to_csv as balance_csv
 from services.pipeline.schemas import (
     AccountView,
@@ -16,6 +16,7 @@ from services.pipeline.schemas import (
     ContactDetail,
     ContactFilters,
     ContactPage,
+    OpportunityAttribution,
     OpportunityFilters,
     OpportunityPage,
     OpportunityView,
@@ -77,6 +78,18 @@ async def list_opportunities(params: Annotated[OpportunityFilters, Query()], run
 async def get_opportunity(opportunity_id: str, runtime: Runtime) -> OpportunityView:
     async with runtime.db.reader() as session:
         return await service.opportunity_detail(session, opportunity_id)
+
+
+@router.get("/opportunities/{opportunity_id}/attribution", response_model=OpportunityAttribution,
+            summary="How each attribution model credits an opportunity's touches",
+            responses=AUTH_ERRORS | {404: {"description": "Unknown opportunity", **PROBLEM}},
+            description="Per model (`first`, `last`, `linear`, `position`, `time_decay`, `w_shaped`), each "
+            "counting touch (inbound and outbound touches the policy gives positive engagement points, within "
+            "the lookback before qualification, by occurrence time) with its event id, motion, channel, "
+            "campaign and `occurred_at`, and its credit; credits sum to 1 per model.")
+async def get_opportunity_attribution(opportunity_id: str, runtime: Runtime) -> OpportunityAttribution:
+    async with runtime.db.reader() as session:
+        return await service.opportunity_attribution(session, opportunity_id)
 
 
 @router.post(
@@ -160,7 +173,7 @@ async def get_source_analytics(
     if "text/csv" in request.headers.get("accept", ""):
         return Response(
             to_csv(report["rows"], report["keys"]), media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="sources-by-{report["group_by"]}.csv"'},
+            headers={"Content-Disposition": f'attachment; filename="{csv_name(report)}"'},
         )
     return JSONResponse(report)
 

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
+from pipeline_store.source_rollups import DEFAULT_MODEL, MODELS
 from services.pipeline import repository, service, sessions
 from services.pipeline.charts import bar_chart, stacked_columns, top_series, weekly_series
 from services.pipeline.schemas import BalanceQuery, SourcesQuery
@@ -145,6 +146,15 @@ def _dates(from_text: str | None, to_text: str | None) -> tuple[date | None, dat
     return values["from"], values["to"]
 
 
+def channel_shares(rows: list[dict]) -> dict[str, float]:
+    """Each channel's share of qualified pipeline (its rows of every motion together)."""
+    out: dict[str, float] = {}
+    for row in rows:
+        name = row.get("channel") or "unattributed"
+        out[name] = out.get(name, 0) + (row["share"] or 0)
+    return out
+
+
 @router.get("/dashboard", response_class=HTMLResponse)
 async def dashboard(
     request: Request,
@@ -152,22 +162,29 @@ async def dashboard(
     from_text: Annotated[str | None, Query(alias="from", max_length=40)] = None,
     to_text: Annotated[str | None, Query(alias="to", max_length=40)] = None,
     motion: Annotated[str | None, Query(max_length=20)] = None,
+    attribution: Annotated[str | None, Query(max_length=20)] = None,
 ) -> HTMLResponse:
     principal = await _signed_in(request, runtime)
     if principal is None:
         return _session_ended(request, runtime) if COOKIE in request.cookies else _sign_in_page(request)
     try:
         from_, to = _dates(from_text, to_text)
+        if attribution and attribution not in MODELS:
+            raise ValueError(f"Unknown attribution model {attribution!r}; choose one of {', '.join(MODELS)}.")
     except ValueError as exc:
         return _page(request, "dashboard.html", {
-            "principal": principal, "error": str(exc), "motions": MOTIONS,
-            "filters": {"from": from_text, "to": to_text, "motion": motion}}, 422)
+            "principal": principal, "error": str(exc), "motions": MOTIONS, "models": MODELS,
+            "filters": {"from": from_text, "to": to_text, "motion": motion, "attribution": attribution}}, 422)
     motions = [motion] if motion in MOTIONS else None
-    by = {g: SourcesQuery(**{"from": from_, "to": to, "group_by": g, "motion": motions})
+    model = attribution if attribution in MODELS else DEFAULT_MODEL
+    by = {g: SourcesQuery(**{"from": from_, "to": to, "group_by": g, "motion": motions, "attribution": model})
           for g in ("motion", "channel", "campaign")}
     try:
         async with runtime.db.reader() as session:
             figures = {g: await service.source_analytics(session, q, runtime.thresholds) for g, q in by.items()}
+            # the top channel's share under every model: how much the answer depends on the model
+            across = {m: figures["channel"] if m == model else await service.source_analytics(
+                session, by["channel"].model_copy(update={"attribution": m}), runtime.thresholds) for m in MODELS}
             f = repository.SourcesFilter(start=by["motion"].from_, end=by["motion"].to, motions=motions)
             series = await repository.qualified_series(session, f)
             latest = (await repository.list_opportunities(  # one page, plus the row that says "more"
@@ -178,14 +195,13 @@ async def dashboard(
                                                       runtime.thresholds, runtime.balance_thresholds)
     except ProblemError as exc:  # e.g. a range that ends before it starts
         return _page(request, "dashboard.html", {
-            "principal": principal, "error": exc.detail, "filters": {"from": from_, "to": to, "motion": motion},
-            "motions": MOTIONS}, 422)
+            "principal": principal, "error": exc.detail, "filters": {"from": from_, "to": to, "motion": motion,
+                                                                       "attribution": model},
+            "motions": MOTIONS, "models": MODELS}, 422)
     channel_rows = figures["channel"]["rows"]
-    by_channel: dict[str, float] = {}
-    for row in channel_rows:
-        by_channel[row.get("channel") or "unattributed"] = by_channel.get(row.get("channel") or "unattributed", 0) + (
-            row["share"] or 0
-        )
+    by_channel = channel_shares(channel_rows)
+    top = max(by_channel.items(), key=lambda kv: (kv[1], kv[0]))[0] if by_channel else None
+    top_by_model = [(m, channel_shares(across[m]["rows"]).get(top, 0.0)) for m in MODELS] if top else []
     by_campaign: dict[str, float] = {}
     for row in figures["campaign"]["rows"]:
         if row.get("campaign"):
@@ -199,6 +215,8 @@ async def dashboard(
                                            weeks_c, series_c),
         "channel_share": bar_chart("chart-channel-share", "Share of qualified pipeline by channel",
                                    sorted(by_channel.items(), key=lambda kv: -kv[1])[:10], percent=True),
+        "top_channel_models": bar_chart("chart-top-channel-models", f"Share of qualified pipeline from {top} by "
+                                        "attribution model", top_by_model, percent=True),
         "campaign_share": bar_chart("chart-campaign-share", "Share of qualified pipeline by campaign",
                                     sorted(by_campaign.items(), key=lambda kv: -kv[1])[:10], percent=True),
     }
@@ -211,10 +229,12 @@ async def dashboard(
         '<p class="empty">No qualified pipeline in the last 56 days of this range.</p>')
     return _page(request, "dashboard.html", {
         "principal": principal,
-        "filters": {"from": from_, "to": to, "motion": motion},
+        "filters": {"from": from_, "to": to, "motion": motion, "attribution": model},
         "balance": balance,
         "balance_lines": BALANCE_LINES,
         "motions": MOTIONS,
+        "models": MODELS,
+        "top_channel": top,
         "totals": figures["motion"]["totals"],
         "funnel": figures["motion"]["rows"],
         "channels": channel_rows,

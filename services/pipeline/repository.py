@@ -11,15 +11,16 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Float, Integer, and_, case, cast, delete, func, or_, select
+from sqlalchemy import Float, and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
-from pipeline_store import rollups
+from pipeline_store import rollups, source_rollups
 from pipeline_store.models import (
     Account,
+    AttributionCredit,
     BalanceDay,
     BalanceDaysToSql,
     BalanceEffort,
@@ -28,7 +29,9 @@ from pipeline_store.models import (
     DashboardSession,
     Opportunity,
     PipelineApiKey,
+    QualifyDaysRollup,
     Score,
+    SourceRollup,
     StageChange,
     Touch,
     TransitionRequest,
@@ -327,11 +330,6 @@ async def move_balance(session: AsyncSession, before: rollups.Contribution, afte
 
 # ---- the sources question --------------------------------------------------------------
 
-GROUP_COLUMNS = {
-    "motion": None, "channel": "channel", "campaign": "campaign", "form": "form_id", "sequence": "sequence",
-}
-
-
 @dataclass(frozen=True)
 class SourcesFilter:
     start: date | datetime | None = None
@@ -352,126 +350,127 @@ def _cohort(f: SourcesFilter) -> list[ColumnElement]:
     return where
 
 
-def _reached(*milestones: Any) -> Any:
-    """1 when the contact reached this stage or a later one (a skipped stage still counts as passed)."""
-    return case((or_(*(m.is_not(None) for m in milestones)), 1), else_=0)
+# ---- the sources question from rollups ----------------------------------------------------
+
+_KEY_NAMES = ("motion", "channel", "campaign", "form_id", "sequence")
 
 
-def _per_contact_opportunities():  # noqa: ANN202
-    return (
-        select(
-            O.contact_id.label("contact_id"),
-            func.count().label("n"),
-            func.sum(case((O.stage.in_(OPEN_OR_WON), O.amount))).label("pipeline_amount"),
-            func.sum(case((and_(O.stage.in_(OPEN_OR_WON), O.amount_estimated), O.amount))).label(
-                "estimated_pipeline_amount"
-            ),
-            func.sum(case((O.stage == "customer", O.amount))).label("won_amount"),
-        )
-        .group_by(O.contact_id)
-        .subquery("opp")
-    )
+@dataclass(frozen=True)
+class RollupRange:
+    """What one sources answer reads: whole days from the rollups (``first_day``/``last_day``,
+    ``None`` unbounded; none when ``first_day > last_day``) and instants ``[start, end)``
+    (``end`` included when ``end_inclusive``) of partial days from the raw rows."""
+
+    model: str
+    motions: Sequence[str] | None = None
+    first_day: date | None = None
+    last_day: date | None = None
+    whole_days: bool = True
+    windows: tuple[tuple[datetime, datetime, bool], ...] = ()
 
 
-def _group_columns(group_by: str, attribution: str) -> list[Any]:
-    columns = [C.motion.label("motion")]
-    attr = GROUP_COLUMNS[group_by]
-    if attr is not None:
-        columns.append(touch_columns(C, attribution)[attr].label(group_by))
-    return columns
+Sums = dict[tuple, list[float]]
+DayCells = dict[tuple, list[tuple[int, float, float]]]
 
 
-def _rate(numerator: Any, denominator: Any) -> Any:
-    return cast(numerator, Float) / func.nullif(cast(denominator, Float), 0)
+def _periods(first_day: date | None, last_day: date | None) -> list[tuple[str, date | None, date | None]]:
+    """The rollup rows a whole-day range reads: (grain, first, last) — whole months from month
+    rows, the ragged ends from day rows (``None``: unbounded)."""
+    def month_after(day: date) -> date:
+        return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+    months_from = first_day if first_day is None or first_day.day == 1 else month_after(first_day)
+    if last_day is None:
+        months_to = None  # the first day of the last whole month
+    elif month_after(last_day) - timedelta(days=1) == last_day:
+        months_to = last_day.replace(day=1)
+    else:
+        months_to = (last_day.replace(day=1) - timedelta(days=1)).replace(day=1)
+    if months_from is not None and months_to is not None and months_from > months_to:
+        return [(source_rollups.DAY, first_day, last_day)]
+    out = [(source_rollups.MONTH, months_from, months_to)]
+    if first_day is not None and months_from is not None and first_day < months_from:
+        out.append((source_rollups.DAY, first_day, months_from - timedelta(days=1)))
+    if last_day is not None and months_to is not None and month_after(months_to) <= last_day:
+        out.append((source_rollups.DAY, month_after(months_to), last_day))
+    return out
 
 
-async def source_rows(session: AsyncSession, group_by: str | None, f: SourcesFilter) -> list[dict[str, Any]]:
-    """The funnel per source group (``None``: one row of totals), with rates and shares.
+async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayCells]:
+    """The rollups of the model summed over the range per key, and the days histogram per key."""
+    sums: Sums = {}
+    days: DayCells = {}
+    R, D = SourceRollup.__table__, QualifyDaysRollup.__table__  # noqa: N806
+    for grain, low, high in _periods(r.first_day, r.last_day) if r.whole_days else ():
 
-    Counts are of contacts in the cohort that reached each milestone; amounts and the
-    qualified-opportunity count come from their opportunities (open and won for pipeline).
-    """
-    opp = _per_contact_opportunities()
-    keys = _group_columns(group_by, f.attribution) if group_by else []
-    grouped = (
-        select(
-            *keys,
-            func.count().label("contacts"),
-            func.coalesce(func.sum(_reached(C.lead_at, C.mql_at, C.sql_at, C.opportunity_at, C.customer_at)), 0).label(
-                "leads"
-            ),
-            func.coalesce(func.sum(_reached(C.mql_at, C.sql_at, C.opportunity_at, C.customer_at)), 0).label("mql"),
-            func.coalesce(func.sum(_reached(C.sql_at, C.opportunity_at, C.customer_at)), 0).label("sql"),
-            func.coalesce(func.sum(_reached(C.opportunity_at, C.customer_at)), 0).label("opportunities"),
-            func.coalesce(func.sum(_reached(C.customer_at)), 0).label("won"),
-            cast(func.coalesce(func.sum(opp.c.n), 0), Integer).label("qualified_opportunities"),
-            func.sum(opp.c.pipeline_amount).label("pipeline_amount"),
-            func.sum(opp.c.estimated_pipeline_amount).label("estimated_pipeline_amount"),
-            func.sum(opp.c.won_amount).label("won_amount"),
-        )
-        .select_from(C)
-        .outerjoin(opp, opp.c.contact_id == C.id)
-        .where(*_cohort(f))
-    )
-    if keys:
-        grouped = grouped.group_by(*keys)
-    g = grouped.subquery("g")
-    key_cols = [g.c[k.name] for k in keys]
-    stmt = select(
-        *key_cols,
-        g.c.contacts, g.c.leads, g.c.mql, g.c.sql, g.c.opportunities, g.c.won,
-        _rate(g.c.mql, g.c.leads).label("lead_to_mql"),
-        _rate(g.c.sql, g.c.mql).label("mql_to_sql"),
-        _rate(g.c.opportunities, g.c.sql).label("sql_to_opportunity"),
-        _rate(g.c.won, g.c.opportunities).label("opportunity_to_won"),
-        g.c.qualified_opportunities, g.c.pipeline_amount, g.c.estimated_pipeline_amount, g.c.won_amount,
-        _rate(g.c.qualified_opportunities, func.sum(g.c.qualified_opportunities).over()).label("share"),
-        _rate(g.c.pipeline_amount, func.sum(g.c.pipeline_amount).over()).label("amount_share"),
-    ).order_by(g.c.qualified_opportunities.desc(), g.c.contacts.desc(), *(c.asc().nulls_last() for c in key_cols))
-    rows = [dict(r._mapping) for r in (await session.execute(stmt)).all()]
-    medians = await _median_days_to_qualify(session, keys, f)
-    for row in rows:
-        row["median_days_to_qualify"] = medians.get(tuple(row[k.name] for k in keys))
-    return rows
+        def where(table: Any, grain: str = grain, low: date | None = low, high: date | None = high
+                  ) -> list[ColumnElement]:
+            out = [table.c.model == r.model, table.c.grain == grain]
+            if low is not None:
+                out.append(table.c.day >= low)
+            if high is not None:
+                out.append(table.c.day <= high)
+            if r.motions:
+                out.append(table.c.motion.in_(r.motions))
+            return out
+
+        keys = [R.c[name] for name in _KEY_NAMES]
+        stmt = select(*keys, *(func.sum(R.c[name]) for name in source_rollups.METRICS)).where(*where(R)).group_by(*keys)
+        for row in (await session.execute(stmt)).all():
+            key = tuple(map(source_rollups.key_value, row[:5]))
+            found = sums.get(key)
+            values = [float(v or 0.0) for v in row[5:]]
+            if found is None:
+                sums[key] = values
+            else:
+                for i, value in enumerate(values):
+                    found[i] += value
+        dkeys = [D.c[name] for name in _KEY_NAMES]
+        stmt = (select(*dkeys, D.c.bucket, func.sum(D.c.weight), func.sum(D.c.days)).where(*where(D))
+                .group_by(*dkeys, D.c.bucket))
+        for row in (await session.execute(stmt)).all():
+            days.setdefault(tuple(map(source_rollups.key_value, row[:5])), []).append(
+                (int(row[5]), float(row[6] or 0.0), float(row[7] or 0.0)))
+    for start, end, inclusive in r.windows:
+        partial = source_rollups.Rollups()
+        for facts in await source_rollups.raw_facts(session, *_cohort_window(start, end, inclusive, r.motions)):
+            partial.add(facts)
+        _merge(sums, days, partial, r.model)
+    return sums, days
 
 
-async def _median_days_to_qualify(session: AsyncSession, keys: list[Any], f: SourcesFilter) -> dict[tuple, float]:
-    """Median days from first touch to ``sql`` per group: the middle row (or the mean of the
-    two middle rows) by ROW_NUMBER within each group — a median both databases compute."""
-    days = days_between(C.sql_at, _first_touch_at())
-    partition = keys or None
-    ranked = (
-        select(
-            *keys,
-            days.label("days"),
-            func.row_number().over(partition_by=partition, order_by=days).label("rn"),
-            func.count().over(partition_by=partition).label("n"),
-        )
-        .where(C.sql_at.is_not(None), *_cohort(f))
-        .subquery("ranked")
-    )
-    key_cols = [ranked.c[k.name] for k in keys]
-    middle = or_(ranked.c.rn == (ranked.c.n + 1) // 2, ranked.c.rn == (ranked.c.n + 2) // 2)
-    stmt = select(*key_cols, func.avg(ranked.c.days)).where(middle)
-    if key_cols:
-        stmt = stmt.group_by(*key_cols)
-    return {tuple(r[:-1]): float(r[-1]) for r in (await session.execute(stmt)).all() if r[-1] is not None}
+def _merge(sums: Sums, days: DayCells, partial: source_rollups.Rollups, model: str) -> None:
+    for key, values in partial.sums.items():
+        if key[0] != model:
+            continue
+        name = tuple(map(source_rollups.key_value, key[2:]))
+        row = sums.setdefault(name, [0.0] * len(source_rollups.METRICS))
+        for i, value in enumerate(values):
+            row[i] += value
+    for (key, bucket), (weight, total) in partial.days.items():
+        if key[0] == model:
+            days.setdefault(tuple(map(source_rollups.key_value, key[2:])), []).append((bucket, weight, total))
 
 
-async def pipeline_shares(session: AsyncSession, dimension: str, f: SourcesFilter) -> list[tuple[str | None, float]]:
-    """Each channel's, campaign's or motion's share of the qualified opportunities of the cohort."""
-    opp = _per_contact_opportunities()
-    column = C.motion if dimension == "motion" else touch_columns(C, f.attribution)[dimension]
-    counts = (
-        select(column.label("name"), func.sum(opp.c.n).label("n"))
-        .select_from(C)
-        .join(opp, opp.c.contact_id == C.id)
-        .where(*_cohort(f))
-        .group_by(column)
-        .subquery("counts")
-    )
-    stmt = select(counts.c.name, _rate(counts.c.n, func.sum(counts.c.n).over()))
-    return [(name, float(share)) for name, share in (await session.execute(stmt)).all() if share is not None]
+def _cohort_window(start: datetime, end: datetime, inclusive: bool, motions: Sequence[str] | None
+                   ) -> list[ColumnElement]:
+    """Contacts whose first touch (``created_at`` where none was kept) is in the window:
+    each branch can use its column's index."""
+    def bounded(column: Any) -> list[ColumnElement]:
+        return [column >= start, column <= end if inclusive else column < end]
+
+    where = [or_(and_(C.first_touch_at.is_not(None), *bounded(C.first_touch_at)),
+                 and_(C.first_touch_at.is_(None), *bounded(C.created_at)))]
+    if motions:
+        where.append(C.motion.in_(motions))
+    return where
+
+
+async def attribution_credits(session: AsyncSession, opportunity_id: str) -> list[AttributionCredit]:
+    """An opportunity's stored credits, by model and touch order."""
+    stmt = (select(AttributionCredit).where(AttributionCredit.opportunity_id == opportunity_id)
+            .order_by(AttributionCredit.model, AttributionCredit.position))
+    return list((await session.execute(stmt)).scalars())
 
 
 async def qualified_series(session: AsyncSession, f: SourcesFilter) -> list[tuple[datetime, str, str | None]]:

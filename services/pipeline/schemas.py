@@ -8,11 +8,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
+from pipeline_store.source_rollups import MODELS
 from shared.amounts import Money
 from shared.events import INBOUND_CHANNELS, OUTBOUND_CHANNELS, Motion, Stage
 
 Channel = Literal[tuple(sorted(set(INBOUND_CHANNELS) | set(OUTBOUND_CHANNELS)))]  # type: ignore[valid-type]
 Attribution = Literal["first", "last"]
+Model = Literal[MODELS]  # type: ignore[valid-type]
 Order = Literal["desc", "asc"]
 Target = Literal["opportunity", "customer", "lost", "disqualified", "nurture"]
 GroupBy = Literal["motion", "channel", "campaign", "form", "sequence"]
@@ -124,9 +126,10 @@ class SourcesQuery(Strict):
     to: When | None = Field(None, description="First touch at or before (a date includes the whole day)")
     group_by: GroupBy = "channel"
     motion: Motions = None
-    attribution: Attribution = Field(
-        "first", description="Group by the first touch or the last touch before qualification"
-    )
+    attribution: Model = Field(
+        "first", description="The attribution model: `first` (first touch), `last` (last touch before "
+        "qualification), `linear`, `position`, `time_decay` or `w_shaped`; each opportunity's credit is "
+        "spread over its counting touches, so counts and amounts become credited sums")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -365,3 +368,32 @@ class TransitionIn(Strict):
 class TransitionOut(BaseModel):
     opportunity: OpportunityView
     stage_change: StageChangeView
+
+
+class CreditedTouch(BaseModel):
+    """One touch and its share of the opportunity under a model (credits sum to 1)."""
+
+    event_id: str | None
+    motion: str | None
+    channel: str | None
+    campaign: str | None
+    form_id: str | None
+    sequence: str | None
+    occurred_at: Utc | None
+    credit: float
+
+
+class ModelCredits(BaseModel):
+    model: str
+    basis: Literal["counting_touches", "first_touch", "last_touch"] = Field(
+        description="`counting_touches`: the model's split of the opportunity's counting touches; without "
+        "any, the whole credit goes to the contact's first touch (`last`: its last touch before qualification), "
+        "as the sources answer counts it")
+    touches: list[CreditedTouch]
+
+
+class OpportunityAttribution(BaseModel):
+    opportunity_id: str
+    contact_id: str
+    qualified_at: Utc
+    models: list[ModelCredits]

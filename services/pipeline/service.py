@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
-from decimal import Decimal
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pipeline_store import rollups
+from pipeline_store import rollups, source_rollups
 from pipeline_store.models import Account, Contact, Opportunity, PipelineOutbox, StageChange, TransitionRequest
 from services.pipeline import balance, repository, transitions
 from services.pipeline.balance import BalanceThresholds
-from services.pipeline.analytics import Thresholds, concentration_index, dependency_warnings
+from services.pipeline.analytics import Thresholds, sources_figures
 from services.pipeline.cursor import BadCursor, Position, decode_cursor, encode_cursor
 from services.pipeline.schemas import (
     AccountBrief,
@@ -28,8 +27,11 @@ from services.pipeline.schemas import (
     ContactPage,
     ContactProfile,
     ContactSummary,
+    CreditedTouch,
     Milestones,
+    ModelCredits,
     MotionMix,
+    OpportunityAttribution,
     OpportunityFilters,
     OpportunityPage,
     OpportunityView,
@@ -275,6 +277,44 @@ async def opportunity_detail(session: AsyncSession, opportunity_id: str) -> Oppo
     return opportunity_view(*found)
 
 
+async def _rollup_facts(session: AsyncSession, contact: Contact,
+                        earlier: source_rollups.ContactFacts | None = None) -> source_rollups.ContactFacts:
+    """What the contact contributes to the sources rollups as the session sees it now (its
+    credits read once: ``earlier``'s, a transition does not change them)."""
+    values = {name: getattr(contact, name) for name in source_rollups.CONTACT_COLUMNS}
+    opportunities = (await source_rollups.opportunities_of(session, [contact.id])).get(contact.id, ())
+    credits = earlier.credits if earlier is not None else (await source_rollups.credits_of(session, [contact.id])).get(
+        contact.id)
+    return source_rollups.facts_of(values, opportunities, credits)
+
+
+async def opportunity_attribution(session: AsyncSession, opportunity_id: str) -> OpportunityAttribution:
+    """Per model, the opportunity's credited touches (what the sources answer counts)."""
+    found = await repository.opportunity(session, opportunity_id)
+    if found is None:
+        raise ProblemError(404, f"No opportunity with id {opportunity_id!r}.")
+    opp = found[0]
+    contact = (await repository.contact(session, opp.contact_id))[0]  # type: ignore[index]
+    stored: dict[str, list[CreditedTouch]] = {}
+    for c in await repository.attribution_credits(session, opportunity_id):
+        stored.setdefault(c.model, []).append(CreditedTouch(
+            event_id=c.event_id, motion=c.motion, channel=c.channel, campaign=c.campaign, form_id=c.form_id,
+            sequence=c.sequence, occurred_at=c.occurred_at, credit=c.credit))
+    models = []
+    for model in source_rollups.MODELS:
+        if model in stored:
+            models.append(ModelCredits(model=model, basis="counting_touches", touches=stored[model]))
+            continue
+        which = "last" if model == "last" else "first"
+        touch = _touch(contact, f"{which}_touch_", ("event_id", "at"))
+        touches = [] if touch is None else [CreditedTouch(
+            event_id=touch.event_id, motion=touch.motion, channel=touch.channel, campaign=touch.campaign,
+            form_id=touch.form_id, sequence=touch.sequence, occurred_at=touch.at, credit=1.0)]
+        models.append(ModelCredits(model=model, basis=f"{which}_touch", touches=touches))
+    return OpportunityAttribution(opportunity_id=opp.id, contact_id=opp.contact_id, qualified_at=opp.qualified_at,
+                                  models=models)
+
+
 @dataclass(frozen=True)
 class Transition:
     answer: dict[str, Any]
@@ -323,6 +363,7 @@ async def transition(
     now = datetime.now(timezone.utc)
     contact = await repository.contact_for_update(session, opp.contact_id)
     before = rollups.contribution(contact, opp.stage, opp.amount)
+    sources_before = await _rollup_facts(session, contact)
     from_stage = opp.stage
     opp.stage, opp.updated_at = body.to, now
     if body.amount is not None:
@@ -354,6 +395,9 @@ async def transition(
     repository.add(session, change)
     stage_event(session, PipelineOutbox, event, key=contact.email)
     await session.flush()
+    # the sources rollups move with the stage and the amount, in this transaction
+    await source_rollups.write_difference(session, sources_before,
+                                          await _rollup_facts(session, contact, sources_before))
     email = contact.email
     answer = TransitionOut(opportunity=opportunity_view(opp, email), stage_change=stage_change_view(change))
     answer_json = answer.model_dump(mode="json")
@@ -366,22 +410,33 @@ async def transition(
 # ---- the sources question --------------------------------------------------------------
 
 
-def _rounded(row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for name, value in row.items():
-        if name in ("pipeline_amount", "estimated_pipeline_amount", "won_amount"):
-            value = None if value is None else float(value)
-        elif name in ("lead_to_mql", "mql_to_sql", "sql_to_opportunity", "opportunity_to_won", "share", "amount_share"):
-            value = None if value is None else round(float(value), 4)
-        elif name == "median_days_to_qualify":
-            value = None if value is None else round(float(value), 2)
-        elif isinstance(value, (int, float, Decimal)) and not isinstance(value, bool):
-            value = int(value)  # counts (PostgreSQL sums integers as numeric)
-        out[name] = value
-    if "estimated_pipeline_amount" in out and out["estimated_pipeline_amount"] is None \
-            and out.get("pipeline_amount") is not None:
-        out["estimated_pipeline_amount"] = 0.0  # pipeline amounts, none of them estimated
-    return out
+def rollup_range(query: SourcesQuery) -> repository.RollupRange:
+    """Which whole days the rollups answer and which partial days the raw rows do: a date
+    bound covers its whole day; a date-time bound off midnight leaves a partial day."""
+    start, end = query.from_, query.to
+    first_day = last_day = None
+    windows: list[tuple[datetime, datetime, bool]] = []
+    start_partial = isinstance(start, datetime) and start.timetz() != time(0, tzinfo=timezone.utc)
+    if isinstance(start, datetime):
+        first_day = start.date() + timedelta(days=1) if start_partial else start.date()
+    elif start is not None:
+        first_day = start
+    if isinstance(end, datetime):
+        last_day = end.date() - timedelta(days=1)
+        midnight = datetime.combine(end.date(), time(0), tzinfo=timezone.utc)
+        if start_partial and start.date() == end.date():  # type: ignore[union-attr]
+            windows.append((start, end, True))  # type: ignore[arg-type]
+            start_partial = False
+        else:
+            windows.append((max(midnight, start) if isinstance(start, datetime) else midnight, end, True))
+    elif end is not None:
+        last_day = end
+    if start_partial:
+        windows.append((start, datetime.combine(start.date() + timedelta(days=1), time(0), tzinfo=timezone.utc),
+                        False))  # type: ignore[arg-type, union-attr]
+    whole = first_day is None or last_day is None or first_day <= last_day
+    return repository.RollupRange(model=query.attribution, motions=query.motion, first_day=first_day,
+                                  last_day=last_day, whole_days=whole, windows=tuple(windows))
 
 
 async def source_analytics(
@@ -394,12 +449,9 @@ async def source_analytics(
     Reusable by any caller holding a session (a dashboard page, a scheduled report).
     """
     _check_range(query, "from_", "to", "from")
-    f = repository.SourcesFilter(start=query.from_, end=query.to, motions=query.motion, attribution=query.attribution)
-    rows = [_rounded(r) for r in await repository.source_rows(session, query.group_by, f)]
-    totals = [_rounded(r) for r in await repository.source_rows(session, None, f)][0]
-    shares = {dim: await repository.pipeline_shares(session, dim, f) for dim in ("channel", "campaign", "motion")}
-    skip = ["motion"] if query.motion and len(query.motion) == 1 else []
-    hhi = concentration_index(share for _, share in shares["channel"])
+    sums, days = await repository.rollup_sums(session, rollup_range(query))
+    rows, totals, hhi, warnings = sources_figures(
+        sums, days, query.group_by, thresholds, skip_motion=bool(query.motion and len(query.motion) == 1))
     return {
         "group_by": query.group_by,
         "attribution": query.attribution,
@@ -410,8 +462,8 @@ async def source_analytics(
         "keys": ["motion"] if query.group_by == "motion" else ["motion", query.group_by],
         "rows": rows,
         "totals": totals,
-        "concentration_index": None if hhi is None else round(hhi, 4),
-        "warnings": dependency_warnings(shares, thresholds, skip=skip),
+        "concentration_index": hhi,
+        "warnings": warnings,
     }
 
 

@@ -352,3 +352,14 @@ async def entered_stage_at(session: AsyncSession, contact_id: str, stage: str) -
             )
         ).scalar_one_or_none()
     return cache[(contact_id, stage)]
+
+
+async def mql_cause(session: AsyncSession, contact_id: str) -> str | None:
+    """The event that first moved the contact to ``mql`` (from its stage history)."""
+    return (
+        await session.execute(
+            select(StageChange.cause_event_id)
+            .where(StageChange.contact_id == contact_id, StageChange.to_stage == "mql")
+            .order_by(StageChange.id).limit(1)
+        )
+    ).scalar_one_or_none()

@@ -20,12 +20,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from pipeline_store import source_rollups
 from services.qualification import repository
 from services.qualification.domain import evaluation, ids
 from services.qualification.domain.policy import PolicySet
 from services.qualification.records import ContactRecord
 from services.qualification.repository import utc
-from services.qualification.service import Qualifier, account_values_of, apply_evaluation
+from services.qualification.service import Qualifier, account_values_of, apply_evaluation, refresh_credits
 from shared.db import Database
 from shared.retry import transaction_with_retries
 
@@ -86,8 +87,12 @@ async def rescore_contact(session: AsyncSession, policies: PolicySet, contact: C
     if not apply:
         return
     at = reached_at if steps else facts[-1].occurred_at
-    await apply_evaluation(session, contact, result, policies.version, cause=ids.rescore_cause(policies.version),
+    if contact.mql_at is not None and contact.mql_event_id is None:  # stored before it was recorded
+        contact.mql_event_id = await repository.mql_cause(session, contact.id)
+    await apply_evaluation(session, contact, result, policies, cause=ids.rescore_cause(policies.version),
                            at=at, facts=facts, real=real, account_values=account_values, steps=steps)
+    # the counting touches follow the policy (and the lookback): every opportunity's credits anew
+    await refresh_credits(session, policies, contact, facts, real)
 
 
 async def rescore_page(session: AsyncSession, q: Qualifier, contact_ids: list[str]) -> RescoreReport:
@@ -114,4 +119,6 @@ async def rescore_all(db: Database, q: Qualifier, *, apply: bool) -> RescoreRepo
                 for contact_id in page:
                     contact = await repository.contact_by_id(session, contact_id)
                     await rescore_contact(session, q.policies, contact, report, apply=False)
+    if apply:  # the credits are new: the rollups are rebuilt from them and the raw rows
+        await transaction_with_retries(db, source_rollups.rebuild)
     return report

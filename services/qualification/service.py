@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import PipelineOutbox, Touch
+from services.qualification import credits as attribution_credits
 from services.qualification import events, records, repository
 from services.qualification.domain import attribution, consent, evaluation, identity, ids, stages
 from services.qualification.domain.channels import ChannelRules, load_channel_rules
@@ -271,9 +272,25 @@ async def requalify(session: AsyncSession, q: Qualifier, contact: ContactRecord,
     result = evaluation.evaluate(policies, None if new else contact.stage, contact.email, profile, facts, real,
                                  as_of=as_of, qualified_at=utc(contact.sql_at), flags=flags or set(),
                                  since=utc(since))
-    await apply_evaluation(session, contact, result, policies.version, cause=cause, at=at, facts=facts, real=real,
+    qualified_at = utc(contact.sql_at)
+    await apply_evaluation(session, contact, result, policies, cause=cause, at=at, facts=facts, real=real,
                            account_values=account_values)
+    if (cause in real and qualified_at is not None and qualified_at == utc(contact.sql_at)
+            and attribution_credits.late_touch_counts(qualified_at, at, policies.attribution_lookback_days)):
+        # a touch that occurred before the qualification (synced late) may change its credits
+        await refresh_credits(session, policies, contact, facts, real)
     return result
+
+
+async def refresh_credits(session: AsyncSession, policies: PolicySet, contact: ContactRecord,
+                          facts: list[attribution.Touch], real: set[str]) -> None:
+    """Recompute the credits of the contact's opportunity (if it has one) from its timeline."""
+    opportunity_id = await repository.opportunity_of(session, contact.id)
+    qualified_at = utc(contact.sql_at)
+    if opportunity_id is None or qualified_at is None:
+        return
+    credits = evaluation.credits(policies, facts, real, qualified_at, contact.mql_event_id)
+    attribution_credits.note_credits(session, contact, opportunity_id, credits)
 
 
 async def account_values_of(session: AsyncSession, contact: ContactRecord) -> dict:
@@ -287,10 +304,12 @@ async def account_values_of(session: AsyncSession, contact: ContactRecord) -> di
     return {"domain": account.domain, **{name: getattr(account, name) for name in ACCOUNT_FIELDS}}
 
 
-async def apply_evaluation(session: AsyncSession, contact: ContactRecord, result: Evaluation, version: str, *,
+async def apply_evaluation(session: AsyncSession, contact: ContactRecord, result: Evaluation, policies: PolicySet, *,
                            cause: str, at: datetime, facts: list[attribution.Touch], real: set[str],
                            account_values: dict, steps: tuple[str, ...] | None = None) -> list[str]:
     """Store the score and attribution, and every stage entered with its event."""
+    attribution_credits.note_contact(session, contact)
+    version = policies.version
     fit, engagement = result.fit, result.engagement
     fit_reasons = evaluation.fit_reasons(fit.reasons)
     engagement_reasons = evaluation.reasons_of(engagement.reasons)
@@ -308,10 +327,14 @@ async def apply_evaluation(session: AsyncSession, contact: ContactRecord, result
     rule = decision.rule
     opportunity_id = None
     for step in steps:
+        if step == "mql" and contact.mql_at is None:
+            contact.mql_event_id = ids.event_cause(cause)  # the fact that made it mql (w_shaped credits it)
         if step == stages.QUALIFIED:
             contact.sql_at = at
             result.motion, result.first, result.last = evaluation.attribute(facts, real, at)
             opportunity_id = await _qualify(session, contact, result, version, cause, at, facts, account_values)
+            attribution_credits.note_credits(session, contact, opportunity_id, evaluation.credits(
+                policies, facts, real, at, contact.mql_event_id))
         contact.stage = step
         _stamp(contact, step, at)
         reason = (f"entered as a {step}" if previous is None else f"{rule} ({version})" if rule else version)
@@ -377,6 +400,7 @@ async def _qualify(session: AsyncSession, contact: ContactRecord, result: Evalua
         fit_score=float(fit_.points), engagement_score=float(engagement_.points), grade=fit_.grade,
         policy_version=version, qualified_event_id=event_id, caused_by=causes, qualified_at=at, updated_at=at,
     ))
+    attribution_credits.note_opportunity(session, contact, "sql")
     event = events.opportunity_qualified(contact, account_values, result, opportunity_id=opportunity_id,
                                          event_id=event_id, policy_version=version, caused_by=causes, at=at,
                                          consents=await repository.consents_of(session, contact.id))

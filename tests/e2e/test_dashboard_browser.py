@@ -167,6 +167,24 @@ async def test_the_dashboard_in_chromium_shows_what_the_api_returns(seeded):
             assert all(w in warnings for w in inbound["warnings"])
             assert await page.get_by_label("Motion", exact=True).input_value() == "inbound"  # the form keeps the filter
 
+            # the attribution model: the figures of that model, and the top channel's share under every model
+            linear = await api(stack, motion="inbound", attribution="linear")
+            linear_channels = await api(stack, motion="inbound", attribution="linear", group_by="channel")
+            await page.get_by_label("Attribution model", exact=True).select_option("linear")
+            await page.get_by_role("button", name="Apply").click()
+            await page.wait_for_url("**attribution=linear**")
+            assert await page.get_by_label("Attribution model", exact=True).input_value() == "linear"
+            assert _number(await page.locator("#kpi-qualified").inner_text()) == pytest.approx(
+                linear["totals"]["qualified_opportunities"], abs=0.5)
+            assert await page.locator("#channels tbody tr").count() == len(linear_channels["rows"])
+            across = page.locator("#chart-top-channel-models")
+            described = await across.locator(":scope > desc").text_content()
+            assert all(f"{model}:" in described for model in ("first", "last", "linear", "position", "time_decay",
+                                                               "w_shaped"))
+            best = max(r["share"] or 0 for r in linear_channels["rows"])
+            title = await page.locator("#share-models-title").inner_text()
+            assert any(r["channel"] in title for r in linear_channels["rows"] if r["share"] == best)
+
             # a phone: nothing wider than the screen, tables scroll or become cards inside their section
             phone_context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
             await phone_context.add_cookies([cookie])

@@ -143,3 +143,20 @@ async def test_latest_shows_at_most_ten_and_hostile_campaign_names_stay_text(pip
     empty = await signed_in_page(pipeline, {"from": "2030-01-01"})
     assert "No opportunity was qualified in this range." in empty.text
     assert "No qualified pipeline" in empty.text  # the charts say so in words
+
+
+async def test_the_attribution_model_selector_and_a_bad_model(pipeline):  # noqa: F811
+    await _seed_history(pipeline)
+    key = pipeline.headers["Authorization"].split()[1]
+    session = (await sign_in(pipeline, key)).cookies[COOKIE]
+    headers = {"Authorization": "", "Cookie": f"{COOKIE}={session}"}
+    page = await pipeline.get("/dashboard", params={"attribution": "w_shaped"}, headers=headers)
+    assert page.status_code == 200
+    assert '<option value="w_shaped" selected>' in page.text
+    api = (await pipeline.get("/v1/analytics/sources", params={"attribution": "w_shaped"})).json()
+    assert f"Qualified opportunities {api['totals']['qualified_opportunities']:,}" in text(page.text)
+    # beside the share chart: the top channel's share under each model
+    assert "How paid_search's share moves across models" in text(page.text)
+    assert 'id="chart-top-channel-models"' in page.text
+    bad = await pipeline.get("/dashboard", params={"attribution": "u_shaped"}, headers=headers)
+    assert bad.status_code == 422 and "Unknown attribution model" in bad.text

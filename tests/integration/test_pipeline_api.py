@@ -27,6 +27,7 @@ from pipeline_store.models import (
     Touch,
     TransitionRequest,
 )
+from pipeline_store import source_rollups
 from services.pipeline.app import create_app
 from shared.auth import hash_key, new_key
 from shared.events import PIPELINE_CHANGES, STAGE_CHANGED
@@ -54,6 +55,8 @@ class Store:
     async def add(self, *rows) -> None:  # noqa: ANN002
         async with self.db.unit_of_work() as session:
             session.add_all(rows)
+        async with self.db.unit_of_work() as session:  # and its rollups, as qualification keeps them
+            await source_rollups.rebuild(session)
 
     def account(self, domain: str, **kw) -> Account:  # noqa: ANN003
         return Account(domain=domain, created_at=T0, updated_at=T0, firmographics=kw.pop("firmographics", {}), **kw)

@@ -263,3 +263,9 @@ def test_credits_do_not_depend_on_arrival_order(data: st.DataObject, n: int) -> 
     mql = data.draw(st.sampled_from([None, *(t.event_id for t in touches)]))
     for model in MODELS:
         assert attribute(model, shuffled, Q, mql_event_id=mql) == attribute(model, touches, Q, mql_event_id=mql)
+
+
+def test_the_store_knows_the_same_models() -> None:
+    from pipeline_store.source_rollups import MODELS as STORED
+
+    assert tuple(MODELS) == STORED

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -155,3 +155,23 @@ def test_csv_has_group_columns_then_metrics_and_defuses_formulas():
     row = dict(zip(table[0], table[1]))
     assert row["campaign"].startswith("'=")
     assert (row["contacts"], row["share"], row["opportunity_to_won"]) == ("3", "0.5", "")
+
+
+@pytest.mark.parametrize(("first", "last", "expected"), [
+    (None, None, [("m", None, None)]),
+    (date(2026, 3, 1), date(2026, 4, 30), [("m", date(2026, 3, 1), date(2026, 4, 1))]),
+    (date(2026, 3, 15), date(2026, 4, 30), [("m", date(2026, 4, 1), date(2026, 4, 1)),
+                                            ("d", date(2026, 3, 15), date(2026, 3, 31))]),
+    (date(2026, 3, 15), date(2026, 5, 2), [("m", date(2026, 4, 1), date(2026, 4, 1)),
+                                           ("d", date(2026, 3, 15), date(2026, 3, 31)),
+                                           ("d", date(2026, 5, 1), date(2026, 5, 2))]),
+    (date(2026, 3, 3), date(2026, 3, 4), [("d", date(2026, 3, 3), date(2026, 3, 4))]),
+    (date(2026, 3, 2), date(2026, 4, 29), [("d", date(2026, 3, 2), date(2026, 4, 29))]),
+    (None, date(2026, 2, 27), [("m", None, date(2026, 1, 1)), ("d", date(2026, 2, 1), date(2026, 2, 27))]),
+    (date(2025, 12, 31), None, [("m", date(2026, 1, 1), None), ("d", date(2025, 12, 31), date(2025, 12, 31))]),
+    (date(2024, 2, 1), date(2024, 2, 29), [("m", date(2024, 2, 1), date(2024, 2, 1))]),  # a leap February
+])
+def test_a_range_reads_whole_months_from_month_rows_and_its_ends_from_day_rows(first, last, expected):
+    from services.pipeline.repository import _periods
+
+    assert _periods(first, last) == expected

@@ -5,11 +5,11 @@ re-score may make. Values in, values out."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from services.qualification.domain import attribution, identity, scoring, stages
+from services.qualification.domain import attribution, attribution_models, identity, scoring, stages
 from services.qualification.domain.policy import PolicySet
 
 CAUSED_BY_LIMIT = 200  # the facts an opportunity names as its causes, the latest
@@ -40,6 +40,31 @@ def attribute(facts: list[attribution.Touch], real: set[str], qualified_at: date
         first = attribution.first_touch(first, fact)
         last = attribution.last_touch_before_qualification(last, fact, qualified_at)
     return motion, first, last
+
+
+def counts(policies: PolicySet, touch: attribution.Touch) -> bool:
+    """Whether a touch counts for attribution: its own motion's policy gives its form type
+    (inbound) or outcome (outbound) positive engagement points."""
+    signal = scoring.signal_of(touch)
+    return signal is not None and policies.for_motion(signal[0]).weights.get(signal[1], 0) > 0
+
+
+def counting_touches(policies: PolicySet, facts: list[attribution.Touch], real: set[str],
+                     qualified_at: datetime) -> tuple[attribution.Touch, ...]:
+    """An opportunity's counting touches: real touches of both motions that count
+    (:func:`counts`) and occurred within the policy's lookback before ``qualified_at``,
+    ordered by ``occurred_at`` then event id (a touch synced late takes its place)."""
+    lookback = timedelta(days=policies.attribution_lookback_days)
+    chosen = (f for f in facts if f.event_id in real and counts(policies, f))
+    return attribution_models.within_lookback(chosen, qualified_at, lookback)
+
+
+def credits(policies: PolicySet, facts: list[attribution.Touch], real: set[str], qualified_at: datetime,
+            mql_event_id: str | None) -> dict[str, tuple[attribution_models.Credit, ...]]:
+    """Each model's credits over the opportunity's counting touches (empty with none)."""
+    chain = counting_touches(policies, facts, real, qualified_at)
+    return {model: attribution_models.attribute(model, chain, qualified_at, mql_event_id=mql_event_id)
+            for model in attribution_models.MODELS}
 
 
 def profile(firmographics: dict | None, account_values: dict) -> dict:

@@ -8,6 +8,7 @@ Shape (see the shipped file for a commented example)::
 
     version: "2026-11-25.1"        # recorded on every score and stage change
     half_life_days: 30             # engagement halves every N days
+    attribution_lookback_days: 90  # counting touches occurred at most N days before qualifying
     fit:                           # who they are (ICP), 0–100
       industries:  [{name, points, match: [keywords]}]
       employees:   [{min, max, points}]          # max omitted = no upper bound
@@ -205,6 +206,9 @@ class PolicySet(_Strict):
 
     version: Annotated[StrictStr, Field(min_length=1)]
     half_life_days: Annotated[float, Field(gt=0)]
+    # attribution: an opportunity's counting touches occurred at most this long before it
+    # qualified (the spec's lookback; domain/attribution_models.py)
+    attribution_lookback_days: Annotated[float, Field(gt=0)] = 90
     fit: FitPolicy
     inbound: InboundPolicy
     outbound: OutboundPolicy

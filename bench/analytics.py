@@ -1,0 +1,331 @@
+"""Analytics: ``GET /v1/analytics/sources`` latency from the rollups, over 100,000 and
+1,000,000 contacts (30% qualified: 30,000 and 300,000 opportunities), on SQLite and
+PostgreSQL, for every attribution model, a few ranges and groupings.
+
+Each store of its own is migrated, then seeded directly (not through Kafka): a year of
+contacts across motions, channels, campaigns, forms and sequences, each with one to four
+touches of its motion(s) (blended ones with both); qualified ones get an opportunity (open,
+won with an amount, lost) and its credits under every model (the real
+``attribution_models``, over touches between the first touch and qualification), and the
+rollups are what ``pipeline_store.source_rollups`` computes from those rows (as ``rebuild`` would).
+Rows go in with executemany (SQLite) or COPY (PostgreSQL), a chunk at a time. Then
+``leadstream serve pipeline`` answers one client's sequential requests (latency, not
+queueing). The question the section answers: does the answer time grow with history?
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+
+from bench.harness import Row, Stack
+from leadstream.registry import aupgrade
+from pipeline_store import source_rollups
+from pipeline_store.models import (
+    AttributionCredit, Contact, Opportunity, PipelineApiKey, QualifyDaysRollup, SourceRollup,
+)
+from services.qualification.domain.attribution import Touch
+from services.qualification.domain.attribution_models import MODELS, attribute
+from shared.auth import hash_key, new_key
+from tests.support import create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
+
+SIZES = [int(n) for n in os.environ.get("BENCH_ANALYTICS_CONTACTS", "100000,1000000").split(",")]
+QUALIFIED = 0.3
+REQUESTS = int(os.environ.get("BENCH_ANALYTICS_REQUESTS", "15"))
+NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+INBOUND = [("paid_search", 30), ("organic_search", 25), ("paid_social", 10), ("email", 10), ("referral", 8),
+           ("webinar", 7), ("content", 5), ("direct", 5)]
+OUTBOUND = [("cold_email", 60), ("cold_call", 25), ("social", 15)]
+CHUNK = 20_000
+
+
+def _pick(rng: random.Random, weighted: list[tuple[str, int]]) -> str:
+    return rng.choices([w[0] for w in weighted], weights=[w[1] for w in weighted])[0]
+
+
+def _touch(rng: random.Random, motion: str, at: datetime, n: int) -> Touch:
+    if motion == "inbound":
+        channel = _pick(rng, INBOUND)
+        campaign = f"{channel}-campaign-{rng.randrange(8)}"
+        return Touch("inbound", channel, at, campaign, form_id=f"{campaign}-form-{rng.randrange(2)}",
+                     form_type="webinar", event_id=f"e{n:012d}")
+    channel = _pick(rng, OUTBOUND)
+    sequence = f"{channel}-sequence-{rng.randrange(8)}"
+    return Touch("outbound", channel, at, sequence, sequence=sequence, outcome="replied", event_id=f"e{n:012d}")
+
+
+def histories(contacts: int, seed_value: int = 11) -> Iterator[tuple[dict, dict | None, list[dict]]]:
+    """Each contact's row, its opportunity's row (or ``None``) and its credit rows."""
+    rng = random.Random(seed_value)
+    n = 0
+    for c in range(contacts):
+        motion = rng.choices(["inbound", "outbound", "blended"], weights=[55, 35, 10])[0]
+        first_at = NOW - timedelta(days=rng.uniform(0, 365))
+        qualified = rng.random() < QUALIFIED
+        sql_at = first_at + timedelta(days=rng.expovariate(1 / 6)) if qualified else None
+        last_at = sql_at or first_at + timedelta(days=rng.uniform(0, 20))
+        motions = ["inbound", "outbound"] if motion == "blended" else [motion]
+        touches = []
+        for i in range(rng.randint(1, 4)):
+            at = first_at if i == 0 else first_at + (last_at - first_at) * rng.random()
+            n += 1
+            touches.append(_touch(rng, motions[i % len(motions)], at, n))
+        touches.sort(key=lambda t: (t.occurred_at, t.event_id))
+        first, last = touches[0], touches[-1]
+        contact_id = str(uuid.UUID(int=rng.getrandbits(128)))
+        milestones = dict.fromkeys(("lead_at", "mql_at", "sql_at", "opportunity_at", "customer_at", "lost_at"))
+        stage = "prospect" if motion == "outbound" else "lead"
+        if motion != "outbound" or rng.random() < 0.5 or qualified:
+            milestones["lead_at"], stage = first_at, "lead"
+            if qualified or rng.random() < 0.3:
+                milestones["mql_at"], stage = sql_at or first_at + timedelta(days=1), "mql"
+        opportunity, credits = None, []
+        if qualified:
+            milestones["sql_at"], stage = sql_at, "sql"
+            opp_stage, amount = "sql", None
+            if rng.random() < 0.6:
+                milestones["opportunity_at"], opp_stage = sql_at + timedelta(days=2), "opportunity"
+                amount = Decimal(rng.randrange(5, 200) * 1000)
+                roll = rng.random()
+                if roll < 0.3:
+                    milestones["customer_at"], opp_stage = sql_at + timedelta(days=30), "customer"
+                elif roll < 0.6:
+                    milestones["lost_at"], opp_stage = sql_at + timedelta(days=20), "lost"
+            stage = opp_stage
+            opportunity_id = str(uuid.UUID(int=rng.getrandbits(128)))
+            opportunity = {
+                "id": opportunity_id, "contact_id": contact_id, "account_domain": None, "stage": opp_stage,
+                "motion": motion, "owner": None, "first_touch_motion": first.motion,
+                "first_touch_channel": first.channel, "first_touch_campaign": first.campaign,
+                "first_touch_form_id": first.form_id, "first_touch_sequence": first.sequence,
+                "last_touch_motion": last.motion, "last_touch_channel": last.channel,
+                "last_touch_campaign": last.campaign, "fit_score": 70.0, "engagement_score": 80.0, "grade": "B",
+                "policy_version": "bench", "amount": amount, "amount_estimated": False, "currency": "USD",
+                "qualified_event_id": str(uuid.UUID(int=rng.getrandbits(128))), "caused_by": [],
+                "qualified_at": sql_at, "accepted_at": milestones["opportunity_at"],
+                "closed_at": milestones["customer_at"] or milestones["lost_at"], "close_reason": None,
+                "updated_at": sql_at,
+            }
+            mql = touches[len(touches) // 2].event_id
+            for model in MODELS:
+                for position, credit in enumerate(attribute(model, touches, sql_at, mql_event_id=mql)):
+                    t = credit.touch
+                    credits.append({"opportunity_id": opportunity_id, "model": model, "event_id": t.event_id,
+                                    "contact_id": contact_id, "position": position, "motion": t.motion,
+                                    "channel": t.channel, "campaign": t.campaign, "form_id": t.form_id,
+                                    "sequence": t.sequence, "occurred_at": t.occurred_at, "credit": credit.credit})
+        contact = {
+            "id": contact_id, "email": f"person{c}@company{c % 50_000}.example",
+            "email_as_typed": f"person{c}@company{c % 50_000}.example", "stage": stage, "motion": motion,
+            "email_invalid": False, "unsubscribed": False, "firmographics": {},
+            **{f"first_touch_{k}": getattr(first, k) for k in ("motion", "channel", "campaign", "form_id",
+                                                               "sequence", "event_id")},
+            "first_touch_at": first.occurred_at,
+            **{f"last_touch_{k}": getattr(last, k) for k in ("motion", "channel", "campaign", "form_id",
+                                                             "sequence", "event_id")},
+            "last_touch_at": last.occurred_at, "fit_score": 50.0, "fit_grade": "C", "fit_reasons": [],
+            "engagement_score": 40.0, "engagement_reasons": [], "policy_version": "bench",
+            "created_at": first_at, "updated_at": last_at, "last_activity_at": last_at, **milestones,
+        }
+        yield contact, opportunity, credits
+
+
+# ---- writing rows: executemany on SQLite, COPY on PostgreSQL --------------------------------
+
+
+def _columns(table: Any) -> list[str]:
+    return [c.key for c in table.__table__.columns]
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _pg_value(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return value
+
+
+class Writer:
+    def __init__(self, target: str) -> None:
+        self.target = target  # a SQLite path or a PostgreSQL URL
+
+    async def __aenter__(self) -> Writer:
+        if self.target.startswith("postgresql"):
+            self.pg = await postgres_connect(self.target)
+            self.sqlite = None
+        else:
+            self.pg = None
+            self.sqlite = sqlite3.connect(self.target)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.pg is not None:
+            await self.pg.close()
+        else:
+            self.sqlite.commit()
+            self.sqlite.close()
+
+    async def write(self, table: Any, rows: list[dict]) -> None:
+        if not rows:
+            return
+        columns = _columns(table)
+        name = table.__table__.name
+        if self.pg is not None:
+            records = [tuple(_pg_value(row.get(c)) for c in columns) for row in rows]
+            await self.pg.copy_records_to_table(name, records=records, columns=columns)
+        else:
+            marks = ",".join("?" * len(columns))
+            self.sqlite.executemany(f"INSERT INTO {name} ({','.join(columns)}) VALUES ({marks})",
+                                    [tuple(_sqlite_value(row.get(c)) for c in columns) for row in rows])
+
+
+def _defaults(table: Any) -> dict[str, Any]:
+    return {c.key: None for c in table.__table__.columns}
+
+
+async def seed(target: str, contacts: int) -> dict[str, int]:
+    """Bulk-write ``contacts`` histories and their rollups; the counts written."""
+    total = source_rollups.Rollups()
+    counts = {"contacts": 0, "opportunities": 0, "credits": 0}
+    contact_defaults, opp_defaults = _defaults(Contact), _defaults(Opportunity)
+    async with Writer(target) as writer:
+        batch: dict[Any, list[dict]] = {Contact: [], Opportunity: [], AttributionCredit: []}
+
+        async def flush() -> None:
+            for table, rows in batch.items():
+                await writer.write(table, rows)
+                rows.clear()
+
+        for contact, opportunity, credits in histories(contacts):
+            batch[Contact].append(contact_defaults | contact)
+            counts["contacts"] += 1
+            opportunities: list[tuple] = []
+            by_model: dict[str, list] = {}
+            if opportunity is not None:
+                batch[Opportunity].append(opp_defaults | opportunity)
+                counts["opportunities"] += 1
+                opportunities.append((opportunity["stage"], opportunity["amount"], False))
+                for row in credits:
+                    key = tuple(source_rollups.key_text(row[k]) for k in source_rollups.TOUCH_KEY)
+                    by_model.setdefault(row["model"], []).append((key, row["credit"]))
+                batch[AttributionCredit] += credits
+                counts["credits"] += len(credits)
+            total.add(source_rollups.facts_of(contact, opportunities, by_model))
+            if len(batch[Contact]) >= CHUNK:
+                await flush()
+        await flush()
+        sums, days = source_rollups.stored_rows(total)
+        for start in range(0, len(sums), CHUNK):
+            await writer.write(SourceRollup, sums[start:start + CHUNK])
+        for start in range(0, len(days), CHUNK):
+            await writer.write(QualifyDaysRollup, days[start:start + CHUNK])
+        key = new_key()
+        await writer.write(PipelineApiKey, [{"id": str(uuid.uuid4()), "name": "bench", "scopes": "pipeline",
+                                             "key_hash": hash_key(key), "prefix": key[:11], "created_at": NOW}])
+    counts["rollup_rows"] = len(sums)
+    counts["day_rows"] = len(days)
+    counts["key"] = key  # type: ignore[assignment]
+    return counts
+
+
+# ---- measuring -----------------------------------------------------------------------------
+
+RANGES = {
+    "all time": {},
+    "last 30 days": {"from": (NOW - timedelta(days=30)).date().isoformat(), "to": NOW.date().isoformat()},
+    "a quarter, date-times": {"from": "2026-04-01T09:30:00Z", "to": "2026-06-30T17:45:00Z"},
+}
+GROUPINGS = ("channel", "campaign", "motion")
+
+
+def _p(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def measure(url: str, key: str) -> dict[tuple[str, str, str], list[float]]:
+    out = {}
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+        for model in MODELS:
+            for range_name, bounds in RANGES.items():
+                for group_by in GROUPINGS:
+                    params = {"attribution": model, "group_by": group_by, **bounds}
+                    for _ in range(2):  # warm-up
+                        assert client.get("/v1/analytics/sources", params=params).status_code == 200
+                    times = []
+                    for _ in range(REQUESTS):
+                        started = time.perf_counter()
+                        answer = client.get("/v1/analytics/sources", params=params)
+                        times.append(time.perf_counter() - started)
+                        assert answer.status_code == 200, answer.text[:300]
+                    out[(model, range_name, group_by)] = times
+    return out
+
+
+def _run_one(backend: str, contacts: int) -> list[Row]:
+    own = Stack()
+    url = None
+    try:
+        own.start_broker()
+        if backend == "postgres":
+            url = asyncio.run(create_postgres_database())
+            asyncio.run(aupgrade("pipeline", url))
+            target, env = url, {"LEADSTREAM_PIPELINE_DATABASE_URL": url}
+        else:
+            target, env = str(own.tmp / "pipeline.db"), {}
+        started = time.perf_counter()
+        counts = asyncio.run(seed(target, contacts))
+        seeded_s = time.perf_counter() - started
+        pipeline = own.start("pipeline", **env)
+        label = f"{backend}, {contacts:,} contacts"
+        rows = [Row("analytics", f"{label}: seeded {counts['opportunities']:,} opportunities, {counts['credits']:,} "
+                    f"credits, {counts['rollup_rows']:,} + {counts['day_rows']:,} rollup rows", seeded_s, "s")]
+        timings = measure(pipeline.url, counts["key"])
+        everything = [t for ts in timings.values() for t in ts]
+        rows.append(Row("analytics", f"{label}: GET /v1/analytics/sources p95, all {len(timings)} cases",
+                        _p(everything, 0.95), "ms", target="≤ 100"))
+        worst = max(timings, key=lambda k: _p(timings[k], 0.95))
+        rows.append(Row("analytics", f"{label}: worst case p95 ({', '.join(worst)})", _p(timings[worst], 0.95), "ms"))
+        for range_name in RANGES:
+            cases = [t for (m, r, g), ts in timings.items() if r == range_name for t in ts]
+            rows.append(Row("analytics", f"{label}: p95 {range_name}", _p(cases, 0.95), "ms"))
+        for model in MODELS:
+            cases = [t for (m, r, g), ts in timings.items() if m == model for t in ts]
+            rows.append(Row("analytics", f"{label}: p95 {model}", _p(cases, 0.95), "ms"))
+        return rows
+    finally:
+        own.stop()
+        shutil.rmtree(own.tmp, ignore_errors=True)
+        if url is not None:
+            asyncio.run(drop_postgres_database(url))
+
+
+def run(stack: Stack) -> list[Row]:
+    rows: list[Row] = []
+    backends = ["sqlite"] + (["postgres"] if postgres_available() else [])
+    for backend in backends:
+        for contacts in SIZES:
+            rows += _run_one(backend, contacts)
+    return rows

@@ -1,0 +1,354 @@
+"""The sources question kept as rollups: what one contact adds to them, under every model.
+
+Both writers of the pipeline store keep ``source_rollups`` and ``qualify_days_rollups`` in
+the transaction of the facts they apply: qualification (facts, qualification, credits) and
+the pipeline service (sales' moves and amounts). Each computes what a contact contributes
+before and after its change (:func:`contribution`, pure), and adds the difference
+(:func:`add_difference`) with one batched upsert per table (:func:`write`), never a
+read-modify-write. Analytics then sum rollup rows over a day range instead of reading
+contacts; :func:`rebuild` recomputes them from the raw rows (re-scoring, seeding).
+
+What a contact contributes, per model (``MODELS``):
+
+- The cohort day is the UTC day of its first touch (``created_at`` where none was kept),
+  as ``GET /v1/analytics/sources`` has always counted; the key is its motion and a touch's
+  channel, campaign, form and sequence.
+- Its weight is spread over the touches its opportunity's credits name under the model
+  (``attribution_credits``, written by qualification; they sum to 1). A contact without
+  credits under the model (not qualified yet, or with no counting touch) puts all its
+  weight on its first touch, or its last touch before qualification under ``last``.
+- Counts (contacts, leads, MQL, SQL, opportunities, won: the milestones it reached) and
+  its opportunities (qualified count, pipeline amount of open and won ones and the part of
+  it estimated from ``scoring.yaml``'s expected amounts, won amount) are multiplied by that
+  weight: credited sums, fractional where a model splits.
+- Days from first touch to ``sql``: a histogram (``BUCKET_EDGES``) of credited weight and
+  credited days per key, from which the weighted median is read (exact when the middle
+  values fall in different buckets; otherwise a bucket's mean).
+- Every difference is stored twice: in its day's row and in its month's (``grain``), so a
+  range reads whole months from month rows and only its ragged ends from day rows.
+
+Nothing here is personal data: keys are channels, campaigns, forms and sequences.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+from sqlalchemy import Table, delete, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pipeline_store.models import AttributionCredit, Contact, Opportunity, QualifyDaysRollup, SourceRollup
+from shared.db import in_chunks
+
+MODELS = ("first", "last", "linear", "position", "time_decay", "w_shaped")
+DEFAULT_MODEL = "first"
+METRICS = ("contacts", "leads", "mql", "sql", "opportunities", "won", "qualified_opportunities",
+           "pipeline_amount", "pipeline_amounts", "won_amount", "won_amounts", "estimated_pipeline_amount",
+           "estimated_pipeline_amounts")
+KEY = ("model", "grain", "day", "motion", "channel", "campaign", "form_id", "sequence")
+DAY, MONTH = "d", "m"  # the grains: each difference is added to its day's row and its month's
+TOUCH_KEY = ("channel", "campaign", "form_id", "sequence")
+OPEN_OR_WON = ("sql", "opportunity", "customer")
+_N = len(METRICS)
+
+TouchKey = tuple[str, str, str, str]  # channel, campaign, form_id, sequence ("" for none)
+RollupKey = tuple[str, date, str, str, str, str, str]  # KEY's values but the grain
+
+# the contact's columns a contribution reads: a change elsewhere changes no rollup
+CONTACT_COLUMNS = (
+    "first_touch_at", "created_at", "motion", "lead_at", "mql_at", "sql_at", "opportunity_at", "customer_at",
+    "first_touch_channel", "first_touch_campaign", "first_touch_form_id", "first_touch_sequence",
+    "last_touch_channel", "last_touch_campaign", "last_touch_form_id", "last_touch_sequence",
+)
+
+
+def key_text(value: str | None) -> str:
+    """A key column's stored value: ``""`` for none (NULLs never match in a unique key)."""
+    return value if value is not None else ""
+
+
+def key_value(text: str) -> str | None:
+    """A stored key column as the answer shows it: ``None`` for ``""``."""
+    return text if text != "" else None
+
+
+def utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+# bucket edges in days: an hour, 4 and 12 hours, then days; the median of a histogram reads
+# each bucket as the mean of its values, so few buckets keep the rows few and the answer near
+BUCKET_EDGES = (1 / 24, 4 / 24, 12 / 24, 1, 2, 3, 5, 7, 10, 14, 21, 30, 45, 60, 90, 180)
+
+
+def bucket_of(days: float) -> int:
+    """The histogram bucket of a duration (0 … ``len(BUCKET_EDGES)``)."""
+    return bisect.bisect_right(BUCKET_EDGES, days)
+
+
+@dataclass(frozen=True, slots=True)
+class OpportunityFacts:
+    stage: str
+    amount: float | None
+    estimated: bool = False  # the amount is scoring.yaml's expected one (``amount_estimated``)
+
+
+@dataclass(frozen=True, slots=True)
+class ContactFacts:
+    """What the rollups read of one contact (and its opportunities and credits)."""
+
+    day: date
+    motion: str
+    reached: tuple[int, int, int, int, int]  # leads, mql, sql, opportunities, won
+    first: TouchKey
+    last: TouchKey
+    days_to_qualify: float | None
+    opportunities: tuple[OpportunityFacts, ...] = ()
+    credits: Mapping[str, Sequence[tuple[TouchKey, float]]] = field(default_factory=dict)
+
+
+def facts_of(contact: Mapping[str, Any], opportunities: Iterable[tuple[str, Any]] = (),
+             credits: Mapping[str, Sequence[tuple[TouchKey, float]]] | None = None) -> ContactFacts:
+    """A contact's :class:`ContactFacts` from its columns (``CONTACT_COLUMNS`` at least), its
+    opportunities as (stage, amount[, estimated]) and its credits per model (touch key, credit)."""
+    first_at = utc(contact["first_touch_at"]) or utc(contact["created_at"])
+    milestones = [contact[name] is not None for name in ("lead_at", "mql_at", "sql_at", "opportunity_at",
+                                                         "customer_at")]
+    reached = tuple(int(any(milestones[i:])) for i in range(5))
+    sql_at = utc(contact["sql_at"])
+    days = None if sql_at is None else (sql_at - first_at).total_seconds() / 86_400
+    return ContactFacts(
+        day=first_at.date(), motion=contact["motion"], reached=reached,  # type: ignore[arg-type]
+        first=tuple(key_text(contact[f"first_touch_{name}"]) for name in TOUCH_KEY),  # type: ignore[arg-type]
+        last=tuple(key_text(contact[f"last_touch_{name}"]) for name in TOUCH_KEY),  # type: ignore[arg-type]
+        days_to_qualify=days,
+        opportunities=tuple(OpportunityFacts(o[0], None if o[1] is None else float(o[1]), bool(o[2:] and o[2]))
+                            for o in opportunities),
+        credits=credits or {},
+    )
+
+
+def _values(facts: ContactFacts) -> list[float]:
+    values = [1.0, *map(float, facts.reached)] + [0.0] * 7
+    for opp in facts.opportunities:
+        values[6] += 1.0
+        if opp.amount is not None and opp.stage in OPEN_OR_WON:
+            values[7] += opp.amount
+            values[8] += 1.0
+            if opp.estimated:
+                values[11] += opp.amount
+                values[12] += 1.0
+        if opp.amount is not None and opp.stage == "customer":
+            values[9] += opp.amount
+            values[10] += 1.0
+    return values
+
+
+Sums = dict[RollupKey, list[float]]
+Days = dict[tuple[RollupKey, int], list[float]]
+
+
+@dataclass(slots=True)
+class Rollups:
+    """Rows to add: metric sums per key, and the days histogram per key and bucket."""
+
+    sums: Sums = field(default_factory=dict)
+    days: Days = field(default_factory=dict)
+
+    def add(self, facts: ContactFacts, sign: float = 1.0) -> None:
+        """Add (``sign`` 1) or take away (-1) what ``facts`` contribute under every model."""
+        values = _values(facts)
+        sums, days_rows = self.sums, self.days
+        bucket = None if facts.days_to_qualify is None else bucket_of(facts.days_to_qualify)
+        for model in MODELS:
+            credited = facts.credits.get(model)
+            if not credited:
+                credited = (((facts.last if model == "last" else facts.first), 1.0),)
+            for touch, credit in credited:
+                key = (model, facts.day, facts.motion, *touch)
+                weight = sign * credit
+                row = sums.get(key)
+                if row is None:
+                    row = sums[key] = [0.0] * _N
+                for i, value in enumerate(values):
+                    if value:
+                        row[i] += weight * value
+                if bucket is not None:
+                    cell = days_rows.get((key, bucket))
+                    if cell is None:
+                        cell = days_rows[(key, bucket)] = [0.0, 0.0]
+                    cell[0] += weight
+                    cell[1] += weight * facts.days_to_qualify  # type: ignore[operator]
+
+    def merge(self, other: Rollups) -> None:
+        for key, values in other.sums.items():
+            row = self.sums.setdefault(key, [0.0] * _N)
+            for i, value in enumerate(values):
+                row[i] += value
+        for key, values in other.days.items():
+            cell = self.days.setdefault(key, [0.0, 0.0])
+            cell[0] += values[0]
+            cell[1] += values[1]
+
+    def __bool__(self) -> bool:
+        return bool(self.sums or self.days)
+
+
+def contribution(facts: ContactFacts) -> Rollups:
+    """What one contact contributes to the rollups under every model."""
+    out = Rollups()
+    out.add(facts)
+    return out
+
+
+def add_difference(rollups: Rollups, before: ContactFacts | None, after: ContactFacts | None) -> None:
+    """Add to ``rollups`` what changes when a contact goes from ``before`` to ``after``
+    (``None``: absent). Unchanged facts add nothing."""
+    if before == after:
+        return
+    if before is not None:
+        rollups.add(before, -1.0)
+    if after is not None:
+        rollups.add(after, 1.0)
+
+
+async def write_difference(session: AsyncSession, before: ContactFacts | None, after: ContactFacts | None) -> None:
+    """Add what changes from ``before`` to ``after`` to the stored rollups (one contact)."""
+    difference = Rollups()
+    add_difference(difference, before, after)
+    await write(session, difference)
+
+
+def _grains(key: RollupKey) -> tuple[tuple, tuple]:
+    model, day, *rest = key
+    return (model, DAY, day, *rest), (model, MONTH, day.replace(day=1), *rest)
+
+
+def stored_rows(rollups: Rollups) -> tuple[list[dict], list[dict]]:
+    """The rows to add to ``source_rollups`` and ``qualify_days_rollups``, each difference at
+    both grains, in key order; rows whose values are all zero are left out."""
+    sums: dict[tuple, list[float]] = {}
+    for key, values in rollups.sums.items():
+        for stored in _grains(key):
+            row = sums.get(stored)
+            if row is None:
+                sums[stored] = list(values)
+            else:
+                for i, value in enumerate(values):
+                    row[i] += value
+    days: dict[tuple, list[float]] = {}
+    for (key, bucket), values in rollups.days.items():
+        for stored in _grains(key):
+            cell = days.setdefault((*stored, bucket), [0.0, 0.0])
+            cell[0] += values[0]
+            cell[1] += values[1]
+    return ([dict(zip(KEY, key), **dict(zip(METRICS, values)))
+             for key, values in sorted(sums.items()) if any(abs(v) > 1e-12 for v in values)],
+            [dict(zip(_DAYS_KEY, key), weight=values[0], days=values[1])
+             for key, values in sorted(days.items()) if any(abs(v) > 1e-12 for v in values)])
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+
+def _upsert(dialect_name: str, table: Table, keys: Sequence[str], values: Sequence[str]):  # noqa: ANN202
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(keys),
+        set_={name: table.c[name] + statement.excluded[name] for name in values},
+    )
+
+
+_DAYS_KEY = (*KEY, "bucket")
+
+
+async def write(session: AsyncSession, rollups: Rollups) -> None:
+    """Add ``rollups`` to the stored rows: one executemany upsert per table, in key order
+    (two writers take row locks in the same order). Rows whose values are all zero (a
+    change that moved nothing) are left out."""
+    if not rollups:
+        return
+    dialect = (await session.connection()).dialect.name
+    sums, days = stored_rows(rollups)
+    if sums:
+        await session.execute(_upsert(dialect, SourceRollup.__table__, KEY, METRICS), sums)
+    if days:
+        await session.execute(_upsert(dialect, QualifyDaysRollup.__table__, _DAYS_KEY, ("weight", "days")), days)
+
+
+# ---- reading the raw rows (rebuild, partial days, the tests' reference) ---------------------
+
+_C = Contact.__table__
+_O = Opportunity.__table__
+_A = AttributionCredit.__table__
+_CONTACT_SELECT = (_C.c.id, *(_C.c[name] for name in CONTACT_COLUMNS))
+
+
+async def credits_of(session: AsyncSession, contact_ids: Sequence[str]
+                     ) -> dict[str, dict[str, list[tuple[TouchKey, float]]]]:
+    """Stored credits by contact and model, in touch order."""
+    out: dict[str, dict[str, list[tuple[TouchKey, float]]]] = {}
+    for chunk in in_chunks(list(contact_ids)):
+        rows = await session.execute(
+            select(_A.c.contact_id, _A.c.model, *(_A.c[name] for name in TOUCH_KEY), _A.c.credit)
+            .where(_A.c.contact_id.in_(chunk)).order_by(_A.c.contact_id, _A.c.model, _A.c.position)
+        )
+        for contact_id, model, channel, campaign, form_id, sequence, credit in rows:
+            touch = (key_text(channel), key_text(campaign), key_text(form_id), key_text(sequence))
+            out.setdefault(contact_id, {}).setdefault(model, []).append((touch, credit))
+    return out
+
+
+async def opportunities_of(session: AsyncSession, contact_ids: Sequence[str]) -> dict[str, list[tuple]]:
+    """Stored opportunities by contact: (stage, amount, estimated)."""
+    out: dict[str, list[tuple]] = {}
+    for chunk in in_chunks(list(contact_ids)):
+        rows = await session.execute(select(_O.c.contact_id, _O.c.stage, _O.c.amount, _O.c.amount_estimated)
+                                     .where(_O.c.contact_id.in_(chunk)))
+        for contact_id, stage, amount, estimated in rows:
+            out.setdefault(contact_id, []).append((stage, amount, bool(estimated)))
+    return out
+
+
+async def raw_facts(session: AsyncSession, *where: Any) -> list[ContactFacts]:
+    """The facts of the contacts matching ``where`` (all without), read from the raw rows."""
+    rows = (await session.execute(select(*_CONTACT_SELECT).where(*where))).all()
+    ids = [row[0] for row in rows]
+    opportunities = await opportunities_of(session, ids)
+    credits = await credits_of(session, ids)
+    return [facts_of(row._mapping, opportunities.get(row[0], ()), credits.get(row[0])) for row in rows]
+
+
+async def rebuild(session: AsyncSession, *, page: int = 2000) -> int:
+    """Recompute every rollup from the raw rows (contacts, opportunities, credits), in the
+    caller's transaction; the number of contacts read.
+
+    On PostgreSQL the rollup tables are locked first (writers' upserts wait for the
+    rebuild's commit, then add their differences to it); SQLite's writer holds the lock."""
+    if (await session.connection()).dialect.name == "postgresql":
+        await session.execute(text("LOCK TABLE source_rollups, qualify_days_rollups IN EXCLUSIVE MODE"))
+    await session.execute(delete(SourceRollup.__table__))
+    await session.execute(delete(QualifyDaysRollup.__table__))
+    total, after = Rollups(), None
+    count = 0
+    while True:
+        query = select(_C.c.id).order_by(_C.c.id).limit(page)
+        if after is not None:
+            query = query.where(_C.c.id > after)
+        ids = list((await session.execute(query)).scalars())
+        if not ids:
+            break
+        after = ids[-1]
+        for facts in await raw_facts(session, _C.c.id.in_(ids)):
+            total.add(facts)
+            count += 1
+    await write(session, total)
+    return count

@@ -1,0 +1,146 @@
+"""Attribution credits and the sources rollups, kept in the transaction of the facts.
+
+Every contact a fact (or a re-score) re-qualifies is noted here; when the unit of work
+commits (``before_inserts``, after the contacts are written back) this module
+
+1. replaces the credits of each opportunity whose counting touches changed in the
+   transaction (qualification, or a late touch that occurred before it): one DELETE of
+   the old rows and one multi-row INSERT of the new;
+2. adds to the rollups what each noted contact now contributes less what it contributed
+   when the transaction read it (``pipeline_store.source_rollups``): one batched upsert per
+   rollup table for the whole batch, never a read-modify-write per event.
+
+A contact whose rollup columns did not change and whose credits were not recomputed adds
+nothing (most touches: the same channel and campaign as the last). The stored credits and
+opportunities of a contact qualified before the transaction are read only when its
+contribution must be recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pipeline_store import source_rollups
+from pipeline_store.models import AttributionCredit
+from services.qualification.domain.attribution_models import Credit
+from services.qualification.records import ContactRecord
+from shared.db import before_inserts, in_chunks, insert_many, staging_of
+
+_HOOK = "qualification.credits"
+_CREDITS = AttributionCredit.__table__
+_COLUMNS = source_rollups.CONTACT_COLUMNS
+_TIMES = frozenset(name for name in _COLUMNS if name.endswith("_at"))
+
+Credits = Mapping[str, tuple[Credit, ...]]
+
+
+@dataclass(eq=False, slots=True)
+class _Noted:
+    """What this unit of work changed that credits and rollups follow (``Staging.state``)."""
+
+    contacts: dict[str, ContactRecord] = field(default_factory=dict)
+    # contact id → (opportunity id, each model's credits): recomputed in this transaction
+    credits: dict[str, tuple[str, Credits]] = field(default_factory=dict)
+    # contact id → the opportunities created in this transaction, as (stage, amount)
+    opened: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+    hooked: bool = False
+
+
+def _noted(session: AsyncSession) -> _Noted:
+    noted = staging_of(session).state(_Noted)
+    if not noted.hooked:
+        noted.hooked = True
+        before_inserts(session, _HOOK, _write)
+    return noted
+
+
+def note_contact(session: AsyncSession, contact: ContactRecord) -> None:
+    """A contact re-qualified in this transaction: its rollups follow its changes at commit."""
+    _noted(session).contacts.setdefault(contact.id, contact)
+
+
+def note_opportunity(session: AsyncSession, contact: ContactRecord, stage: str, amount: Any = None) -> None:
+    """An opportunity of ``contact`` created in this transaction."""
+    noted = _noted(session)
+    noted.contacts.setdefault(contact.id, contact)
+    noted.opened.setdefault(contact.id, []).append((stage, amount))
+
+
+def note_credits(session: AsyncSession, contact: ContactRecord, opportunity_id: str, credits: Credits) -> None:
+    """The opportunity's credits as now computed; they replace the stored ones at commit."""
+    noted = _noted(session)
+    noted.contacts.setdefault(contact.id, contact)
+    noted.credits[contact.id] = (opportunity_id, credits)
+
+
+def credit_rows(contact_id: str, opportunity_id: str, credits: Credits) -> list[dict[str, Any]]:
+    """The ``attribution_credits`` rows of one opportunity."""
+    return [
+        {"opportunity_id": opportunity_id, "model": model, "event_id": c.touch.event_id, "contact_id": contact_id,
+         "position": position, "motion": c.touch.motion, "channel": c.touch.channel, "campaign": c.touch.campaign,
+         "form_id": c.touch.form_id, "sequence": c.touch.sequence, "occurred_at": c.touch.occurred_at,
+         "credit": c.credit}
+        for model, chain in credits.items() for position, c in enumerate(chain)
+    ]
+
+
+def _rollup_credits(credits: Credits) -> dict[str, list[tuple[source_rollups.TouchKey, float]]]:
+    return {model: [((source_rollups.key_text(c.touch.channel), source_rollups.key_text(c.touch.campaign),
+                      source_rollups.key_text(c.touch.form_id), source_rollups.key_text(c.touch.sequence)), c.credit)
+                    for c in chain] for model, chain in credits.items() if chain}
+
+
+def _relevant(values: Mapping[str, Any]) -> tuple:
+    return tuple(source_rollups.utc(values[name]) if name in _TIMES else values[name] for name in _COLUMNS)
+
+
+async def _write(session: AsyncSession) -> None:
+    noted = staging_of(session).state(_Noted)
+    contacts, noted.contacts = noted.contacts, {}
+    recomputed, noted.credits = noted.credits, {}
+    opened, noted.opened = noted.opened, {}
+    noted.hooked = False
+    changed: list[tuple[ContactRecord, dict[str, Any] | None, dict[str, Any]]] = []
+    for contact in contacts.values():
+        before = None if contact.loaded is None else dict(zip(ContactRecord.columns, contact.loaded))
+        after = contact.values()
+        if (before is not None and contact.id not in recomputed and contact.id not in opened
+                and _relevant(before) == _relevant(after)):
+            continue
+        changed.append((contact, before, after))
+    # what the transaction read: the stored opportunities and credits, before they are replaced
+    qualified_before = [c.id for c, before, _ in changed if before is not None and before["sql_at"] is not None]
+    stored_opportunities = await source_rollups.opportunities_of(session, qualified_before) if qualified_before else {}
+    stored_credits = await source_rollups.credits_of(session, qualified_before) if qualified_before else {}
+    if recomputed:
+        opportunities = sorted({opportunity_id for opportunity_id, _ in recomputed.values()})
+        for chunk in in_chunks(opportunities):
+            await session.execute(delete(_CREDITS).where(_CREDITS.c.opportunity_id.in_(chunk)))
+        rows = [row for contact_id, (opportunity_id, credits) in recomputed.items()
+                for row in credit_rows(contact_id, opportunity_id, credits)]
+        await insert_many(session, _CREDITS, rows)
+    if not changed:
+        return
+    difference = source_rollups.Rollups()
+    for contact, before, after in changed:
+        stored = stored_opportunities.get(contact.id, [])
+        old_credits = stored_credits.get(contact.id)
+        was = None if before is None else source_rollups.facts_of(before, stored, old_credits)
+        new_credits = _rollup_credits(recomputed[contact.id][1]) if contact.id in recomputed else old_credits
+        now = source_rollups.facts_of(after, [*stored, *opened.get(contact.id, ())], new_credits)
+        source_rollups.add_difference(difference, was, now)
+    await source_rollups.write(session, difference)
+
+
+def late_touch_counts(qualified_at: datetime | None, occurred_at: datetime, lookback_days: float) -> bool:
+    """Whether a touch that occurred at ``occurred_at`` falls in the counting window of an
+    opportunity qualified at ``qualified_at`` (``None``: not qualified)."""
+    if qualified_at is None:
+        return False
+    return (qualified_at - occurred_at).total_seconds() <= lookback_days * 86_400 and occurred_at <= qualified_at

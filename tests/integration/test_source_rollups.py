@@ -1,0 +1,272 @@
+"""The sources rollups against a straightforward computation over the raw rows, on random
+histories (hypothesis), on SQLite and PostgreSQL.
+
+A history is applied as the services apply it: qualification's use cases in batches of
+facts (snapshot units of work, arrival order shuffled so that earlier touches arrive late),
+then sales' transitions with amounts through the pipeline's. Every sources answer (each
+model, grouping, a few ranges and motion filters) read from the rollups must equal the
+one computed here from contacts, opportunities and credits alone; every opportunity's
+credits sum to 1 under every model; and a rebuild from the raw rows changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, select
+
+from pipeline_store import models as store
+from pipeline_store import source_rollups
+from services.pipeline import service as pipeline_service
+from services.pipeline.analytics import Thresholds
+from services.pipeline.schemas import SourcesQuery, TransitionIn
+from services.qualification import service as qualification
+from shared.amounts import ExpectedAmounts
+from shared.auth import Principal
+from shared.events import (
+    LEAD_CAPTURED, PROSPECT_ADDED, TOUCH_RECORDED, LeadCaptured, ProspectAdded, TouchRecorded, make_event,
+)
+from tests.support import ROOT
+
+pytestmark = pytest.mark.timeout(600)
+
+T0 = datetime(2026, 3, 2, 0, 0, tzinfo=timezone.utc)
+QUALIFIER = qualification.load_qualifier(ROOT / "deploy" / "config" / "scoring.yaml")
+EXPECTED = ExpectedAmounts(inbound=Decimal("12000"), blended=Decimal("30000.50"))  # none for outbound
+SALES = Principal(key_id="k", name="sales", scopes=frozenset({"pipeline"}))
+BUSINESS = dict(company="Acme", title="VP Sales", employees=250, industry="Software", country="US")
+UTMS = [None, {"source": "google", "medium": "cpc", "campaign": "brand"},
+        {"source": "linkedin", "medium": "paid_social", "campaign": "abm"}, {"source": "newsletter",
+                                                                              "medium": "email"}]
+FORMS = ["demo_request", "webinar", "content_download", "newsletter", "pricing"]
+OUTCOMES = ["sent", "opened", "clicked", "replied", "positive_reply", "meeting_booked", "not_interested"]
+CHANNELS = ["cold_email", "cold_call", "social"]
+TABLES = (store.AttributionCredit, store.SourceRollup, store.QualifyDaysRollup, store.StageChange, store.Score,
+          store.Opportunity, store.Touch, store.PipelineOutbox, store.Contact, store.Account)
+
+fact = st.one_of(
+    st.tuples(st.just("lead"), st.sampled_from(FORMS), st.sampled_from(range(len(UTMS))), st.booleans()),
+    st.tuples(st.just("prospect"), st.none(), st.none(), st.booleans()),
+    st.tuples(st.just("touch"), st.sampled_from(OUTCOMES), st.sampled_from(CHANNELS), st.sampled_from(["s1", "s2"])),
+)
+# minute of occurrence: March and April 2026, so ranges read month rows and day rows
+person = st.lists(st.tuples(fact, st.integers(0, 60 * 24 * 60)), min_size=1, max_size=5)
+sale = st.tuples(st.sampled_from(["accept", "win", "lose", "none"]), st.sampled_from([None, 1000, 2500.5, 40000]))
+history = st.tuples(st.lists(st.tuples(person, sale), min_size=1, max_size=8),
+                    st.randoms(use_true_random=False), st.integers(1, 6))
+
+
+def _event(email: str, kind: tuple, minute: int, n: int):  # noqa: ANN202
+    at = T0 + timedelta(minutes=minute)
+    name, a, b, c = kind
+    if name == "lead":
+        data = LeadCaptured(email=email, form_type=a, utm=UTMS[b] or {}, form_id=f"f-{a}", occurred_at=at,
+                            **(BUSINESS if c else {}))
+        return make_event(LEAD_CAPTURED, data, source="/t", subject=email, time=at), data
+    if name == "prospect":
+        data = ProspectAdded(email=email, list="q1", occurred_at=at, **(BUSINESS if c else {}))
+        return make_event(PROSPECT_ADDED, data, source="/t", subject=email, time=at), data
+    data = TouchRecorded(email=email, outcome=a, channel=b, sequence=c, occurred_at=at, external_id=f"x{n}")
+    return make_event(TOUCH_RECORDED, data, source="/t", subject=email, time=at), data
+
+
+_APPLY = {LEAD_CAPTURED: qualification.record_lead, PROSPECT_ADDED: qualification.record_prospect,
+          TOUCH_RECORDED: qualification.record_touch}
+
+
+async def _apply(db, people, rng, batch: int) -> None:  # noqa: ANN001
+    events = [_event(f"p{i}@co{i % 3}.com", kind, minute, n)
+              for i, (facts, _) in enumerate(people) for n, (kind, minute) in enumerate(facts)]
+    rng.shuffle(events)  # arrival order is not occurrence order
+    for start in range(0, len(events), batch):
+        async with db.snapshot_unit_of_work() as session:
+            for event, data in events[start:start + batch]:
+                await _APPLY[event.type](session, QUALIFIER, event, data)
+    async with db.reader() as session:
+        opportunities = {o.contact_id: o.id for o in (await session.execute(select(store.Opportunity))).scalars()}
+        contacts = {c.email: c.id for c in (await session.execute(select(store.Contact))).scalars()}
+    for i, (_, (move, amount)) in enumerate(people):
+        opportunity = opportunities.get(contacts.get(f"p{i}@co{i % 3}.com"))
+        if opportunity is None or move == "none":
+            continue
+        steps = {"accept": [("opportunity", amount)], "win": [("opportunity", None), ("customer", amount or 500)],
+                 "lose": [("lost", None)]}[move]
+        for to, value in steps:
+            body = TransitionIn(to=to, amount=None if value is None else Decimal(str(value)),
+                                reason="r" if to == "lost" else None)
+            async with db.unit_of_work() as session:
+                await pipeline_service.transition(session, opportunity, body, SALES, expected_amounts=EXPECTED)
+
+
+# ---- the reference: the sources answer computed from the raw rows ------------------------------
+
+
+def _utc(value):  # noqa: ANN001, ANN202
+    return source_rollups.utc(value)
+
+
+def _in_range(at: datetime, start, end) -> bool:  # noqa: ANN001
+    if start is not None and at < (start if isinstance(start, datetime) else
+                                   datetime.combine(start, time(0), tzinfo=timezone.utc)):
+        return False
+    if end is not None:
+        if isinstance(end, datetime):
+            return at <= end
+        return at < datetime.combine(end + timedelta(days=1), time(0), tzinfo=timezone.utc)
+    return True
+
+
+def _medians(pairs: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """The lower and upper weighted medians."""
+    pairs = sorted(p for p in pairs if p[1] > 1e-12)
+    total = sum(w for _, w in pairs)
+    if total <= 1e-12:
+        return None
+    seen, lower = 0.0, None
+    for days, weight in pairs:
+        seen += weight
+        if lower is None and seen >= total / 2 - 1e-9:
+            lower = days
+        if seen > total / 2 + 1e-9:
+            return lower, days
+    return lower, lower
+
+
+def _median_close(got: float | None, medians: tuple[float, float] | None) -> bool:
+    """The rollups read each histogram bucket as its mean: the answer lies within the buckets
+    of the lower and upper medians (exactly the median when each is alone in its bucket)."""
+    if got is None or medians is None:
+        return got is None and medians is None
+    edges = (float("-inf"), *source_rollups.BUCKET_EDGES, float("inf"))
+    low, high = edges[source_rollups.bucket_of(medians[0])], edges[source_rollups.bucket_of(medians[1]) + 1]
+    return low - 0.01 <= got <= high + 0.01
+
+
+async def reference(db, model: str, group_by: str, start, end, motions):  # noqa: ANN001, ANN201
+    async with db.reader() as session:
+        contacts = (await session.execute(select(store.Contact))).scalars().all()
+        opportunities = (await session.execute(select(store.Opportunity))).scalars().all()
+        credits = (await session.execute(select(store.AttributionCredit)
+                                         .where(store.AttributionCredit.model == model))).scalars().all()
+    opps, credited = defaultdict(list), defaultdict(list)
+    for o in opportunities:
+        opps[o.contact_id].append(o)
+    for c in credits:
+        credited[c.contact_id].append(c)
+    column = {"channel": "channel", "campaign": "campaign", "form": "form_id", "sequence": "sequence"}.get(group_by)
+    sums = defaultdict(lambda: defaultdict(float))
+    days = defaultdict(list)
+    for c in contacts:
+        at = _utc(c.first_touch_at) or _utc(c.created_at)
+        if not _in_range(at, start, end) or (motions and c.motion not in motions):
+            continue
+        which = "last" if model == "last" else "first"
+        weights = [(getattr(x, column) if column else None, x.credit) for x in credited[c.id]] or [
+            (getattr(c, f"{which}_touch_{column}") if column else None, 1.0)]
+        reached = [c.lead_at, c.mql_at, c.sql_at, c.opportunity_at, c.customer_at]
+        for name, w in weights:
+            key = (c.motion, name) if column else (c.motion,)
+            row = sums[key]
+            row["contacts"] += w
+            for i, metric in enumerate(("leads", "mql", "sql", "opportunities", "won")):
+                row[metric] += w * any(m is not None for m in reached[i:])
+            for o in opps[c.id]:
+                row["qualified_opportunities"] += w
+                if o.amount is not None and o.stage in ("sql", "opportunity", "customer"):
+                    row["pipeline_amount"] += w * float(o.amount)
+                    row["pipeline_amounts"] += w
+                    if o.amount_estimated:
+                        row["estimated_pipeline_amount"] += w * float(o.amount)
+                if o.amount is not None and o.stage == "customer":
+                    row["won_amount"] += w * float(o.amount)
+                    row["won_amounts"] += w
+            if c.sql_at is not None:
+                days[key].append(((_utc(c.sql_at) - at).total_seconds() / 86400, w))
+    return sums, days
+
+
+def _close(a, b, tol: float = 1e-3) -> bool:  # noqa: ANN001
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), abs_tol=tol)
+
+
+def _check_report(report: dict, sums, days) -> None:  # noqa: ANN001
+    rows = {tuple(r[k] for k in report["keys"]): r for r in report["rows"]}
+    expected = {k: v for k, v in sums.items() if round(v["contacts"], 4)}
+    assert set(rows) == set(expected), (set(rows), set(expected))
+    total_n = sum(v["qualified_opportunities"] for v in expected.values())
+    for key, want in expected.items():
+        got = rows[key]
+        for metric in ("contacts", "leads", "mql", "sql", "opportunities", "won", "qualified_opportunities"):
+            assert _close(got[metric], want[metric]), (key, metric, got[metric], want[metric])
+        assert _close(got["pipeline_amount"], want["pipeline_amount"] if want["pipeline_amounts"] > 1e-9 else None,
+                      0.01), (key, got, want)
+        assert _close(got["won_amount"], want["won_amount"] if want["won_amounts"] > 1e-9 else None, 0.01)
+        assert _close(got["estimated_pipeline_amount"], want["estimated_pipeline_amount"]
+                      if want["pipeline_amounts"] > 1e-9 else None, 0.01), (key, got, want)
+        assert _close(got["share"], want["qualified_opportunities"] / total_n if total_n > 1e-9 else None)
+        assert _close(got["mql_to_sql"], want["sql"] / want["mql"] if want["mql"] > 1e-9 else None)
+        medians = _medians(days.get(key, []))
+        assert _median_close(got["median_days_to_qualify"], medians), (key, got, medians)
+    assert _close(report["totals"]["contacts"], sum(v["contacts"] for v in expected.values()))
+    assert _close(report["totals"]["qualified_opportunities"], total_n)
+
+
+RANGES = [(None, None), (date(2026, 3, 3), date(2026, 3, 4)), (date(2026, 3, 15), date(2026, 4, 30)),
+          (datetime(2026, 3, 2, 13, 30, tzinfo=timezone.utc), datetime(2026, 3, 4, 6, 15, tzinfo=timezone.utc))]
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(case=history)
+async def test_rollup_answers_equal_the_raw_rows_on_random_histories(pipeline_store, case):
+    people, rng, batch = case
+    db = pipeline_store
+    async with db.unit_of_work() as session:
+        for table in TABLES:
+            await session.execute(delete(table))
+    await _apply(db, people, rng, batch)
+
+    async with db.reader() as session:
+        credits = (await session.execute(select(store.AttributionCredit))).scalars().all()
+    per = defaultdict(float)
+    for c in credits:
+        per[(c.opportunity_id, c.model)] += c.credit
+    assert all(math.isclose(v, 1.0) for v in per.values()), per  # every opportunity, every model
+    assert {m for _, m in per} in (set(), set(source_rollups.MODELS))
+
+    thresholds = Thresholds()
+    for model in source_rollups.MODELS:
+        for start, end in RANGES:
+            for motions in (None, ["inbound"]):
+                for group_by in ("motion", "channel", "campaign", "form", "sequence"):
+                    query = SourcesQuery.model_validate({"from": start, "to": end, "group_by": group_by,
+                                                         "motion": motions, "attribution": model})
+                    async with db.reader() as session:
+                        report = await pipeline_service.source_analytics(session, query, thresholds)
+                    sums, days = await reference(db, model, group_by, start, end, motions)
+                    _check_report(report, sums, days)
+
+    # a rebuild from the raw rows gives the rows the transactions kept
+    table = store.SourceRollup.__table__
+    columns = [table.c[k] for k in source_rollups.KEY] + [table.c[m] for m in source_rollups.METRICS]
+    n = len(source_rollups.KEY)
+    async with db.reader() as session:
+        kept = {tuple(r[:n]): r[n:] for r in (await session.execute(select(*columns))).all()}
+    async with db.unit_of_work() as session:
+        await source_rollups.rebuild(session)
+    async with db.reader() as session:
+        rebuilt = {tuple(r[:n]): r[n:] for r in (await session.execute(select(*columns))).all()}
+    zero = (0.0,) * len(source_rollups.METRICS)
+    for key in set(kept) | set(rebuilt):
+        a, b = kept.get(key, zero), rebuilt.get(key, zero)
+        assert all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b)), (key, a, b)
+
