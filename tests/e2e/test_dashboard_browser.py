@@ -142,8 +142,8 @@ async def test_the_dashboard_in_chromium_shows_what_the_api_returns(seeded):
 
             # readable and accessible: labelled charts and controls, the stylesheet applied, nothing external
             charts = page.locator("svg[role=img]")
-            assert await charts.count() == 5
-            for i in range(5):
+            assert await charts.count() == 6
+            for i in range(6):
                 assert (await charts.nth(i).locator(":scope > title").text_content()).strip()
                 assert await charts.nth(i).get_attribute("aria-labelledby")
             unlabelled = await page.evaluate(
