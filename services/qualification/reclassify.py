@@ -24,7 +24,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pipeline_store.models import Contact, Opportunity, Touch
+from pipeline_store import source_rollups
+from pipeline_store.models import AttributionCredit, Contact, Opportunity, Touch
 from services.qualification import repository
 from services.qualification.domain import attribution, evaluation
 from services.qualification.domain.channels import ChannelRules
@@ -138,6 +139,9 @@ async def reclassify_contact(session: AsyncSession, rules: ChannelRules, contact
         for event_id, channel in channels.items():
             await session.execute(update(Touch).where(Touch.event_id == event_id)
                                   .values(channel=channel, channel_rules_version=rules.version))
+            # an opportunity's credits name the touch's channel (their weights do not depend on it)
+            await session.execute(update(AttributionCredit).where(AttributionCredit.event_id == event_id)
+                                  .values(channel=channel))
         for chunk in (restamp[i:i + 500] for i in range(0, len(restamp), 500)):
             await session.execute(update(Touch).where(Touch.event_id.in_(chunk))
                                   .values(channel_rules_version=rules.version))
@@ -216,4 +220,6 @@ async def reclassify_all(db: Database, rules: ChannelRules, *, apply: bool) -> R
                     contact = await repository.contact_by_id(session, contact_id)
                     if contact is not None:
                         await reclassify_contact(session, rules, contact, report, apply=False, now=now)
+    if apply:  # the sources rollups from the reclassified first touches and credits
+        await transaction_with_retries(db, source_rollups.rebuild)
     return report

@@ -13,7 +13,8 @@ import sys
 import pytest
 from sqlalchemy import func, select
 
-from pipeline_store.models import BalanceDay, Contact, Opportunity, Touch
+from pipeline_store.models import AttributionCredit, BalanceDay, Contact, Opportunity, SourceRollup, Touch
+from pipeline_store.source_rollups import MODELS
 from services.pipeline.app import create_app as create_pipeline
 from services.qualification.app import create_app
 from services.qualification.domain.channels import load_channel_rules
@@ -176,6 +177,16 @@ async def test_rescore_channels_dry_run_changes_nothing_and_apply_reclassifies_b
     # the motion balance rollups moved with the contacts' first touches (records' write-back)
     rollup, contacts = await _balance_by_channel(stack)
     assert rollup == contacts == {"partner": 1, "referral": 1, "organic_social": 1}
+    # so did the sources rollups, under every model, and the credits name the new channel
+    async with stack.db.reader() as session:
+        credited = set((await session.execute(select(AttributionCredit.channel))).scalars())
+        sources = (await session.execute(
+            select(SourceRollup.model, SourceRollup.channel, func.sum(SourceRollup.contacts))
+            .where(SourceRollup.grain == "d").group_by(SourceRollup.model, SourceRollup.channel))).all()
+    assert credited == {"partner"}
+    for model in MODELS:
+        assert {c: round(n, 6) for m, c, n in sources if m == model and round(n, 6)} == {
+            "partner": 1, "referral": 1, "organic_social": 1}, model
 
     # the same rules again move nothing; the shipped ones move everything back
     again = await reclassify_all(stack.db, load_channel_rules(path), apply=True)
