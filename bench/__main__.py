@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import analytics, capture, e2e, outreach, pipeline, qualification, qualification_pg, webhooks
+from bench import analytics, balance, capture, e2e, outreach, pipeline, qualification, qualification_pg, webhooks
 from bench.harness import Row, Stack
 
 SECTIONS = {
@@ -20,6 +20,7 @@ SECTIONS = {
     "pipeline": pipeline.run,
     "webhooks": webhooks.run,
     "analytics": analytics.run,
+    "balance": balance.run,
 }
 
 
