@@ -334,6 +334,10 @@ class BalanceDay(StoreBase):
     (qualification) or its opportunity (pipeline transitions), as the change's delta."""
 
     __tablename__ = "balance_days"
+    # the answer sums a range by (entry motion, motion, channel): read in that order from an
+    # index that holds every counter, without a sort or a visit to the table
+    __table_args__ = (Index("ix_balance_days_grouped", "entry_motion", "motion", "channel", "day", "entrants",
+                            "fit_ab", "sql", "won", "pipeline_amount", "won_amount"),)
 
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     entry_motion: Mapped[str] = mapped_column(String(10), primary_key=True)  # the first touch's motion
@@ -352,6 +356,7 @@ class BalanceDaysToSql(StoreBase):
     ``days`` whole days from their first touch (a histogram, so medians are exact)."""
 
     __tablename__ = "balance_days_to_sql"
+    __table_args__ = (Index("ix_balance_days_to_sql_grouped", "entry_motion", "motion", "days", "day", "contacts"),)
 
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     entry_motion: Mapped[str] = mapped_column(String(10), primary_key=True)
