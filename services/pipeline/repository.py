@@ -377,6 +377,8 @@ def _periods(first_day: date | None, last_day: date | None) -> list[tuple[str, d
     """The rollup rows a whole-day range reads: (grain, first, last) — whole months from month
     rows, the ragged ends from day rows (``None``: unbounded)."""
     def month_after(day: date) -> date:
+        if (day.year, day.month) == (date.max.year, date.max.month):
+            return date.max  # no month follows December 9999; nothing is stored that late
         return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
     months_from = first_day if first_day is None or first_day.day == 1 else month_after(first_day)
