@@ -376,25 +376,33 @@ DayCells = dict[tuple, list[tuple[int, float, float]]]
 def _periods(first_day: date | None, last_day: date | None) -> list[tuple[str, date | None, date | None]]:
     """The rollup rows a whole-day range reads: (grain, first, last) — whole months from month
     rows, the ragged ends from day rows (``None``: unbounded)."""
-    def month_after(day: date) -> date:
+    def month_after(day: date) -> date | None:
         if (day.year, day.month) == (date.max.year, date.max.month):
-            return date.max  # no month follows December 9999; nothing is stored that late
+            return None  # no month follows December 9999
         return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
 
-    months_from = first_day if first_day is None or first_day.day == 1 else month_after(first_day)
+    days_only = [(source_rollups.DAY, first_day, last_day)]
+    if first_day is None or first_day.day == 1:
+        months_from = first_day
+    elif (months_from := month_after(first_day)) is None:
+        return days_only
     if last_day is None:
         months_to = None  # the first day of the last whole month
-    elif month_after(last_day) - timedelta(days=1) == last_day:
+    elif last_day == date.max or (last_day + timedelta(days=1)).day == 1:  # a month's last day
         months_to = last_day.replace(day=1)
+    elif last_day.replace(day=1) == date.min:
+        return days_only  # no month precedes January of year 1
     else:
         months_to = (last_day.replace(day=1) - timedelta(days=1)).replace(day=1)
     if months_from is not None and months_to is not None and months_from > months_to:
-        return [(source_rollups.DAY, first_day, last_day)]
+        return days_only
     out = [(source_rollups.MONTH, months_from, months_to)]
     if first_day is not None and months_from is not None and first_day < months_from:
         out.append((source_rollups.DAY, first_day, months_from - timedelta(days=1)))
-    if last_day is not None and months_to is not None and month_after(months_to) <= last_day:
-        out.append((source_rollups.DAY, month_after(months_to), last_day))
+    if last_day is not None and months_to is not None:
+        after_months = month_after(months_to)
+        if after_months is not None and after_months <= last_day:
+            out.append((source_rollups.DAY, after_months, last_day))
     return out
 
 

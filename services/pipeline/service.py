@@ -410,20 +410,35 @@ async def transition(
 # ---- the sources question --------------------------------------------------------------
 
 
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=timezone.utc)
+
+
 def rollup_range(query: SourcesQuery) -> repository.RollupRange:
     """Which whole days the rollups answer and which partial days the raw rows do: a date
-    bound covers its whole day; a date-time bound off midnight leaves a partial day."""
+    bound covers its whole day; a date-time bound off midnight leaves a partial day. The
+    calendar's ends saturate: a partial last day of 9999 has no whole day after it."""
     start, end = query.from_, query.to
     first_day = last_day = None
+    empty = False
     windows: list[tuple[datetime, datetime, bool]] = []
     start_partial = isinstance(start, datetime) and start.timetz() != time(0, tzinfo=timezone.utc)
     if isinstance(start, datetime):
-        first_day = start.date() + timedelta(days=1) if start_partial else start.date()
+        first_day = start.date()
+        if start_partial:
+            if first_day == date.max:
+                empty = True
+            else:
+                first_day += timedelta(days=1)
     elif start is not None:
         first_day = start
     if isinstance(end, datetime):
-        last_day = end.date() - timedelta(days=1)
-        midnight = datetime.combine(end.date(), time(0), tzinfo=timezone.utc)
+        last_day = end.date()
+        if last_day == date.min:
+            empty = True
+        else:
+            last_day -= timedelta(days=1)
+        midnight = _midnight(end.date())
         if start_partial and start.date() == end.date():  # type: ignore[union-attr]
             windows.append((start, end, True))  # type: ignore[arg-type]
             start_partial = False
@@ -432,9 +447,10 @@ def rollup_range(query: SourcesQuery) -> repository.RollupRange:
     elif end is not None:
         last_day = end
     if start_partial:
-        windows.append((start, datetime.combine(start.date() + timedelta(days=1), time(0), tzinfo=timezone.utc),
-                        False))  # type: ignore[arg-type, union-attr]
-    whole = first_day is None or last_day is None or first_day <= last_day
+        day = start.date()  # type: ignore[union-attr]
+        until = datetime.max.replace(tzinfo=timezone.utc) if day == date.max else _midnight(day + timedelta(days=1))
+        windows.append((start, until, day == date.max))  # type: ignore[arg-type]
+    whole = not empty and (first_day is None or last_day is None or first_day <= last_day)
     return repository.RollupRange(model=query.attribution, motions=query.motion, first_day=first_day,
                                   last_day=last_day, whole_days=whole, windows=tuple(windows))
 

@@ -16,7 +16,8 @@ from shared.webhooks import SUBSCRIBABLE_TYPES
 from tests.integration.test_pipeline_api import add_key
 from tests.support import make_settings, serve_app
 
-QUALIFIED, STAGE = SUBSCRIBABLE_TYPES
+QUALIFIED, STAGE = "io.leadstream.opportunity.qualified.v1", "io.leadstream.stage.changed.v1"
+assert {QUALIFIED, STAGE} <= set(SUBSCRIBABLE_TYPES)
 PROBLEM = "application/problem+json"
 
 

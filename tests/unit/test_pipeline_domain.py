@@ -170,6 +170,11 @@ def test_csv_has_group_columns_then_metrics_and_defuses_formulas():
     (None, date(2026, 2, 27), [("m", None, date(2026, 1, 1)), ("d", date(2026, 2, 1), date(2026, 2, 27))]),
     (date(2025, 12, 31), None, [("m", date(2026, 1, 1), None), ("d", date(2025, 12, 31), date(2025, 12, 31))]),
     (date(2024, 2, 1), date(2024, 2, 29), [("m", date(2024, 2, 1), date(2024, 2, 1))]),  # a leap February
+    # the calendar's ends: no month after December 9999 nor before January of year 1
+    (date(9999, 12, 15), None, [("d", date(9999, 12, 15), None)]),
+    (date(9999, 12, 1), date.max, [("m", date(9999, 12, 1), date(9999, 12, 1))]),
+    (None, date(1, 1, 15), [("d", None, date(1, 1, 15))]),
+    (None, date(9999, 12, 14), [("m", None, date(9999, 11, 1)), ("d", date(9999, 12, 1), date(9999, 12, 14))]),
 ])
 def test_a_range_reads_whole_months_from_month_rows_and_its_ends_from_day_rows(first, last, expected):
     from services.pipeline.repository import _periods
