@@ -46,7 +46,7 @@ from shared.db import (
     Database, WriteConflict, check_before_write, in_chunks, is_transient_db_error, stage_insert, transaction_time,
 )
 from shared.events import EVENT_TYPES, CloudEvent, InvalidEvent, dlq_topic, parse_event
-from shared.kafka import ConsumerRebalanceListener, KafkaGateway, create_consumer
+from shared.kafka import ConsumerRebalanceListener, KafkaGateway, abandon_join, create_consumer
 from shared.settings import Settings
 from shared.tracing import continuing
 
@@ -210,6 +210,7 @@ class InboxConsumer:
         self.prefetch = prefetch
         self.snapshot = snapshot
         self.consumer = None
+        self.joining = None  # the aiokafka consumer ``_connect`` is starting
         self.assignment: set[TopicPartition] = set()
         self.assigned = asyncio.Event()
         self.consumed = self.applied = self.duplicates = self.dead_lettered = self.retries = 0
@@ -236,6 +237,8 @@ class InboxConsumer:
         """Finish the batch in hand, commit what is done, leave the group."""
         self._stopping = True
         self._interrupt.set()
+        if self._task is not None and self.consumer is None:
+            self._task.cancel()  # still joining: no batch in hand, nothing to commit (``_connect``)
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
@@ -259,6 +262,8 @@ class InboxConsumer:
                 log.warning("final offset commit failed; the records will be redelivered", error=repr(exc))
         consumer, self.consumer = self.consumer, None
         try:
+            if not self.assignment:
+                await abandon_join(consumer)  # a member rejoining has nothing to hand over
             await asyncio.wait_for(consumer.stop(), 10)
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001
             # aiokafka lets its fetcher's CancelledError out of stop() when the broker is away
@@ -270,7 +275,7 @@ class InboxConsumer:
         self.assigned.clear()
 
     async def _connect(self) -> None:
-        consumer = create_consumer(
+        consumer = self.joining = create_consumer(
             self.settings, self.topics, group_id=self.group_id, client_id=self.client_id, listener=_Listener(self)
         )
         try:
@@ -282,10 +287,13 @@ class InboxConsumer:
                                    max(self.settings.kafka_request_timeout_ms / 1000, START_TIMEOUT_S))
         except BaseException:
             try:
+                await abandon_join(consumer)
                 await asyncio.wait_for(consumer.stop(), 5)
             except (Exception, asyncio.CancelledError):  # noqa: BLE001
                 pass
             raise
+        finally:
+            self.joining = None
         self.consumer = consumer
         self._cluster = await self._current_cluster()
 

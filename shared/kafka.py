@@ -129,6 +129,24 @@ def send_each_batch_once(producer: AIOKafkaProducer) -> None:
     producer._message_accumulator._batch_ttl = 0  # noqa: SLF001
 
 
+async def abandon_join(consumer: AIOKafkaConsumer) -> None:
+    """End a group join in flight so that ``consumer.stop()`` returns at once.
+
+    aiokafka's ``stop()`` first lets the coordination task finish what it is doing, and
+    a member that is joining waits for the broker's JoinGroup answer: the embedded broker
+    holds it until the rebalance ends, about 3 s even for a group of one (BROKER.md), so a
+    service stopped soon after it started waited that long for a group it never served.
+    A member without partitions has nothing to commit or hand over; cancelling the task
+    (a private attribute; ``test_kafka_settings`` checks it) only skips that wait.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    task = getattr(coordinator, "_coordination_task", None)
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait({task})  # raises only if the caller itself is cancelled meanwhile
+
+
 class KafkaGateway:
     """A started producer and admin client; what a service's outbox relay publishes through."""
 
