@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 import typer
 
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+T = TypeVar("T")
 
 privacy_app = typer.Typer(help="Data protection requests about one person: access (export), erasure.",
                           no_args_is_help=True)
@@ -44,22 +50,32 @@ def pipeline_store_url(settings: Settings) -> str:
     return url
 
 
-def export_document(settings: Settings, email: str) -> dict:
-    """The export of ``email`` as the API answers it (``ProblemError`` 404 when unknown)."""
-    from services.pipeline.privacy.service import export
+def in_pipeline_store(settings: Settings, use: Callable[[AsyncSession], Awaitable[T]], *, write: bool = False) -> T:
+    """Run ``use`` once in a session of the (migrated) pipeline store: a reader, or a unit of
+    work with ``write``; the command's own small engine, disposed after."""
     from shared.db import Database
 
     url = pipeline_store_url(settings)
 
-    async def _export() -> dict:
+    async def _run() -> T:
         db = Database(url, pool_size=1)
         try:
-            async with db.reader() as session:
-                return (await export(session, email)).model_dump(mode="json")
+            async with (db.unit_of_work() if write else db.reader()) as session:
+                return await use(session)
         finally:
             await db.dispose()
 
-    return asyncio.run(_export())
+    return asyncio.run(_run())
+
+
+def export_document(settings: Settings, email: str) -> dict:
+    """The export of ``email`` as the API answers it (``ProblemError`` 404 when unknown)."""
+    from services.pipeline.privacy.service import export
+
+    async def _export(session: AsyncSession) -> dict:
+        return (await export(session, email)).model_dump(mode="json")
+
+    return in_pipeline_store(settings, _export)
 
 
 @privacy_app.command("export")
@@ -86,39 +102,24 @@ def _actor() -> str:
 def request_erasure(settings: Settings, email: str) -> str:
     """Ask every store to erase the person of ``email``; the erasure's id."""
     from services.pipeline.privacy.erasures import request_erasure as request
-    from shared.db import Database
     from shared.privacy import privacy_key
 
     privacy = privacy_key(settings)
-    url = pipeline_store_url(settings)
 
-    async def _request() -> str:
-        db = Database(url, pool_size=1)
-        try:
-            async with db.unit_of_work() as session:
-                return (await request(session, privacy, email, _actor())).erasure_id
-        finally:
-            await db.dispose()
+    async def _request(session: AsyncSession) -> str:
+        return (await request(session, privacy, email, _actor())).erasure_id
 
-    return asyncio.run(_request())
+    return in_pipeline_store(settings, _request, write=True)
 
 
 def erasure_document(settings: Settings, erasure_id: str) -> dict:
     """An erasure's progress as the API answers it (``ProblemError`` 404 when unknown)."""
     from services.pipeline.privacy.erasures import erasure_status
-    from shared.db import Database
 
-    url = pipeline_store_url(settings)
+    async def _status(session: AsyncSession) -> dict:
+        return (await erasure_status(session, erasure_id)).model_dump(mode="json")
 
-    async def _status() -> dict:
-        db = Database(url, pool_size=1)
-        try:
-            async with db.reader() as session:
-                return (await erasure_status(session, erasure_id)).model_dump(mode="json")
-        finally:
-            await db.dispose()
-
-    return asyncio.run(_status())
+    return in_pipeline_store(settings, _status)
 
 
 @privacy_app.command("erase")

@@ -196,9 +196,12 @@ async def read_until_idle(bootstrap: str, topic: str, *, idle: float = 3.0, time
             if batch:
                 last_new = time.monotonic()
                 continue
+            # a partition no fetch has answered yet has no high watermark: not caught up (under
+            # load the first fetches can take longer than ``idle``; a big topic then read as empty)
             caught_up = True
             for tp in tps:
-                caught_up = caught_up and (consumer.highwater(tp) or 0) <= await consumer.position(tp)
+                high = consumer.highwater(tp)
+                caught_up = caught_up and high is not None and high <= await consumer.position(tp)
             if caught_up and time.monotonic() - last_new >= idle:
                 break
         if check_contract and not topic.endswith(".dlq"):

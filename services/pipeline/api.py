@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -170,12 +171,7 @@ async def get_source_analytics(
 ) -> Response:
     async with runtime.db.reader() as session:
         report = await service.source_analytics(session, params, runtime.thresholds)
-    if "text/csv" in request.headers.get("accept", ""):
-        return Response(
-            to_csv(report["rows"], report["keys"]), media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{csv_name(report)}"'},
-        )
-    return JSONResponse(report)
+    return _json_or_csv(request, report, lambda: to_csv(report["rows"], report["keys"]), csv_name(report))
 
 
 BALANCE_EXAMPLE = {
@@ -224,9 +220,12 @@ async def get_balance_analytics(
 ) -> Response:
     async with runtime.db.reader() as session:
         report = await service.balance_analytics(session, params, runtime.thresholds, runtime.balance_thresholds)
+    return _json_or_csv(request, report, lambda: balance_csv(report["rows"]), "balance-by-motion.csv")
+
+
+def _json_or_csv(request: Request, report: dict, csv: Callable[[], str], filename: str) -> Response:
+    """An analytics answer as JSON, or its rows as a CSV attachment when the client accepts ``text/csv``."""
     if "text/csv" in request.headers.get("accept", ""):
-        return Response(
-            balance_csv(report["rows"]), media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="balance-by-motion.csv"'},
-        )
+        return Response(csv(), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     return JSONResponse(report)

@@ -163,6 +163,30 @@ class FullStack:
                 return False
         return True
 
+    async def outbox_events(self) -> dict[str, int]:
+        """Per topic, the event ids the outboxes retain and may publish (every one but the erased):
+        what a reader of the broker of the moment must find on it, each at least once."""
+        from services.capture.models import CaptureOutbox
+        from shared.outbox import ERASED
+        from services.outreach.models import OutreachOutbox
+        from pipeline_store.models import PipelineOutbox
+
+        out: dict[str, int] = {}
+        for name, model in (("capture", CaptureOutbox), ("outreach", OutreachOutbox), ("pipeline", PipelineOutbox)):
+            db = self.store if name == "pipeline" else Database(self.urls[name])
+            try:
+                async with db.reader() as session:
+                    rows = (await session.execute(
+                        select(model.topic, func.count(model.event_id)).where(
+                            model.published_cluster.is_(None) | (model.published_cluster != ERASED)
+                        ).group_by(model.topic))).all()
+            finally:
+                if db is not self.store:
+                    await db.dispose()
+            for topic, count in rows:
+                out[topic] = out.get(topic, 0) + count
+        return out
+
     async def topic_counts(self, timeout: float = 120.0) -> dict[str, TopicCount]:
         """Once the outboxes are drained and settled: what a reader of each topic from the
         beginning gets (messages, distinct event ids, repeats), read until idle."""
