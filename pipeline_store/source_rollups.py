@@ -162,12 +162,13 @@ class Rollups:
     sums: Sums = field(default_factory=dict)
     days: Days = field(default_factory=dict)
 
-    def add(self, facts: ContactFacts, sign: float = 1.0) -> None:
-        """Add (``sign`` 1) or take away (-1) what ``facts`` contribute under every model."""
+    def add(self, facts: ContactFacts, sign: float = 1.0, models: Sequence[str] = MODELS) -> None:
+        """Add (``sign`` 1) or take away (-1) what ``facts`` contribute under every model
+        (under ``models`` only, when given: an answer about one model needs only its own)."""
         values = _values(facts)
         sums, days_rows = self.sums, self.days
         bucket = None if facts.days_to_qualify is None else bucket_of(facts.days_to_qualify)
-        for model in MODELS:
+        for model in models:
             credited = facts.credits.get(model)
             if not credited:
                 credited = (((facts.last if model == "last" else facts.first), 1.0),)

@@ -11,7 +11,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Float, and_, delete, func, or_, select
+from sqlalchemy import Float, and_, case, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
@@ -367,6 +367,7 @@ class RollupRange:
     last_day: date | None = None
     whole_days: bool = True
     windows: tuple[tuple[datetime, datetime, bool], ...] = ()
+    days_key: tuple[str, ...] | None = None  # the key names the days histogram keeps (all: None)
 
 
 Sums = dict[tuple, list[float]]
@@ -406,47 +407,116 @@ def _periods(first_day: date | None, last_day: date | None) -> list[tuple[str, d
     return out
 
 
+def _signed_periods(first_day: date | None, last_day: date | None
+                    ) -> list[tuple[float, str, date | None, date | None]]:
+    """``_periods`` with its ragged ends read the shorter way: the days in the range, or
+    the month's row less the month's days outside the range, whichever reads fewer days
+    (sign -1 for the days taken away); at most half a month of day rows per end."""
+    out: list[tuple[float, str, date | None, date | None]] = []
+    for grain, low, high in _periods(first_day, last_day):
+        if grain == source_rollups.MONTH or low is None or high is None:
+            out.append((1.0, grain, low, high))
+            continue
+        while low <= high:  # month by month
+            month = low.replace(day=1)
+            month_end = date.max if (month.year, month.month) == (date.max.year, date.max.month) else (
+                (month.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1))
+            end = min(high, month_end)
+            inside = (end - low).days + 1
+            if (month_end - month).days + 1 - inside < inside:
+                out.append((1.0, source_rollups.MONTH, month, month))
+                if low > month:
+                    out.append((-1.0, source_rollups.DAY, month, low - timedelta(days=1)))
+                if end < month_end:
+                    out.append((-1.0, source_rollups.DAY, end + timedelta(days=1), month_end))
+            else:
+                out.append((1.0, source_rollups.DAY, low, end))
+            if end == date.max:
+                break
+            low = end + timedelta(days=1)
+    return out
+
+
 async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayCells]:
-    """The rollups of the model summed over the range per key, and the days histogram per key."""
+    """The rollups of the model summed over the range per key, and the days histogram per
+    key (the key's ``days_key`` names only, the others ``None``). One query per table: the
+    periods' rows (``_signed_periods``) summed by the database, each with its sign."""
     sums: Sums = {}
     days: DayCells = {}
     R, D = SourceRollup.__table__, QualifyDaysRollup.__table__  # noqa: N806
-    for grain, low, high in _periods(r.first_day, r.last_day) if r.whole_days else ():
+    periods = _signed_periods(r.first_day, r.last_day) if r.whole_days else []
+    for table in (R, D) if periods else ():
 
-        def where(table: Any, grain: str = grain, low: date | None = low, high: date | None = high
-                  ) -> list[ColumnElement]:
+        def period(table: Any, grain: str, low: date | None, high: date | None) -> ColumnElement:
             out = [table.c.model == r.model, table.c.grain == grain]
             if low is not None:
                 out.append(table.c.day >= low)
             if high is not None:
                 out.append(table.c.day <= high)
-            if r.motions:
-                out.append(table.c.motion.in_(r.motions))
-            return out
+            return and_(*out)
 
-        keys = [R.c[name] for name in _KEY_NAMES]
-        stmt = select(*keys, *(func.sum(R.c[name]) for name in source_rollups.METRICS)).where(*where(R)).group_by(*keys)
-        for row in (await session.execute(stmt)).all():
-            key = tuple(map(source_rollups.key_value, row[:5]))
-            found = sums.get(key)
-            values = [float(v or 0.0) for v in row[5:]]
-            if found is None:
-                sums[key] = values
-            else:
-                for i, value in enumerate(values):
-                    found[i] += value
-        dkeys = [D.c[name] for name in _KEY_NAMES]
-        stmt = (select(*dkeys, D.c.bucket, func.sum(D.c.weight), func.sum(D.c.days)).where(*where(D))
-                .group_by(*dkeys, D.c.bucket))
-        for row in (await session.execute(stmt)).all():
-            days.setdefault(tuple(map(source_rollups.key_value, row[:5])), []).append(
-                (int(row[5]), float(row[6] or 0.0), float(row[7] or 0.0)))
-    for start, end, inclusive in r.windows:
+        where = [or_(*(period(table, *p[1:]) for p in periods))]
+        if r.motions:
+            where.append(table.c.motion.in_(r.motions))
+        taken = [period(table, *p[1:]) for p in periods if p[0] < 0]
+        sign = case((or_(*taken), -1.0), else_=1.0) if taken else None
+
+        def total(column: Any, sign: Any = sign) -> Any:
+            return func.sum(column if sign is None else column * sign)
+
+        if table is R:
+            keys = [R.c[name] for name in _KEY_NAMES]
+            stmt = select(*keys, *(total(R.c[name]) for name in source_rollups.METRICS)).where(*where).group_by(*keys)
+            for row in (await session.execute(stmt)).all():
+                sums[tuple(map(source_rollups.key_value, row[:5]))] = [float(v or 0.0) for v in row[5:]]
+        else:
+            names = r.days_key or _KEY_NAMES
+            keys = [D.c[name] for name in names]
+            at = [_KEY_NAMES.index(name) for name in names]
+            stmt = (select(*keys, D.c.bucket, total(D.c.weight), total(D.c.days)).where(*where)
+                    .group_by(*keys, D.c.bucket))
+            for row in (await session.execute(stmt)).all():
+                key: list[str | None] = [None] * 5
+                for i, value in zip(at, row):
+                    key[i] = source_rollups.key_value(value)
+                days.setdefault(tuple(key), []).append((int(row[-3]), float(row[-2] or 0.0), float(row[-1] or 0.0)))
+    if r.windows:  # the partial days' contacts, all windows at once (they never overlap)
+        where = [or_(*(and_(*_cohort_window(start, end, inclusive, None)) for start, end, inclusive in r.windows))]
+        if r.motions:
+            where.append(C.motion.in_(r.motions))
         partial = source_rollups.Rollups()
-        for facts in await source_rollups.raw_facts(session, *_cohort_window(start, end, inclusive, r.motions)):
-            partial.add(facts)
+        models = (r.model,)
+        for facts in await _window_facts(session, where, r.model):
+            partial.add(facts, models=models)
         _merge(sums, days, partial, r.model)
     return sums, days
+
+
+async def _window_facts(session: AsyncSession, where: list[ColumnElement], model: str
+                        ) -> list[source_rollups.ContactFacts]:
+    """``source_rollups.raw_facts`` of the partial days' contacts, for one model: their
+    opportunities and the model's credits looked up by contact (``contact_id IN`` the
+    window's contacts: the ``contact_id`` indexes), the other models' credits never read."""
+    A = AttributionCredit.__table__  # noqa: N806
+    contacts = (await session.execute(select(C.id, *(getattr(C, name) for name in source_rollups.CONTACT_COLUMNS))
+                                      .where(*where))).all()
+    if not contacts:
+        return []
+    ids = select(C.id).where(*where).scalar_subquery()
+    opportunities: dict[str, list[tuple]] = {}
+    stmt = select(O.contact_id, O.stage, O.amount, O.amount_estimated).where(O.contact_id.in_(ids))
+    for contact_id, stage, amount, estimated in (await session.execute(stmt)).all():
+        opportunities.setdefault(contact_id, []).append((stage, amount, bool(estimated)))
+    credits: dict[str, dict[str, list[tuple[source_rollups.TouchKey, float]]]] = {}
+    key_text = source_rollups.key_text
+    stmt = (select(A.c.contact_id, A.c.channel, A.c.campaign, A.c.form_id, A.c.sequence, A.c.credit)
+            .where(A.c.contact_id.in_(ids), A.c.model == model).order_by(A.c.contact_id, A.c.position))
+    for contact_id, channel, campaign, form_id, sequence, credit in (await session.execute(stmt)).all():
+        touch = (key_text(channel), key_text(campaign), key_text(form_id), key_text(sequence))
+        credits.setdefault(contact_id, {}).setdefault(model, []).append((touch, credit))
+    facts_of, names = source_rollups.facts_of, ("id", *source_rollups.CONTACT_COLUMNS)
+    # a plain dict per row: a Row's mapping looks each name up far more slowly
+    return [facts_of(dict(zip(names, row)), opportunities.get(row[0], ()), credits.get(row[0])) for row in contacts]
 
 
 def _merge(sums: Sums, days: DayCells, partial: source_rollups.Rollups, model: str) -> None:

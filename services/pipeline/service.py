@@ -14,7 +14,7 @@ from pipeline_store import rollups, source_rollups
 from pipeline_store.models import Account, Contact, Opportunity, PipelineOutbox, StageChange, TransitionRequest
 from services.pipeline import balance, repository, transitions
 from services.pipeline.balance import BalanceThresholds
-from services.pipeline.analytics import Thresholds, sources_figures
+from services.pipeline.analytics import GROUP_KEYS, Thresholds, sources_figures
 from services.pipeline.cursor import BadCursor, Position, decode_cursor, encode_cursor
 from services.pipeline.schemas import (
     AccountBrief,
@@ -452,7 +452,8 @@ def rollup_range(query: SourcesQuery) -> repository.RollupRange:
         windows.append((start, until, day == date.max))  # type: ignore[arg-type]
     whole = not empty and (first_day is None or last_day is None or first_day <= last_day)
     return repository.RollupRange(model=query.attribution, motions=query.motion, first_day=first_day,
-                                  last_day=last_day, whole_days=whole, windows=tuple(windows))
+                                  last_day=last_day, whole_days=whole, windows=tuple(windows),
+                                  days_key=("motion", *GROUP_KEYS[query.group_by]))
 
 
 async def source_analytics(
