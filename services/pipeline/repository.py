@@ -11,7 +11,8 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Float, and_, case, delete, func, or_, select
+from sqlalchemy import Float, String, and_, any_, bindparam, case, delete, func, or_, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
@@ -38,6 +39,7 @@ from pipeline_store.models import (
 )
 from services.pipeline import balance
 from services.pipeline.cursor import Position
+from shared.db import in_chunks
 
 C, O = Contact, Opportunity  # noqa: E741 - short aliases for the queries below
 
@@ -486,37 +488,75 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
             where.append(C.motion.in_(r.motions))
         partial = source_rollups.Rollups()
         models = (r.model,)
-        for facts in await _window_facts(session, where, r.model):
-            partial.add(facts, models=models)
+        for facts, contacts in await _window_facts(session, where, r.model):
+            partial.add(facts, contacts, models=models)
         _merge(sums, days, partial, r.model)
     return sums, days
 
 
+_SOMETIME = datetime(2000, 1, 1, tzinfo=timezone.utc)  # a milestone reached (its time is not read)
+
+
 async def _window_facts(session: AsyncSession, where: list[ColumnElement], model: str
-                        ) -> list[source_rollups.ContactFacts]:
-    """``source_rollups.raw_facts`` of the partial days' contacts, for one model: their
-    opportunities and the model's credits looked up by contact (``contact_id IN`` the
-    window's contacts: the ``contact_id`` indexes), the other models' credits never read."""
+                        ) -> list[tuple[source_rollups.ContactFacts, float]]:
+    """``source_rollups.raw_facts`` of the partial days' contacts for one model, each with
+    the number of contacts it stands for.
+
+    Plain contacts (not qualified, no opportunity, no credit under the model) add only
+    their milestones' counts to the touch the model falls back to: the database counts
+    them by motion, that touch and the milestones reached, one fact per group. The others
+    are read one by one, with their opportunities and the model's credits looked up by
+    contact (``contact_id IN`` the window's contacts: the ``contact_id`` indexes); the other
+    models' credits are never read."""
     A = AttributionCredit.__table__  # noqa: N806
+    postgres = (await session.connection()).dialect.name == "postgresql"
+    if postgres:  # the subplans' estimates would have it compile these small queries (tens of ms)
+        await session.execute(text("SET LOCAL jit = off"))
+    has_opportunity = select(O.id).where(O.contact_id == C.id).exists()
+    has_credits = select(A.c.contact_id).where(A.c.contact_id == C.id, A.c.model == model).exists()
+    side = "last" if model == "last" else "first"
+    touch = [getattr(C, f"{side}_touch_{name}") for name in source_rollups.TOUCH_KEY]
+    milestones = ("lead_at", "mql_at", "opportunity_at", "customer_at")
+    reached = [getattr(C, name).is_not(None) for name in milestones]
+    unqualified = case((C.sql_at.is_(None), 1), else_=0) == 1  # not a condition an index could answer
+    stmt = (select(C.motion, *touch, *reached, func.count()).where(*where, unqualified, ~has_opportunity, ~has_credits)
+            .group_by(C.motion, *touch, *reached))
+    facts_of = source_rollups.facts_of
+    out: list[tuple[source_rollups.ContactFacts, float]] = []
+    for motion, *values in (await session.execute(stmt)).all():
+        plain: dict[str, Any] = {"first_touch_at": None, "created_at": _SOMETIME, "motion": motion, "sql_at": None}
+        for name, value in zip(source_rollups.TOUCH_KEY, values[:4]):
+            plain[f"first_touch_{name}"] = plain[f"last_touch_{name}"] = value
+        for name, value in zip(milestones, values[4:8]):
+            plain[name] = _SOMETIME if value else None
+        out.append((facts_of(plain), float(values[8])))
+    where = [*where, or_(C.sql_at.is_not(None), has_opportunity, has_credits)]
     contacts = (await session.execute(select(C.id, *(getattr(C, name) for name in source_rollups.CONTACT_COLUMNS))
                                       .where(*where))).all()
     if not contacts:
-        return []
-    ids = select(C.id).where(*where).scalar_subquery()
+        return out
     opportunities: dict[str, list[tuple]] = {}
-    stmt = select(O.contact_id, O.stage, O.amount, O.amount_estimated).where(O.contact_id.in_(ids))
-    for contact_id, stage, amount, estimated in (await session.execute(stmt)).all():
-        opportunities.setdefault(contact_id, []).append((stage, amount, bool(estimated)))
     credits: dict[str, dict[str, list[tuple[source_rollups.TouchKey, float]]]] = {}
     key_text = source_rollups.key_text
-    stmt = (select(A.c.contact_id, A.c.channel, A.c.campaign, A.c.form_id, A.c.sequence, A.c.credit)
-            .where(A.c.contact_id.in_(ids), A.c.model == model).order_by(A.c.contact_id, A.c.position))
-    for contact_id, channel, campaign, form_id, sequence, credit in (await session.execute(stmt)).all():
-        touch = (key_text(channel), key_text(campaign), key_text(form_id), key_text(sequence))
-        credits.setdefault(contact_id, {}).setdefault(model, []).append((touch, credit))
-    facts_of, names = source_rollups.facts_of, ("id", *source_rollups.CONTACT_COLUMNS)
+    # by the contacts' ids: one array on PostgreSQL (no list of parameters to render)
+    for chunk in [[row[0] for row in contacts]] if postgres else in_chunks([row[0] for row in contacts], 10_000):
+
+        def of(column: Any, chunk: Sequence[str] = chunk) -> ColumnElement:
+            return column == any_(bindparam(None, chunk, type_=ARRAY(String))) if postgres else column.in_(chunk)
+
+        stmt = select(O.contact_id, O.stage, O.amount, O.amount_estimated).where(of(O.contact_id))
+        for contact_id, stage, amount, estimated in (await session.execute(stmt)).all():
+            opportunities.setdefault(contact_id, []).append((stage, amount, bool(estimated)))
+        stmt = (select(A.c.contact_id, A.c.channel, A.c.campaign, A.c.form_id, A.c.sequence, A.c.credit)
+                .where(of(A.c.contact_id), A.c.model == model).order_by(A.c.contact_id, A.c.position))
+        for contact_id, channel, campaign, form_id, sequence, credit in (await session.execute(stmt)).all():
+            touch_key = (key_text(channel), key_text(campaign), key_text(form_id), key_text(sequence))
+            credits.setdefault(contact_id, {}).setdefault(model, []).append((touch_key, credit))
+    names = ("id", *source_rollups.CONTACT_COLUMNS)
     # a plain dict per row: a Row's mapping looks each name up far more slowly
-    return [facts_of(dict(zip(names, row)), opportunities.get(row[0], ()), credits.get(row[0])) for row in contacts]
+    out += [(facts_of(dict(zip(names, row)), opportunities.get(row[0], ()), credits.get(row[0])), 1.0)
+            for row in contacts]
+    return out
 
 
 def _merge(sums: Sums, days: DayCells, partial: source_rollups.Rollups, model: str) -> None:
