@@ -284,7 +284,9 @@ class ServiceProcess:
             self.wait_healthy()
         return self
 
-    def wait_healthy(self, timeout: float = 30) -> None:
+    def wait_healthy(self, timeout: float = 90) -> None:
+        # a start imports the service, migrates and reaches the broker: seconds on a quiet machine,
+        # more than 30 s when 4 workers share 2 cores with other runs (seen in CI at load 11)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -390,7 +392,7 @@ async def serve_over_http(app, settings: Settings):  # noqa: ANN001, ANN201
         await task
 
 
-async def run_leadstream(env: dict[str, str], *args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+async def run_leadstream(env: dict[str, str], *args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     """The real ``leadstream`` command with ``env`` added: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "leadstream.cli", *args, cwd=ROOT, env={**os.environ, **env},
