@@ -173,7 +173,7 @@ async def databases(backend: str, tmp: Path) -> tuple[dict[str, str], list[str]]
     return urls, created
 
 
-async def soak(events: int, minimum_faults: int, backend: str, seed: int) -> int:
+async def soak(events: int, minimum_faults: int, backend: str, seed: int, keep_logs: bool = False) -> int:
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="leadstream-soak-"))
     urls, created = await databases(backend, tmp)
@@ -210,9 +210,14 @@ async def soak(events: int, minimum_faults: int, backend: str, seed: int) -> int
         print(f"throughput: {accepted / total_s:,.0f} events/s end to end ({total_s:.0f} s until all applied; "
               f"{accepted / sent_s:,.0f} events/s accepted while sending, {sent_s:.0f} s)")
         # since the last broker restart (it comes back empty, and the relays publish again)
-        print_topic_counts(f"soak, topics since the broker's last start ({faults['broker']} restarts)",
-                           await stack.topic_counts(timeout=600))
-        rc = 0 if counts == {"lost": 0, "duplicated": 0} and sum(faults.values()) >= minimum_faults else 1
+        topics = await stack.topic_counts(timeout=600)
+        print_topic_counts(f"soak, topics since the broker's last start ({faults['broker']} restarts)", topics)
+        # every event an outbox retains is on the broker of the moment, each id at least once
+        retained = await stack.outbox_events()
+        missing = {t: retained.get(t, 0) - c.distinct for t, c in topics.items() if c.distinct != retained.get(t, 0)}
+        print(f"retained in the outboxes: {retained}; missing on the topics: {missing or 'none'}")
+        rc = 0 if (counts == {"lost": 0, "duplicated": 0} and sum(faults.values()) >= minimum_faults
+                   and not missing) else 1
         return rc
     finally:
         await stack.close()
@@ -221,7 +226,7 @@ async def soak(events: int, minimum_faults: int, backend: str, seed: int) -> int
 
             for url in created:
                 await drop_postgres_database(url)
-        if rc == 0:
+        if rc == 0 and not keep_logs:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"logs kept in {tmp}", file=sys.stderr)
@@ -233,8 +238,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faults", type=int, default=20)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--seed", type=int, default=int(time.time()) % 100_000)
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs even when it passes")
     args = parser.parse_args(argv)
-    sys.exit(asyncio.run(soak(args.events, args.faults, args.backend, args.seed)))
+    sys.exit(asyncio.run(soak(args.events, args.faults, args.backend, args.seed, args.keep_logs)))
 
 
 if __name__ == "__main__":
