@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -65,7 +66,34 @@ def instrument_app(app) -> None:  # noqa: ANN001
     if _recording:
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics",
+                                           server_request_hook=redact_personal_query)
+
+
+# query parameters that carry personal data (``GET /v1/contacts?email=``, the privacy export):
+# a server span records the request's URL and target, which would keep them in the traces
+PERSONAL_QUERY_PARAMETERS = frozenset({"email"})
+_URL_ATTRIBUTES = ("http.url", "http.target", "url.full", "url.query")
+
+
+def redact_personal_query(span, scope: dict) -> None:  # noqa: ANN001
+    """A server span's URL attributes with the values of personal query parameters replaced
+    by ``REDACTED`` (the instrumentation's own redaction knows only credentials and signatures)."""
+    raw = scope.get("query_string") or b""
+    if not raw or not span.is_recording():
+        return
+    query = raw.decode("latin-1")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(name in PERSONAL_QUERY_PARAMETERS for name, _ in pairs):
+        return
+    redacted = urlencode([(name, "REDACTED" if name in PERSONAL_QUERY_PARAMETERS else value) for name, value in pairs])
+    recorded = getattr(span, "attributes", None) or {}
+    for name in _URL_ATTRIBUTES:
+        value = recorded.get(name)
+        if name == "url.query" and isinstance(value, str):
+            span.set_attribute(name, redacted)
+        elif isinstance(value, str) and "?" in value:
+            span.set_attribute(name, value.split("?", 1)[0] + "?" + redacted)
 
 
 def current_traceparent() -> str | None:

@@ -71,3 +71,36 @@ def test_tab_and_line_breaks_only_in_free_text(char):
 
 def test_a_one_line_value_is_stripped_before_it_is_checked():
     assert SHORT.validate_python("  Ada\n") == "Ada"  # surrounding whitespace is trimmed, as before
+
+
+async def test_a_server_span_keeps_no_email_from_the_query_string():
+    """The instrumentation records the request's URL and target; ``shared.tracing``'s hook
+    replaces personal query values (``?email=``) before the span is exported."""
+    import httpx
+    from fastapi import FastAPI
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shared.tracing import redact_personal_query
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = FastAPI()
+
+    @app.get("/v1/contacts")
+    async def contacts(email: str | None = None, limit: int = 10) -> dict:
+        return {"limit": limit}
+
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider, server_request_hook=redact_personal_query)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        assert (await client.get("/v1/contacts", params={"email": "jo.doe@gmail.com", "limit": 3})).status_code == 200
+        assert (await client.get("/v1/contacts", params={"limit": 4})).status_code == 200
+    recorded = [dict(s.attributes) for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+    assert len(recorded) == 2
+    assert "jo.doe" not in repr(recorded) and "gmail" not in repr(recorded)
+    urls = [a.get("http.url") or a.get("url.full") for a in recorded]
+    assert any(u.endswith("?email=REDACTED&limit=3") for u in urls), urls
+    assert any(u.endswith("?limit=4") for u in urls), urls  # other queries are kept as they were
