@@ -36,6 +36,7 @@ import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, delete, select, text
@@ -114,20 +115,27 @@ class ContactFacts:
     credits: Mapping[str, Sequence[tuple[TouchKey, float]]] = field(default_factory=dict)
 
 
+_FIRST_TOUCH = itemgetter(*(f"first_touch_{name}" for name in TOUCH_KEY))
+_LAST_TOUCH = itemgetter(*(f"last_touch_{name}" for name in TOUCH_KEY))
+
+
 def facts_of(contact: Mapping[str, Any], opportunities: Iterable[tuple[str, Any]] = (),
              credits: Mapping[str, Sequence[tuple[TouchKey, float]]] | None = None) -> ContactFacts:
     """A contact's :class:`ContactFacts` from its columns (``CONTACT_COLUMNS`` at least), its
     opportunities as (stage, amount[, estimated]) and its credits per model (touch key, credit)."""
     first_at = utc(contact["first_touch_at"]) or utc(contact["created_at"])
-    milestones = [contact[name] is not None for name in ("lead_at", "mql_at", "sql_at", "opportunity_at",
-                                                         "customer_at")]
-    reached = tuple(int(any(milestones[i:])) for i in range(5))
+    # a milestone counts as reached when it or a later one was (a contact may skip stages)
+    won = int(contact["customer_at"] is not None)
+    opportunity = won or int(contact["opportunity_at"] is not None)
+    sql = opportunity or int(contact["sql_at"] is not None)
+    mql = sql or int(contact["mql_at"] is not None)
+    lead = mql or int(contact["lead_at"] is not None)
     sql_at = utc(contact["sql_at"])
     days = None if sql_at is None else (sql_at - first_at).total_seconds() / 86_400
     return ContactFacts(
-        day=first_at.date(), motion=contact["motion"], reached=reached,  # type: ignore[arg-type]
-        first=tuple(key_text(contact[f"first_touch_{name}"]) for name in TOUCH_KEY),  # type: ignore[arg-type]
-        last=tuple(key_text(contact[f"last_touch_{name}"]) for name in TOUCH_KEY),  # type: ignore[arg-type]
+        day=first_at.date(), motion=contact["motion"], reached=(lead, mql, sql, opportunity, won),
+        first=tuple(map(key_text, _FIRST_TOUCH(contact))),  # type: ignore[arg-type]
+        last=tuple(map(key_text, _LAST_TOUCH(contact))),  # type: ignore[arg-type]
         days_to_qualify=days,
         opportunities=tuple(OpportunityFacts(o[0], None if o[1] is None else float(o[1]), bool(o[2:] and o[2]))
                             for o in opportunities),
@@ -209,15 +217,73 @@ def contribution(facts: ContactFacts) -> Rollups:
     return out
 
 
+def _credited(facts: ContactFacts, model: str) -> tuple[tuple[TouchKey, float], ...]:
+    """The touches ``facts`` credits under ``model`` (as ``Rollups.add`` reads them)."""
+    credited = facts.credits.get(model)
+    if not credited:
+        return (((facts.last if model == "last" else facts.first), 1.0),)
+    return tuple(credited)
+
+
+def _add_model(rollups: Rollups, facts: ContactFacts, model: str, credited: Iterable[tuple[TouchKey, float]],
+               values: Sequence[tuple[int, float]], sign: float, histogram: bool = True) -> None:
+    """``Rollups.add`` for one model: ``values`` are the non-zero (index, value) of
+    ``_values(facts)``; ``histogram=False`` leaves the days histogram alone."""
+    sums, days_rows = rollups.sums, rollups.days
+    days = facts.days_to_qualify if histogram else None
+    bucket = None if days is None else bucket_of(days)
+    for touch, credit in credited:
+        key = (model, facts.day, facts.motion, *touch)
+        weight = sign * credit
+        row = sums.get(key)
+        if row is None:
+            row = sums[key] = [0.0] * _N
+        for i, value in values:
+            row[i] += weight * value
+        if bucket is not None:
+            cell = days_rows.get((key, bucket))
+            if cell is None:
+                cell = days_rows[(key, bucket)] = [0.0, 0.0]
+            cell[0] += weight
+            cell[1] += weight * days  # type: ignore[operator]
+
+
+def _non_zero(values: Sequence[float]) -> list[tuple[int, float]]:
+    return [(i, value) for i, value in enumerate(values) if value]
+
+
 def add_difference(rollups: Rollups, before: ContactFacts | None, after: ContactFacts | None) -> None:
     """Add to ``rollups`` what changes when a contact goes from ``before`` to ``after``
-    (``None``: absent). Unchanged facts add nothing."""
+    (``None``: absent). Unchanged facts add nothing.
+
+    The same sums as ``rollups.add(before, -1)`` then ``rollups.add(after, 1)``, computed by
+    model: a model that credits the same touches on the same day and motion adds only the
+    change of the values (nothing when they are equal: most changes move one model's key,
+    e.g. a touch that moves the last touch), so no row is taken away and added back."""
     if before == after:
         return
-    if before is not None:
-        rollups.add(before, -1.0)
-    if after is not None:
-        rollups.add(after, 1.0)
+    if before is None or after is None:
+        facts, sign = (after, 1.0) if before is None else (before, -1.0)
+        values = _non_zero(_values(facts))  # type: ignore[arg-type]
+        for model in MODELS:
+            _add_model(rollups, facts, model, _credited(facts, model), values, sign)  # type: ignore[arg-type]
+        return
+    old, new = _values(before), _values(after)
+    old_values, new_values = _non_zero(old), _non_zero(new)
+    delta = _non_zero([b - a for a, b in zip(old, new)])
+    same_place = before.day == after.day and before.motion == after.motion
+    same_days = before.days_to_qualify == after.days_to_qualify
+    for model in MODELS:
+        was, now = _credited(before, model), _credited(after, model)
+        if not (same_place and was == now):
+            _add_model(rollups, before, model, was, old_values, -1.0)
+            _add_model(rollups, after, model, now, new_values, 1.0)
+            continue
+        if delta:
+            _add_model(rollups, after, model, now, delta, 1.0, histogram=False)
+        if not same_days:
+            _add_model(rollups, before, model, was, (), -1.0)
+            _add_model(rollups, after, model, now, (), 1.0)
 
 
 async def write_difference(session: AsyncSession, before: ContactFacts | None, after: ContactFacts | None) -> None:
@@ -259,13 +325,19 @@ def stored_rows(rollups: Rollups) -> tuple[list[dict], list[dict]]:
 # ---- writing ------------------------------------------------------------------------------
 
 
+_UPSERTS: dict[tuple[str, str], Any] = {}
+
+
 def _upsert(dialect_name: str, table: Table, keys: Sequence[str], values: Sequence[str]):  # noqa: ANN202
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    statement = dialect.insert(table)
-    return statement.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={name: table.c[name] + statement.excluded[name] for name in values},
-    )
+    found = _UPSERTS.get((dialect_name, table.name))
+    if found is None:
+        dialect = postgresql if dialect_name == "postgresql" else sqlite
+        statement = dialect.insert(table)
+        found = _UPSERTS[(dialect_name, table.name)] = statement.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={name: table.c[name] + statement.excluded[name] for name in values},
+        )
+    return found
 
 
 _DAYS_KEY = (*KEY, "bucket")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import delete
@@ -36,6 +37,11 @@ _HOOK = "qualification.credits"
 _CREDITS = AttributionCredit.__table__
 _COLUMNS = source_rollups.CONTACT_COLUMNS
 _TIMES = frozenset(name for name in _COLUMNS if name.endswith("_at"))
+# the rollup columns of a record as loaded (``ContactRecord.loaded``) and as it is now
+_LOADED = itemgetter(*(ContactRecord.columns.index(name) for name in _COLUMNS))
+_CURRENT = attrgetter(*_COLUMNS)
+_PLAIN = itemgetter(*(i for i, name in enumerate(_COLUMNS) if name not in _TIMES))
+_TIME_POSITIONS = tuple(i for i, name in enumerate(_COLUMNS) if name in _TIMES)
 
 Credits = Mapping[str, tuple[Credit, ...]]
 
@@ -96,8 +102,15 @@ def _rollup_credits(credits: Credits) -> dict[str, list[tuple[source_rollups.Tou
                     for c in chain] for model, chain in credits.items() if chain}
 
 
-def _relevant(values: Mapping[str, Any]) -> tuple:
-    return tuple(source_rollups.utc(values[name]) if name in _TIMES else values[name] for name in _COLUMNS)
+def _same(before: tuple, after: tuple) -> bool:
+    """Whether two tuples of the rollup columns (``_COLUMNS`` order) are the same facts: equal,
+    or equal once their times are read as UTC (a time loaded naive, written back aware)."""
+    if before == after:
+        return True
+    if _PLAIN(before) != _PLAIN(after):
+        return False
+    utc = source_rollups.utc
+    return all(utc(before[i]) == utc(after[i]) for i in _TIME_POSITIONS)
 
 
 async def _write(session: AsyncSession) -> None:
@@ -108,12 +121,11 @@ async def _write(session: AsyncSession) -> None:
     noted.hooked = False
     changed: list[tuple[ContactRecord, dict[str, Any] | None, dict[str, Any]]] = []
     for contact in contacts.values():
-        before = None if contact.loaded is None else dict(zip(ContactRecord.columns, contact.loaded))
-        after = contact.values()
-        if (before is not None and contact.id not in recomputed and contact.id not in opened
-                and _relevant(before) == _relevant(after)):
+        loaded, now = contact.loaded, _CURRENT(contact)
+        was = None if loaded is None else _LOADED(loaded)
+        if was is not None and contact.id not in recomputed and contact.id not in opened and _same(was, now):
             continue
-        changed.append((contact, before, after))
+        changed.append((contact, None if was is None else dict(zip(_COLUMNS, was)), dict(zip(_COLUMNS, now))))
     # what the transaction read: the stored opportunities and credits, before they are replaced
     qualified_before = [c.id for c, before, _ in changed if before is not None and before["sql_at"] is not None]
     stored_opportunities = await source_rollups.opportunities_of(session, qualified_before) if qualified_before else {}

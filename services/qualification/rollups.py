@@ -6,6 +6,7 @@ and when its records are written back each contact that changed moves its contri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import select
@@ -13,11 +14,29 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store import rollups
 from pipeline_store.models import Contact, Opportunity
+from pipeline_store.source_rollups import utc
 from shared.db import in_chunks, staging_of
 
 # a contact record's columns are the table's, in order (records.py)
 _COLUMNS = [c.key for c in Contact.__table__.columns]
 _POSITIONS = tuple(_COLUMNS.index(name) for name in rollups.CONTACT_FIELDS)
+_LOADED = itemgetter(*_POSITIONS)
+_CURRENT = attrgetter(*rollups.CONTACT_FIELDS)
+_TIMES = tuple(i for i, name in enumerate(rollups.CONTACT_FIELDS) if name.endswith("_at"))
+_PLAIN = itemgetter(*(i for i, name in enumerate(rollups.CONTACT_FIELDS) if not name.endswith("_at")))
+
+
+def _unmoved(record: Any) -> bool:
+    """Whether the fields a contribution reads are as loaded (times compared as instants: a
+    time loaded naive from SQLite is written back aware)."""
+    if record.loaded is None:
+        return False
+    before, after = _LOADED(record.loaded), _CURRENT(record)
+    if before == after:
+        return True
+    if _PLAIN(before) != _PLAIN(after):
+        return False
+    return all(utc(before[i]) == utc(after[i]) for i in _TIMES)
 
 
 class _AsLoaded:
@@ -47,6 +66,8 @@ async def write(session: AsyncSession, contacts: Sequence[Any]) -> None:
     staging.states[rollups.Deltas] = rollups.Deltas()  # written once
     moved: list[tuple[Any, Any]] = []
     for record in contacts:
+        if _unmoved(record):
+            continue  # its contribution did not move
         after = rollups.contribution(record)
         before = rollups.contribution(_AsLoaded(record.loaded)) if record.loaded is not None else None
         # an opportunity stored before this batch may carry an amount (one it creates has none)

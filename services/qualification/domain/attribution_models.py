@@ -117,6 +117,21 @@ def attribute(
     """
     if model not in MODELS:
         raise ValueError(f"unknown attribution model {model!r}; known: {', '.join(MODELS)}")
+    return _credits(model, _chain(touches, qualified_at), qualified_at, mql_event_id)
+
+
+def attribute_all(
+    touches: Iterable[Touch],
+    qualified_at: datetime,
+    *,
+    mql_event_id: str | None = None,
+) -> dict[str, tuple[Credit, ...]]:
+    """:func:`attribute` under every model of :data:`MODELS`, the touches ordered and checked once."""
+    chain = _chain(touches, qualified_at)
+    return {model: _credits(model, chain, qualified_at, mql_event_id) for model in MODELS}
+
+
+def _chain(touches: Iterable[Touch], qualified_at: datetime) -> tuple[Touch, ...]:
     chain = ordered(touches)
     late = [t for t in chain if t.occurred_at > qualified_at]
     if late:
@@ -124,6 +139,11 @@ def attribute(
             f"touch {late[0].event_id!r} occurred at {late[0].occurred_at.isoformat()}, "
             f"after qualification at {qualified_at.isoformat()}"
         )
+    return chain
+
+
+def _credits(model: str, chain: tuple[Touch, ...], qualified_at: datetime,
+             mql_event_id: str | None) -> tuple[Credit, ...]:
     if not chain:
         return ()
     weights = _WEIGHTS[model](chain, qualified_at, mql_event_id)

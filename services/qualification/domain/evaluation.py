@@ -63,8 +63,7 @@ def credits(policies: PolicySet, facts: list[attribution.Touch], real: set[str],
             mql_event_id: str | None) -> dict[str, tuple[attribution_models.Credit, ...]]:
     """Each model's credits over the opportunity's counting touches (empty with none)."""
     chain = counting_touches(policies, facts, real, qualified_at)
-    return {model: attribution_models.attribute(model, chain, qualified_at, mql_event_id=mql_event_id)
-            for model in attribution_models.MODELS}
+    return attribution_models.attribute_all(chain, qualified_at, mql_event_id=mql_event_id)
 
 
 def profile(firmographics: dict | None, account_values: dict) -> dict:
