@@ -10,7 +10,9 @@ won with an amount, lost) and its credits under every model (the real
 rollups are what ``pipeline_store.source_rollups`` computes from those rows (as ``rebuild`` would);
 credit rows are stored for the contacts of the two days a date-time range reads from the
 raw rows (the only ones an answer reads; the rollups hold every contact's).
-Rows go in with executemany (SQLite) or COPY (PostgreSQL), a chunk at a time. Then
+Rows go in with executemany (SQLite) or COPY (PostgreSQL), a chunk at a time; a PostgreSQL
+store is then ``VACUUM ANALYZE``d, as autovacuum would (the test server runs without it), and
+``BENCH_ANALYTICS_KEEP=DIR`` keeps the seeded stores there for the next run. Then
 ``leadstream serve pipeline`` answers one client's sequential requests (latency, not
 queueing). The question the section answers: does the answer time grow with history?
 """
