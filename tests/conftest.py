@@ -1,14 +1,21 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from leadstream.registry import aupgrade
 from shared.broker import PORT_RANGE_VARIABLE, EmbeddedBroker, free_port
 from shared.kafka import ensure_topics
 from shared.settings import Settings
-from tests.support import create_postgres_database, drop_postgres_database, migrated_store, postgres_available
+from tests.support import (
+    POSTGRES_URL, create_postgres_database, drop_postgres_database, migrated_store, postgres_available,
+)
 
 
 # the services that store personal data refuse to start without it (the processes tests start inherit it)
@@ -75,6 +82,52 @@ def backend(request):
     return request.param
 
 
+class MigratedTemplates:
+    """One database per backend and service per worker, built by Alembic to head once; each
+    test's database is a copy of it (the SQLite file, or PostgreSQL's ``CREATE DATABASE …
+    TEMPLATE``): the same schema the migrations make, without running ten migrations per test
+    (0.3 s on SQLite, 0.8 s on PostgreSQL, for most of the suite's tests)."""
+
+    def __init__(self) -> None:
+        self.made: dict[tuple[str, str], str] = {}
+        self.directory: Path | None = None
+
+    async def get(self, backend: str, database: str) -> str:
+        """The template's SQLite path or PostgreSQL database name."""
+        key = (backend, database)
+        if key not in self.made:
+            if backend == "sqlite":
+                if self.directory is None:
+                    self.directory = Path(tempfile.mkdtemp(prefix="leadstream-templates-"))
+                path = self.directory / f"{database}.db"
+                await aupgrade(database, f"sqlite+aiosqlite:///{path}")
+                with sqlite3.connect(path) as conn:  # everything in the main file before it is copied
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.made[key] = str(path)
+            else:
+                url = await create_postgres_database()
+                await aupgrade(database, url)
+                self.made[key] = make_url(url).database
+        return self.made[key]
+
+    async def drop(self) -> None:
+        for (backend, _), made in self.made.items():
+            if backend == "postgres":
+                await drop_postgres_database(make_url(POSTGRES_URL).set(database=made).render_as_string(False))
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        self.made.clear()
+
+
+TEMPLATES = MigratedTemplates()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _drop_templates():
+    yield
+    await TEMPLATES.drop()
+
+
 class DatabaseFactory:
     """Migrated databases on one backend, built by Alembic; PostgreSQL ones dropped afterwards."""
 
@@ -82,12 +135,14 @@ class DatabaseFactory:
         self.backend, self.tmp_path, self.made = backend, tmp_path, []
 
     async def __call__(self, database: str) -> str:
+        template = await TEMPLATES.get(self.backend, database)
         if self.backend == "sqlite":
-            url = f"sqlite+aiosqlite:///{self.tmp_path / f'{database}-{len(self.made)}.db'}"
+            path = self.tmp_path / f"{database}-{len(self.made)}.db"
+            shutil.copyfile(template, path)
+            url = f"sqlite+aiosqlite:///{path}"
         else:
-            url = await create_postgres_database()
+            url = await create_postgres_database(template=template)
         self.made.append(url)
-        await aupgrade(database, url)
         return url
 
     async def drop(self) -> None:

@@ -46,15 +46,16 @@ async def postgres_connect(url: str):  # noqa: ANN201
                                  database=u.database)
 
 
-async def create_postgres_database() -> str:
-    """A fresh database on the test server; returns its asyncpg URL."""
+async def create_postgres_database(template: str | None = None) -> str:
+    """A fresh database on the test server (a copy of database ``template`` if given); returns
+    its asyncpg URL."""
     from sqlalchemy.engine import make_url
 
     base = make_url(POSTGRES_URL)
     name = f"ls_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{uuid.uuid4().hex[:12]}"
     conn = await postgres_connect(POSTGRES_URL)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await conn.close()
     return base.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
