@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -222,6 +223,9 @@ class TopicCount:
     repeats: int
     stepped_back: int
     keys_stepped_back: int
+    # the newest few repeats, each "id key=… p<partition> @<first offset> again @<offset>": to
+    # tell which publisher sent them (not compared: a count is the fact)
+    repeated: tuple[str, ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
         return (f"messages={self.messages} distinct_ids={self.distinct} repeats={self.repeats} "
@@ -245,21 +249,27 @@ def count_topic(records) -> TopicCount:  # noqa: ANN001 - records with partition
     """Messages, distinct event ids and repeats of one topic's records, read in partition order."""
     first_seen: dict[bytes | None, dict[str, int]] = {}
     newest: dict[bytes | None, int] = {}
+    offsets: dict[tuple[bytes | None, str], tuple[int, int]] = {}
     repeats = stepped_back = 0
     keys_back: set[bytes | None] = set()
+    repeated: deque[str] = deque(maxlen=5)
     ordered = sorted(records, key=lambda r: (r.partition, r.offset))
     for record in ordered:
         event_id = event_id_of(record.value)
         seen = first_seen.setdefault(record.key, {})
         if event_id not in seen:
             seen[event_id] = newest[record.key] = len(seen)
+            offsets[record.key, event_id] = (record.partition, record.offset)
             continue
         repeats += 1
+        partition, first = offsets[record.key, event_id]
+        repeated.append(f"{event_id} key={record.key!r} p{partition} @{first} again p{record.partition} "
+                        f"@{record.offset}")
         if seen[event_id] < newest[record.key]:
             stepped_back += 1
             keys_back.add(record.key)
     distinct = len({event_id_of(r.value) for r in ordered})
-    return TopicCount(len(ordered), distinct, repeats, stepped_back, len(keys_back))
+    return TopicCount(len(ordered), distinct, repeats, stepped_back, len(keys_back), tuple(repeated))
 
 
 class ServiceProcess:

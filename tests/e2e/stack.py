@@ -204,6 +204,8 @@ def print_topic_counts(name: str, counts: dict[str, TopicCount], before: dict[st
     for topic, count in counts.items():
         new = "" if before is None else f" (+{count.repeats - before[topic].repeats} repeats in this phase)"
         print(f"[{name}] {topic}: {count}{new}")
+        if count.repeats and (before is None or count.repeats > before[topic].repeats):
+            print(f"[{name}] {topic}: newest repeats: {'; '.join(count.repeated)}")
 
 
 async def send_workload(stack: FullStack, client: httpx.AsyncClient, accepted: Accepted, *, tag: str,
@@ -289,6 +291,19 @@ def lease_takeovers(logs: Path) -> dict[str, int]:
                 except orjson.JSONDecodeError:
                     pass
     return dict(taken)
+
+
+RELAY_EVENTS = (b"outbox relay failed", b"outbox lease", b"new broker cluster")
+
+
+def relay_events(logs: Path, last: int = 20) -> str:
+    """The relays' failures and lease changes in the services' logs (the newest ``last`` per log):
+    what to read beside an unexpected repeat on a topic."""
+    out = []
+    for path in sorted(logs.glob("*.log")):
+        lines = [line for line in path.read_bytes().splitlines() if any(e in line for e in RELAY_EVENTS)]
+        out += [f"{path.name}: {line.decode(errors='replace')}" for line in lines[-last:]]
+    return "\n".join(out)
 
 
 def stale_snapshots(logs: Path) -> int:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.events import LEADS_CAPTURED, OPPORTUNITIES_QUALIFIED, OUTREACH_TOUCHES, PIPELINE_CHANGES, dlq_topic
 from tests.e2e.stack import (
-    Accepted, FullStack, diagnose, lease_takeovers, print_topic_counts, report, send_workload,
+    Accepted, FullStack, diagnose, lease_takeovers, print_topic_counts, relay_events, report, send_workload,
 )
 from tests.support import read_raw
 
@@ -69,13 +69,14 @@ async def _check(stack: FullStack, name: str, accepted: Accepted, *, repeats_all
     print(f"[{name}] lease takeovers from a holder that stopped renewing, so far: {takeovers}")
     if not repeats_allowed and before is not None:
         assert {t: c.repeats for t, c in topics.items()} == {t: c.repeats for t, c in before.items()}, \
-            f"no repeats without a crash or a broker restart (takeovers so far: {takeovers})"
+            f"no repeats without a crash or a broker restart (takeovers so far: {takeovers})\n" \
+            f"{relay_events(stack.tmp)}"
     if broker_restarted:
         # The new broker got every retained event again, each once: what was in flight when the
         # old one went away was lost with it and sent once more, and nothing was in flight on
         # the new one (no relay crashed in this phase).
         assert {t: c.repeats for t, c in topics.items()} == dict.fromkeys(topics, 0), \
-            f"repeats on the restarted broker (takeovers so far: {takeovers})"
+            f"repeats on the restarted broker (takeovers so far: {takeovers})\n{relay_events(stack.tmp)}"
     stack.topics_seen = topics
 
 

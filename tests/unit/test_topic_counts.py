@@ -55,3 +55,10 @@ def test_values_that_are_no_events_count_as_their_own_ids():
 
 def test_the_report_line_names_each_figure():
     assert str(TopicCount(4, 2, 2, 1, 1)) == "messages=4 distinct_ids=2 repeats=2 stepped_back=1 (keys 1)"
+
+
+def test_the_newest_repeats_are_named_with_where_each_came_first_and_again():
+    count = count_topic(records(*[(0, "a", str(i)) for i in range(8)], *[(0, "a", str(i)) for i in range(7)]))
+    assert count.repeats == 7
+    assert count.repeated == tuple(f"{i} key=b'a' p0 @{i} again p0 @{8 + i}" for i in range(2, 7))
+    assert count_topic(records((0, "a", "1"), (1, "a", "1"))).repeated == ("1 key=b'a' p0 @0 again p1 @0",)
