@@ -226,6 +226,9 @@ class TopicCount:
     # the newest few repeats, each "id key=… p<partition> @<first offset> again @<offset>": to
     # tell which publisher sent them (not compared: a count is the fact)
     repeated: tuple[str, ...] = field(default=(), compare=False)
+    # per partition, the offset after the last record read: a repeat below the end an earlier
+    # read saw was missed by that read, not published since
+    ends: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     def __str__(self) -> str:
         return (f"messages={self.messages} distinct_ids={self.distinct} repeats={self.repeats} "
@@ -269,7 +272,11 @@ def count_topic(records) -> TopicCount:  # noqa: ANN001 - records with partition
             stepped_back += 1
             keys_back.add(record.key)
     distinct = len({event_id_of(r.value) for r in ordered})
-    return TopicCount(len(ordered), distinct, repeats, stepped_back, len(keys_back), tuple(repeated))
+    ends: dict[int, int] = {}
+    for record in ordered:
+        ends[record.partition] = record.offset + 1
+    return TopicCount(len(ordered), distinct, repeats, stepped_back, len(keys_back), tuple(repeated),
+                      tuple(sorted(ends.items())))
 
 
 class ServiceProcess:

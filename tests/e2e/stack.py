@@ -205,7 +205,8 @@ def print_topic_counts(name: str, counts: dict[str, TopicCount], before: dict[st
         new = "" if before is None else f" (+{count.repeats - before[topic].repeats} repeats in this phase)"
         print(f"[{name}] {topic}: {count}{new}")
         if count.repeats and (before is None or count.repeats > before[topic].repeats):
-            print(f"[{name}] {topic}: newest repeats: {'; '.join(count.repeated)}")
+            print(f"[{name}] {topic}: newest repeats: {'; '.join(count.repeated)}; partition ends now "
+                  f"{dict(count.ends)}" + ("" if before is None else f", before {dict(before[topic].ends)}"))
 
 
 async def send_workload(stack: FullStack, client: httpx.AsyncClient, accepted: Accepted, *, tag: str,

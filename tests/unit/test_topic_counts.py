@@ -62,3 +62,7 @@ def test_the_newest_repeats_are_named_with_where_each_came_first_and_again():
     assert count.repeats == 7
     assert count.repeated == tuple(f"{i} key=b'a' p0 @{i} again p0 @{8 + i}" for i in range(2, 7))
     assert count_topic(records((0, "a", "1"), (1, "a", "1"))).repeated == ("1 key=b'a' p0 @0 again p1 @0",)
+
+
+def test_each_partitions_end_is_the_offset_after_its_last_record():
+    assert count_topic(records((0, "a", "1"), (0, "a", "2"), (2, "b", "3"))).ends == ((0, 2), (2, 1))
