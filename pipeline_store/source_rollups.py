@@ -173,28 +173,9 @@ class Rollups:
     def add(self, facts: ContactFacts, sign: float = 1.0, models: Sequence[str] = MODELS) -> None:
         """Add (``sign`` 1) or take away (-1) what ``facts`` contribute under every model
         (under ``models`` only, when given: an answer about one model needs only its own)."""
-        values = _values(facts)
-        sums, days_rows = self.sums, self.days
-        bucket = None if facts.days_to_qualify is None else bucket_of(facts.days_to_qualify)
+        values = _non_zero(_values(facts))
         for model in models:
-            credited = facts.credits.get(model)
-            if not credited:
-                credited = (((facts.last if model == "last" else facts.first), 1.0),)
-            for touch, credit in credited:
-                key = (model, facts.day, facts.motion, *touch)
-                weight = sign * credit
-                row = sums.get(key)
-                if row is None:
-                    row = sums[key] = [0.0] * _N
-                for i, value in enumerate(values):
-                    if value:
-                        row[i] += weight * value
-                if bucket is not None:
-                    cell = days_rows.get((key, bucket))
-                    if cell is None:
-                        cell = days_rows[(key, bucket)] = [0.0, 0.0]
-                    cell[0] += weight
-                    cell[1] += weight * facts.days_to_qualify  # type: ignore[operator]
+            _add_model(self, facts, model, _credited(facts, model), values, sign)
 
     def merge(self, other: Rollups) -> None:
         for key, values in other.sums.items():
@@ -218,7 +199,8 @@ def contribution(facts: ContactFacts) -> Rollups:
 
 
 def _credited(facts: ContactFacts, model: str) -> tuple[tuple[TouchKey, float], ...]:
-    """The touches ``facts`` credits under ``model`` (as ``Rollups.add`` reads them)."""
+    """The touches ``facts`` credits under ``model``: its credits, else the first touch (the
+    last under ``last``) in full."""
     credited = facts.credits.get(model)
     if not credited:
         return (((facts.last if model == "last" else facts.first), 1.0),)
@@ -227,7 +209,7 @@ def _credited(facts: ContactFacts, model: str) -> tuple[tuple[TouchKey, float], 
 
 def _add_model(rollups: Rollups, facts: ContactFacts, model: str, credited: Iterable[tuple[TouchKey, float]],
                values: Sequence[tuple[int, float]], sign: float, histogram: bool = True) -> None:
-    """``Rollups.add`` for one model: ``values`` are the non-zero (index, value) of
+    """What ``facts`` add under one model: ``values`` are the non-zero (index, value) of
     ``_values(facts)``; ``histogram=False`` leaves the days histogram alone."""
     sums, days_rows = rollups.sums, rollups.days
     days = facts.days_to_qualify if histogram else None
@@ -264,9 +246,7 @@ def add_difference(rollups: Rollups, before: ContactFacts | None, after: Contact
         return
     if before is None or after is None:
         facts, sign = (after, 1.0) if before is None else (before, -1.0)
-        values = _non_zero(_values(facts))  # type: ignore[arg-type]
-        for model in MODELS:
-            _add_model(rollups, facts, model, _credited(facts, model), values, sign)  # type: ignore[arg-type]
+        rollups.add(facts, sign)  # type: ignore[arg-type]
         return
     old, new = _values(before), _values(after)
     old_values, new_values = _non_zero(old), _non_zero(new)
