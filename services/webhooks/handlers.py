@@ -3,16 +3,22 @@ that follows the type, in the consumer's transaction (the Kafka offset is commit
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.webhooks import repository
 from shared.consumer import Delivery, Handler
-from shared.db import transaction_time
+from shared.db import staging_of, transaction_time
 from shared.webhooks import SUBSCRIBABLE_TYPES, WebhookSettings
 
-_FOLLOWERS = "webhook_followers"  # session.info slot: event type -> [(subscription id, created_at)]
+
+@dataclass(slots=True)
+class Followers:
+    """The transaction's state (``Staging.state``): who follows which type, read once per batch."""
+
+    by_type: dict[str, list[tuple[str, datetime]]] = field(default_factory=dict)  # [(subscription id, created_at)]
 
 
 def _utc(value: datetime) -> datetime:
@@ -27,14 +33,14 @@ async def prefetch(session: AsyncSession, deliveries: list[Delivery]) -> None:  
         if row.status == "active":
             for event_type in row.event_types:
                 followers.setdefault(event_type, []).append((row.id, _utc(row.created_at)))
-    session.info[_FOLLOWERS] = followers
+    staging_of(session).state(Followers).by_type = followers
 
 
 def bind(settings: WebhookSettings) -> dict[str, Handler]:
     window = timedelta(hours=settings.webhooks_retry_hours)
 
     async def queue_deliveries(session: AsyncSession, delivery: Delivery) -> None:
-        followers = session.info.get(_FOLLOWERS, {}).get(delivery.event.type, ())
+        followers = staging_of(session).state(Followers).by_type.get(delivery.event.type, ())
         if not followers:
             return
         now = transaction_time(session)

@@ -124,6 +124,38 @@ def test_no_service_imports_another_service_or_the_composition_root(service, pat
     assert not bad, f"{service} may import shared/, pipeline_store/ and itself:\n" + "\n".join(bad)
 
 
+# ---------------------------------------------------------------- the unit of work's staging
+
+STAGING_MODULES = {"shared/db/staging.py", "shared/db/unit_of_work.py"}  # ``staging_of``, ``adopt``
+LOGGERS = {"log", "logger", "logging", "structlog"}
+
+
+def session_info_uses(source: str) -> list[int]:
+    """Lines that read or write ``<something>.info`` (SQLAlchemy's ``session.info``); a
+    logger's ``info`` (``log.info(...)``, ``(log.warning if ... else log.info)(...)``) left out."""
+    def logger(node: ast.expr) -> bool:
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+        return name in LOGGERS
+
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Attribute) and node.attr == "info" and not logger(node.value)]
+
+
+@pytest.mark.parametrize("path", [p for d in ("shared", "pipeline_store", "services", "leadstream") for p in modules(d)
+                                  if str(p.relative_to(ROOT)) not in STAGING_MODULES],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_a_unit_of_works_state_goes_through_its_typed_staging(path):
+    """What a transaction keeps is ``staging_of(session)`` (``shared/db/staging.py``), e.g.
+    ``.state(SomeClass)``: no string key in ``session.info``."""
+    lines = session_info_uses(path.read_text())
+    assert not lines, f"{path.relative_to(ROOT)}:{lines}: use shared.db.staging_of(session), not session.info"
+
+
+def test_the_staging_rule_has_teeth():
+    source = 'session.info["x"] = 1\nself.session.info.get("x")\nlog.info("a")\n(log.warning if a else log.info)("b")\n'
+    assert session_info_uses(source) == [1, 2]
+
+
 # ---------------------------------------------------------------- settings
 
 
