@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import Opportunity, ProcessedEvent
 from shared.broker import EmbeddedBroker, free_port
@@ -20,6 +23,7 @@ from shared.events import LEADS_CAPTURED, OPPORTUNITIES_QUALIFIED, OUTREACH_TOUC
 from tests.support import ROOT, ServiceProcess, TopicCount, count_topic, read_raw, read_until_idle
 
 TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES)
+T = TypeVar("T")
 
 
 @dataclass
@@ -138,51 +142,52 @@ class FullStack:
         }
 
 
-    async def outboxes_settled(self) -> bool:
-        """Every outbox row published to the broker of the moment (after a restart the relays
-        publish every retained row again, but the erased ones)."""
+    async def read_outboxes(self, read: Callable[[Any, AsyncSession], Awaitable[T]]) -> list[T]:
+        """``await read(model, session)`` for each service's outbox, in a read session of its
+        database (the store's for the pipeline's; the others' opened and disposed of here)."""
         from services.capture.models import CaptureOutbox
-        from shared.outbox import ERASED
         from services.outreach.models import OutreachOutbox
         from pipeline_store.models import PipelineOutbox
 
+        found = []
         for name, model in (("capture", CaptureOutbox), ("outreach", OutreachOutbox), ("pipeline", PipelineOutbox)):
             db = self.store if name == "pipeline" else Database(self.urls[name])
             try:
                 async with db.reader() as session:
-                    waiting = (await session.execute(
-                        select(func.count()).select_from(model).where(
-                            (model.published_at.is_(None))
-                            | ((model.published_cluster != self.broker.cluster_id)
-                               & (model.published_cluster != ERASED)))  # erased rows are never published again
-                    )).scalar_one()
+                    found.append(await read(model, session))
             finally:
                 if db is not self.store:
                     await db.dispose()
-            if waiting:
-                return False
-        return True
+        return found
+
+    async def outboxes_settled(self) -> bool:
+        """Every outbox row published to the broker of the moment (after a restart the relays
+        publish every retained row again, but the erased ones)."""
+        from shared.outbox import ERASED
+
+        async def waiting(model, session: AsyncSession) -> int:  # noqa: ANN001
+            return (await session.execute(
+                select(func.count()).select_from(model).where(
+                    (model.published_at.is_(None))
+                    | ((model.published_cluster != self.broker.cluster_id)
+                       & (model.published_cluster != ERASED)))  # erased rows are never published again
+            )).scalar_one()
+
+        return not any(await self.read_outboxes(waiting))
 
     async def outbox_events(self) -> dict[str, int]:
         """Per topic, the event ids the outboxes retain and may publish (every one but the erased):
         what a reader of the broker of the moment must find on it, each at least once."""
-        from services.capture.models import CaptureOutbox
         from shared.outbox import ERASED
-        from services.outreach.models import OutreachOutbox
-        from pipeline_store.models import PipelineOutbox
+
+        async def retained(model, session: AsyncSession) -> list:  # noqa: ANN001
+            return (await session.execute(
+                select(model.topic, func.count(model.event_id)).where(
+                    model.published_cluster.is_(None) | (model.published_cluster != ERASED)
+                ).group_by(model.topic))).all()
 
         out: dict[str, int] = {}
-        for name, model in (("capture", CaptureOutbox), ("outreach", OutreachOutbox), ("pipeline", PipelineOutbox)):
-            db = self.store if name == "pipeline" else Database(self.urls[name])
-            try:
-                async with db.reader() as session:
-                    rows = (await session.execute(
-                        select(model.topic, func.count(model.event_id)).where(
-                            model.published_cluster.is_(None) | (model.published_cluster != ERASED)
-                        ).group_by(model.topic))).all()
-            finally:
-                if db is not self.store:
-                    await db.dispose()
+        for rows in await self.read_outboxes(retained):
             for topic, count in rows:
                 out[topic] = out.get(topic, 0) + count
         return out
