@@ -271,7 +271,8 @@ def test_compose_settings_are_real_settings_and_load():
         assert set(env) <= SETTING_NAMES, f"{name}: not settings: {sorted(set(env) - SETTING_NAMES)}"
         cls = SERVICES[name].settings_class if name in SERVICES else Settings  # as `serve NAME` builds it
         settings = cls(**{k.removeprefix("LEADSTREAM_").lower(): v for k, v in env.items()})
-        assert (database_url(settings, name) if name in SERVICES else settings.database_url("pipeline")).startswith("postgresql+asyncpg://")
+        url = database_url(settings, name) if name in SERVICES else settings.database_url("pipeline")
+        assert url.startswith("postgresql+asyncpg://")
         assert not settings.embedded_broker
         assert settings.kafka_replication_factor <= 3
         assert str(settings.config_dir) == "/app/deploy/config"
