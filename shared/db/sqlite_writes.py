@@ -282,8 +282,12 @@ class SqliteWrites:
         await update_now(self.db, table, key, keys, values, only_if)  # as the plain path
 
     async def flush(self) -> None:
-        if self.batch_writer.pending:
-            async with self.db.write_lock:
+        # Under the lock even when nothing waits: a transaction in flight took the deferred
+        # writes with it, and a caller reading right after this (the relay, for pending rows)
+        # must find them written. Checked before the lock, a relay found the marks of rows it
+        # had just published unwritten and published those rows again.
+        async with self.db.write_lock:
+            if self.batch_writer.pending:
                 await self.batch_writer.flush()
 
     async def close(self) -> None:

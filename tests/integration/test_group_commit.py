@@ -319,6 +319,43 @@ async def test_a_failed_transaction_keeps_the_deferred_writes_for_the_next(tmp_p
         await db.dispose()
 
 
+async def test_a_flush_waits_for_the_transaction_in_flight_that_carries_the_deferred_writes(tmp_path):
+    """The relay flushes its marks, then reads which rows are pending. A group commit that
+    began before the flush took the marks with it: the flush must not return before that
+    transaction commits, or the rows read as pending and are published again (the fault
+    suite saw one event twice, at adjacent offsets, without any fault)."""
+    import threading
+
+    db = await sqlite_db(tmp_path)
+    writer = GroupCommit(db)
+    gate = threading.Event()
+    try:
+        await writer.submit(capture(1))
+        async with db.reader() as session:
+            (row_id,) = (await session.execute(select(OUTBOX.c.id))).scalars().all()
+        await db.update_later(OUTBOX, "id", [row_id], {"published_at": T0})
+        batch_writer = db.writes.batch_writer
+        batch_writer._executor.submit(gate.wait)  # noqa: SLF001 - holds the writer's thread
+        in_flight = asyncio.create_task(writer.submit(capture(2)))
+        await eventually_true(lambda: not batch_writer.pending)  # the transaction took the mark
+
+        async def flush_then_read():  # noqa: ANN202
+            await db.flush()
+            async with db.reader() as session:
+                return (await session.execute(
+                    select(OUTBOX.c.published_at).where(OUTBOX.c.id == row_id))).scalar_one()
+
+        read = asyncio.create_task(flush_then_read())
+        await asyncio.sleep(0.2)
+        gate.set()
+        assert await read is not None  # the mark was written when the flush returned
+        assert await in_flight == 2
+    finally:
+        gate.set()
+        await writer.stop()
+        await db.dispose()
+
+
 async def test_a_deferred_write_that_fails_alone_is_dropped(tmp_path):
     """Deferred writes may be lost without harm; one that cannot be written must not block
     every later transaction."""
