@@ -34,7 +34,7 @@ import io
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -108,6 +108,12 @@ class Sums:
     window_effort: Sequence[tuple[date, str, int, int]] = ()
 
 
+def _day_at(ordinal: int) -> date:
+    """The day of a proleptic ordinal, saturated at the calendar's first day: the windows of a
+    range ending in January of year 1 begin before it (as the sources answer's ranges saturate)."""
+    return date.fromordinal(max(ordinal, 1))
+
+
 @dataclass(frozen=True)
 class Windows:
     """The last ``WINDOW_DAYS`` days of the range (ending on ``end``) and the ones before."""
@@ -115,23 +121,33 @@ class Windows:
     end: date
 
     @property
+    def _last(self) -> int:
+        return self.end.toordinal()
+
+    @property
     def recent(self) -> tuple[date, date]:
-        return self.end - timedelta(days=WINDOW_DAYS - 1), self.end
+        return _day_at(self._last - WINDOW_DAYS + 1), self.end
 
     @property
     def prior(self) -> tuple[date, date]:
-        return self.end - timedelta(days=2 * WINDOW_DAYS - 1), self.end - timedelta(days=WINDOW_DAYS)
+        return _day_at(self._last - 2 * WINDOW_DAYS + 1), _day_at(self._last - WINDOW_DAYS)
 
     def which(self, day: date) -> str | None:
-        if self.recent[0] <= day <= self.recent[1]:
+        behind = self._last - day.toordinal()
+        if 0 <= behind < WINDOW_DAYS:
             return "recent"
-        if self.prior[0] <= day <= self.prior[1]:
+        if WINDOW_DAYS <= behind < 2 * WINDOW_DAYS:
             return "prior"
         return None
 
     def week(self, day: date) -> int:
         """0–7: the week of the two windows ``day`` falls in, oldest first."""
-        return (day - self.prior[0]).days // 7
+        return (day.toordinal() - (self._last - 2 * WINDOW_DAYS + 1)) // 7
+
+    def week_days(self, week: int) -> tuple[date, date]:
+        """The first and last day of ``week`` (0–7), saturated at the calendar's first day."""
+        first = self._last - 2 * WINDOW_DAYS + 1 + 7 * week
+        return _day_at(first), _day_at(first + 6)
 
 
 # ---- the figures -----------------------------------------------------------------------
@@ -258,9 +274,9 @@ def answer(sums: Sums, windows: Windows) -> dict[str, Any]:
         })
     week_rows = []
     for i, counts in enumerate(weeks):
-        start = windows.prior[0] + timedelta(days=7 * i)
+        start, last = windows.week_days(i)
         week_total = counts["inbound"] + counts["outbound"]
-        week_rows.append({"from": start.isoformat(), "to": (start + timedelta(days=6)).isoformat(),
+        week_rows.append({"from": start.isoformat(), "to": last.isoformat(),
                           "qualified_opportunities": week_total, "counts": dict(counts),
                           **{m: _ratio(counts[m], week_total) for m in counts}})
     channels = [{"channel": c, "recent_share": _ratio(v["recent"], total_recent),

@@ -64,6 +64,7 @@ async def test_far_dates_on_the_dashboard_are_its_error_page(pipeline):  # noqa:
         assert answer.status_code == 422 and 'role="alert"' in answer.text, answer.text
         assert f"({name})" in answer.text
     assert signed_in(await page(pipeline, session, to="9999-12-30"))
+    assert signed_in(await page(pipeline, session, to="0001-01-01"))  # the balance's windows saturate
 
 
 # ---- 5: sign-out ends the session on the server ----------------------------------------------

@@ -49,6 +49,7 @@ async def test_a_non_ascii_webhook_signature_is_401(outreach):  # noqa: F811
 
 DATE_PARAMETERS = {
     "/v1/analytics/sources": ("from", "to"),
+    "/v1/analytics/balance": ("from", "to"),  # the same rules; its 28-day windows saturate at year 1
     "/v1/contacts": ("created_from", "created_to", "qualified_from", "qualified_to"),
     "/v1/opportunities": ("qualified_from", "qualified_to", "closed_from", "closed_to"),
 }

@@ -221,6 +221,18 @@ def test_windows_are_the_last_28_days_and_the_28_before():
     assert (w.week(date(2026, 9, 16)), w.week(date(2026, 11, 10))) == (0, 7)
 
 
+def test_windows_saturate_at_the_calendars_first_day():
+    """A range ending in January of year 1 (as the sources answer's ranges, no overflow)."""
+    w = Windows(date(1, 1, 20))
+    assert w.recent == (date(1, 1, 1), date(1, 1, 20)) and w.prior == (date(1, 1, 1), date(1, 1, 1))
+    assert (w.which(date(1, 1, 1)), w.week(date(1, 1, 1)), w.week(date(1, 1, 20))) == ("recent", 5, 7)
+    weeks = answer(Sums(window=[(date(1, 1, 1), "inbound", "inbound", "paid_search", 2)]), w)["trend"]["weeks"]
+    assert [(x["from"], x["to"]) for x in weeks[4:]] == [
+        ("0001-01-01", "0001-01-01"), ("0001-01-01", "0001-01-06"), ("0001-01-07", "0001-01-13"),
+        ("0001-01-14", "0001-01-20")]
+    assert [x["qualified_opportunities"] for x in weeks] == [0, 0, 0, 0, 0, 2, 0, 0]
+
+
 # ---- what a contact contributes to the rollups ------------------------------------------------
 
 T0 = datetime(2026, 10, 1, 9, tzinfo=timezone.utc)
