@@ -115,6 +115,7 @@ def test_weak_control_sentence_states_its_figures():
     (0.4, 19.99, 8.0, 8.0, False),  # effort just below, steady
     (0.4, 20.01, 8.0, 8.0, True),  # just above
     (0.4001, 25.0, 8.0, 8.0, False),  # outbound 0.5999: not the main supplier
+    (0.3999, 20.0, 8.0, 8.0, True),  # outbound 0.6001: just above the majority
     (0.4, 10.0, 12.5, 10.0, True),  # rising by exactly effort_rise (25 %)
     (0.4, 10.0, 12.49, 10.0, False),  # rising just less
     (0.4, 10.0, 12.51, 10.0, True),  # rising just more
@@ -127,12 +128,25 @@ def test_weak_inbound_interest(in_share, effort, recent, prior, fires):
     assert (found is not None) == fires
 
 
+@pytest.mark.parametrize("qualified,fires", [(10, True), (9, False), (11, True)])
+def test_weak_inbound_interest_waits_for_min_opportunities(qualified, fires):
+    found = weak_inbound_interest(report(in_share=0.2, effort=30.0, qualified=qualified), T)
+    assert (found is not None) == fires
+
+
 def test_weak_inbound_interest_sentence():
     found = weak_inbound_interest(report(in_share=0.19, effort=24.5, effort_recent=26.0, effort_prior=18.0), T)
     assert found.sentence == ("81 % of qualified pipeline is outbound at 24.5 touches per opportunity, rising from 18 "
                               "to 26 over the last 28 days, while inbound brings 19 %: stronger lead generation "
                               "would help")
     assert found.figures["high"] and found.figures["rising"]
+    high_only = weak_inbound_interest(report(in_share=0.3, effort=22.0), T)
+    assert high_only.sentence == ("70 % of qualified pipeline is outbound at 22 touches per opportunity, while "
+                                  "inbound brings 30 %: stronger lead generation would help")
+    assert high_only.figures == {
+        "outbound_share": 0.7, "inbound_share": 0.3, "effort_per_sql": 22.0, "effort_per_sql_recent": 8.0,
+        "effort_per_sql_prior": 8.0, "high": True, "rising": False,
+        "thresholds": {"majority": 0.6, "effort_high": 20.0, "effort_rise": 0.25}}
 
 
 # ---- motion_dependency and channel_dependency: the sources answer's warnings --------------
@@ -158,14 +172,17 @@ def test_an_unattributed_channel_is_never_a_dependency():
 
 # ---- share_shift: a share moved by more than shift between the two windows ----------------
 
-@pytest.mark.parametrize("in_prior,in_recent,recent_n,fires", [
+@pytest.mark.parametrize("in_prior,in_recent,window_n,fires", [
     (0.4, 0.55, 20, False),  # at the margin: not more than it
     (0.4, 0.5499, 20, False),
     (0.4, 0.5501, 20, True),
     (0.4, 0.5501, 9, False),  # too few opportunities in a window
+    (0.4, 0.5501, 10, True),  # at the minimum
 ])
-def test_share_shift_of_a_motion(in_prior, in_recent, recent_n, fires):
-    found = share_shift(report(in_prior=in_prior, in_recent=in_recent, recent_n=recent_n), T)
+def test_share_shift_of_a_motion(in_prior, in_recent, window_n, fires):
+    found = share_shift(report(in_prior=in_prior, in_recent=in_recent, recent_n=window_n), T)
+    assert [d.figures.get("motion") for d in found] == (["inbound"] if fires else [])
+    found = share_shift(report(in_prior=in_prior, in_recent=in_recent, prior_n=window_n), T)  # the prior window
     assert [d.figures.get("motion") for d in found] == (["inbound"] if fires else [])
 
 
@@ -196,10 +213,44 @@ def test_working_together(assisted, qualified, fires):
         assert found.sentence.endswith(": keep both") and found.figures["assisted_share"] == assisted
 
 
+def test_working_together_sentence_states_its_figures():
+    found = working_together(report(assisted=0.35, qualified=40), T)
+    assert found.sentence == ("35 % of qualified opportunities were touched by both motions before qualification "
+                              "(assisted: inbound 35 %, outbound 35 %): keep both")
+    assert found.figures == {"assisted_share": 0.35, "assisted": 14, "inbound_assisted_share": 0.35,
+                             "outbound_assisted_share": 0.35, "thresholds": {"assisted": 0.3}}
+
+
 def test_thresholds_are_the_settings():
     strict = BalanceThresholds(majority=0.9, fit_gap=0.5, min_opportunities=1)
     assert weak_control(report(in_share=0.72, in_fit=0.31, out_fit=0.64), strict) is None
     assert weak_control(report(in_share=0.95, in_fit=0.1, out_fit=0.64, qualified=1), strict) is not None
+
+
+BALANCE_SETTINGS = {"majority": "0.7", "fit_gap": "0.1", "effort_high": "12", "effort_rise": "0.5", "shift": "0.2",
+                    "assisted": "0.4", "min_opportunities": "25"}
+
+
+def test_every_threshold_is_a_leadstream_balance_setting(monkeypatch):
+    from services.pipeline.app import balance_thresholds
+    from services.pipeline.settings import PipelineSettings
+
+    assert balance_thresholds(PipelineSettings()) == BalanceThresholds()  # the same defaults
+    for name, value in BALANCE_SETTINGS.items():
+        monkeypatch.setenv(f"LEADSTREAM_BALANCE_{name.upper()}", value)
+    assert balance_thresholds(PipelineSettings()) == BalanceThresholds(
+        **{name: type(getattr(T, name))(value) for name, value in BALANCE_SETTINGS.items()})
+
+
+def test_the_configuration_table_documents_each_thresholds_default():
+    import re
+
+    from tests.support import ROOT
+
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    for name in BALANCE_SETTINGS:
+        found = re.search(rf"^\| `LEADSTREAM_BALANCE_{name.upper()}` \| `([^`]+)` \|", operations, re.M)
+        assert found and float(found.group(1)) == getattr(T, name), name
 
 
 # ---- figures --------------------------------------------------------------------------------
