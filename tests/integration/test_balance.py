@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -109,6 +110,27 @@ EXPECTED_ROWS = [
      "effort_kind": None, "effort": None, "effort_per_sql": None, "effort_per_sql_recent": None,
      "effort_per_sql_prior": None, "recent_share": 0.3333, "prior_share": 0.0, "share_change_pp": 33.3,
      "assisted": None, "assisted_share": None},
+]
+# the trend counts qualified contacts by their first touch's day, week by week from 16 Sep:
+# i1–i3 and o1–o3 (20 and 22 Sep), i4–i6 and i10 (20 Oct), i11 (21 Oct) and o5 (22 Oct), both blended
+WEEK_COUNTS = {0: (3, 3, 0), 4: (4, 0, 0), 5: (1, 1, 2)}  # (inbound, outbound, blended); other weeks none
+WEEK_SHARES = {0: (0.5, 0.5, 0.0), 4: (1.0, 0.0, 0.0), 5: (0.5, 0.5, 1.0)}
+EXPECTED_WEEKS = [
+    {"from": f"2026-{first}", "to": f"2026-{last}",
+     "qualified_opportunities": sum(WEEK_COUNTS.get(i, (0, 0, 0))[:2]),
+     "counts": dict(zip(("inbound", "outbound", "blended"), WEEK_COUNTS.get(i, (0, 0, 0)), strict=True)),
+     **dict(zip(("inbound", "outbound", "blended"), WEEK_SHARES.get(i, (None, None, None)), strict=True))}
+    for i, (first, last) in enumerate([("09-16", "09-22"), ("09-23", "09-29"), ("09-30", "10-06"),
+                                       ("10-07", "10-13"), ("10-14", "10-20"), ("10-21", "10-27"),
+                                       ("10-28", "11-03"), ("11-04", "11-10")])
+]
+# first-touch channels of the qualified, recent (of 6): paid_search 4, content 1, cold_call 1;
+# prior (of 6): paid_search 3, cold_email 3
+EXPECTED_CHANNELS = [
+    {"channel": "cold_call", "recent_share": 0.1667, "prior_share": 0.0},
+    {"channel": "cold_email", "recent_share": 0.0, "prior_share": 0.5},
+    {"channel": "content", "recent_share": 0.1667, "prior_share": 0.0},
+    {"channel": "paid_search", "recent_share": 0.6667, "prior_share": 0.5},
 ]
 # with LEADSTREAM_BALANCE_MIN_OPPORTUNITIES=3 (each window has 6)
 EXPECTED_DIAGNOSES = [
@@ -240,16 +262,11 @@ async def test_every_figure_of_the_balance_matches_the_history_worked_by_hand(pr
     assert report["from"] == "2026-09-01" and report["to"] == "2026-11-10" and report["date_basis"] == "first_touch"
     assert report["rows"] == EXPECTED_ROWS
     assert report["totals"] == {"entrants": 16, "qualified_opportunities": 12, "assisted": 2, "assisted_share": 0.1667}
-    trend = report["trend"]
-    assert (trend["days"], trend["recent"], trend["prior"]) == (
-        28, {"from": "2026-10-14", "to": "2026-11-10", "qualified_opportunities": 6},
-        {"from": "2026-09-16", "to": "2026-10-13", "qualified_opportunities": 6})
-    weeks = trend["weeks"]
-    assert [w["qualified_opportunities"] for w in weeks] == [6, 0, 0, 0, 4, 2, 0, 0]
-    assert (weeks[0]["inbound"], weeks[0]["outbound"], weeks[0]["blended"]) == (0.5, 0.5, 0.0)
-    assert weeks[1]["inbound"] is None and weeks[4]["inbound"] == 1.0
-    assert (weeks[5]["from"], weeks[5]["inbound"], weeks[5]["outbound"], weeks[5]["blended"]) == (
-        "2026-10-21", 0.5, 0.5, 1.0)
+    assert report["trend"] == {
+        "days": 28, "recent": {"from": "2026-10-14", "to": "2026-11-10", "qualified_opportunities": 6},
+        "prior": {"from": "2026-09-16", "to": "2026-10-13", "qualified_opportunities": 6},
+        "weeks": EXPECTED_WEEKS, "channels": EXPECTED_CHANNELS}
+    assert set(report) == {"from", "to", "date_basis", "rows", "totals", "trend", "diagnoses"}  # nothing unchecked
     assert [(d["rule"], d["sentence"], d["figures"]) for d in report["diagnoses"]] == EXPECTED_DIAGNOSES
 
     # the range: only September's cohort (i1–i3, i7–i9, o1–o3), effort of September's facts
@@ -279,6 +296,9 @@ async def test_every_figure_of_the_balance_matches_the_history_worked_by_hand(pr
     assert next(x for x in lines if x.startswith("median days to sql")).split()[-3:] == ["0", "2", "4"]
     assert lines[lines.index("Diagnoses:") + 1] == f"- weak_control: {EXPECTED_DIAGNOSES[0][1]}"
     assert len(lines) - lines.index("Diagnoses:") - 1 == len(EXPECTED_DIAGNOSES)
+    as_json = subprocess.run([sys.executable, "-m", "leadstream.cli", "balance", "--from", "2026-09-01", "--to",
+                              "2026-11-10", "--json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == report, as_json.stderr
     refused = subprocess.run([sys.executable, "-m", "leadstream.cli", "balance", "--from", "2026-11-10", "--to",
                               "2026-11-01"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--to: must not be before from" in refused.stderr
