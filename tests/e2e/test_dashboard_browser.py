@@ -18,6 +18,7 @@ import pytest
 
 from leadstream.demo import plan, seed
 from leadstream.registry import aupgrade
+from services.pipeline.dashboard import BALANCE_LINES
 from tests.e2e.stack import FullStack
 from tests.support import ROOT
 
@@ -67,6 +68,38 @@ async def test_demo_seeds_everything_through_the_apis(seeded):
     assert any(w.endswith("comes from paid_search") for w in everything["warnings"]), everything["warnings"]
     # open opportunities carry the amount sales expects: pipeline is more than what was won
     assert everything["totals"]["pipeline_amount"] > everything["totals"]["won_amount"] > 0
+    # the demo leans on inbound while sales prospects a target list: the balance says weak_control
+    balance = await api(stack, path="/v1/analytics/balance")
+    assert "weak_control" in [d["rule"] for d in balance["diagnoses"]], balance["diagnoses"]
+
+
+BALANCED_SEED, BALANCED_CONTACTS = 5, 2000  # the demo's own size: smaller histories' 28-day windows are noisy
+
+
+async def test_the_balanced_demo_has_no_balance_diagnosis(tmp_path):
+    """`leadstream demo --balanced` through the whole product: no balance diagnosis fires."""
+    urls = {db: f"sqlite+aiosqlite:///{tmp_path / f'{db}.db'}" for db in ("capture", "outreach", "pipeline")}
+    for db, url in urls.items():
+        await aupgrade(db, url)
+    stack = FullStack(urls, tmp_path)
+    try:
+        await stack.start(workers=1)
+        result = await seed(capture_url=stack.capture.url, outreach_url=stack.outreach.url,
+                            pipeline_url=stack.pipeline.url, api_key=stack.api_key, seed_value=BALANCED_SEED,
+                            contacts=BALANCED_CONTACTS, settle_timeout=120, balanced=True)
+        assert result["accepted"] > 0
+        balance = await api(stack, path="/v1/analytics/balance")
+        assert balance["totals"]["entrants"] == BALANCED_CONTACTS
+        assert balance["diagnoses"] == [], balance["diagnoses"]
+    finally:
+        await stack.close()
+
+
+def _balance_cell(value: float | None, how: str) -> str:
+    """A balance figure as the panel shows it."""
+    if value is None:
+        return "–"
+    return {"pct": f"{value * 100:.0f}%", "pp": f"{value:+.1f} pts", "num": f"{value:,.0f}"}.get(how, str(value))
 
 
 def _number(text: str) -> float | None:
@@ -128,11 +161,11 @@ async def test_the_dashboard_in_chromium_shows_what_the_api_returns(seeded):
             # the balance panel: per motion side by side, the trend chart and the diagnoses, all the API's
             balance = await api(stack, path="/v1/analytics/balance")
             assert [d["rule"] for d in balance["diagnoses"]][:1] == ["weak_control"]  # the demo's history
-            for figure in ("entrants", "qualified_opportunities", "won"):
-                cells = page.locator(f'#balance tr[data-figure="{figure}"] td')
-                assert [_number(t) for t in await cells.all_inner_texts()] == [r[figure] for r in balance["rows"]]
-            shares = await page.locator('#balance tr[data-figure="share"] td').all_inner_texts()
-            assert shares == [f"{r['share'] * 100:.0f}%" if r["share"] is not None else "–" for r in balance["rows"]]
+            assert await page.locator("#balance thead th[data-motion]").all_inner_texts() == [
+                "inbound", "outbound", "blended (apart)"]
+            for figure, _, how in BALANCE_LINES:  # every figure of the panel, per motion side by side
+                cells = await page.locator(f'#balance tr[data-figure="{figure}"] td').all_inner_texts()
+                assert [c.strip() for c in cells] == [_balance_cell(r[figure], how) for r in balance["rows"]], figure
             diagnoses = page.locator("#diagnoses li")
             assert await diagnoses.count() == len(balance["diagnoses"])
             for i, d in enumerate(balance["diagnoses"]):
