@@ -3,10 +3,10 @@
 The contact moves to a new pseudonymous id (derived from the erasure's id, which nothing
 outside the store can tie to the person: the old id and the opportunity's were derived from
 the email), without names, email, phone, title, LinkedIn URL, firmographics or account link.
-Its touches, scores, stage changes and opportunity follow it with their motion, channel,
-campaign, stages, scores, amounts and dates, so every analytics figure stays the same; their
-payloads keep only what ``shared.privacy.scrub`` keeps, and sales' free text (reasons) goes.
-The transitions' idempotency records, the person's webhook deliveries and outbox rows are
+Its touches, scores, stage changes, opportunity and attribution credits follow it with their
+motion, channel, campaign, stages, scores, amounts and dates, so every analytics figure stays
+the same; their payloads keep only what ``shared.privacy.scrub`` keeps, and sales' free text
+(reasons) goes. The transitions' idempotency records, the person's webhook deliveries and outbox rows are
 erased, and ``contact.erased`` (keyed and identified by the old contact id) tells downstream
 systems to erase their copies. See docs/privacy.md.
 """
@@ -19,7 +19,8 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import (
-    ConsentEntry, Contact, Opportunity, PipelineOutbox, Score, StageChange, Touch, TransitionRequest, WebhookDelivery,
+    AttributionCredit, ConsentEntry, Contact, Opportunity, PipelineOutbox, Score, StageChange, Touch,
+    TransitionRequest, WebhookDelivery,
 )
 from services.qualification.domain import ids
 from services.qualification.events import CHANGED_BY
@@ -69,6 +70,13 @@ async def erase_contact(session: AsyncSession, contact_id: str, email: str, subj
             id=moved[opportunity_id], contact_id=new_id, account_domain=None, close_reason=None,
             qualified_event_id=pseudonym(erasure_id, qualified_event_id)))
         records += 1
+    for opportunity_id, new_opportunity_id in moved.items():
+        # the credits name the opportunity and contact by the ids the email derives: they move too,
+        # or the raw path of analytics (partial days, rebuilds, sales' later moves) loses them
+        await session.execute(update(AttributionCredit).where(AttributionCredit.opportunity_id == opportunity_id)
+                              .values(opportunity_id=new_opportunity_id, contact_id=new_id))
+    await session.execute(update(AttributionCredit).where(AttributionCredit.contact_id == contact_id)
+                          .values(contact_id=new_id))
     if moved:
         await session.execute(delete(TransitionRequest).where(TransitionRequest.opportunity_id.in_(list(moved))))
     changes = (await session.execute(
