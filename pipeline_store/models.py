@@ -413,8 +413,9 @@ class ErasureStore(StoreBase):
 
 class ErasureAudit(StoreBase):
     """Every erasure call, as it was answered: who (API key id and name, or the CLI's user),
-    when, which erasure, and the outcome (``requested``, or ``repeated`` when one was under
-    way or done for the same person). Never the email."""
+    when, which erasure, the stores asked and the outcome (``requested``, or ``repeated`` when
+    one was under way or done for the same person); and its end: ``completed`` when the last
+    store reported, with the stores that did (who: the requester). Never the email."""
 
     __tablename__ = "erasure_audit"
 
@@ -423,6 +424,7 @@ class ErasureAudit(StoreBase):
     actor: Mapped[str] = mapped_column(String(300))
     outcome: Mapped[str] = mapped_column(String(20))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    stores: Mapped[str | None] = mapped_column(String(200), nullable=True)  # "capture,outreach,pipeline"
 
 
 class PrivacyProcessedEvent(InboxMixin, StoreBase):

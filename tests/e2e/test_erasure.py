@@ -342,9 +342,11 @@ async def test_cli_erases_and_shows_the_status(stack: FullStack):
     async with stack.store.reader() as session:
         from pipeline_store.models import ErasureAudit, ErasureRequest
 
-        audit = (await session.execute(select(ErasureAudit.actor, ErasureAudit.outcome))).all()
+        audit = (await session.execute(select(ErasureAudit.actor, ErasureAudit.outcome, ErasureAudit.stores)
+                                       .order_by(ErasureAudit.id))).all()
         request = (await session.execute(select(ErasureRequest))).scalar_one()
-    assert [(actor.split()[0], outcome) for actor, outcome in audit] == [("cli", "requested")]
+    assert [(actor.split()[0], outcome, stores) for actor, outcome, stores in audit] == [
+        ("cli", "requested", "capture,outreach,pipeline"), ("cli", "completed", "capture,outreach,pipeline")]
     assert "example.org" not in request.subject and len(request.subject) == 64
 
 

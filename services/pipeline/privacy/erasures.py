@@ -4,8 +4,9 @@
 store and ``erasure.requested`` in the outbox, in one transaction; every store that holds
 personal data consumes it, erases, and reports ``erasure.completed`` on the same topic;
 ``record_report`` (the pipeline service's consumer of that topic) marks the store done and
-the request completed when every store is. A request for a person with an erasure under way,
-or erased and not opted in since, answers that erasure: the same request twice erases once.
+the request completed when every store is (audited as ``completed``). A request for a person
+with an erasure under way, or erased and not opted in since, answers that erasure: the same
+request twice erases once.
 """
 
 from __future__ import annotations
@@ -43,14 +44,16 @@ async def request_erasure(session: AsyncSession, privacy: PrivacyKey, email: str
     now = transaction_time(session)
     existing = await repository.latest_for(session, subject)
     if existing is not None and (existing.status == "pending" or await repository.still_erased(session, subject)):
-        repository.add(session, ErasureAudit(erasure_id=existing.id, actor=actor, outcome="repeated", at=now))
+        asked = ",".join(s.store for s in await repository.stores(session, existing.id))
+        repository.add(session, ErasureAudit(erasure_id=existing.id, actor=actor, outcome="repeated", at=now,
+                                             stores=asked))
         return Requested(existing.id, existing.status, new=False)
     erasure_id = new_event_id()
     repository.add(
         session,
         ErasureRequest(id=erasure_id, subject=subject, status="pending", requested_by=actor, requested_at=now),
         *(ErasureStore(erasure_id=erasure_id, store=store, status="pending") for store in STORES),
-        ErasureAudit(erasure_id=erasure_id, actor=actor, outcome="requested", at=now),
+        ErasureAudit(erasure_id=erasure_id, actor=actor, outcome="requested", at=now, stores=",".join(STORES)),
     )
     data = ErasureRequested(erasure_id=erasure_id, subject=subject, requested_at=now)
     event = make_event(ERASURE_REQUESTED, data, source=SOURCE, subject=subject, time=now, event_id=erasure_id)
@@ -86,6 +89,8 @@ async def record_report(session: AsyncSession, delivery: Delivery) -> None:
     if erasure.status != "completed" and all(s.status == "completed" for s in stores.values()):
         erasure.status = "completed"
         erasure.completed_at = max(_utc(s.completed_at) for s in stores.values())
+        repository.add(session, ErasureAudit(erasure_id=erasure.id, actor=erasure.requested_by, outcome="completed",
+                                             at=erasure.completed_at, stores=",".join(sorted(stores))))
     await session.flush()
 
 
