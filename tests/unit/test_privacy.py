@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -113,3 +114,74 @@ def test_only_a_new_opt_in_lifts_an_erasure(marketing, accepted, type_, lifts):
 
 def test_report_ids_are_the_same_however_often_they_are_made():
     assert report_id("e-1", "capture") == report_id("e-1", "capture") != report_id("e-1", "outreach")
+
+
+# ---- where personal data lives: the README and docs/privacy.md name every place --------------
+
+ROOT = Path(__file__).resolve().parents[2]
+# every table of the three databases, by whether it can hold a person's data (the first set
+# must be in docs/privacy.md's table of places; a new table must be put in one of the two)
+PERSONAL_TABLES = {
+    "capture_leads", "capture_outbox", "outreach_prospects", "outreach_touches", "outreach_outbox", "contacts",
+    "touches", "stage_changes", "opportunities", "scores", "consent_ledger", "transition_requests",
+    "pipeline_outbox", "webhook_deliveries",
+}
+OTHER_TABLES = {
+    # keyed hashes, ids, counters, keys and leases: nothing that names a person
+    "capture_outbox_lease", "capture_processed_events", "capture_suppressions", "outreach_api_keys",
+    "outreach_outbox_lease", "outreach_processed_events", "outreach_suppressions", "outreach_webhook_secrets",
+    "accounts", "attribution_credits", "balance_days", "balance_days_to_sql", "balance_effort", "dashboard_sessions",
+    "erased_subjects", "erasure_audit", "erasure_requests", "erasure_stores", "pipeline_api_keys",
+    "pipeline_outbox_lease", "privacy_processed_events", "processed_events", "qualify_days_rollups",
+    "source_rollups", "webhook_processed_events", "webhook_subscriptions",
+}
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start:end if end > 0 else None]
+
+
+def test_every_table_is_classified_and_docs_privacy_names_the_personal_ones():
+    from pipeline_store.models import StoreBase
+    from services.capture.models import Base as CaptureBase
+    from services.outreach.models import Base as OutreachBase
+
+    tables = set(StoreBase.metadata.tables) | set(CaptureBase.metadata.tables) | set(OutreachBase.metadata.tables)
+    assert tables - PERSONAL_TABLES - OTHER_TABLES == set(), "a new table: does it hold personal data?"
+    places = _section((ROOT / "docs" / "privacy.md").read_text(), "## Where personal data lives")
+    assert {t for t in PERSONAL_TABLES if f"`{t}`" not in places} == set()
+
+
+def test_the_readme_says_where_personal_data_lives_for_how_long_and_how_it_is_erased():
+    from leadstream.registry import setting_names
+
+    readme = (ROOT / "README.md").read_text()
+    section = _section(readme, "## Personal data")
+    for place in ("capture's database", "outreach's", "the pipeline store", "outbox", "Kafka topics",
+                  "dead-letter topics", "webhook", "idempotency"):
+        assert place in section, place
+    known = {name.upper() for name in setting_names()}
+    for retention in ("OUTBOX_RETENTION_HOURS", "KAFKA_TOPIC_RETENTION_MS", "KAFKA_DLQ_RETENTION_MS",
+                      "WEBHOOKS_RETENTION_HOURS"):
+        assert f"`LEADSTREAM_{retention}`" in section and retention in known, retention
+    for way in ("POST /v1/privacy/erasures", "leadstream\nprivacy erase EMAIL", "GET /v1/privacy/erasures/{id}",
+                "leadstream privacy status ID", "GET /v1/privacy/exports?email=", "leadstream privacy export"):
+        assert way.replace("\n", " ") in section.replace("\n", " "), way
+    assert "(docs/privacy.md)" in section
+    # make run's secret is named unsafe, and no secret: no start
+    security = " ".join(_section(readme, "## Security").split())
+    assert "`LEADSTREAM_PRIVACY_SECRET`, plain-http cookie) are unsafe for production" in security
+    assert "without `LEADSTREAM_PRIVACY_SECRET` the services that store personal data refuse to start" in security
+
+
+def test_only_make_run_has_a_default_secret_and_it_is_the_one_named_unsafe():
+    from shared.privacy import DEVELOPMENT_SECRET
+
+    makefile = (ROOT / "Makefile").read_text()
+    run = makefile[makefile.index("\nrun:"):]
+    run = run[:run.index("\n\n")]
+    assert f"LEADSTREAM_PRIVACY_SECRET=$${{LEADSTREAM_PRIVACY_SECRET:-{DEVELOPMENT_SECRET}}}" in run
+    assert "unsafe" in DEVELOPMENT_SECRET
+    assert Settings.model_fields["privacy_secret"].default is None  # elsewhere: none, so no start
