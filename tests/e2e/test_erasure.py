@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ import orjson
 import pytest
 from sqlalchemy import inspect, select, text
 
+from pipeline_store.source_rollups import MODELS
 from shared.db import Database
 from shared.events import ALL_TOPICS, CONTACT_ERASED, PIPELINE_CHANGES
 from tests.e2e.stack import FullStack
@@ -314,7 +316,9 @@ async def test_erasure_removes_a_person_everywhere_and_keeps_the_analytics(stack
     for proc in stack.procs:
         proc.stop()
     await stack.store.dispose()
-    assert await _databases_hold(stack, TRACES + ("gracekill", "grace.kill@", "555 0199")) == []
+    # the idempotency records too: the lead's Idempotency-Key, the touches' external ids, sales' keys
+    idempotency = ("person-lead", "person-0", "person-1", "person-2", "person-opportunity", "person-customer")
+    assert await _databases_hold(stack, TRACES + idempotency + ("gracekill", "grace.kill@", "555 0199")) == []
 
 
 async def test_cli_erases_and_shows_the_status(stack: FullStack):
@@ -357,31 +361,127 @@ async def test_erasing_100_demo_people_changes_no_analytics_figure(stack: FullSt
     await seed(capture_url=stack.capture.url, outreach_url=stack.outreach.url, pipeline_url=stack.pipeline.url,
                api_key=stack.api_key, contacts=300, settle_timeout=180)
     async with httpx.AsyncClient(timeout=60) as client:
-        queries = [f"group_by={g}&attribution={a}"
-                   for g in ("channel", "campaign", "motion") for a in ("first", "last")]
+        contacts, cursor = [], None
+        while len(contacts) < 100:
+            r = await client.get(f"{stack.pipeline.url}/v1/contacts", headers=stack.auth,
+                                 params={"limit": 100, **({"cursor": cursor} if cursor else {})})
+            page = r.json()
+            contacts += page["items"]
+            cursor = page["next_cursor"]
+            assert cursor or len(contacts) >= 100
+        contacts = contacts[:100]
+        emails = [c["email"] for c in contacts]
+        # the whole range, and date-time bounds (their partial days are read from contacts and
+        # credits, not rollups: tests/integration/test_erasure_store.py checks that path closely)
+        now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        ranges = [{}, {"from": (now - timedelta(days=47, hours=5, minutes=30)).isoformat(),
+                       "to": (now - timedelta(days=9, hours=13, minutes=15)).isoformat()}]
+        queries = [("sources", {"group_by": g, "attribution": a, **r})
+                   for g in ("channel", "campaign", "motion", "form", "sequence") for a in MODELS for r in ranges]
+        queries += [("balance", {"from": (now - timedelta(days=120)).date().isoformat(),
+                                 "to": now.date().isoformat()})]
 
         async def answers() -> list[dict]:
             out = []
-            for query in queries:
-                r = await client.get(f"{stack.pipeline.url}/v1/analytics/sources?{query}", headers=stack.auth)
+            for path, params in queries:
+                r = await client.get(f"{stack.pipeline.url}/v1/analytics/{path}", params=params, headers=stack.auth)
                 assert r.status_code == 200, r.text
                 out.append(r.json())
             return out
 
         before = await answers()
-        emails, cursor = [], None
-        while len(emails) < 100:
-            r = await client.get(f"{stack.pipeline.url}/v1/contacts", headers=stack.auth,
-                                 params={"limit": 100, **({"cursor": cursor} if cursor else {})})
-            page = r.json()
-            emails += [c["email"] for c in page["items"]]
-            cursor = page["next_cursor"]
-            assert cursor or len(emails) >= 100
-        emails = emails[:100]
         ids = [await _erase(stack, client, officer, email) for email in emails]
         for erasure_id in ids:
             await _completed(stack, client, officer, erasure_id, timeout=180)
-        assert await answers() == before, "erasing 100 people changed an analytics figure"
+        after = await answers()
+        changed = [query for query, a, b in zip(queries, before, after) if a != b]
+        assert changed == [], "erasing 100 people changed an analytics figure"
         assert before[0]["totals"]["qualified_opportunities"] > 0 and before[0]["totals"]["won_amount"]
+        assert before[1]["totals"]["contacts"] > 0, "the date-time range holds no contact"
         for email in emails[:5]:
             assert await _contact(stack, client, email) is None
+
+
+async def _committed(bootstrap: str, group: str, tp) -> int:  # noqa: ANN001
+    """The offset ``group`` committed on ``tp`` (-1 for none)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        committed = await consumer.committed(tp)
+        return -1 if committed is None else committed
+    finally:
+        await consumer.stop()
+
+
+async def test_a_request_delivered_twice_erases_once_and_reports_once(stack: FullStack):
+    """The erasure request and a store's report are both delivered again (written to
+    ``privacy.requests`` a second time, as a redelivery after a lost commit would): once every
+    group has read past them, no store has reported again and the erasure is as it was."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    from pipeline_store.models import ErasureAudit
+    from shared.events import ERASURE_COMPLETED, ERASURE_REQUESTED, PRIVACY_REQUESTS
+
+    officer = _api_key(stack, "privacy")
+    email = "twice.delivered@example.org"
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.post(f"{stack.capture.url}/v1/leads", json={"email": email, "first_name": "Twicetest",
+                                                                      "form_type": "pricing"})
+        assert r.status_code == 202
+        assert await _until(lambda: _contact(stack, client, email)), "the lead never reached the store"
+        erasure_id = await _erase(stack, client, officer, email)
+        done = await _completed(stack, client, officer, erasure_id)
+        assert [s["records"] > 0 for s in done["stores"]] == [True, False, True]  # capture, outreach, pipeline
+
+        def of_this_erasure(records) -> list:  # noqa: ANN001
+            out = []
+            for record in records:
+                event = orjson.loads(record.value)
+                if event["id"] == erasure_id or event["data"].get("erasure_id") == erasure_id:
+                    out.append((record, event))
+            return out
+
+        first = of_this_erasure(await read_until_idle(stack.broker.bootstrap, PRIVACY_REQUESTS, idle=1.5))
+        assert sorted(e["type"] for _, e in first) == [ERASURE_COMPLETED] * 3 + [ERASURE_REQUESTED]
+        (request,) = [r for r, e in first if e["type"] == ERASURE_REQUESTED]
+        (report,) = [r for r, e in first if e["type"] == ERASURE_COMPLETED and e["data"]["store"] == "capture"]
+        # keyed by the keyed hash of the normalised email, which no message names
+        subject = request.key.decode()
+        assert len(subject) == 64 and all(r.key.decode() == subject for r, _ in first)
+        assert not any(b"twice" in (r.value or b"").lower() for r, _ in first)
+
+        producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap, acks="all")
+        await producer.start()
+        try:
+            again = [await producer.send_and_wait(PRIVACY_REQUESTS, r.value, key=r.key, headers=list(r.headers),
+                                                  partition=r.partition) for r in (request, report)]
+        finally:
+            await producer.stop()
+
+        # every store's group and the coordinator's read past both copies
+        groups = [f"leadstream-privacy-{name}" for name in ("capture", "outreach", "pipeline", "coordinator")]
+
+        async def read_past() -> bool:
+            for meta in again:
+                tp = TopicPartition(PRIVACY_REQUESTS, meta.partition)
+                for group in groups:
+                    if await _committed(stack.broker.bootstrap, group, tp) <= meta.offset:
+                        return False
+            return True
+
+        assert await _until(read_past, 120), "a group never read the second delivery"
+        second = of_this_erasure(await read_until_idle(stack.broker.bootstrap, PRIVACY_REQUESTS, idle=1.5))
+        reports = sorted(e["data"]["store"] for _, e in second if e["type"] == ERASURE_COMPLETED)
+        # the capture report written twice above; no store reported again
+        assert reports == ["capture", "capture", "outreach", "pipeline"], reports
+        assert await _status(stack, client, officer, erasure_id) == done
+    # audited: who (the key, never the email), the stores, the outcome; the redelivery added nothing
+    async with stack.store.reader() as session:
+        audit = (await session.execute(select(ErasureAudit).where(ErasureAudit.erasure_id == erasure_id)
+                                       .order_by(ErasureAudit.id))).scalars().all()
+    assert [(a.outcome, a.stores) for a in audit] == [("requested", "capture,outreach,pipeline"),
+                                                      ("completed", "capture,outreach,pipeline")]
+    assert all(a.actor.startswith("key ") and a.actor.endswith("(privacy-officer)") for a in audit)
+    assert not any("twice" in f"{a.actor} {a.erasure_id} {a.stores}".lower() for a in audit)
