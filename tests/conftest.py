@@ -160,6 +160,26 @@ async def database_factory(backend, tmp_path):
         await factory.drop()
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_backend(request):
+    """``backend`` for a module's shared fixtures: one app and store per module and backend, for
+    tests that change nothing another test reads (an app built per test is a new database, on
+    PostgreSQL a ``CREATE DATABASE`` and a ``DROP``, about 0.7 s)."""
+    if request.param == "postgres" and not postgres_available():
+        pytest.skip("PostgreSQL is not answering")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+async def module_database_factory(module_backend, tmp_path_factory):
+    """``database_factory`` on ``module_backend``, its databases kept for the module."""
+    factory = DatabaseFactory(module_backend, tmp_path_factory.mktemp(f"module-{module_backend}"))
+    try:
+        yield factory
+    finally:
+        await factory.drop()
+
+
 @pytest.fixture
 async def pipeline_store(database_factory):
     """A migrated pipeline store on the test's backend, opened as its services open it."""

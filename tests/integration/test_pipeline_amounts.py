@@ -14,7 +14,9 @@ from sqlalchemy import select
 from pipeline_store.models import Opportunity, PipelineOutbox, StageChange
 from services.pipeline.app import create_app
 from shared.amounts import ExpectedAmountsError, read_expected_amounts
-from tests.integration.test_pipeline_api import Store, _opportunity_in, add_key, pipeline  # noqa: F401 - the fixture
+from tests.integration.test_pipeline_api import (  # noqa: F401 - the fixtures
+    Store, _opportunity_in, add_key, pipeline, shared_pipeline,
+)
 from tests.support import ROOT, make_settings, serve_app
 
 pytestmark = pytest.mark.timeout(120)
@@ -142,14 +144,14 @@ BAD_AMOUNTS = [
 
 
 @pytest.mark.parametrize("amount,kind", BAD_AMOUNTS)
-async def test_a_bad_expected_amount_is_422_naming_the_field(pipeline, amount, kind):  # noqa: F811
-    _, opp = await _opportunity_in(pipeline, "sql")
-    response = await pipeline.post(f"/v1/opportunities/{opp.id}/transitions",
-                                   json={"to": "opportunity", "amount": amount})
+async def test_a_bad_expected_amount_is_422_naming_the_field(shared_pipeline, amount, kind):  # noqa: F811
+    _, opp = await _opportunity_in(shared_pipeline, "sql")
+    response = await shared_pipeline.post(f"/v1/opportunities/{opp.id}/transitions",
+                                          json={"to": "opportunity", "amount": amount})
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert [(e["field"], e["in"], e["type"]) for e in response.json()["errors"]] == [("amount", "body", kind)]
-    stored = await _stored(pipeline, opp.id)
+    stored = await _stored(shared_pipeline, opp.id)
     assert (stored.stage, stored.amount) == ("sql", None)
 
 

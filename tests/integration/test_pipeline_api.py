@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 import uuid
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -106,15 +107,30 @@ async def add_key(db, name: str, scopes: str) -> str:  # noqa: ANN001
     return key
 
 
-@pytest.fixture
-async def pipeline(broker, database_factory, tmp_path):
+@asynccontextmanager
+async def pipeline_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
+    """The pipeline app on a new store, with alice@sales's ``pipeline`` key on its client."""
     url = await database_factory("pipeline")
-    settings = make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url)
+    settings = make_settings(broker.bootstrap, data_dir, service="pipeline", pipeline_database_url=url)
     app = create_app(settings)
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
         client.store = Store(app.state.runtime.db)
         client.headers["Authorization"] = "Bearer " + await add_key(client.runtime.db, "alice@sales", "pipeline")
+        yield client
+
+
+@pytest.fixture
+async def pipeline(broker, database_factory, tmp_path):
+    async with pipeline_client(broker, database_factory, tmp_path) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def shared_pipeline(broker, module_database_factory, tmp_path_factory):
+    """One pipeline app per module and backend, for tests whose requests are refused (or touch
+    only rows they add themselves): what they assert holds whatever the others did before."""
+    async with pipeline_client(broker, module_database_factory, tmp_path_factory.mktemp("pipeline")) as client:
         yield client
 
 
@@ -481,8 +497,8 @@ BAD_QUERIES = [
 
 
 @pytest.mark.parametrize("path,params,field", BAD_QUERIES)
-async def test_bad_query_parameters_are_422_naming_the_parameter(pipeline, path, params, field):
-    response = await pipeline.get(path, params=params)
+async def test_bad_query_parameters_are_422_naming_the_parameter(shared_pipeline, path, params, field):
+    response = await shared_pipeline.get(path, params=params)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     errors = response.json()["errors"]
@@ -612,12 +628,12 @@ BAD_BODIES = [
 
 
 @pytest.mark.parametrize("body,field", BAD_BODIES)
-async def test_bad_transition_body_is_422_naming_the_field(pipeline, body, field):
-    contact, opp = await _opportunity_in(pipeline, "opportunity")
-    response = await pipeline.post(f"/v1/opportunities/{opp.id}/transitions", json=body)
+async def test_bad_transition_body_is_422_naming_the_field(shared_pipeline, body, field):
+    contact, opp = await _opportunity_in(shared_pipeline, "opportunity")
+    response = await shared_pipeline.post(f"/v1/opportunities/{opp.id}/transitions", json=body)
     assert response.status_code == 422, response.text
     assert [e["field"] for e in response.json()["errors"]] == [field]
-    _, _, changes = await _stored(pipeline, opp.id, contact.id)
+    _, _, changes = await _stored(shared_pipeline, opp.id, contact.id)
     assert changes == []
 
 
