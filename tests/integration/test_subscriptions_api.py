@@ -4,6 +4,7 @@ deliveries listed, retried and redriven."""
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -21,13 +22,27 @@ assert {QUALIFIED, STAGE} <= set(SUBSCRIBABLE_TYPES)
 PROBLEM = "application/problem+json"
 
 
-@pytest.fixture
-async def subscriptions(broker, database_factory, tmp_path):
+@asynccontextmanager
+async def subscriptions_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
     url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url))
+    app = create_app(make_settings(broker.bootstrap, data_dir, service="pipeline", pipeline_database_url=url))
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
         client.headers["Authorization"] = "Bearer " + await add_key(client.runtime.db, "crm-team", "subscriptions")
+        yield client
+
+
+@pytest.fixture
+async def subscriptions(broker, database_factory, tmp_path):
+    async with subscriptions_client(broker, database_factory, tmp_path) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def refusing_subscriptions(broker, module_database_factory, tmp_path_factory):
+    """One app per module and backend for the requests it must refuse: each test still finds no
+    subscription stored, so none of them stored one."""
+    async with subscriptions_client(broker, module_database_factory, tmp_path_factory.mktemp("subs")) as client:
         yield client
 
 
@@ -94,12 +109,12 @@ async def test_create_shows_the_secret_once_and_stores_it_encrypted(subscription
     ("event_types", [], "at least 1"),
     ("description", "d" * 501, "at most 500"),
 ])
-async def test_bad_input_is_422_naming_the_field(subscriptions, field, value, message):
-    answer = await subscriptions.post("/v1/subscriptions", json=body(**{field: value}))
+async def test_bad_input_is_422_naming_the_field(refusing_subscriptions, field, value, message):
+    answer = await refusing_subscriptions.post("/v1/subscriptions", json=body(**{field: value}))
     assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM, answer.text
     errors = answer.json()["errors"]
     assert errors[0]["field"].split(".")[0] == field and message in errors[0]["message"], errors
-    assert await count(subscriptions) == 0
+    assert await count(refusing_subscriptions) == 0
 
 
 async def test_unknown_field_missing_field_and_not_json(subscriptions):
