@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import uuid
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import pytest
@@ -62,13 +63,27 @@ async def add_secret(db: Database, integration: str, secret: str | None = None) 
     return secret
 
 
-@pytest.fixture
-async def outreach(broker, database_factory, tmp_path):
+@asynccontextmanager
+async def outreach_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
     url = await database_factory("outreach")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=url))
+    app = create_app(make_settings(broker.bootstrap, data_dir, service="outreach", outreach_database_url=url))
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
         client.headers["Authorization"] = f"Bearer {await add_key(client.runtime.db)}"
+        yield client
+
+
+@pytest.fixture
+async def outreach(broker, database_factory, tmp_path):
+    async with outreach_client(broker, database_factory, tmp_path) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def refusing_outreach(broker, module_database_factory, tmp_path_factory):
+    """One app per module and backend for the requests it must refuse: each test still finds the
+    outbox empty, so none of them wrote to it."""
+    async with outreach_client(broker, module_database_factory, tmp_path_factory.mktemp("outreach")) as client:
         yield client
 
 
@@ -242,12 +257,12 @@ TOUCH_BAD = [
 
 @pytest.mark.parametrize("path,body,expected", [("/v1/prospects", b, e) for b, e in PROSPECT_BAD]
                          + [("/v1/touches", b, e) for b, e in TOUCH_BAD])
-async def test_bad_input_is_422_naming_each_field(outreach, path, body, expected):
-    response = await outreach.post(path, json=body)
+async def test_bad_input_is_422_naming_each_field(refusing_outreach, path, body, expected):
+    response = await refusing_outreach.post(path, json=body)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == PROBLEM
     assert sorted((e["field"], e["type"]) for e in response.json()["errors"]) == sorted(expected)
-    assert await count(outreach, OutreachOutbox) == 0
+    assert await count(refusing_outreach, OutreachOutbox) == 0
 
 
 @pytest.mark.parametrize("path", ["/v1/prospects", "/v1/touches", "/v1/touches:batch"])
