@@ -2,9 +2,10 @@
 
 ``export EMAIL`` prints what ``GET /v1/privacy/exports?email=`` answers; ``erase EMAIL`` asks
 for an erasure as ``POST /v1/privacy/erasures`` does (written to the pipeline store, published
-by a running pipeline service's or qualification worker's relay; audited as ``cli <user>``) and
-``status ID`` prints what ``GET /v1/privacy/erasures/{id}`` answers. Each command is one
-function here over the service's own use case, so the API and the command cannot disagree.
+by a running pipeline service's or qualification worker's relay); both are audited as
+``cli <user>``. ``status ID`` prints what ``GET /v1/privacy/erasures/{id}`` answers. Each
+command is one function here over the service's own use case, so the API and the command
+cannot disagree.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from shared.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+
+    from shared.db import Database
 
 T = TypeVar("T")
 
@@ -50,9 +53,9 @@ def pipeline_store_url(settings: Settings) -> str:
     return url
 
 
-def in_pipeline_store(settings: Settings, use: Callable[[AsyncSession], Awaitable[T]], *, write: bool = False) -> T:
-    """Run ``use`` once in a session of the (migrated) pipeline store: a reader, or a unit of
-    work with ``write``; the command's own small engine, disposed after."""
+def with_pipeline_store(settings: Settings, use: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``use`` once over the (migrated) pipeline store: the command's own small engine,
+    disposed after."""
     from shared.db import Database
 
     url = pipeline_store_url(settings)
@@ -60,22 +63,33 @@ def in_pipeline_store(settings: Settings, use: Callable[[AsyncSession], Awaitabl
     async def _run() -> T:
         db = Database(url, pool_size=1)
         try:
-            async with (db.unit_of_work() if write else db.reader()) as session:
-                return await use(session)
+            return await use(db)
         finally:
             await db.dispose()
 
     return asyncio.run(_run())
 
 
+def in_pipeline_store(settings: Settings, use: Callable[[AsyncSession], Awaitable[T]], *, write: bool = False) -> T:
+    """Run ``use`` once in a session of the (migrated) pipeline store: a reader, or a unit of
+    work with ``write``."""
+
+    async def _use(db: Database) -> T:
+        async with (db.unit_of_work() if write else db.reader()) as session:
+            return await use(session)
+
+    return with_pipeline_store(settings, _use)
+
+
 def export_document(settings: Settings, email: str) -> dict:
-    """The export of ``email`` as the API answers it (``ProblemError`` 404 when unknown)."""
-    from services.pipeline.privacy.service import export
+    """The export of ``email`` as the API answers it (``ProblemError`` 404 when unknown),
+    audited as ``cli <user>``'s access request."""
+    from services.pipeline.privacy.service import audited_export
 
-    async def _export(session: AsyncSession) -> dict:
-        return (await export(session, email)).model_dump(mode="json")
+    async def _export(db: Database) -> dict:
+        return (await audited_export(db, email, _actor())).model_dump(mode="json")
 
-    return in_pipeline_store(settings, _export)
+    return with_pipeline_store(settings, _export)
 
 
 @privacy_app.command("export")

@@ -412,15 +412,20 @@ class ErasureStore(StoreBase):
 
 
 class ErasureAudit(StoreBase):
-    """Every erasure call, as it was answered: who (API key id and name, or the CLI's user),
-    when, which erasure, the stores asked and the outcome (``requested``, or ``repeated`` when
-    one was under way or done for the same person); and its end: ``completed`` when the last
-    store reported, with the stores that did (who: the requester). Never the email."""
+    """Every privacy request, as it was answered, never with the email (the table kept its
+    first name, from when only erasures were audited). ``kind`` ``erasure``: each erasure call
+    — who (API key id and name, or the CLI's user), when, which erasure, the stores asked and
+    the outcome (``requested``, or ``repeated`` when one was under way or done for the same
+    person) — and its end: ``completed`` when the last store reported, with the stores that did
+    (who: the requester). ``kind`` ``export``: each access request answered, with the store
+    read (``pipeline``) and the outcome (``exported``, or ``not_found`` for a ``404``); no
+    erasure id."""
 
     __tablename__ = "erasure_audit"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    erasure_id: Mapped[str] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(20), default="erasure", server_default="erasure")
+    erasure_id: Mapped[str | None] = mapped_column(String(36), index=True, nullable=True)
     actor: Mapped[str] = mapped_column(String(300))
     outcome: Mapped[str] = mapped_column(String(20))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -8,14 +8,16 @@ only reads it here); the consent ledger's way from a form to the store is in
 
 from __future__ import annotations
 
+import getpass
 import uuid
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import select
 
 from pipeline_store.models import (
-    ConsentEntry, PipelineApiKey, Score, StageChange, Touch, WebhookDelivery, WebhookSubscription,
+    ConsentEntry, ErasureAudit, PipelineApiKey, Score, StageChange, Touch, WebhookDelivery, WebhookSubscription,
 )
 from services.pipeline.app import create_app
 from shared.auth import hash_key
@@ -34,8 +36,23 @@ async def privacy(broker, database_factory, tmp_path):
     async with serve_app(app) as client:
         client.runtime, client.url = app.state.runtime, url
         client.store = Store(app.state.runtime.db)
-        client.headers["Authorization"] = "Bearer " + await add_key(client.runtime.db, "dpo@example", "privacy")
+        client.key = await add_key(client.runtime.db, "dpo@example", "privacy")
+        client.headers["Authorization"] = f"Bearer {client.key}"
         yield client
+
+
+async def audit(db) -> list[ErasureAudit]:  # noqa: ANN001
+    """Every row of the privacy requests' audit, oldest first."""
+    async with db.reader() as session:
+        return list((await session.execute(select(ErasureAudit).order_by(ErasureAudit.id))).scalars())
+
+
+async def key_actor(db, key: str) -> str:  # noqa: ANN001
+    """The audit's ``who`` for an API key: its id and name."""
+    async with db.reader() as session:
+        query = select(PipelineApiKey).where(PipelineApiKey.key_hash == hash_key(key))
+        row = (await session.execute(query)).scalar_one()
+    return f"key {row.id} ({row.name})"
 
 
 def problem(response, status: int) -> dict:  # noqa: ANN001
@@ -64,9 +81,15 @@ async def test_the_privacy_scope_is_required(privacy):
         assert body["required_scope"] == "privacy"
     # a privacy key opens nothing else
     assert problem(await privacy.get("/v1/contacts"), 403)["required_scope"] == "pipeline"
-    # an unknown person with the scope: 404, without repeating the address
+    # refused callers are not audited: they were answered nothing about anyone
+    assert await audit(db) == []
+    # an unknown person with the scope: 404, without repeating the address; audited as not found
     body = problem(await privacy.get(EXPORTS, params=query), 404)
     assert "jo@example.com" not in str(body)
+    (row,) = await audit(db)
+    assert (row.kind, row.actor, row.stores, row.outcome, row.erasure_id) == (
+        "export", await key_actor(db, privacy.key), "pipeline", "not_found", None)
+    assert "jo" not in f"{row.actor} {row.stores} {row.outcome}".lower()
 
 
 # ---- bad input ----------------------------------------------------------------------------
@@ -87,6 +110,7 @@ async def test_a_missing_or_malformed_email_is_422_naming_it(privacy, params, ki
     (error,) = body["errors"]
     assert error["in"] == "query" and error["type"] == kind
     assert error["field"] == ("format" if kind == "extra_forbidden" else "email")
+    assert await audit(privacy.runtime.db) == []  # nothing was looked up
 
 
 async def test_only_get_is_answered(privacy):
@@ -198,6 +222,26 @@ async def test_the_export_holds_every_section_of_the_person_and_nothing_of_other
                              "opportunities", "consents", "consent_state", "webhook_deliveries"}
 
 
+async def test_each_export_is_audited_without_the_email_or_names(privacy):
+    """One row per access request: who (the key), when, kind, the store read, the outcome; no
+    column holds the address (in any form) or the person's names."""
+    await seed_person(privacy.store, privacy.runtime.db)
+    before = datetime.now(timezone.utc)
+    assert (await privacy.get(EXPORTS, params={"email": "  Jo@GoogleMail.com "})).status_code == 200
+    (row,) = await audit(privacy.runtime.db)
+    assert (row.kind, row.actor, row.stores, row.outcome, row.erasure_id) == (
+        "export", await key_actor(privacy.runtime.db, privacy.key), "pipeline", "exported", None)
+    at = row.at if row.at.tzinfo else row.at.replace(tzinfo=timezone.utc)
+    assert before <= at <= datetime.now(timezone.utc)
+    columns = " ".join(str(getattr(row, c.key)) for c in ErasureAudit.__table__.columns).lower()
+    assert not [word for word in ("jo", "gmail", "lovelace") if word in columns], columns
+    # a second request is a second row; an unknown person's is not_found
+    assert (await privacy.get(EXPORTS, params={"email": "jo@gmail.com"})).status_code == 200
+    assert (await privacy.get(EXPORTS, params={"email": "nobody@example.com"})).status_code == 404
+    assert [(r.kind, r.outcome) for r in await audit(privacy.runtime.db)] == [
+        ("export", "exported"), ("export", "exported"), ("export", "not_found")]
+
+
 async def test_the_command_prints_the_same_document(privacy, tmp_path):
     await seed_person(privacy.store, privacy.runtime.db)
     env = {"LEADSTREAM_DATA_DIR": str(tmp_path), "LEADSTREAM_PIPELINE_DATABASE_URL": privacy.url}
@@ -214,6 +258,14 @@ async def test_the_command_prints_the_same_document(privacy, tmp_path):
     assert (code, out) == (1, "") and "no contact" in err
     code, out, err = await run_leadstream(env, "privacy", "export", "not-an-address")
     assert code == 2 and out == "" and "EMAIL" in err
+    # audited: the command as its user, the API as its key; the malformed address not at all
+    cli = f"cli {getpass.getuser()}"
+    rows = await audit(privacy.runtime.db)
+    assert [(r.kind, r.actor, r.stores, r.outcome) for r in rows] == [
+        ("export", cli, "pipeline", "exported"),
+        ("export", await key_actor(privacy.runtime.db, privacy.key), "pipeline", "exported"),
+        ("export", cli, "pipeline", "not_found")]
+    assert not any("gmail" in f"{r.actor} {r.stores}".lower() for r in rows)
 
 
 async def test_api_keys_take_the_privacy_scope(broker, database_factory, tmp_path):
@@ -232,3 +284,54 @@ async def test_api_keys_take_the_privacy_scope(broker, database_factory, tmp_pat
         assert problem(await client.get("/v1/contacts"), 403)
     code, _, err = await run_leadstream(env, "api-keys", "create", "--name", "x", "--scope", "privacy-admin")
     assert code == 2 and "privacy" in err
+
+
+
+async def test_the_audit_migration_keeps_erasure_rows_and_goes_back(database_factory):
+    """0012 classes the erasures audited before it as ``erasure`` and takes exports; its
+    downgrade drops the export rows (the old table cannot hold them) and keeps the erasures'."""
+    import asyncio
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from leadstream.registry import DATABASES, aupgrade
+    from services.pipeline.privacy.service import audited_export
+    from shared.errors import ProblemError
+    from shared.migrate import alembic_config
+
+    url = await database_factory("pipeline")
+    config = alembic_config(DATABASES["pipeline"].migrations, url)
+    await asyncio.to_thread(command.downgrade, config, "0011")
+    async with _store(url) as db, db.unit_of_work() as session:  # an erasure audited before 0012
+        await session.execute(text(
+            "INSERT INTO erasure_audit (erasure_id, actor, outcome, at, stores) "
+            "VALUES ('e-1', 'cli ops', 'requested', :at, 'capture,outreach,pipeline')"), {"at": T0})
+    await aupgrade("pipeline", url)
+    async with _store(url) as db:
+        with pytest.raises(ProblemError):
+            await audited_export(db, "nobody@example.com", "cli ops")
+        rows = await audit(db)
+    assert [(r.kind, r.erasure_id, r.actor, r.outcome, r.stores) for r in rows] == [
+        ("erasure", "e-1", "cli ops", "requested", "capture,outreach,pipeline"),
+        ("export", None, "cli ops", "not_found", "pipeline")]
+
+    await asyncio.to_thread(command.downgrade, config, "0011")
+    async with _store(url) as db, db.reader() as session:
+        (old,) = (await session.execute(text("SELECT * FROM erasure_audit"))).mappings().all()
+    assert set(old) == {"id", "erasure_id", "actor", "outcome", "at", "stores"}
+    assert (old["erasure_id"], old["outcome"]) == ("e-1", "requested")
+    await aupgrade("pipeline", url)
+    async with _store(url) as db:
+        assert [(r.kind, r.erasure_id) for r in await audit(db)] == [("erasure", "e-1")]
+
+
+@asynccontextmanager
+async def _store(url: str):  # noqa: ANN202
+    from shared.db import Database
+
+    db = Database(url, pool_size=1)
+    try:
+        yield db
+    finally:
+        await db.dispose()

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from services.pipeline.auth import PROBLEM, auth_errors, caller_with
 from services.pipeline.privacy import erasures, service
 from services.pipeline.privacy.schemas import ErasureAccepted, ErasureIn, ErasureOut, PersonQuery, PrivacyExport
+from shared.auth import Principal
 from shared.idempotency import write_and_wake
 from shared.runtime import Runtime
 from shared.web import require_json
@@ -19,6 +20,12 @@ authenticate, Caller = caller_with(SCOPE)
 AUTH_ERRORS = auth_errors(SCOPE)
 QUERY_ERRORS = {422: {"description": "Missing or malformed email (or an unknown parameter), each named",
                       **PROBLEM}}
+
+
+def actor_of(caller: Principal) -> str:
+    """Who asks, for the audit: the API key's id and name."""
+    return f"key {caller.key_id} ({caller.name})"
+
 
 router = APIRouter(prefix="/v1/privacy", tags=["privacy"], dependencies=[Depends(authenticate)],
                    responses=AUTH_ERRORS)
@@ -30,10 +37,10 @@ router = APIRouter(prefix="/v1/privacy", tags=["privacy"], dependencies=[Depends
             "email address: the contact and its account, the timeline with each fact's payload, every score "
             "with its reasons, stage changes, opportunities, the consent ledger with the current consent per "
             "purpose, and the webhook deliveries that sent their data on. `leadstream privacy export EMAIL` "
-            "prints the same document.")
-async def get_export(params: Annotated[PersonQuery, Query()], runtime: Runtime) -> PrivacyExport:
-    async with runtime.db.reader() as session:
-        return await service.export(session, params.email)
+            "prints the same document. Each answer (`200` or `404`) is audited (the key, the time, the store "
+            "read, the outcome), never with the email.")
+async def get_export(params: Annotated[PersonQuery, Query()], caller: Caller, runtime: Runtime) -> PrivacyExport:
+    return await service.audited_export(runtime.db, params.email, actor_of(caller))
 
 
 @router.post(
@@ -50,7 +57,7 @@ async def get_export(params: Annotated[PersonQuery, Query()], runtime: Runtime) 
                422: {"description": "A malformed email, or unknown fields, each named", **PROBLEM}},
 )
 async def request_erasure(body: ErasureIn, caller: Caller, runtime: Runtime) -> JSONResponse:
-    actor = f"key {caller.key_id} ({caller.name})"
+    actor = actor_of(caller)
 
     async def write():  # noqa: ANN202
         async with runtime.db.unit_of_work() as session:

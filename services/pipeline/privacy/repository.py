@@ -1,5 +1,5 @@
 """All SQL of the privacy API: finding a person in the pipeline store and what was sent of them;
-the erasure requests, their stores' progress and their audit."""
+the erasure requests, their stores' progress, and the audit of every request."""
 
 from __future__ import annotations
 

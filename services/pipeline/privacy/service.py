@@ -1,19 +1,52 @@
-"""Privacy use cases over the pipeline store: the access export."""
+"""Privacy use cases over the pipeline store: the access export, audited."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from pipeline_store.models import ErasureAudit
 
 from services.pipeline import repository as pipeline_repository
 from services.pipeline import service as pipeline
 from services.pipeline.privacy import repository
 from services.pipeline.privacy.schemas import DisclosedEvent, PrivacyExport
+from shared.db import transaction_time
 from shared.errors import ProblemError
 from shared.identity import normalise_email
 
+if TYPE_CHECKING:
+    from shared.db import Database
+
 NOT_FOUND = "The pipeline store holds no contact with this email address."
+# the stores an export reads, as its audit row names them
+EXPORT_STORES = "pipeline"
+
+
+async def audited_export(db: Database, email: str, actor: str) -> PrivacyExport:
+    """The export of ``email`` (``404`` without a contact), audited as ``actor``'s access request.
+
+    The read runs in a reader; then one audit row (``exported`` or ``not_found``) is written in
+    its own short unit of work, so the read holds no write lock. The row is committed before the
+    answer leaves: an export the store could not audit is not answered (the error propagates).
+    API and command both call this, so neither can answer unaudited."""
+    try:
+        async with db.reader() as session:
+            document = await export(session, email)
+    except ProblemError as problem:
+        if problem.status == 404:
+            await _audit_export(db, actor, "not_found")
+        raise
+    await _audit_export(db, actor, "exported")
+    return document
+
+
+async def _audit_export(db: Database, actor: str, outcome: str) -> None:
+    async with db.unit_of_work() as session:
+        repository.add(session, ErasureAudit(kind="export", actor=actor, outcome=outcome, stores=EXPORT_STORES,
+                                             at=transaction_time(session)))
 
 
 async def export(session: AsyncSession, email: str) -> PrivacyExport:
