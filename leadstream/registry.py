@@ -20,7 +20,6 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared import migrate
 from shared.settings import Settings
 
 
@@ -105,6 +104,8 @@ def database_url(settings: Settings, service: str) -> str:
 
 def upgrade(database: str, url: str, revision: str = "head") -> None:
     """Migrate ``database`` (a name in ``DATABASES``) at ``url`` to ``revision`` (blocking)."""
+    from shared import migrate  # Alembic: only the commands that migrate pay for its import
+
     migrate.upgrade(DATABASES[database].migrations, url, revision)
 
 
