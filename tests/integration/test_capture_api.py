@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy import func, select
@@ -23,13 +24,27 @@ DEMO = {
 }
 
 
-@pytest.fixture
-async def capture(broker, database_factory, tmp_path):
+@asynccontextmanager
+async def capture_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
     url = await database_factory("capture")
-    settings = make_settings(broker.bootstrap, tmp_path, service="capture", capture_database_url=url)
+    settings = make_settings(broker.bootstrap, data_dir, service="capture", capture_database_url=url)
     app = create_app(settings)
     async with serve_app(app) as client:
         client.runtime = app.state.runtime
+        yield client
+
+
+@pytest.fixture
+async def capture(broker, database_factory, tmp_path):
+    async with capture_client(broker, database_factory, tmp_path) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def shared_capture(broker, module_database_factory, tmp_path_factory):
+    """One app per module and backend, for tests whose assertions are about the answer alone
+    (what one of them stores, no other reads)."""
+    async with capture_client(broker, module_database_factory, tmp_path_factory.mktemp("capture")) as client:
         yield client
 
 
@@ -115,8 +130,8 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("body,expected", BAD_INPUTS)
-async def test_bad_input_is_422_naming_each_field(capture, body, expected):
-    response = await capture.post("/v1/leads", json=body)
+async def test_bad_input_is_422_naming_each_field(shared_capture, body, expected):
+    response = await shared_capture.post("/v1/leads", json=body)
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
@@ -150,8 +165,9 @@ async def test_malformed_json_wrong_type_and_oversize(capture):
         (b'{"email": "a@b.co"}', {"content-type": "application/vnd.lead+json; charset=utf-8"}, 202, None),
     ],
 )
-async def test_the_lead_body_and_header_are_checked_by_the_route(capture, content, headers, status, field):
-    response = await capture.post("/v1/leads", content=content, headers={"content-type": "application/json", **headers})
+async def test_the_lead_body_and_header_are_checked_by_the_route(shared_capture, content, headers, status, field):
+    response = await shared_capture.post("/v1/leads", content=content,
+                                         headers={"content-type": "application/json", **headers})
     assert response.status_code == status, response.text
     if status >= 400:
         assert response.headers["content-type"] == "application/problem+json"
