@@ -29,15 +29,29 @@ pytestmark = pytest.mark.timeout(120)
 EXPORTS = "/v1/privacy/exports"
 
 
-@pytest.fixture
-async def privacy(broker, database_factory, tmp_path):
+@asynccontextmanager
+async def privacy_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
     url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, tmp_path, service="pipeline", pipeline_database_url=url))
+    app = create_app(make_settings(broker.bootstrap, data_dir, service="pipeline", pipeline_database_url=url))
     async with serve_app(app) as client:
         client.runtime, client.url = app.state.runtime, url
         client.store = Store(app.state.runtime.db)
         client.key = await add_key(client.runtime.db, "dpo@example", "privacy")
         client.headers["Authorization"] = f"Bearer {client.key}"
+        yield client
+
+
+@pytest.fixture
+async def privacy(broker, database_factory, tmp_path):
+    async with privacy_client(broker, database_factory, tmp_path) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def refusing_privacy(broker, module_database_factory, tmp_path_factory):
+    """One app per module and backend for the requests it must refuse: each test still finds
+    the audit empty, so none of them looked anyone up."""
+    async with privacy_client(broker, module_database_factory, tmp_path_factory.mktemp("privacy")) as client:
         yield client
 
 
@@ -105,12 +119,12 @@ async def test_the_privacy_scope_is_required(privacy):
     ({"email": "j" * 310 + "@example.com"}, "string_too_long"),
     ({"email": "jo@example.com", "format": "csv"}, "extra_forbidden"),
 ])
-async def test_a_missing_or_malformed_email_is_422_naming_it(privacy, params, kind):
-    body = problem(await privacy.get(EXPORTS, params=params), 422)
+async def test_a_missing_or_malformed_email_is_422_naming_it(refusing_privacy, params, kind):
+    body = problem(await refusing_privacy.get(EXPORTS, params=params), 422)
     (error,) = body["errors"]
     assert error["in"] == "query" and error["type"] == kind
     assert error["field"] == ("format" if kind == "extra_forbidden" else "email")
-    assert await audit(privacy.runtime.db) == []  # nothing was looked up
+    assert await audit(refusing_privacy.runtime.db) == []  # nothing was looked up
 
 
 async def test_only_get_is_answered(privacy):
