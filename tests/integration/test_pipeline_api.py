@@ -598,19 +598,19 @@ ILLEGAL = [
 
 
 @pytest.mark.parametrize("current,to,allowed", ILLEGAL)
-async def test_illegal_transition_is_409_naming_current_and_allowed(pipeline, current, to, allowed):
-    contact, opp = await _opportunity_in(pipeline, current)
+async def test_illegal_transition_is_409_naming_current_and_allowed(shared_pipeline, current, to, allowed):
+    contact, opp = await _opportunity_in(shared_pipeline, current)
     body = {"to": to, "reason": "because", "amount": 100}
-    response = await pipeline.post(f"/v1/opportunities/{opp.id}/transitions", json=body)
+    response = await shared_pipeline.post(f"/v1/opportunities/{opp.id}/transitions", json=body)
     assert response.status_code == 409, response.text
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
     assert problem["current_stage"] == current
     assert problem["allowed"] == allowed
     assert current in problem["detail"]
-    _, stored_contact, changes = await _stored(pipeline, opp.id, contact.id)
+    _, stored_contact, changes = await _stored(shared_pipeline, opp.id, contact.id)
     assert stored_contact.stage == current and changes == []
-    assert await count(pipeline, PipelineOutbox) == 0
+    assert await count(shared_pipeline, PipelineOutbox) == 0  # none of the refused requests wrote one
 
 
 BAD_BODIES = [
