@@ -345,11 +345,11 @@ async def test_batch_with_mixed_items(outreach, broker):
     ({"touches": [TOUCH], "dry_run": True}, "dry_run", "extra_forbidden"),
     ({"email": "a@b.co", "channel": "sms", "outcome": "sent"}, "touches", "missing"),
 ])
-async def test_batch_that_is_not_a_batch_is_422(outreach, body, field, kind):
-    response = await outreach.post("/v1/touches:batch", json=body)
+async def test_batch_that_is_not_a_batch_is_422(refusing_outreach, body, field, kind):
+    response = await refusing_outreach.post("/v1/touches:batch", json=body)
     assert response.status_code == 422
     assert (field, kind) in [(e["field"], e["type"]) for e in response.json()["errors"]]
-    assert await count(outreach, OutreachTouch) == 0
+    assert await count(refusing_outreach, OutreachTouch) == 0
 
 
 async def test_full_batch_of_1000_over_64_kib(outreach):

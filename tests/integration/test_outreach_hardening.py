@@ -10,7 +10,7 @@ from sqlalchemy import select
 from services.outreach.app import create_app
 from services.outreach.models import OutreachOutbox, OutreachProspect, OutreachTouch
 from shared.events import parse_event
-from tests.integration.test_outreach_api import add_key, count
+from tests.integration.test_outreach_api import add_key, count, outreach_client
 from tests.support import make_settings, serve_app
 
 INJECTED = "A\u0007\u001b[31mB\r\nX-Injected: 1"
@@ -28,6 +28,14 @@ async def outreach(broker, database_factory, tmp_path):
         yield client
 
 
+@pytest.fixture(scope="module")
+async def refusing_outreach(broker, module_database_factory, tmp_path_factory):
+    """One app per module and backend for the requests it must refuse: each test still finds no
+    prospect and no touch stored, so none of them stored one."""
+    async with outreach_client(broker, module_database_factory, tmp_path_factory.mktemp("outreach")) as client:
+        yield client
+
+
 @pytest.mark.parametrize("path,body,fields", [
     ("/v1/prospects", {"email": "p@example.org", "first_name": INJECTED}, ["first_name"]),
     ("/v1/prospects", {"email": "p@example.org", "company": "Acme\u0000", "tags": ["ok", "b\u0085d"],
@@ -36,12 +44,12 @@ async def outreach(broker, database_factory, tmp_path):
     ("/v1/touches", TOUCH | {"rep": INJECTED}, ["rep"]),
     ("/v1/touches", TOUCH | {"sequence": "q4\u007f", "external_id": "id\r\n1"}, ["external_id", "sequence"]),
 ])
-async def test_control_characters_are_422_naming_each_field(outreach, path, body, fields):
-    answer = await outreach.post(path, json=body)
+async def test_control_characters_are_422_naming_each_field(refusing_outreach, path, body, fields):
+    answer = await refusing_outreach.post(path, json=body)
     assert answer.status_code == 422, answer.text
     assert sorted(e["field"] for e in answer.json()["errors"]) == fields
     assert {e["type"] for e in answer.json()["errors"]} == {"control_character"}
-    assert await count(outreach, OutreachProspect) == 0 and await count(outreach, OutreachTouch) == 0
+    assert await count(refusing_outreach, OutreachProspect) == 0 and await count(refusing_outreach, OutreachTouch) == 0
 
 
 async def test_a_batch_rejects_only_the_touch_with_a_control_character(outreach):
