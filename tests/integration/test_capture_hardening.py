@@ -115,6 +115,18 @@ async def capture(capture_settings):
         yield client
 
 
+@pytest.fixture(scope="module")
+async def refusing_capture(broker, module_database_factory, tmp_path_factory):
+    """One app per module and backend for the leads it must refuse: each test still finds no
+    lead stored, so none of them stored one."""
+    url = await module_database_factory("capture")
+    app = create_app(make_settings(broker.bootstrap, tmp_path_factory.mktemp("capture"), service="capture",
+                                   capture_database_url=url))
+    async with serve_app(app) as client:
+        client.app = app
+        yield client
+
+
 TRACEPARENTS = [
     (VALID_TRACEPARENT, VALID_TRACEPARENT),
     ("00-" + "a" * 8000, None),  # the probe's 8,003 characters
@@ -168,12 +180,12 @@ async def test_an_idempotency_key_over_255_characters_is_refused_on_every_path(c
     ({"fields": {"message": "bell\u0007"}}, ["fields.message"]),
     ({"consent": {"marketing": True, "text": "ok\u0000"}}, ["consent.text"]),
 ])
-async def test_control_characters_in_text_fields_are_422_naming_each_field(capture, lead, fields):
-    answer = await capture.post("/v1/leads", json={"email": "c@example.org"} | lead)
+async def test_control_characters_in_text_fields_are_422_naming_each_field(refusing_capture, lead, fields):
+    answer = await refusing_capture.post("/v1/leads", json={"email": "c@example.org"} | lead)
     assert answer.status_code == 422, answer.text
     assert sorted(e["field"] for e in answer.json()["errors"]) == fields
     assert {e["type"] for e in answer.json()["errors"]} == {"control_character"}
-    async with capture.app.state.runtime.db.reader() as s:
+    async with refusing_capture.app.state.runtime.db.reader() as s:
         assert (await s.execute(select(func.count()).select_from(CapturedLead))).scalar_one() == 0
 
 
