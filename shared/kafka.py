@@ -27,6 +27,7 @@ Message = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]  # topic, key
 
 # The producer's own default (murmur2 of the key, as the Java client): a key keeps its partition.
 PARTITIONER = DefaultPartitioner()
+ASSIGNORS = {"range": RangePartitionAssignor, "roundrobin": RoundRobinPartitionAssignor}
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -275,9 +276,9 @@ def create_consumer(
     keyed alike (``leads.captured`` and ``outreach.touches``, both by contact email) each
     member gets the same partition numbers of every topic, so all of a contact's events go
     to one member (co-partitioning) and two members rarely write the same contact at once.
-    Round robin stays second choice, so members of a release before this one (round robin
-    only) and of this one form one group during a rolling upgrade (on Apache Kafka the
-    group takes range once every member offers it).
+    ``LEADSTREAM_KAFKA_PARTITION_ASSIGNORS=range,roundrobin`` also offers round robin, so
+    members of a release before run H (round robin only) and of this one form one group
+    during a rolling upgrade (the group takes range once every member offers it).
     """
     consumer = AIOKafkaConsumer(
         group_id=group_id,
@@ -287,7 +288,8 @@ def create_consumer(
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_records=settings.consumer_batch_size,
-        partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+        partition_assignment_strategy=tuple(
+            ASSIGNORS[name] for name in settings.kafka_partition_assignors.split(",")),
         request_timeout_ms=max(settings.kafka_request_timeout_ms, settings.kafka_session_timeout_ms + 2000),
         **connection_options(settings),
     )

@@ -11,7 +11,7 @@ from aiokafka.client import AIOKafkaClient
 from pydantic import ValidationError
 
 from shared.events import ALL_TOPICS, TOPICS, dlq_topic
-from shared.kafka import connection_options, topic_configs
+from shared.kafka import connection_options, create_consumer, topic_configs
 from shared.settings import Settings
 
 MANAGED = dict(kafka_bootstrap_servers="pkc-1.example.cloud:9092", kafka_sasl_username="u", kafka_sasl_password="p")
@@ -64,9 +64,12 @@ def test_plaintext_has_no_security_options():
         dict(kafka_partitions=0),
         dict(kafka_replication_factor=0),
         dict(kafka_topic_retention_ms=-2),
+        dict(kafka_partition_assignors="sticky"),
+        dict(kafka_partition_assignors=""),
+        dict(kafka_partition_assignors="range,range"),
     ],
     ids=["no-credentials", "no-password", "gssapi", "bad-protocol", "cert-no-key", "0-partitions", "0-replicas",
-         "bad-retention"],
+         "bad-retention", "unknown-assignor", "no-assignor", "assignor-twice"],
 )
 def test_bad_kafka_settings_fail_at_start(values):
     with pytest.raises(ValidationError):
@@ -127,3 +130,14 @@ async def test_the_gateway_producer_never_sends_a_batch_a_second_time_by_itself(
     assert batch.expired()
     await producer.client.close()
     producer._closed = True  # noqa: SLF001 - never started: nothing to stop
+
+
+@pytest.mark.parametrize(("value", "offered"), [
+    (None, ["range"]),  # one protocol: one JoinGroup per join (aiokafka 0.14 sends one per assignor)
+    ("range,roundrobin", ["range", "roundrobin"]),  # rolling from a round-robin-only release
+    (" roundrobin ", ["roundrobin"]),
+])
+async def test_consumers_offer_the_configured_assignors_in_order(value, offered):
+    settings = Settings() if value is None else Settings(kafka_partition_assignors=value)
+    consumer = create_consumer(settings, [], group_id="g", client_id="c")
+    assert [assignor.name for assignor in consumer._partition_assignment_strategy] == offered
