@@ -22,8 +22,15 @@ from tests.support import (
 os.environ.setdefault("LEADSTREAM_PRIVACY_SECRET", "test-privacy-secret")
 
 
-def pytest_configure(config) -> None:  # noqa: ANN001, ARG001
-    """Each parallel worker (pytest-xdist) hands out ports from a range of its own."""
+def pytest_configure(config) -> None:  # noqa: ANN001
+    """Each parallel worker (pytest-xdist) hands out ports from a range of its own.
+
+    The parallel run hands tests out one at a time to whichever worker is free (xdist's
+    ``--maxschedchunk 1``): by default its first hand-out is a block of a sixteenth of the
+    suite per worker, so the long tests sorted first all went to one worker, which ran them
+    one after the other for minutes after the others had finished."""
+    if getattr(config.option, "maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 1
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
     low = PORTS_LOW + (index % PORT_RANGES) * PORTS_PER_WORKER
@@ -31,8 +38,8 @@ def pytest_configure(config) -> None:  # noqa: ANN001, ARG001
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001, ARG001
-    """The longest tests first: the parallel run hands its first tests out round robin, so each
-    worker starts one of them and the wall time is the slowest worker's, not a queue of them."""
+    """The longest tests first: handed out one at a time (``pytest_configure``), each goes to the
+    next free worker, so the run ends with short tests on every worker, not a queue of long ones."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1 if "/e2e/" in item.nodeid else 2)
 
 
