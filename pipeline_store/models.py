@@ -464,14 +464,16 @@ class AttributionCredit(StoreBase):
 
 
 class _RollupKey:
-    """A rollup row's key: the attribution model, the grain (``d``: the row sums one cohort day,
-    the UTC day of the contacts' first touch; ``m``: one month, ``day`` its first day), the
+    """A rollup row's key: the attribution model, the grain (``h``: the row sums one cohort
+    hour, ``day`` the UTC day of the contacts' first touch and ``hour`` its hour; ``d``: one
+    day; ``m``: one month; ``y``: one year; ``day`` the period's first day and ``hour`` 0), the
     contact's motion and the credited touch's channel, campaign, form and sequence ("" for
     none: NULLs are never equal in a unique key)."""
 
     model: Mapped[str] = mapped_column(String(20), primary_key=True)
     grain: Mapped[str] = mapped_column(String(1), primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
+    hour: Mapped[int] = mapped_column(Integer, primary_key=True)
     motion: Mapped[str] = mapped_column(String(10), primary_key=True)
     channel: Mapped[str] = mapped_column(String(40), primary_key=True)
     campaign: Mapped[str] = mapped_column(String(200), primary_key=True)

@@ -24,8 +24,10 @@ What a contact contributes, per model (``MODELS``):
 - Days from first touch to ``sql``: a histogram (``BUCKET_EDGES``) of credited weight and
   credited days per key, from which the weighted median is read (exact when the middle
   values fall in different buckets; otherwise a bucket's mean).
-- Every difference is stored twice: in its day's row and in its month's (``grain``), so a
-  range reads whole months from month rows and only its ragged ends from day rows.
+- Every difference is stored four times (``grain``): in its hour's row (``day`` and
+  ``hour``), its day's, its month's and its year's (``day`` the period's first day, ``hour``
+  0), so a range reads whole years from year rows, and only its ragged ends from month, day
+  and hour rows; the raw rows only for the at most two partial hours of date-time bounds.
 
 Nothing here is personal data: keys are channels, campaigns, forms and sequences.
 """
@@ -51,14 +53,15 @@ DEFAULT_MODEL = "first"
 METRICS = ("contacts", "leads", "mql", "sql", "opportunities", "won", "qualified_opportunities",
            "pipeline_amount", "pipeline_amounts", "won_amount", "won_amounts", "estimated_pipeline_amount",
            "estimated_pipeline_amounts")
-KEY = ("model", "grain", "day", "motion", "channel", "campaign", "form_id", "sequence")
-DAY, MONTH = "d", "m"  # the grains: each difference is added to its day's row and its month's
+KEY = ("model", "grain", "day", "hour", "motion", "channel", "campaign", "form_id", "sequence")
+# the grains: each difference is added to its hour's row, its day's, its month's and its year's
+HOUR, DAY, MONTH, YEAR = "h", "d", "m", "y"
 TOUCH_KEY = ("channel", "campaign", "form_id", "sequence")
 OPEN_OR_WON = ("sql", "opportunity", "customer")
 _N = len(METRICS)
 
 TouchKey = tuple[str, str, str, str]  # channel, campaign, form_id, sequence ("" for none)
-RollupKey = tuple[str, date, str, str, str, str, str]  # KEY's values but the grain
+RollupKey = tuple[str, date, int, str, str, str, str, str]  # KEY's values but the grain
 
 # the contact's columns a contribution reads: a change elsewhere changes no rollup
 CONTACT_COLUMNS = (
@@ -113,6 +116,7 @@ class ContactFacts:
     days_to_qualify: float | None
     opportunities: tuple[OpportunityFacts, ...] = ()
     credits: Mapping[str, Sequence[tuple[TouchKey, float]]] = field(default_factory=dict)
+    hour: int = 0  # the UTC hour of ``day`` of the first touch (0-23)
 
 
 _FIRST_TOUCH = itemgetter(*(f"first_touch_{name}" for name in TOUCH_KEY))
@@ -133,7 +137,7 @@ def facts_of(contact: Mapping[str, Any], opportunities: Iterable[tuple[str, Any]
     sql_at = utc(contact["sql_at"])
     days = None if sql_at is None else (sql_at - first_at).total_seconds() / 86_400
     return ContactFacts(
-        day=first_at.date(), motion=contact["motion"], reached=(lead, mql, sql, opportunity, won),
+        day=first_at.date(), hour=first_at.hour, motion=contact["motion"], reached=(lead, mql, sql, opportunity, won),
         first=tuple(map(key_text, _FIRST_TOUCH(contact))),  # type: ignore[arg-type]
         last=tuple(map(key_text, _LAST_TOUCH(contact))),  # type: ignore[arg-type]
         days_to_qualify=days,
@@ -215,7 +219,7 @@ def _add_model(rollups: Rollups, facts: ContactFacts, model: str, credited: Iter
     days = facts.days_to_qualify if histogram else None
     bucket = None if days is None else bucket_of(days)
     for touch, credit in credited:
-        key = (model, facts.day, facts.motion, *touch)
+        key = (model, facts.day, facts.hour, facts.motion, *touch)
         weight = sign * credit
         row = sums.get(key)
         if row is None:
@@ -251,7 +255,7 @@ def add_difference(rollups: Rollups, before: ContactFacts | None, after: Contact
     old, new = _values(before), _values(after)
     old_values, new_values = _non_zero(old), _non_zero(new)
     delta = _non_zero([b - a for a, b in zip(old, new)])
-    same_place = before.day == after.day and before.motion == after.motion
+    same_place = before.day == after.day and before.hour == after.hour and before.motion == after.motion
     same_days = before.days_to_qualify == after.days_to_qualify
     for model in MODELS:
         was, now = _credited(before, model), _credited(after, model)
@@ -273,14 +277,15 @@ async def write_difference(session: AsyncSession, before: ContactFacts | None, a
     await write(session, difference)
 
 
-def _grains(key: RollupKey) -> tuple[tuple, tuple]:
-    model, day, *rest = key
-    return (model, DAY, day, *rest), (model, MONTH, day.replace(day=1), *rest)
+def _grains(key: RollupKey) -> tuple[tuple, tuple, tuple, tuple]:
+    model, day, hour, *rest = key
+    return ((model, HOUR, day, hour, *rest), (model, DAY, day, 0, *rest), (model, MONTH, day.replace(day=1), 0, *rest),
+            (model, YEAR, day.replace(month=1, day=1), 0, *rest))
 
 
 def stored_rows(rollups: Rollups) -> tuple[list[dict], list[dict]]:
     """The rows to add to ``source_rollups`` and ``qualify_days_rollups``, each difference at
-    both grains, in key order; rows whose values are all zero are left out."""
+    every grain, in key order; rows whose values are all zero are left out."""
     sums: dict[tuple, list[float]] = {}
     for key, values in rollups.sums.items():
         for stored in _grains(key):

@@ -11,7 +11,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Float, String, and_, any_, bindparam, case, delete, func, or_, select, text
+from sqlalchemy import Float, String, and_, any_, bindparam, case, delete, func, literal, or_, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
@@ -360,8 +360,9 @@ _KEY_NAMES = ("motion", "channel", "campaign", "form_id", "sequence")
 @dataclass(frozen=True)
 class RollupRange:
     """What one sources answer reads: whole days from the rollups (``first_day``/``last_day``,
-    ``None`` unbounded; none when ``first_day > last_day``) and instants ``[start, end)``
-    (``end`` included when ``end_inclusive``) of partial days from the raw rows."""
+    ``None`` unbounded; none when ``first_day > last_day``) and partial days' windows
+    ``(start, end, end included)``, each within one UTC day, read as whole hours from hour
+    rows and partial hours from the raw rows (``_window_periods``)."""
 
     model: str
     motions: Sequence[str] | None = None
@@ -376,92 +377,194 @@ Sums = dict[tuple, list[float]]
 DayCells = dict[tuple, list[tuple[int, float, float]]]
 
 
-def _periods(first_day: date | None, last_day: date | None) -> list[tuple[str, date | None, date | None]]:
-    """The rollup rows a whole-day range reads: (grain, first, last) — whole months from month
-    rows, the ragged ends from day rows (``None``: unbounded)."""
-    def month_after(day: date) -> date | None:
-        if (day.year, day.month) == (date.max.year, date.max.month):
-            return None  # no month follows December 9999
-        return (day.replace(day=28) + timedelta(days=4)).replace(day=1)
+# A period of rollup rows an answer reads: (sign, grain, first day, last day, first hour, last
+# hour); the hours only for the hour grain (then both days are the hour rows' day).
+Period = tuple[float, str, date, date, int | None, int | None]
+_COARSE = (source_rollups.YEAR, source_rollups.MONTH, source_rollups.DAY)
+_ONE_DAY, _ONE_HOUR = timedelta(days=1), timedelta(hours=1)
 
-    days_only = [(source_rollups.DAY, first_day, last_day)]
-    if first_day is None or first_day.day == 1:
-        months_from = first_day
-    elif (months_from := month_after(first_day)) is None:
-        return days_only
-    if last_day is None:
-        months_to = None  # the first day of the last whole month
-    elif last_day == date.max or (last_day + timedelta(days=1)).day == 1:  # a month's last day
-        months_to = last_day.replace(day=1)
-    elif last_day.replace(day=1) == date.min:
-        return days_only  # no month precedes January of year 1
+
+def _unit_start(grain: str, day: date) -> date:
+    return day.replace(month=1, day=1) if grain == source_rollups.YEAR else day.replace(day=1)
+
+
+def _unit_end(grain: str, day: date) -> date:
+    if grain == source_rollups.YEAR or day.month == 12:
+        return day.replace(month=12, day=31)
+    return day.replace(month=day.month + 1, day=1) - _ONE_DAY
+
+
+def _signed_periods(first_day: date | None, last_day: date | None) -> list[Period]:
+    """The rollup rows a whole-day range reads (``None``: unbounded): whole years from year
+    rows, then whole months of the ragged years from month rows, then the ragged days from
+    day rows. Each ragged end is read the shorter way: its part of the year (month), or the
+    year's (month's) row less its parts outside the range (sign -1), whichever covers fewer
+    days; so at most half a year of months and half a month of days per end."""
+    out: list[Period] = []
+    low, high = first_day or date.min, last_day or date.max
+    if low <= high:
+        _span(0, low, high, 1.0, out)
+    return out
+
+
+def _span(level: int, low: date, high: date, sign: float, out: list[Period]) -> None:
+    """Add the periods of grain ``_COARSE[level]`` and finer covering the days ``low``–``high``."""
+    grain = _COARSE[level]
+    if grain == source_rollups.DAY:
+        out.append((sign, grain, low, high, None, None))
+        return
+    first_whole: date | None = low
+    if _unit_start(grain, low) != low:  # the unit after low's (none after the calendar's last)
+        end = _unit_end(grain, low)
+        first_whole = None if end == date.max else end + _ONE_DAY
+    last_whole: date | None = high  # the last day of the last whole unit
+    if _unit_end(grain, high) != high:
+        start = _unit_start(grain, high)
+        last_whole = None if start == date.min else start - _ONE_DAY
+    if first_whole is not None and last_whole is not None and first_whole <= last_whole:
+        out.append((sign, grain, first_whole, _unit_start(grain, last_whole), None, None))
+        if low < first_whole:
+            _ragged(level, low, first_whole - _ONE_DAY, sign, out)
+        if last_whole < high:
+            _ragged(level, last_whole + _ONE_DAY, high, sign, out)
+        return
+    cut = _unit_end(grain, low)  # no whole unit: the range lies in one unit or two
+    if high <= cut:
+        _ragged(level, low, high, sign, out)
     else:
-        months_to = (last_day.replace(day=1) - timedelta(days=1)).replace(day=1)
-    if months_from is not None and months_to is not None and months_from > months_to:
-        return days_only
-    out = [(source_rollups.MONTH, months_from, months_to)]
-    if first_day is not None and months_from is not None and first_day < months_from:
-        out.append((source_rollups.DAY, first_day, months_from - timedelta(days=1)))
-    if last_day is not None and months_to is not None:
-        after_months = month_after(months_to)
-        if after_months is not None and after_months <= last_day:
-            out.append((source_rollups.DAY, after_months, last_day))
-    return out
+        _ragged(level, low, cut, sign, out)
+        _ragged(level, cut + _ONE_DAY, high, sign, out)
 
 
-def _signed_periods(first_day: date | None, last_day: date | None
-                    ) -> list[tuple[float, str, date | None, date | None]]:
-    """``_periods`` with its ragged ends read the shorter way: the days in the range, or
-    the month's row less the month's days outside the range, whichever reads fewer days
-    (sign -1 for the days taken away); at most half a month of day rows per end."""
-    out: list[tuple[float, str, date | None, date | None]] = []
-    for grain, low, high in _periods(first_day, last_day):
-        if grain == source_rollups.MONTH or low is None or high is None:
-            out.append((1.0, grain, low, high))
-            continue
-        while low <= high:  # month by month
-            month = low.replace(day=1)
-            month_end = date.max if (month.year, month.month) == (date.max.year, date.max.month) else (
-                (month.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1))
-            end = min(high, month_end)
-            inside = (end - low).days + 1
-            if (month_end - month).days + 1 - inside < inside:
-                out.append((1.0, source_rollups.MONTH, month, month))
-                if low > month:
-                    out.append((-1.0, source_rollups.DAY, month, low - timedelta(days=1)))
-                if end < month_end:
-                    out.append((-1.0, source_rollups.DAY, end + timedelta(days=1), month_end))
-            else:
-                out.append((1.0, source_rollups.DAY, low, end))
-            if end == date.max:
-                break
-            low = end + timedelta(days=1)
-    return out
+def _ragged(level: int, low: date, high: date, sign: float, out: list[Period]) -> None:
+    """``low``–``high`` inside one unit of ``_COARSE[level]``: the finer rows inside, or the
+    unit's row less the finer rows outside, whichever covers fewer days."""
+    grain = _COARSE[level]
+    start, end = _unit_start(grain, low), _unit_end(grain, low)
+    inside = (high - low).days + 1
+    outside = (end - start).days + 1 - inside
+    if outside < inside:
+        out.append((sign, grain, start, start, None, None))
+        if start < low:
+            _span(level + 1, start, low - _ONE_DAY, -sign, out)
+        if high < end:
+            _span(level + 1, high + _ONE_DAY, end, -sign, out)
+    else:
+        _span(level + 1, low, high, sign, out)
+
+
+Window = tuple[float, datetime, datetime, bool]  # sign, start, end (included when the flag is set)
+
+
+def _window_periods(start: datetime, end: datetime, inclusive: bool) -> tuple[list[Period], list[Window]]:
+    """A partial day's window (``start`` to ``end``, within one UTC day) as rollup rows and
+    raw rows: its whole hours from hour rows (or the day's row less the hours outside, when
+    that reads fewer), its at most two partial hours from the contacts (or the hour's row
+    less the contacts of the hour outside the window, whichever spans less time)."""
+    day = start.date()
+    midnight = datetime.combine(day, time(0), tzinfo=timezone.utc)
+    # offsets from midnight, the window [a, b) (an included end is 1 µs later: times are
+    # kept to the microsecond; 24 h on the calendar's last day, which has no midnight after)
+    a = start - midnight
+    b = (end - midnight) + (timedelta(microseconds=1) if inclusive else timedelta(0))
+    if a >= b:
+        return [], []
+    first, last = -(-a // _ONE_HOUR), b // _ONE_HOUR  # the whole hours: first … last - 1
+    hours = [0.0] * 24
+    day_sign = 0.0
+    raw: list[tuple[float, timedelta, timedelta]] = []
+
+    def partial(x: timedelta, y: timedelta) -> None:  # [x, y) inside one hour
+        hour = x // _ONE_HOUR
+        if _ONE_HOUR - (y - x) < y - x:
+            hours[hour] += 1.0
+            raw.extend(p for p in ((-1.0, hour * _ONE_HOUR, x), (-1.0, y, (hour + 1) * _ONE_HOUR)) if p[1] < p[2])
+        else:
+            raw.append((1.0, x, y))
+
+    if first < last:
+        if 24 - (last - first) < last - first:
+            day_sign += 1.0
+            for hour in (*range(first), *range(last, 24)):
+                hours[hour] -= 1.0
+        else:
+            for hour in range(first, last):
+                hours[hour] += 1.0
+        if a < first * _ONE_HOUR:
+            partial(a, first * _ONE_HOUR)
+        if last * _ONE_HOUR < b:
+            partial(last * _ONE_HOUR, b)
+    elif a // _ONE_HOUR == (b - timedelta(microseconds=1)) // _ONE_HOUR:
+        partial(a, b)
+    else:  # across one hour's start
+        partial(a, first * _ONE_HOUR)
+        partial(first * _ONE_HOUR, b)
+    periods: list[Period] = [(day_sign, source_rollups.DAY, day, day, None, None)] if day_sign else []
+    hour = 0
+    while hour < 24:  # runs of hours of one sign
+        run = hour
+        while run + 1 < 24 and hours[run + 1] == hours[hour]:
+            run += 1
+        if hours[hour]:
+            periods.append((hours[hour], source_rollups.HOUR, day, day, hour, run))
+        hour = run + 1
+    last_instant = datetime.max.replace(tzinfo=timezone.utc)
+    windows: list[Window] = []
+    for sign, x, y in raw:
+        if y == b:
+            windows.append((sign, midnight + x, end, inclusive))
+        elif y == timedelta(days=1) and day == date.max:
+            windows.append((sign, midnight + x, last_instant, True))
+        else:
+            windows.append((sign, midnight + x, midnight + y, False))
+    return periods, windows
+
+
+def _net(periods: list[Period]) -> list[Period]:
+    """The periods with equal ones' signs added (a day row taken away by the whole days'
+    periods and added back by a partial day's); those netting to zero left out."""
+    signs: dict[tuple, float] = {}
+    for sign, *rest in periods:
+        signs[tuple(rest)] = signs.get(tuple(rest), 0.0) + sign
+    return [(sign, *rest) for rest, sign in signs.items() if sign]  # type: ignore[misc]
 
 
 async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayCells]:
     """The rollups of the model summed over the range per key, and the days histogram per
     key (the key's ``days_key`` names only, the others ``None``). One query per table: the
-    periods' rows (``_signed_periods``) summed by the database, each with its sign."""
+    periods' rows (``_signed_periods``, then the partial days' ``_window_periods``) summed by
+    the database, each row times the sum of the signs of the periods it falls in; then the
+    partial hours' contacts."""
     sums: Sums = {}
     days: DayCells = {}
     R, D = SourceRollup.__table__, QualifyDaysRollup.__table__  # noqa: N806
     periods = _signed_periods(r.first_day, r.last_day) if r.whole_days else []
+    raw: list[Window] = []
+    for window in r.windows:
+        more, windows = _window_periods(*window)
+        periods += more
+        raw += windows
+    periods = _net(periods)
     for table in (R, D) if periods else ():
 
-        def period(table: Any, grain: str, low: date | None, high: date | None) -> ColumnElement:
+        def period(table: Any, grain: str, low: date, high: date, first_hour: int | None,
+                   last_hour: int | None) -> ColumnElement:
             out = [table.c.model == r.model, table.c.grain == grain]
-            if low is not None:
-                out.append(table.c.day >= low)
-            if high is not None:
-                out.append(table.c.day <= high)
+            if grain == source_rollups.HOUR:
+                out += [table.c.day == low, table.c.hour >= first_hour, table.c.hour <= last_hour]
+            else:
+                if low > date.min:
+                    out.append(table.c.day >= low)
+                if high < date.max.replace(month=1, day=1):
+                    out.append(table.c.day <= high)
             return and_(*out)
 
         where = [or_(*(period(table, *p[1:]) for p in periods))]
         if r.motions:
             where.append(table.c.motion.in_(r.motions))
-        taken = [period(table, *p[1:]) for p in periods if p[0] < 0]
-        sign = case((or_(*taken), -1.0), else_=1.0) if taken else None
+        sign: Any = None  # one period, or all added and apart: each row once
+        if len(periods) > 1 and any(p[0] != 1.0 for p in periods):
+            sign = sum((case((period(table, *p[1:]), p[0]), else_=0.0) for p in periods), start=literal(0.0))
 
         def total(column: Any, sign: Any = sign) -> Any:
             return func.sum(column if sign is None else column * sign)
@@ -482,14 +585,18 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
                 for i, value in zip(at, row):
                     key[i] = source_rollups.key_value(value)
                 days.setdefault(tuple(key), []).append((int(row[-3]), float(row[-2] or 0.0), float(row[-1] or 0.0)))
-    if r.windows:  # the partial days' contacts, all windows at once (they never overlap)
-        where = [or_(*(and_(*_cohort_window(start, end, inclusive, None)) for start, end, inclusive in r.windows))]
-        if r.motions:
-            where.append(C.motion.in_(r.motions))
+    if raw:  # the partial hours' contacts: those added, then those taken away (windows apart)
         partial = source_rollups.Rollups()
         models = (r.model,)
-        for facts, contacts in await _window_facts(session, where, r.model):
-            partial.add(facts, contacts, models=models)
+        for sign in (1.0, -1.0):
+            windows = [w for w in raw if w[0] == sign]
+            if not windows:
+                continue
+            where = [or_(*(and_(*_cohort_window(start, end, inclusive, None)) for _, start, end, inclusive in windows))]
+            if r.motions:
+                where.append(C.motion.in_(r.motions))
+            for facts, contacts in await _window_facts(session, where, r.model):
+                partial.add(facts, sign * contacts, models=models)
         _merge(sums, days, partial, r.model)
     return sums, days
 
@@ -563,13 +670,13 @@ def _merge(sums: Sums, days: DayCells, partial: source_rollups.Rollups, model: s
     for key, values in partial.sums.items():
         if key[0] != model:
             continue
-        name = tuple(map(source_rollups.key_value, key[2:]))
+        name = tuple(map(source_rollups.key_value, key[3:]))
         row = sums.setdefault(name, [0.0] * len(source_rollups.METRICS))
         for i, value in enumerate(values):
             row[i] += value
     for (key, bucket), (weight, total) in partial.days.items():
         if key[0] == model:
-            days.setdefault(tuple(map(source_rollups.key_value, key[2:])), []).append((bucket, weight, total))
+            days.setdefault(tuple(map(source_rollups.key_value, key[3:])), []).append((bucket, weight, total))
 
 
 def _cohort_window(start: datetime, end: datetime, inclusive: bool, motions: Sequence[str] | None

@@ -55,8 +55,13 @@ fact = st.one_of(
     st.tuples(st.just("prospect"), st.none(), st.none(), st.booleans()),
     st.tuples(st.just("touch"), st.sampled_from(OUTCOMES), st.sampled_from(CHANNELS), st.sampled_from(["s1", "s2"])),
 )
-# minute of occurrence: March and April 2026, so ranges read month rows and day rows
-person = st.lists(st.tuples(fact, st.integers(0, 60 * 24 * 60)), min_size=1, max_size=5)
+# minute of occurrence from T0: mostly March and April 2026, so ranges read month, day and hour
+# rows; some within a few hours of the date-time bounds (partial hours, read from the raw rows);
+# some across 2025-2027, so ranges read year rows and ragged years
+DAY = 24 * 60
+minute = st.one_of(st.integers(0, 60 * DAY), st.integers(DAY + 13 * 60 - 10, DAY + 14 * 60 + 10),
+                   st.integers(2 * DAY + 4 * 60, 2 * DAY + 8 * 60), st.integers(-430 * DAY, 700 * DAY))
+person = st.lists(st.tuples(fact, minute), min_size=1, max_size=5)
 sale = st.tuples(st.sampled_from(["accept", "win", "lose", "none"]), st.sampled_from([None, 1000, 2500.5, 40000]))
 history = st.tuples(st.lists(st.tuples(person, sale), min_size=1, max_size=8),
                     st.randoms(use_true_random=False), st.integers(1, 6))
@@ -225,8 +230,20 @@ def _check_report(report: dict, sums, days) -> None:  # noqa: ANN001
     assert _close(report["totals"]["qualified_opportunities"], total_n)
 
 
+def _at(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 3, day, hour, minute, tzinfo=timezone.utc)
+
+
 RANGES = [(None, None), (date(2026, 3, 3), date(2026, 3, 4)), (date(2026, 3, 15), date(2026, 4, 30)),
-          (datetime(2026, 3, 2, 13, 30, tzinfo=timezone.utc), datetime(2026, 3, 4, 6, 15, tzinfo=timezone.utc))]
+          (_at(2, 13, 30), _at(4, 6, 15)),  # partial hours at both ends, whole hours between
+          (_at(3, 13, 50), _at(3, 14, 10)),  # one day, across an hour's start, no whole hour
+          (_at(3, 13, 5), _at(3, 13, 40)),  # inside one hour
+          (_at(3, 13), _at(4, 6)),  # on the hour: the last hour's first instant only
+          # most of the first partial day (the day's row less an hour) and of an end hour (the
+          # hour's row less the contacts after the bound)
+          (_at(3, 0, 20), _at(4, 6, 45)),
+          (date(2025, 6, 15), date(2027, 2, 10)), (datetime(2025, 12, 31, 23, 30, tzinfo=timezone.utc), None),
+          (None, datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc))]
 
 
 @settings(max_examples=12, deadline=None, derandomize=True,
@@ -279,3 +296,62 @@ async def test_rollup_answers_equal_the_raw_rows_on_random_histories(pipeline_st
         a, b = kept.get(key, zero), rebuilt.get(key, zero)
         assert all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b)), (key, a, b)
 
+
+
+async def test_the_hour_and_year_migration_fills_the_rollups_from_the_raw_rows(database_factory):
+    """0013 makes the rollups again with hour and year rows, filled from the raw rows (what the
+    transactions would have kept); its downgrade keeps the day and month rows."""
+    import asyncio
+    import random
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from leadstream.registry import DATABASES, aupgrade
+    from shared.db import Database
+    from shared.migrate import alembic_config
+
+    url = await database_factory("pipeline")
+    people = [([(("lead", "demo_request", 1, True), 30), (("touch", "replied", "cold_email", "s1"), 90)],
+               ("win", 2500.5)),
+              ([(("prospect", None, None, True), -400 * DAY), (("touch", "meeting_booked", "cold_call", "s2"),
+                                                                -399 * DAY + 75)], ("accept", 1000)),
+              ([(("lead", "webinar", 2, False), 45 * DAY + 13 * 60 + 7)], ("none", None))]
+    table = store.SourceRollup.__table__
+    columns = [table.c[k] for k in source_rollups.KEY] + [table.c[m] for m in source_rollups.METRICS]
+    n = len(source_rollups.KEY)
+
+    async def rows(db: Database) -> dict[tuple, tuple]:
+        async with db.reader() as session:
+            return {tuple(r[:n]): tuple(r[n:]) for r in (await session.execute(select(*columns))).all()}
+
+    db = Database(url, pool_size=1)
+    try:
+        await _apply(db, people, random.Random(1), 2)
+        kept = await rows(db)
+    finally:
+        await db.dispose()
+    assert {key[1] for key in kept} == {"h", "d", "m", "y"}
+
+    config = alembic_config(DATABASES["pipeline"].migrations, url)
+    await asyncio.to_thread(command.downgrade, config, "0012")
+    db = Database(url, pool_size=1)
+    try:
+        async with db.reader() as session:
+            old = (await session.execute(text("SELECT * FROM source_rollups"))).mappings().all()
+    finally:
+        await db.dispose()
+    assert "hour" not in old[0]
+    at = source_rollups.KEY.index("hour")
+    assert {tuple(str(r[k]) for k in source_rollups.KEY if k != "hour") for r in old} == {
+        tuple(map(str, key[:at] + key[at + 1:])) for key in kept if key[1] in ("d", "m")}
+
+    await aupgrade("pipeline", url)
+    db = Database(url, pool_size=1)
+    try:
+        rebuilt = await rows(db)
+    finally:
+        await db.dispose()
+    assert set(rebuilt) == set(kept)
+    for key, values in kept.items():
+        assert all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(values, rebuilt[key])), key

@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.pipeline.analytics import (
@@ -157,26 +157,113 @@ def test_csv_has_group_columns_then_metrics_and_defuses_formulas():
     assert (row["contacts"], row["share"], row["opportunity_to_won"]) == ("3", "0.5", "")
 
 
-@pytest.mark.parametrize(("first", "last", "expected"), [
-    (None, None, [("m", None, None)]),
-    (date(2026, 3, 1), date(2026, 4, 30), [("m", date(2026, 3, 1), date(2026, 4, 1))]),
-    (date(2026, 3, 15), date(2026, 4, 30), [("m", date(2026, 4, 1), date(2026, 4, 1)),
-                                            ("d", date(2026, 3, 15), date(2026, 3, 31))]),
-    (date(2026, 3, 15), date(2026, 5, 2), [("m", date(2026, 4, 1), date(2026, 4, 1)),
-                                           ("d", date(2026, 3, 15), date(2026, 3, 31)),
-                                           ("d", date(2026, 5, 1), date(2026, 5, 2))]),
-    (date(2026, 3, 3), date(2026, 3, 4), [("d", date(2026, 3, 3), date(2026, 3, 4))]),
-    (date(2026, 3, 2), date(2026, 4, 29), [("d", date(2026, 3, 2), date(2026, 4, 29))]),
-    (None, date(2026, 2, 27), [("m", None, date(2026, 1, 1)), ("d", date(2026, 2, 1), date(2026, 2, 27))]),
-    (date(2025, 12, 31), None, [("m", date(2026, 1, 1), None), ("d", date(2025, 12, 31), date(2025, 12, 31))]),
-    (date(2024, 2, 1), date(2024, 2, 29), [("m", date(2024, 2, 1), date(2024, 2, 1))]),  # a leap February
-    # the calendar's ends: no month after December 9999 nor before January of year 1
-    (date(9999, 12, 15), None, [("d", date(9999, 12, 15), None)]),
-    (date(9999, 12, 1), date.max, [("m", date(9999, 12, 1), date(9999, 12, 1))]),
-    (None, date(1, 1, 15), [("d", None, date(1, 1, 15))]),
-    (None, date(9999, 12, 14), [("m", None, date(9999, 11, 1)), ("d", date(9999, 12, 1), date(9999, 12, 14))]),
-])
-def test_a_range_reads_whole_months_from_month_rows_and_its_ends_from_day_rows(first, last, expected):
-    from services.pipeline.repository import _periods
+Y, M, D, H = "y", "m", "d", "h"
 
-    assert _periods(first, last) == expected
+
+def _p(sign: float, grain: str, low: date, high: date, hours: tuple | None = None) -> tuple:
+    return (sign, grain, low, high, *(hours or (None, None)))
+
+
+@pytest.mark.parametrize(("first", "last", "expected"), [
+    (None, None, [_p(1, Y, date.min, date(9999, 1, 1))]),
+    (date(2026, 3, 1), date(2026, 4, 30), [_p(1, M, date(2026, 3, 1), date(2026, 4, 1))]),
+    (date(2026, 3, 17), date(2026, 4, 30), [_p(1, M, date(2026, 4, 1), date(2026, 4, 1)),
+                                            _p(1, D, date(2026, 3, 17), date(2026, 3, 31))]),
+    # a ragged end longer than half its month: the month's row less the days outside
+    (date(2026, 3, 3), date(2026, 4, 30), [_p(1, M, date(2026, 4, 1), date(2026, 4, 1)),
+                                           _p(1, M, date(2026, 3, 1), date(2026, 3, 1)),
+                                           _p(-1, D, date(2026, 3, 1), date(2026, 3, 2))]),
+    (date(2026, 3, 3), date(2026, 3, 4), [_p(1, D, date(2026, 3, 3), date(2026, 3, 4))]),
+    # whole years from year rows, the ragged ones by months (or the year less its months outside)
+    (date(2024, 1, 1), date(2026, 12, 31), [_p(1, Y, date(2024, 1, 1), date(2026, 1, 1))]),
+    (date(2024, 3, 1), date(2026, 1, 31), [_p(1, Y, date(2025, 1, 1), date(2025, 1, 1)),
+                                           _p(1, Y, date(2024, 1, 1), date(2024, 1, 1)),
+                                           _p(-1, M, date(2024, 1, 1), date(2024, 2, 1)),
+                                           _p(1, M, date(2026, 1, 1), date(2026, 1, 1))]),
+    (None, date(2026, 2, 27), [_p(1, Y, date.min, date(2025, 1, 1)), _p(1, M, date(2026, 1, 1), date(2026, 1, 1)),
+                               _p(1, M, date(2026, 2, 1), date(2026, 2, 1)), _p(-1, D, date(2026, 2, 28),
+                                                                                date(2026, 2, 28))]),
+    (date(2024, 2, 1), date(2024, 2, 29), [_p(1, M, date(2024, 2, 1), date(2024, 2, 1))]),  # a leap February
+    # the calendar's ends: no unit after December 9999 nor before January of year 1
+    (date(9999, 12, 17), None, [_p(1, D, date(9999, 12, 17), date.max)]),
+    (date(9999, 12, 15), None, [_p(1, M, date(9999, 12, 1), date(9999, 12, 1)),
+                                _p(-1, D, date(9999, 12, 1), date(9999, 12, 14))]),
+    (date(9999, 12, 1), date.max, [_p(1, M, date(9999, 12, 1), date(9999, 12, 1))]),
+    (None, date(1, 1, 15), [_p(1, D, date.min, date(1, 1, 15))]),
+])
+def test_a_range_reads_whole_years_then_months_then_days(first, last, expected):
+    from services.pipeline.repository import _signed_periods
+
+    assert _signed_periods(first, last) == expected
+
+
+_UTC = timezone.utc
+_LAST = datetime.max.replace(tzinfo=_UTC)
+
+
+def _weight(periods: list, windows: list, at: datetime) -> float:
+    """How many times ``at`` is counted: by the rollup rows the periods read and the raw windows."""
+    from services.pipeline.repository import _unit_start
+
+    total = 0.0
+    for sign, grain, low, high, first_hour, last_hour in periods:
+        if grain == "h":
+            if at.date() == low and first_hour <= at.hour <= last_hour:
+                total += sign
+            continue
+        day = at.date()
+        row = day if grain == "d" else _unit_start({"y": "y", "m": "m"}[grain], day)
+        if low <= row <= high:
+            total += sign
+    for sign, start, end, inclusive in windows:
+        if start <= at and (at <= end if inclusive else at < end):
+            total += sign
+    return total
+
+
+_instants = st.datetimes(min_value=datetime(2024, 11, 1), max_value=datetime(2027, 2, 1), timezones=st.just(_UTC))
+_bound = st.one_of(st.none(), _instants.map(lambda t: t.date()), _instants,
+                   _instants.map(lambda t: t.replace(minute=0, second=0, microsecond=0)),
+                   st.sampled_from([datetime(9999, 12, 31, 22, 30, tzinfo=_UTC), _LAST, datetime(1, 1, 1, tzinfo=_UTC),
+                                    datetime(1, 1, 1, 0, 30, tzinfo=_UTC), date(9999, 12, 30), date.min]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_bound, _bound, st.lists(_instants, max_size=6))
+def test_the_rows_and_windows_read_count_each_instant_of_the_range_once(start, end, probes):
+    """Whatever the bounds (dates, date-times inside hours, on the hour, the calendar's ends),
+    the rollup rows and raw windows an answer reads count every instant in the range once
+    and every other instant not at all."""
+    from services.pipeline.repository import _net, _signed_periods, _window_periods
+    from services.pipeline.schemas import SourcesQuery
+    from services.pipeline.service import rollup_range
+
+    def instant(value):  # noqa: ANN001, ANN202
+        return value if isinstance(value, datetime) or value is None else datetime.combine(
+            value, datetime.min.time(), tzinfo=_UTC)
+
+    low, high = instant(start), instant(end)
+    if isinstance(end, date) and not isinstance(end, datetime):
+        high = _LAST if end == date.max else high + timedelta(days=1) - timedelta(microseconds=1)
+    if low is not None and high is not None and low > high:
+        return
+    r = rollup_range(SourcesQuery.model_validate({"from": start, "to": end}))
+    periods = _signed_periods(r.first_day, r.last_day) if r.whole_days else []
+    windows = []
+    for window in r.windows:
+        more, raw = _window_periods(*window)
+        periods += more
+        windows += raw
+    periods = _net(periods)
+    one = timedelta(microseconds=1)
+    near = []
+    for t in (low, high):
+        for step in (-one, 0 * one, one, timedelta(minutes=-30), timedelta(minutes=30), timedelta(hours=-2),
+                     timedelta(hours=5), timedelta(days=-1), timedelta(days=1)):
+            try:
+                near.append(t + step)
+            except (OverflowError, TypeError):  # past the calendar's ends; no bound
+                pass
+    for at in [*probes, *near]:
+        inside = (low is None or at >= low) and (high is None or at <= high)
+        assert _weight(periods, windows, at) == float(inside), (start, end, at, periods, windows)

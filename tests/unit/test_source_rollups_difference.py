@@ -23,7 +23,8 @@ opportunity = st.builds(OpportunityFacts, st.sampled_from(["sql", "opportunity",
                         st.sampled_from([None, 1000.0, 2500.5]), st.booleans())
 facts = st.builds(
     ContactFacts,
-    day=st.sampled_from([date(2026, 3, 2), date(2026, 3, 31), date(2026, 4, 1)]),
+    day=st.sampled_from([date(2025, 12, 31), date(2026, 3, 2), date(2026, 3, 31), date(2026, 4, 1)]),
+    hour=st.sampled_from([0, 13, 23]),
     motion=st.sampled_from(["inbound", "outbound", "blended"]),
     reached=st.sampled_from([(0, 0, 0, 0, 0), (1, 0, 0, 0, 0), (1, 1, 0, 0, 0), (1, 1, 1, 0, 0), (1, 1, 1, 1, 1)]),
     first=st.sampled_from(TOUCHES), last=st.sampled_from(TOUCHES),
@@ -70,3 +71,25 @@ def test_difference_is_after_less_before(changes) -> None:  # noqa: ANN001
         width = len(got.get(key) or want[key])
         a, b = got.get(key, (0.0,) * width), want.get(key, (0.0,) * width)
         assert all(math.isclose(x, y, abs_tol=1e-9) for x, y in zip(a, b)), (key, a, b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(pairs(), min_size=1, max_size=4))
+def test_every_difference_is_kept_at_every_grain(changes) -> None:  # noqa: ANN001
+    """Each grain's rows add up to the same sums per key: a range may read any of them."""
+    rollups = Rollups()
+    for before, after in changes:
+        add_difference(rollups, before, after)
+    per_grain: dict[str, dict[tuple, list[float]]] = {}
+    sums, days = stored_rows(rollups)
+    for row in sums:
+        assert row["hour"] == 0 or row["grain"] == "h"
+        key = tuple(row[k] for k in KEY if k not in ("grain", "day", "hour"))
+        cell = per_grain.setdefault(row["grain"], {}).setdefault(key, [0.0] * len(METRICS))
+        for i, metric in enumerate(METRICS):
+            cell[i] += row[metric]
+    grains = [per_grain.get(grain, {}) for grain in ("h", "d", "m", "y")]
+    for key in set().union(*grains):
+        values = [grain.get(key, [0.0] * len(METRICS)) for grain in grains]
+        assert all(math.isclose(a, b, abs_tol=1e-9) for other in values[1:] for a, b in zip(values[0], other)), key
+    assert {row["grain"] for row in days} <= {"h", "d", "m", "y"}
