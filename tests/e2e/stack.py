@@ -73,15 +73,19 @@ class FullStack:
         )
         assert created.returncode == 0, created.stderr[-3000:]
         self.api_key = created.stdout.strip()
-        self.capture = self.spawn("capture")
-        self.outreach = self.spawn("outreach")
-        self.pipeline = self.spawn("pipeline")
+        # every process boots at once (as ``leadstream run`` starts them), then each is awaited
+        self.capture = self.spawn("capture", wait=False)
+        self.outreach = self.spawn("outreach", wait=False)
+        self.pipeline = self.spawn("pipeline", wait=False)
         for _ in range(workers):
-            self.workers.append(self.spawn("qualification"))
+            self.workers.append(self.spawn("qualification", wait=False))
+        for proc in self.procs:
+            await asyncio.to_thread(proc.wait_healthy)
 
-    def spawn(self, service: str) -> ServiceProcess:
-        proc = ServiceProcess(service, self.env, self.tmp).start()
-        self.procs.append(proc)
+    def spawn(self, service: str, *, wait: bool = True) -> ServiceProcess:
+        proc = ServiceProcess(service, self.env, self.tmp)
+        self.procs.append(proc)  # stopped by ``stop`` even if it never gets healthy
+        proc.start(wait=wait)
         return proc
 
     def stop(self) -> None:
