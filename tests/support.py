@@ -122,6 +122,21 @@ async def serve_app(app) -> AsyncIterator[httpx.AsyncClient]:  # noqa: ANN001
             yield client
 
 
+@asynccontextmanager
+async def served_service(create_app, service: str, broker, database_factory, data_dir: Path,  # noqa: ANN001
+                         add_key) -> AsyncIterator[httpx.AsyncClient]:  # noqa: ANN001
+    """``service``'s app on a database of its own (``database_factory(service)``), served
+    in-process; the client carries the app's runtime (``client.runtime``), the database's URL
+    (``client.url``) and, as its bearer token, the key ``add_key(db)`` stores (``client.key``)."""
+    url = await database_factory(service)
+    app = create_app(make_settings(broker.bootstrap, data_dir, service=service, **{f"{service}_database_url": url}))
+    async with serve_app(app) as client:
+        client.runtime, client.url = app.state.runtime, url
+        client.key = await add_key(client.runtime.db)
+        client.headers["Authorization"] = f"Bearer {client.key}"
+        yield client
+
+
 async def read_topic(
     bootstrap: str, topic: str, *, expect: int, timeout: float = 20.0, settle: float = 0.5
 ) -> list[CloudEvent]:

@@ -8,7 +8,6 @@ import os
 import sys
 import time
 import uuid
-from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 
 import pytest
@@ -24,7 +23,7 @@ from shared.auth import hash_key, new_key
 from shared.db import Database
 from shared.secrets import DEVELOPMENT_KEY, SecretBox
 from shared.events import OUTREACH_TOUCHES, PROSPECT_ADDED, TOUCH_RECORDED, parse_event
-from tests.support import ROOT, eventually, make_settings, read_raw, selects_on, serve_app
+from tests.support import ROOT, eventually, make_settings, read_raw, selects_on, serve_app, served_service
 
 PROBLEM = "application/problem+json"
 
@@ -63,14 +62,8 @@ async def add_secret(db: Database, integration: str, secret: str | None = None) 
     return secret
 
 
-@asynccontextmanager
-async def outreach_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
-    url = await database_factory("outreach")
-    app = create_app(make_settings(broker.bootstrap, data_dir, service="outreach", outreach_database_url=url))
-    async with serve_app(app) as client:
-        client.runtime = app.state.runtime
-        client.headers["Authorization"] = f"Bearer {await add_key(client.runtime.db)}"
-        yield client
+def outreach_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
+    return served_service(create_app, "outreach", broker, database_factory, data_dir, add_key)
 
 
 @pytest.fixture

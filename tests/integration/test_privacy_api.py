@@ -22,7 +22,7 @@ from pipeline_store.models import (
 from services.pipeline.app import create_app
 from shared.auth import hash_key
 from tests.integration.test_pipeline_api import T0, Store, add_key, day
-from tests.support import make_settings, run_leadstream, serve_app
+from tests.support import make_settings, run_leadstream, serve_app, served_service
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,13 +31,9 @@ EXPORTS = "/v1/privacy/exports"
 
 @asynccontextmanager
 async def privacy_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
-    url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, data_dir, service="pipeline", pipeline_database_url=url))
-    async with serve_app(app) as client:
-        client.runtime, client.url = app.state.runtime, url
-        client.store = Store(app.state.runtime.db)
-        client.key = await add_key(client.runtime.db, "dpo@example", "privacy")
-        client.headers["Authorization"] = f"Bearer {client.key}"
+    async with served_service(create_app, "pipeline", broker, database_factory, data_dir,
+                              lambda db: add_key(db, "dpo@example", "privacy")) as client:
+        client.store = Store(client.runtime.db)
         yield client
 
 

@@ -4,7 +4,6 @@ deliveries listed, retried and redriven."""
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -15,21 +14,16 @@ from shared.secrets import DEVELOPMENT_KEY, SecretBox
 from pipeline_store.models import WebhookDelivery, WebhookSubscription
 from shared.webhooks import SUBSCRIBABLE_TYPES
 from tests.integration.test_pipeline_api import add_key
-from tests.support import make_settings, serve_app
+from tests.support import make_settings, serve_app, served_service
 
 QUALIFIED, STAGE = "io.leadstream.opportunity.qualified.v1", "io.leadstream.stage.changed.v1"
 assert {QUALIFIED, STAGE} <= set(SUBSCRIBABLE_TYPES)
 PROBLEM = "application/problem+json"
 
 
-@asynccontextmanager
-async def subscriptions_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
-    url = await database_factory("pipeline")
-    app = create_app(make_settings(broker.bootstrap, data_dir, service="pipeline", pipeline_database_url=url))
-    async with serve_app(app) as client:
-        client.runtime = app.state.runtime
-        client.headers["Authorization"] = "Bearer " + await add_key(client.runtime.db, "crm-team", "subscriptions")
-        yield client
+def subscriptions_client(broker, database_factory, data_dir):  # noqa: ANN001, ANN201
+    return served_service(create_app, "pipeline", broker, database_factory, data_dir,
+                          lambda db: add_key(db, "crm-team", "subscriptions"))
 
 
 @pytest.fixture
