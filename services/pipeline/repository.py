@@ -585,18 +585,20 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
                 for i, value in zip(at, row):
                     key[i] = source_rollups.key_value(value)
                 days.setdefault(tuple(key), []).append((int(row[-3]), float(row[-2] or 0.0), float(row[-1] or 0.0)))
-    if raw:  # the partial hours' contacts: those added, then those taken away (windows apart)
+    if raw:  # the partial hours' contacts, added or taken away (the windows never overlap)
         partial = source_rollups.Rollups()
         models = (r.model,)
-        for sign in (1.0, -1.0):
-            windows = [w for w in raw if w[0] == sign]
-            if not windows:
-                continue
-            where = [or_(*(and_(*_cohort_window(start, end, inclusive, None)) for _, start, end, inclusive in windows))]
-            if r.motions:
-                where.append(C.motion.in_(r.motions))
-            for facts, contacts in await _window_facts(session, where, r.model):
-                partial.add(facts, sign * contacts, models=models)
+
+        def inside(windows: list[Window]) -> ColumnElement:
+            return or_(*(and_(*_cohort_window(start, end, inclusive, None)) for _, start, end, inclusive in windows))
+
+        where = [inside(raw)]
+        if r.motions:
+            where.append(C.motion.in_(r.motions))
+        taken = [w for w in raw if w[0] < 0]
+        contact_sign = case((inside(taken), -1.0), else_=1.0) if taken else None
+        for facts, contacts in await _window_facts(session, where, r.model, contact_sign):
+            partial.add(facts, contacts, models=models)
         _merge(sums, days, partial, r.model)
     return sums, days
 
@@ -604,10 +606,10 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
 _SOMETIME = datetime(2000, 1, 1, tzinfo=timezone.utc)  # a milestone reached (its time is not read)
 
 
-async def _window_facts(session: AsyncSession, where: list[ColumnElement], model: str
-                        ) -> list[tuple[source_rollups.ContactFacts, float]]:
-    """``source_rollups.raw_facts`` of the partial days' contacts for one model, each with
-    the number of contacts it stands for.
+async def _window_facts(session: AsyncSession, where: list[ColumnElement], model: str,
+                        sign: ColumnElement | None = None) -> list[tuple[source_rollups.ContactFacts, float]]:
+    """``source_rollups.raw_facts`` of the partial hours' contacts for one model, each with
+    the number of contacts it stands for (times ``sign``, a contact's -1 or 1, when given).
 
     Plain contacts (not qualified, no opportunity, no credit under the model) add only
     their milestones' counts to the touch the model falls back to: the database counts
@@ -626,8 +628,9 @@ async def _window_facts(session: AsyncSession, where: list[ColumnElement], model
     milestones = ("lead_at", "mql_at", "opportunity_at", "customer_at")
     reached = [getattr(C, name).is_not(None) for name in milestones]
     unqualified = case((C.sql_at.is_(None), 1), else_=0) == 1  # not a condition an index could answer
-    stmt = (select(C.motion, *touch, *reached, func.count()).where(*where, unqualified, ~has_opportunity, ~has_credits)
-            .group_by(C.motion, *touch, *reached))
+    signs = [] if sign is None else [sign]
+    stmt = (select(C.motion, *touch, *reached, *signs, func.count())
+            .where(*where, unqualified, ~has_opportunity, ~has_credits).group_by(C.motion, *touch, *reached, *signs))
     facts_of = source_rollups.facts_of
     out: list[tuple[source_rollups.ContactFacts, float]] = []
     for motion, *values in (await session.execute(stmt)).all():
@@ -636,10 +639,10 @@ async def _window_facts(session: AsyncSession, where: list[ColumnElement], model
             plain[f"first_touch_{name}"] = plain[f"last_touch_{name}"] = value
         for name, value in zip(milestones, values[4:8]):
             plain[name] = _SOMETIME if value else None
-        out.append((facts_of(plain), float(values[8])))
+        out.append((facts_of(plain), float(values[-1]) * (float(values[8]) if signs else 1.0)))
     where = [*where, or_(C.sql_at.is_not(None), has_opportunity, has_credits)]
-    contacts = (await session.execute(select(C.id, *(getattr(C, name) for name in source_rollups.CONTACT_COLUMNS))
-                                      .where(*where))).all()
+    contacts = (await session.execute(select(C.id, *(getattr(C, name) for name in source_rollups.CONTACT_COLUMNS),
+                                             *signs).where(*where))).all()
     if not contacts:
         return out
     opportunities: dict[str, list[tuple]] = {}
@@ -661,8 +664,8 @@ async def _window_facts(session: AsyncSession, where: list[ColumnElement], model
             credits.setdefault(contact_id, {}).setdefault(model, []).append((touch_key, credit))
     names = ("id", *source_rollups.CONTACT_COLUMNS)
     # a plain dict per row: a Row's mapping looks each name up far more slowly
-    out += [(facts_of(dict(zip(names, row)), opportunities.get(row[0], ()), credits.get(row[0])), 1.0)
-            for row in contacts]
+    out += [(facts_of(dict(zip(names, row)), opportunities.get(row[0], ()), credits.get(row[0])),
+             float(row[-1]) if signs else 1.0) for row in contacts]
     return out
 
 
