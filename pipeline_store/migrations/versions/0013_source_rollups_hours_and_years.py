@@ -5,7 +5,9 @@ reads whole years from year rows and a date-time bound's partial day from hour r
 raw rows only for its partial hours). The rollups are derived data: the tables are made
 again with the ``hour`` column in their key and filled from the raw rows (contacts,
 opportunities, credits) by ``pipeline_store.source_rollups.rebuild``, as ``leadstream
-rescore`` does (minutes for millions of contacts; nothing to do in an empty store).
+rescore`` does (minutes for millions of contacts; nothing to do in an empty store). It calls
+the code's ``rebuild`` of the day it runs: a later migration that changes these tables or the
+raw rows ``rebuild`` reads must give this one a copy of the rebuild it needs.
 
 Downgrading keeps the day and month rows.
 
