@@ -417,8 +417,8 @@ def _midnight(day: date) -> datetime:
 def rollup_range(query: SourcesQuery) -> repository.RollupRange:
     """Which whole days the rollups answer and which partial days' windows are left (read by
     hours, ``repository._window_periods``): a date bound covers its whole day; a date-time
-    bound off midnight leaves a partial day. The
-    calendar's ends saturate: a partial last day of 9999 has no whole day after it."""
+    bound off midnight leaves a partial day. The calendar's ends saturate: a partial last
+    day of 9999 has no whole day after it."""
     start, end = query.from_, query.to
     first_day = last_day = None
     empty = False
