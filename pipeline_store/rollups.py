@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import BalanceDay, BalanceDaysToSql, BalanceEffort
+from shared.db import add_many
+from shared.times import as_utc
 
 DAYS = BalanceDay.__table__
 DAYS_TO_SQL = BalanceDaysToSql.__table__
@@ -41,10 +40,6 @@ TOUCH_RECORDED = "io.leadstream.touch.recorded.v1"
 CONTACT_FIELDS = ("first_touch_at", "created_at", "first_touch_motion", "motion", "first_touch_channel", "fit_grade",
                   "sql_at", "opportunity_at", "customer_at")
 _COUNTERS = ("entrants", "fit_ab", "sql", "won", "pipeline_amount", "won_amount")
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +62,7 @@ def contribution(contact: Any, opportunity_stage: str | None = None,
     before qualification). ``sql`` counts a contact that reached ``sql`` or a later stage;
     amounts come from its opportunity: pipeline while open or won, won when won.
     """
-    first = _utc(contact.first_touch_at or contact.created_at)
+    first = as_utc(contact.first_touch_at or contact.created_at)
     motion = contact.motion
     entry = contact.first_touch_motion or (motion if motion != "blended" else "inbound")
     reached_sql = contact.sql_at is not None or contact.opportunity_at is not None or contact.customer_at is not None
@@ -83,7 +78,7 @@ def contribution(contact: Any, opportunity_stage: str | None = None,
     days = None
     if contact.sql_at is not None:
         # whole seconds, as the migration's backfill counts them in SQL
-        days = max(0, (math.floor(_utc(contact.sql_at).timestamp()) - math.floor(first.timestamp())) // 86400)
+        days = max(0, (math.floor(as_utc(contact.sql_at).timestamp()) - math.floor(first.timestamp())) // 86400)
     return Contribution((first.date(), entry, motion, contact.first_touch_channel or ""), counters, days)
 
 
@@ -114,9 +109,9 @@ class Deltas:
     def fact(self, event_type: str, motion: str, occurred_at: datetime) -> None:
         """A stored fact: a form submission or a sales touch counts as effort (a prospect record does not)."""
         if event_type == LEAD_CAPTURED:
-            self.effort[(_utc(occurred_at).date(), motion)][0] += 1
+            self.effort[(as_utc(occurred_at).date(), motion)][0] += 1
         elif event_type == TOUCH_RECORDED:
-            self.effort[(_utc(occurred_at).date(), motion)][1] += 1
+            self.effort[(as_utc(occurred_at).date(), motion)][1] += 1
 
     def rows(self) -> tuple[list[dict], list[dict], list[dict]]:
         """The non-zero changes per table, in key order."""
@@ -129,31 +124,8 @@ class Deltas:
         return days, to_sql, effort
 
 
-def _upsert(dialect_name: str, table: Table, keys: Iterable[str], counters: Iterable[str]):  # noqa: ANN202
-    dialect = postgresql if dialect_name == "postgresql" else sqlite
-    stmt = dialect.insert(table)
-    return stmt.on_conflict_do_update(index_elements=list(keys),
-                                      set_={c: table.c[c] + stmt.excluded[c] for c in counters})
-
-
-_STATEMENTS: dict[tuple[str, str], Any] = {}
-
-
-def _statement(dialect_name: str, table: Table) -> Any:
-    found = _STATEMENTS.get((dialect_name, table.name))
-    if found is None:
-        keys = [c.key for c in table.primary_key.columns]
-        counters = [c.key for c in table.columns if c.key not in keys]
-        found = _STATEMENTS[(dialect_name, table.name)] = _upsert(dialect_name, table, keys, counters)
-    return found
-
-
 async def write(session: AsyncSession, deltas: Deltas) -> None:
     """Add ``deltas`` to the stored rollups: one executemany upsert per table."""
     days, to_sql, effort = deltas.rows()
-    if not (days or to_sql or effort):
-        return
-    name = (await session.connection()).dialect.name
     for table, rows in ((DAYS, days), (DAYS_TO_SQL, to_sql), (EFFORT, effort)):
-        if rows:
-            await session.execute(_statement(name, table), rows)
+        await add_many(session, table, rows)

@@ -37,16 +37,16 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Table, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import AttributionCredit, Contact, Opportunity, QualifyDaysRollup, SourceRollup
-from shared.db import in_chunks
+from shared.db import add_many, in_chunks
+from shared.times import as_utc
 
 MODELS = ("first", "last", "linear", "position", "time_decay", "w_shaped")
 DEFAULT_MODEL = "first"
@@ -79,12 +79,6 @@ def key_text(value: str | None) -> str:
 def key_value(text: str) -> str | None:
     """A stored key column as the answer shows it: ``None`` for ``""``."""
     return text if text != "" else None
-
-
-def utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 # bucket edges in days: an hour, 4 and 12 hours, then days; the median of a histogram reads
@@ -127,14 +121,14 @@ def facts_of(contact: Mapping[str, Any], opportunities: Iterable[tuple[str, Any]
              credits: Mapping[str, Sequence[tuple[TouchKey, float]]] | None = None) -> ContactFacts:
     """A contact's :class:`ContactFacts` from its columns (``CONTACT_COLUMNS`` at least), its
     opportunities as (stage, amount[, estimated]) and its credits per model (touch key, credit)."""
-    first_at = utc(contact["first_touch_at"]) or utc(contact["created_at"])
+    first_at = as_utc(contact["first_touch_at"]) or as_utc(contact["created_at"])
     # a milestone counts as reached when it or a later one was (a contact may skip stages)
     won = int(contact["customer_at"] is not None)
     opportunity = won or int(contact["opportunity_at"] is not None)
     sql = opportunity or int(contact["sql_at"] is not None)
     mql = sql or int(contact["mql_at"] is not None)
     lead = mql or int(contact["lead_at"] is not None)
-    sql_at = utc(contact["sql_at"])
+    sql_at = as_utc(contact["sql_at"])
     days = None if sql_at is None else (sql_at - first_at).total_seconds() / 86_400
     return ContactFacts(
         day=first_at.date(), hour=first_at.hour, motion=contact["motion"], reached=(lead, mql, sql, opportunity, won),
@@ -283,6 +277,10 @@ def _grains(key: RollupKey) -> tuple[tuple, tuple, tuple, tuple]:
             (model, YEAR, day.replace(month=1, day=1), 0, *rest))
 
 
+_SUMS_COLUMNS = (*KEY, *METRICS)
+_DAYS_COLUMNS = (*KEY, "bucket", "weight", "days")
+
+
 def stored_rows(rollups: Rollups) -> tuple[list[dict], list[dict]]:
     """The rows to add to ``source_rollups`` and ``qualify_days_rollups``, each difference at
     every grain, in key order; rows whose values are all zero are left out."""
@@ -301,31 +299,15 @@ def stored_rows(rollups: Rollups) -> tuple[list[dict], list[dict]]:
             cell = days.setdefault((*stored, bucket), [0.0, 0.0])
             cell[0] += values[0]
             cell[1] += values[1]
-    return ([dict(zip(KEY, key), **dict(zip(METRICS, values)))
+    return ([dict(zip(_SUMS_COLUMNS, (*key, *values)))
              for key, values in sorted(sums.items()) if any(abs(v) > 1e-12 for v in values)],
-            [dict(zip(_DAYS_KEY, key), weight=values[0], days=values[1])
+            [dict(zip(_DAYS_COLUMNS, (*key, *values)))
              for key, values in sorted(days.items()) if any(abs(v) > 1e-12 for v in values)])
 
 
 # ---- writing ------------------------------------------------------------------------------
 
 
-_UPSERTS: dict[tuple[str, str], Any] = {}
-
-
-def _upsert(dialect_name: str, table: Table, keys: Sequence[str], values: Sequence[str]):  # noqa: ANN202
-    found = _UPSERTS.get((dialect_name, table.name))
-    if found is None:
-        dialect = postgresql if dialect_name == "postgresql" else sqlite
-        statement = dialect.insert(table)
-        found = _UPSERTS[(dialect_name, table.name)] = statement.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={name: table.c[name] + statement.excluded[name] for name in values},
-        )
-    return found
-
-
-_DAYS_KEY = (*KEY, "bucket")
 
 
 async def write(session: AsyncSession, rollups: Rollups) -> None:
@@ -334,12 +316,9 @@ async def write(session: AsyncSession, rollups: Rollups) -> None:
     change that moved nothing) are left out."""
     if not rollups:
         return
-    dialect = (await session.connection()).dialect.name
     sums, days = stored_rows(rollups)
-    if sums:
-        await session.execute(_upsert(dialect, SourceRollup.__table__, KEY, METRICS), sums)
-    if days:
-        await session.execute(_upsert(dialect, QualifyDaysRollup.__table__, _DAYS_KEY, ("weight", "days")), days)
+    await add_many(session, SourceRollup.__table__, sums)
+    await add_many(session, QualifyDaysRollup.__table__, days)
 
 
 # ---- reading the raw rows (rebuild, partial days, the tests' reference) ---------------------

@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 import orjson
+
+from shared.times import as_utc
 
 
 class BadCursor(ValueError):
@@ -24,11 +26,6 @@ class Position:
 
     at: datetime
     id: str
-
-
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands datetimes back naive; the store writes them in UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def encode_cursor(kind: str, order: str, at: datetime, row_id: str) -> str:

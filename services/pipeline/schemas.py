@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from pipeline_store.source_rollups import MODELS
 from shared.amounts import Money
+from shared.times import as_utc
 from shared.events import INBOUND_CHANNELS, OUTBOUND_CHANNELS, Motion, Stage
 
 Channel = Literal[tuple(sorted(set(INBOUND_CHANNELS) | set(OUTBOUND_CHANNELS)))]  # type: ignore[valid-type]
@@ -22,10 +23,6 @@ GroupBy = Literal["motion", "channel", "campaign", "form", "sequence"]
 Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 _LAST_DAY = date.max - timedelta(days=1)  # a date bound covers its whole day: the next one must exist
@@ -43,7 +40,7 @@ def _when(value: Any) -> Any:
             raise ValueError("expected a date (2025-03-31) or an ISO 8601 date-time (2025-03-31T12:00:00Z)") from None
     if isinstance(value, datetime):
         try:
-            return _utc(value)
+            return as_utc(value)
         except OverflowError:
             raise ValueError("the time is out of range once converted to UTC") from None
     if isinstance(value, date) and value > _LAST_DAY:
@@ -60,7 +57,7 @@ def _split(value: Any) -> Any:
 
 
 When = Annotated[date | datetime, BeforeValidator(_when)]
-Utc = Annotated[datetime, AfterValidator(_utc)]
+Utc = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class Strict(BaseModel):

@@ -32,6 +32,7 @@ from pipeline_store.models import AttributionCredit
 from services.qualification.domain.attribution_models import Credit
 from services.qualification.records import ContactRecord
 from shared.db import before_inserts, in_chunks, insert_many, staging_of
+from shared.times import as_utc
 
 _HOOK = "qualification.credits"
 _CREDITS = AttributionCredit.__table__
@@ -109,8 +110,11 @@ def _same(before: tuple, after: tuple) -> bool:
         return True
     if _PLAIN(before) != _PLAIN(after):
         return False
-    utc = source_rollups.utc
-    return all(utc(before[i]) == utc(after[i]) for i in _TIME_POSITIONS)
+    for i in _TIME_POSITIONS:
+        was, now = before[i], after[i]
+        if was is not now and as_utc(was) != as_utc(now):
+            return False
+    return True
 
 
 async def _write(session: AsyncSession) -> None:

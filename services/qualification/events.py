@@ -10,7 +10,7 @@ from datetime import datetime
 from services.qualification.domain import attribution, evaluation, identity
 from services.qualification.domain.evaluation import Evaluation
 from services.qualification.records import ContactRecord
-from services.qualification.repository import utc
+from shared.times import as_utc
 from shared.consent import current_state, in_ledger_order
 from shared.events import (
     OPPORTUNITY_QUALIFIED, STAGE_CHANGED, AccountOut, CloudEvent, ConsentEntryOut, ConsentStateOut, ContactOut,
@@ -46,7 +46,7 @@ def touch_out(touch: attribution.Touch | None) -> TouchOut | None:
 def consents_out(entries: list[dict]) -> tuple[list[ConsentEntryOut], dict[str, ConsentStateOut]]:
     """A consent ledger's entries (ledger order) and the current state per purpose, as events carry them."""
     ordered = [ConsentEntryOut(purpose=e["purpose"], status=e["status"], text=e["text"], source=e["source"],
-                               occurred_at=utc(e["occurred_at"]), cause_event_id=e["cause_event_id"])
+                               occurred_at=as_utc(e["occurred_at"]), cause_event_id=e["cause_event_id"])
                for e in in_ledger_order(entries)]
     state = {purpose: ConsentStateOut(status=e.status, since=e.occurred_at, source=e.source)
              for purpose, e in current_state(ordered).items()}

@@ -30,7 +30,7 @@ from services.qualification import repository
 from services.qualification.domain import attribution, evaluation
 from services.qualification.domain.channels import ChannelRules
 from services.qualification.records import ContactRecord
-from services.qualification.repository import utc
+from shared.times import as_utc
 from shared.db import Database
 from shared.events import LEAD_CAPTURED
 from shared.retry import transaction_with_retries
@@ -150,14 +150,14 @@ async def reclassify_contact(session: AsyncSession, rules: ChannelRules, contact
     timeline = await repository.timeline(session, contact.id)
     facts = [dataclasses.replace(f, channel=channels[f.event_id]) if f.event_id in channels else f
              for f in timeline.facts]
-    _, first, last = evaluation.attribute(facts, timeline.real, utc(contact.sql_at))
+    _, first, last = evaluation.attribute(facts, timeline.real, as_utc(contact.sql_at))
     report.move("contacts", contact.first_touch_channel, _channel(first))
     if (_channel(first), _channel(last)) != (contact.first_touch_channel, contact.last_touch_channel):
         report.contacts_changed += 1
     opportunities = (await session.execute(select(Opportunity).where(Opportunity.contact_id == contact.id))
                      ).scalars().all()
     for opp in opportunities:
-        _, opp_first, opp_last = evaluation.attribute(facts, timeline.real, utc(opp.qualified_at))
+        _, opp_first, opp_last = evaluation.attribute(facts, timeline.real, as_utc(opp.qualified_at))
         report.move("opportunities_first", opp.first_touch_channel, _channel(opp_first))
         report.move("opportunities_last", opp.last_touch_channel, _channel(opp_last))
         if (_channel(opp_first), _channel(opp_last)) != (opp.first_touch_channel, opp.last_touch_channel):
@@ -171,7 +171,7 @@ async def reclassify_contact(session: AsyncSession, rules: ChannelRules, contact
         _set_touch(contact, "last", last, _CONTACT_TOUCH)
         # the row changes even when its attribution does not: a worker's batch that read the
         # old timeline finds the contact changed and runs again (records.py)
-        contact.updated_at = max(utc(contact.updated_at) or now, now)
+        contact.updated_at = max(as_utc(contact.updated_at) or now, now)
 
 
 # the first and last touch columns (``<which>_touch_<attribute>``) the replay writes

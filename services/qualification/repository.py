@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -18,6 +18,7 @@ from services.qualification import records, rollups
 from services.qualification.domain import attribution
 from services.qualification.records import AccountRecord, ContactRecord, hold
 from shared.db import before_inserts, in_chunks, prefetch_rows, prefetched, stage_insert, staging_of
+from shared.times import as_utc
 
 # A batch of events is applied in one transaction; its contacts and accounts are records
 # held and written back at commit (``records``), its facts (touches, scores, stage changes,
@@ -47,7 +48,7 @@ class Timeline:
         """Add a fact from its values in ``_FACT_COLUMNS`` order (a Core row is one: unpacked
         by position, which costs a third of reading a row's attributes by name)."""
         event_id, _, motion, channel, campaign, form_id, form_type, sequence, outcome, occurred_at = row
-        fact = attribution.Touch(motion, channel or "other", utc(occurred_at), campaign, form_id, form_type,
+        fact = attribution.Touch(motion, channel or "other", as_utc(occurred_at), campaign, form_id, form_type,
                                  sequence, event_id, outcome)
         if channel is not None:
             self.real.add(event_id)
@@ -59,15 +60,6 @@ class Timeline:
 
 def _fact_order(fact: attribution.Touch) -> tuple:
     return fact.occurred_at, fact.event_id
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """Aware UTC (SQLite gives naive datetimes back; clients may send other offsets)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 @dataclass(eq=False, slots=True)

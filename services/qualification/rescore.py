@@ -25,7 +25,7 @@ from services.qualification import repository
 from services.qualification.domain import evaluation, ids
 from services.qualification.domain.policy import PolicySet
 from services.qualification.records import ContactRecord
-from services.qualification.repository import utc
+from shared.times import as_utc
 from services.qualification.service import Qualifier, account_values_of, apply_evaluation, refresh_credits
 from shared.db import Database
 from shared.retry import transaction_with_retries
@@ -75,7 +75,7 @@ async def rescore_contact(session: AsyncSession, policies: PolicySet, contact: C
     result, target, reached_at = evaluation.replay_timeline(
         policies, contact.email, evaluation.profile(contact.firmographics, account_values), facts, real)
     # attribution stays as it is for contacts already qualified
-    result.motion, result.first, result.last = evaluation.attribute(facts, real, utc(contact.sql_at))
+    result.motion, result.first, result.last = evaluation.attribute(facts, real, as_utc(contact.sql_at))
     motion = contact.motion
     report.contacts[motion] += 1
     if result.fit.grade != contact.fit_grade:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store import rollups
 from pipeline_store.models import Contact, Opportunity
-from pipeline_store.source_rollups import utc
+from shared.times import as_utc
 from shared.db import in_chunks, staging_of
 
 # a contact record's columns are the table's, in order (records.py)
@@ -36,7 +36,11 @@ def _unmoved(record: Any) -> bool:
         return True
     if _PLAIN(before) != _PLAIN(after):
         return False
-    return all(utc(before[i]) == utc(after[i]) for i in _TIMES)
+    for i in _TIMES:
+        was, now = before[i], after[i]
+        if was is not now and as_utc(was) != as_utc(now):
+            return False
+    return True
 
 
 class _AsLoaded:

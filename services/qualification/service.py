@@ -33,7 +33,7 @@ from services.qualification.domain.evaluation import Evaluation
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
 from services.qualification.records import AccountRecord, ContactRecord
 from services.qualification.settings import QualificationSettings
-from services.qualification.repository import utc
+from shared.times import as_utc
 from shared.consumer import PermanentError
 from shared.db import transaction_time
 from shared.events import CloudEvent, LeadCaptured, ProspectAdded, TouchRecorded
@@ -87,7 +87,7 @@ def load_qualifier(path: Path | str, channels: Path | str | None = None) -> Qual
 async def record_lead(session: AsyncSession, q: Qualifier, event: CloudEvent, data: LeadCaptured) -> None:
     """An inbound form submission: contact, account, timeline, re-qualification."""
     with session.no_autoflush:
-        at = utc(data.occurred_at)
+        at = as_utc(data.occurred_at)
         values = data.model_dump(include=set(_PROFILE_FIELDS + ACCOUNT_FIELDS))
         contact = await _resolve(session, q, event, data, at, motion="inbound")
         if contact is None:
@@ -105,7 +105,7 @@ async def record_lead(session: AsyncSession, q: Qualifier, event: CloudEvent, da
 async def record_prospect(session: AsyncSession, q: Qualifier, event: CloudEvent, data: ProspectAdded) -> None:
     """A researched contact from a sales tool: enters (or joins) as outbound."""
     with session.no_autoflush:
-        at = utc(data.occurred_at)
+        at = as_utc(data.occurred_at)
         values = data.model_dump(include=set(_PROFILE_FIELDS + ACCOUNT_FIELDS))
         contact = await _resolve(session, q, event, data, at, motion="outbound")
         if contact is None:
@@ -123,7 +123,7 @@ async def record_prospect(session: AsyncSession, q: Qualifier, event: CloudEvent
 async def record_touch(session: AsyncSession, q: Qualifier, event: CloudEvent, data: TouchRecorded) -> None:
     """A sales touch (email, call, social, …) with its outcome, and its side effects."""
     with session.no_autoflush:
-        at = utc(data.occurred_at)
+        at = as_utc(data.occurred_at)
         contact = await _resolve(session, q, event, data, at, motion="outbound")
         if contact is None:
             return
@@ -168,7 +168,7 @@ def _lifts_erasure(event: CloudEvent, data: Any, requested_at: datetime | None) 
     if event.type != LEAD_CAPTURED or data.consent is None or data.consent.marketing is not True:
         return False
     accepted_at = event_id_time(event.id)
-    return accepted_at is not None and (requested_at is None or accepted_at >= utc(requested_at))
+    return accepted_at is not None and (requested_at is None or accepted_at >= as_utc(requested_at))
 
 
 async def _resolve(session: AsyncSession, q: Qualifier, event: CloudEvent, data: Any, at: datetime, *,
@@ -226,7 +226,7 @@ def _merge_account(values: dict, source: str, at: datetime, account: AccountReco
     for name in ACCOUNT_FIELDS:
         if known.get(name) is not None:
             setattr(account, name, known[name])
-    account.updated_at = max(utc(account.updated_at) or at, at)
+    account.updated_at = max(as_utc(account.updated_at) or at, at)
 
 
 # every column, so the touches of a batch go as one multi-row INSERT (same keys in each row)
@@ -239,7 +239,7 @@ async def _add_touch(session: AsyncSession, contact: ContactRecord, event: Cloud
         **_TOUCH_FIELDS, **fields, "event_id": event.id, "contact_id": contact.id, "event_type": event.type,
         "occurred_at": at, "recorded_at": transaction_time(session), "data": event.data,
     })
-    contact.last_activity_at = max(utc(contact.last_activity_at) or at, at)
+    contact.last_activity_at = max(as_utc(contact.last_activity_at) or at, at)
     contact.updated_at = transaction_time(session)
 
 
@@ -270,12 +270,12 @@ async def requalify(session: AsyncSession, q: Qualifier, contact: ContactRecord,
     as_of = max(at, facts[-1].occurred_at) if facts else at
     profile = evaluation.profile(contact.firmographics, account_values)
     result = evaluation.evaluate(policies, None if new else contact.stage, contact.email, profile, facts, real,
-                                 as_of=as_of, qualified_at=utc(contact.sql_at), flags=flags or set(),
-                                 since=utc(since))
-    qualified_at = utc(contact.sql_at)
+                                 as_of=as_of, qualified_at=as_utc(contact.sql_at), flags=flags or set(),
+                                 since=as_utc(since))
+    qualified_at = as_utc(contact.sql_at)
     await apply_evaluation(session, contact, result, policies, cause=cause, at=at, facts=facts, real=real,
                            account_values=account_values)
-    if (cause in real and qualified_at is not None and qualified_at == utc(contact.sql_at)
+    if (cause in real and qualified_at is not None and qualified_at == as_utc(contact.sql_at)
             and attribution_credits.late_touch_counts(qualified_at, at, policies.attribution_lookback_days)):
         # a touch that occurred before the qualification (synced late) may change its credits
         await refresh_credits(session, policies, contact, facts, real)
@@ -286,7 +286,7 @@ async def refresh_credits(session: AsyncSession, policies: PolicySet, contact: C
                           facts: list[attribution.Touch], real: set[str]) -> None:
     """Recompute the credits of the contact's opportunity (if it has one) from its timeline."""
     opportunity_id = await repository.opportunity_of(session, contact.id)
-    qualified_at = utc(contact.sql_at)
+    qualified_at = as_utc(contact.sql_at)
     if opportunity_id is None or qualified_at is None:
         return
     credits = evaluation.credits(policies, facts, real, qualified_at, contact.mql_event_id)

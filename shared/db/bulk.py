@@ -1,6 +1,6 @@
 """Many rows at once: looked up by key in a few queries (``prefetch_rows``), written in one
-executemany INSERT or UPDATE with the parameters built by the compiled-statement cache
-(``shared.db.compiled``)."""
+executemany INSERT, UPDATE or adding upsert (``add_many``) with the parameters built by the
+compiled-statement cache (``shared.db.compiled``)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,26 @@ async def insert_missing(session: AsyncSession, table: Table, rows: list[dict], 
         dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
         await _execute_many(session, f"insert-missing:{key}", table, rows,
                             lambda: dialect.insert(table).on_conflict_do_nothing(index_elements=[key]))
+
+
+def adding_upsert(dialect_name: str, table: Table, columns: Collection[str]):  # noqa: ANN201
+    """``INSERT … ON CONFLICT (primary key) DO UPDATE SET c = c + excluded.c`` for each of
+    ``columns`` not in the primary key: a row adds its values to the stored row's."""
+    keys = [c.key for c in table.primary_key.columns]
+    statement = (postgresql if dialect_name == "postgresql" else sqlite).insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=keys,
+        set_={name: table.c[name] + statement.excluded[name] for name in columns if name not in keys},
+    )
+
+
+async def add_many(session: AsyncSession, table: Table, rows: list[dict]) -> None:
+    """One executemany upsert adding each row's non-key values to the stored row with its
+    primary key (inserted when there is none): counters and sums that many writers move
+    (rollups). Pass the rows in key order, so two writers lock rows in the same order."""
+    if rows:
+        name = (await session.connection()).dialect.name
+        await _execute_many(session, "add", table, rows, lambda: adding_upsert(name, table, rows[0]))
 
 
 def update_statement(table: Table, key: str):  # noqa: ANN201

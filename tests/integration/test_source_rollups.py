@@ -32,6 +32,7 @@ from shared.auth import Principal
 from shared.events import (
     LEAD_CAPTURED, PROSPECT_ADDED, TOUCH_RECORDED, LeadCaptured, ProspectAdded, TouchRecorded, make_event,
 )
+from shared.times import as_utc
 from tests.support import ROOT
 
 pytestmark = pytest.mark.timeout(600)
@@ -113,7 +114,7 @@ async def _apply(db, people, rng, batch: int) -> None:  # noqa: ANN001
 
 
 def _utc(value):  # noqa: ANN001, ANN202
-    return source_rollups.utc(value)
+    return as_utc(value)
 
 
 def _in_range(at: datetime, start, end) -> bool:  # noqa: ANN001

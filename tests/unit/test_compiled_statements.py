@@ -13,9 +13,10 @@ import sqlalchemy
 from sqlalchemy import create_engine, event, insert
 from sqlalchemy.dialects import postgresql, sqlite
 
-from pipeline_store.models import Account, PipelineOutbox, Touch
+from pipeline_store import source_rollups
+from pipeline_store.models import Account, PipelineOutbox, SourceRollup, Touch
 from services.capture.models import CapturedLead
-from shared.db.bulk import update_statement
+from shared.db.bulk import adding_upsert, update_statement
 from shared.db.compiled import driver_form, driver_parameters
 from leadstream.registry import upgrade
 
@@ -126,3 +127,16 @@ def test_update_parameters_are_what_sqlalchemys_executemany_sends(store):
     ours = driver_parameters(engine.dialect, "update", table, rows, lambda: update_statement(table, "domain"), {})
     assert ours is not None, REVISE
     assert ours == sent_by_sqlalchemy(engine, update_statement(table, "domain"), rows), REVISE
+
+
+def test_adding_upsert_parameters_are_what_sqlalchemys_executemany_sends(store):
+    """``add_many``'s upsert (rollups): the VALUES are the only parameters, as SQLAlchemy sends them."""
+    table = SourceRollup.__table__
+    rows = [dict(zip((*source_rollups.KEY, *source_rollups.METRICS),
+                     ("linear", "d", T0.date(), 0, "inbound", "web_form", "", "f", "", *([0.5 * n] * 13))))
+            for n in range(1, 3)]
+    engine = store["pipeline"]
+    ours = driver_parameters(engine.dialect, "add", table, rows, lambda: adding_upsert("sqlite", table, rows[0]), {})
+    assert ours is not None, REVISE
+    assert ours == sent_by_sqlalchemy(engine, adding_upsert("sqlite", table, rows[0]), rows), REVISE
+    assert "ON CONFLICT" in ours[0] and "contacts = (source_rollups.contacts + excluded.contacts)" in ours[0]

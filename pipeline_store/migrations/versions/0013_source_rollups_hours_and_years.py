@@ -59,15 +59,27 @@ def _create(suffix: str, hour: bool) -> None:
                     sa.PrimaryKeyConstraint(*key, 'bucket'))
 
 
+class _Connection:
+    """What ``rebuild``'s writes ask of an ``AsyncConnection`` (``shared.db.bulk``)."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+        self.dialect = connection.dialect
+
+    async def exec_driver_sql(self, *args: Any, **kwargs: Any) -> Any:
+        return self._connection.exec_driver_sql(*args, **kwargs)
+
+
 class _Session:
     """What ``rebuild`` asks of an ``AsyncSession``, over the migration's connection: each
     call answers at once, so the coroutine runs to its end without an event loop."""
 
     def __init__(self, connection: sa.Connection) -> None:
         self._connection = connection
+        self.info: dict = {}  # the unit of work's staging (shared.db.staging_of)
 
-    async def connection(self) -> sa.Connection:
-        return self._connection
+    async def connection(self) -> _Connection:
+        return _Connection(self._connection)
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
         return self._connection.execute(*args, **kwargs)
