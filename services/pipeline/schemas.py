@@ -10,8 +10,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from pipeline_store.source_rollups import MODELS
 from shared.amounts import Money
-from shared.times import as_utc
 from shared.events import INBOUND_CHANNELS, OUTBOUND_CHANNELS, Motion, Stage
+from shared.times import as_utc
 
 Channel = Literal[tuple(sorted(set(INBOUND_CHANNELS) | set(OUTBOUND_CHANNELS)))]  # type: ignore[valid-type]
 Attribution = Literal["first", "last"]

@@ -10,12 +10,12 @@ from datetime import datetime
 from services.qualification.domain import attribution, evaluation, identity
 from services.qualification.domain.evaluation import Evaluation
 from services.qualification.records import ContactRecord
-from shared.times import as_utc
 from shared.consent import current_state, in_ledger_order
 from shared.events import (
     OPPORTUNITY_QUALIFIED, STAGE_CHANGED, AccountOut, CloudEvent, ConsentEntryOut, ConsentStateOut, ContactOut,
     OpportunityQualified, ScoreOut, ScoreReason, StageChanged, TouchOut, make_event,
 )
+from shared.times import as_utc
 
 SOURCE = "/leadstream/qualification"
 CHANGED_BY = "qualification"

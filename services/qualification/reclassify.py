@@ -30,10 +30,10 @@ from services.qualification import repository
 from services.qualification.domain import attribution, evaluation
 from services.qualification.domain.channels import ChannelRules
 from services.qualification.records import ContactRecord
-from shared.times import as_utc
 from shared.db import Database
 from shared.events import LEAD_CAPTURED
 from shared.retry import transaction_with_retries
+from shared.times import as_utc
 
 # what is counted per channel: contacts by first touch, opportunities by first and last touch
 MEASURES = ("contacts", "opportunities_first", "opportunities_last")

@@ -25,10 +25,10 @@ from services.qualification import repository
 from services.qualification.domain import evaluation, ids
 from services.qualification.domain.policy import PolicySet
 from services.qualification.records import ContactRecord
-from shared.times import as_utc
 from services.qualification.service import Qualifier, account_values_of, apply_evaluation, refresh_credits
 from shared.db import Database
 from shared.retry import transaction_with_retries
+from shared.times import as_utc
 
 
 @dataclass

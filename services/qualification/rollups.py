@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store import rollups
 from pipeline_store.models import Contact, Opportunity
-from shared.times import as_utc
 from shared.db import in_chunks, staging_of
+from shared.times import as_utc
 
 # a contact record's columns are the table's, in order (records.py)
 _COLUMNS = [c.key for c in Contact.__table__.columns]

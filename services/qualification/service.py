@@ -33,7 +33,6 @@ from services.qualification.domain.evaluation import Evaluation
 from services.qualification.domain.policy import PolicyError, PolicySet, load_policies
 from services.qualification.records import AccountRecord, ContactRecord
 from services.qualification.settings import QualificationSettings
-from shared.times import as_utc
 from shared.consumer import PermanentError
 from shared.db import transaction_time
 from shared.events import CloudEvent, LeadCaptured, ProspectAdded, TouchRecorded
@@ -41,6 +40,7 @@ from shared.events import LEAD_CAPTURED, event_id_time
 from shared.identity import normalise_email
 from shared.outbox import stage_event
 from shared.privacy import PrivacyKey
+from shared.times import as_utc
 
 PolicyFileError = PolicyError
 
