@@ -63,7 +63,8 @@ _N = len(METRICS)
 TouchKey = tuple[str, str, str, str]  # channel, campaign, form_id, sequence ("" for none)
 RollupKey = tuple[str, date, int, str, str, str, str, str]  # KEY's values but the grain
 
-# the contact's columns a contribution reads: a change elsewhere changes no rollup
+# the contact's columns a contribution reads (in the order ``facts_of_values`` unpacks): a change
+# elsewhere changes no rollup
 CONTACT_COLUMNS = (
     "first_touch_at", "created_at", "motion", "lead_at", "mql_at", "sql_at", "opportunity_at", "customer_at",
     "first_touch_channel", "first_touch_campaign", "first_touch_form_id", "first_touch_sequence",
@@ -113,27 +114,32 @@ class ContactFacts:
     hour: int = 0  # the UTC hour of ``day`` of the first touch (0-23)
 
 
-_FIRST_TOUCH = itemgetter(*(f"first_touch_{name}" for name in TOUCH_KEY))
-_LAST_TOUCH = itemgetter(*(f"last_touch_{name}" for name in TOUCH_KEY))
+_CONTACT_VALUES = itemgetter(*CONTACT_COLUMNS)
 
 
 def facts_of(contact: Mapping[str, Any], opportunities: Iterable[tuple[str, Any]] = (),
              credits: Mapping[str, Sequence[tuple[TouchKey, float]]] | None = None) -> ContactFacts:
     """A contact's :class:`ContactFacts` from its columns (``CONTACT_COLUMNS`` at least), its
     opportunities as (stage, amount[, estimated]) and its credits per model (touch key, credit)."""
-    first_at = as_utc(contact["first_touch_at"]) or as_utc(contact["created_at"])
+    return facts_of_values(_CONTACT_VALUES(contact), opportunities, credits)
+
+
+def facts_of_values(values: Sequence[Any], opportunities: Iterable[tuple[str, Any]] = (),
+                    credits: Mapping[str, Sequence[tuple[TouchKey, float]]] | None = None) -> ContactFacts:
+    """As :func:`facts_of`, from the values of ``CONTACT_COLUMNS`` in their order."""
+    first_touch_at, created_at, motion, lead_at, mql_at, sql_at, opportunity_at, customer_at, *touches = values
+    first_at = as_utc(first_touch_at) or as_utc(created_at)
     # a milestone counts as reached when it or a later one was (a contact may skip stages)
-    won = int(contact["customer_at"] is not None)
-    opportunity = won or int(contact["opportunity_at"] is not None)
-    sql = opportunity or int(contact["sql_at"] is not None)
-    mql = sql or int(contact["mql_at"] is not None)
-    lead = mql or int(contact["lead_at"] is not None)
-    sql_at = as_utc(contact["sql_at"])
-    days = None if sql_at is None else (sql_at - first_at).total_seconds() / 86_400
+    won = int(customer_at is not None)
+    opportunity = won or int(opportunity_at is not None)
+    sql = opportunity or int(sql_at is not None)
+    mql = sql or int(mql_at is not None)
+    lead = mql or int(lead_at is not None)
+    days = None if sql_at is None else (as_utc(sql_at) - first_at).total_seconds() / 86_400
     return ContactFacts(
-        day=first_at.date(), hour=first_at.hour, motion=contact["motion"], reached=(lead, mql, sql, opportunity, won),
-        first=tuple(map(key_text, _FIRST_TOUCH(contact))),  # type: ignore[arg-type]
-        last=tuple(map(key_text, _LAST_TOUCH(contact))),  # type: ignore[arg-type]
+        day=first_at.date(), hour=first_at.hour, motion=motion, reached=(lead, mql, sql, opportunity, won),
+        first=tuple(map(key_text, touches[:4])),  # type: ignore[arg-type]
+        last=tuple(map(key_text, touches[4:])),  # type: ignore[arg-type]
         days_to_qualify=days,
         opportunities=tuple(OpportunityFacts(o[0], None if o[1] is None else float(o[1]), bool(o[2:] and o[2]))
                             for o in opportunities),

@@ -43,6 +43,7 @@ _LOADED = itemgetter(*(ContactRecord.columns.index(name) for name in _COLUMNS))
 _CURRENT = attrgetter(*_COLUMNS)
 _PLAIN = itemgetter(*(i for i, name in enumerate(_COLUMNS) if name not in _TIMES))
 _TIME_POSITIONS = tuple(i for i, name in enumerate(_COLUMNS) if name in _TIMES)
+_SQL_AT = _COLUMNS.index("sql_at")
 
 Credits = Mapping[str, tuple[Credit, ...]]
 
@@ -123,15 +124,15 @@ async def _write(session: AsyncSession) -> None:
     recomputed, noted.credits = noted.credits, {}
     opened, noted.opened = noted.opened, {}
     noted.hooked = False
-    changed: list[tuple[ContactRecord, dict[str, Any] | None, dict[str, Any]]] = []
+    changed: list[tuple[ContactRecord, tuple | None, tuple]] = []  # the rollup columns' values before and after
     for contact in contacts.values():
         loaded, now = contact.loaded, _CURRENT(contact)
         was = None if loaded is None else _LOADED(loaded)
         if was is not None and contact.id not in recomputed and contact.id not in opened and _same(was, now):
             continue
-        changed.append((contact, None if was is None else dict(zip(_COLUMNS, was)), dict(zip(_COLUMNS, now))))
+        changed.append((contact, was, now))
     # what the transaction read: the stored opportunities and credits, before they are replaced
-    qualified_before = [c.id for c, before, _ in changed if before is not None and before["sql_at"] is not None]
+    qualified_before = [c.id for c, before, _ in changed if before is not None and before[_SQL_AT] is not None]
     stored_opportunities = await source_rollups.opportunities_of(session, qualified_before) if qualified_before else {}
     stored_credits = await source_rollups.credits_of(session, qualified_before) if qualified_before else {}
     if recomputed:
@@ -147,9 +148,9 @@ async def _write(session: AsyncSession) -> None:
     for contact, before, after in changed:
         stored = stored_opportunities.get(contact.id, [])
         old_credits = stored_credits.get(contact.id)
-        was = None if before is None else source_rollups.facts_of(before, stored, old_credits)
+        was = None if before is None else source_rollups.facts_of_values(before, stored, old_credits)
         new_credits = _rollup_credits(recomputed[contact.id][1]) if contact.id in recomputed else old_credits
-        now = source_rollups.facts_of(after, [*stored, *opened.get(contact.id, ())], new_credits)
+        now = source_rollups.facts_of_values(after, [*stored, *opened.get(contact.id, ())], new_credits)
         source_rollups.add_difference(difference, was, now)
     await source_rollups.write(session, difference)
 
