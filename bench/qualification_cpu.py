@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sys
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+
+import asyncpg
 
 from bench.qualification import make_events
 from leadstream import registry
@@ -57,18 +60,23 @@ async def applied(url: str, settings: QualificationSettings, messages: list, bat
     return cpu, wall
 
 
+async def _admin(statement: str) -> None:
+    connection = await asyncpg.connect(f"{POSTGRES}/postgres")
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
 def main(argv: list[str]) -> None:
     events = int(argv[0]) if argv else 20000
     batch = int(argv[1]) if len(argv) > 1 else 1000
     backend = argv[2] if len(argv) > 2 else "sqlite"
     tmp = Path(tempfile.mkdtemp())
     settings = QualificationSettings(data_dir=tmp, privacy_secret="bench-only-privacy-secret-unsafe-in-production")
-    name = f"bench_qualification_cpu_{int(time.time())}"
+    name = f"bench_qualification_cpu_{int(time.time())}_{os.getpid()}"
     if backend == "postgres":
-        import psycopg
-
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+        asyncio.run(_admin(f"CREATE DATABASE {name}"))
         url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     else:
         url = f"sqlite+aiosqlite:///{tmp}/pipeline.db"
@@ -77,10 +85,7 @@ def main(argv: list[str]) -> None:
     print(f"events={events} batch={batch} backend={backend} cpu={cpu:.2f}s wall={wall:.2f}s "
           f"cpu_rate={events / cpu:.0f}/s wall_rate={events / wall:.0f}/s")
     if backend == "postgres":
-        import psycopg
-
-        with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE {name}")
+        asyncio.run(_admin(f"DROP DATABASE {name}"))
 
 
 if __name__ == "__main__":
