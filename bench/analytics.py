@@ -8,7 +8,7 @@ touches of its motion(s) (blended ones with both); qualified ones get an opportu
 won with an amount, lost) and its credits under every model (the real
 ``attribution_models``, over touches between the first touch and qualification), and the
 rollups are what ``pipeline_store.source_rollups`` computes from those rows (as ``rebuild`` would);
-credit rows are stored for the contacts of the two days a date-time range reads from the
+credit rows (one per touch) are stored for the contacts of the two days a date-time range reads from the
 raw rows (the only ones an answer reads; the rollups hold every contact's).
 Rows go in with executemany (SQLite) or COPY (PostgreSQL), a chunk at a time; a PostgreSQL
 store is then ``VACUUM ANALYZE``d, as autovacuum would (the test server runs without it), and
@@ -42,7 +42,8 @@ from pipeline_store.models import (
     AttributionCredit, Contact, Opportunity, PipelineApiKey, QualifyDaysRollup, SourceRollup,
 )
 from services.qualification.domain.attribution import Touch
-from services.qualification.domain.attribution_models import MODELS, attribute
+from services.qualification.credits import credit_rows
+from services.qualification.domain.attribution_models import MODELS, attribute_all
 from shared.auth import hash_key, new_key
 from tests.support import create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
 
@@ -74,8 +75,8 @@ def _touch(rng: random.Random, motion: str, at: datetime, n: int) -> Touch:
     return Touch("outbound", channel, at, sequence, sequence=sequence, outcome="replied", event_id=f"e{n:012d}")
 
 
-def histories(contacts: int, seed_value: int = 11) -> Iterator[tuple[dict, dict | None, list[dict]]]:
-    """Each contact's row, its opportunity's row (or ``None``) and its credit rows."""
+def histories(contacts: int, seed_value: int = 11) -> Iterator[tuple[dict, dict | None, dict[str, tuple]]]:
+    """Each contact's row, its opportunity's row (or ``None``) and its credits per model."""
     rng = random.Random(seed_value)
     n = 0
     for c in range(contacts):
@@ -99,7 +100,7 @@ def histories(contacts: int, seed_value: int = 11) -> Iterator[tuple[dict, dict 
             milestones["lead_at"], stage = first_at, "lead"
             if qualified or rng.random() < 0.3:
                 milestones["mql_at"], stage = sql_at or first_at + timedelta(days=1), "mql"
-        opportunity, credits = None, []
+        opportunity, credits = None, {}
         if qualified:
             milestones["sql_at"], stage = sql_at, "sql"
             opp_stage, amount = "sql", None
@@ -127,13 +128,7 @@ def histories(contacts: int, seed_value: int = 11) -> Iterator[tuple[dict, dict 
                 "updated_at": sql_at,
             }
             mql = touches[len(touches) // 2].event_id
-            for model in MODELS:
-                for position, credit in enumerate(attribute(model, touches, sql_at, mql_event_id=mql)):
-                    t = credit.touch
-                    credits.append({"opportunity_id": opportunity_id, "model": model, "event_id": t.event_id,
-                                    "contact_id": contact_id, "position": position, "motion": t.motion,
-                                    "channel": t.channel, "campaign": t.campaign, "form_id": t.form_id,
-                                    "sequence": t.sequence, "occurred_at": t.occurred_at, "credit": credit.credit})
+            credits = attribute_all(touches, sql_at, mql_event_id=mql)
         contact = {
             "id": contact_id, "email": f"person{c}@company{c % 50_000}.example",
             "email_as_typed": f"person{c}@company{c % 50_000}.example", "stage": stage, "motion": motion,
@@ -236,12 +231,13 @@ async def seed(target: str, contacts: int) -> dict[str, int]:
                 batch[Opportunity].append(opportunity)
                 counts["opportunities"] += 1
                 opportunities.append((opportunity["stage"], opportunity["amount"], False))
-                for row in credits:
-                    key = tuple(source_rollups.key_text(row[k]) for k in source_rollups.TOUCH_KEY)
-                    by_model.setdefault(row["model"], []).append((key, row["credit"]))
+                for model, chain in credits.items():
+                    by_model[model] = [(tuple(source_rollups.key_text(getattr(c.touch, k))
+                                              for k in source_rollups.TOUCH_KEY), c.credit) for c in chain]
                 if contact["first_touch_at"].date() in PARTIAL_DAYS:  # the only credits analytics read
-                    batch[AttributionCredit] += credits
-                    counts["credits"] += len(credits)
+                    touch_rows = credit_rows(contact["id"], opportunity["id"], credits)
+                    batch[AttributionCredit] += touch_rows
+                    counts["credits"] += len(touch_rows)
             total.add(source_rollups.facts_of(contact, opportunities, by_model))
             if len(batch[Contact]) >= CHUNK:
                 await flush()

@@ -442,15 +442,16 @@ class PrivacyProcessedEvent(InboxMixin, StoreBase):
 
 
 class AttributionCredit(StoreBase):
-    """One counting touch's credit for one opportunity under one attribution model
-    (``services/qualification/domain/attribution_models.py``); an opportunity's credits sum
-    to 1 per model. Written by qualification in the transaction of the facts, replaced when
-    a late touch changes the opportunity's counting touches. No personal data."""
+    """One counting touch of an opportunity, with its credit under each attribution model
+    (``services/qualification/domain/attribution_models.py``; ``credit_<model>``, NULL where
+    the model does not credit the touch); an opportunity's credits sum to 1 per model. One
+    row per touch, not per (model, touch): the touch is stored once. Written by
+    qualification in the transaction of the facts, replaced when a late touch changes the
+    opportunity's counting touches. No personal data."""
 
     __tablename__ = "attribution_credits"
 
     opportunity_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    model: Mapped[str] = mapped_column(String(20), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the touch
     contact_id: Mapped[str] = mapped_column(String(36), index=True)
     position: Mapped[int] = mapped_column(Integer)  # in the counting order (occurred_at, event id)
@@ -460,7 +461,12 @@ class AttributionCredit(StoreBase):
     form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     sequence: Mapped[str | None] = mapped_column(String(200), nullable=True)
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    credit: Mapped[float] = mapped_column(Float)
+    credit_first: Mapped[float | None] = mapped_column(Float, nullable=True)
+    credit_last: Mapped[float | None] = mapped_column(Float, nullable=True)
+    credit_linear: Mapped[float | None] = mapped_column(Float, nullable=True)
+    credit_position: Mapped[float | None] = mapped_column(Float, nullable=True)
+    credit_time_decay: Mapped[float | None] = mapped_column(Float, nullable=True)
+    credit_w_shaped: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class _RollupKey:

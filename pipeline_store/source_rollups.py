@@ -49,6 +49,8 @@ from shared.db import add_many, in_chunks
 from shared.times import as_utc
 
 MODELS = ("first", "last", "linear", "position", "time_decay", "w_shaped")
+# each model's column of ``attribution_credits`` (one row per touch; NULL: not credited)
+CREDIT_COLUMNS = {model: f"credit_{model}" for model in MODELS}
 DEFAULT_MODEL = "first"
 METRICS = ("contacts", "leads", "mql", "sql", "opportunities", "won", "qualified_opportunities",
            "pipeline_amount", "pipeline_amounts", "won_amount", "won_amounts", "estimated_pipeline_amount",
@@ -332,21 +334,25 @@ async def write(session: AsyncSession, rollups: Rollups) -> None:
 _C = Contact.__table__
 _O = Opportunity.__table__
 _A = AttributionCredit.__table__
+_CREDITS = tuple(_A.c[column] for column in CREDIT_COLUMNS.values())
 _CONTACT_SELECT = (_C.c.id, *(_C.c[name] for name in CONTACT_COLUMNS))
 
 
 async def credits_of(session: AsyncSession, contact_ids: Sequence[str]
                      ) -> dict[str, dict[str, list[tuple[TouchKey, float]]]]:
-    """Stored credits by contact and model, in touch order."""
+    """Stored credits by contact and model, in touch order (a model's NULLs skipped)."""
     out: dict[str, dict[str, list[tuple[TouchKey, float]]]] = {}
     for chunk in in_chunks(list(contact_ids)):
         rows = await session.execute(
-            select(_A.c.contact_id, _A.c.model, *(_A.c[name] for name in TOUCH_KEY), _A.c.credit)
-            .where(_A.c.contact_id.in_(chunk)).order_by(_A.c.contact_id, _A.c.model, _A.c.position)
+            select(_A.c.contact_id, *(_A.c[name] for name in TOUCH_KEY), *_CREDITS)
+            .where(_A.c.contact_id.in_(chunk)).order_by(_A.c.contact_id, _A.c.position)
         )
-        for contact_id, model, channel, campaign, form_id, sequence, credit in rows:
+        for contact_id, channel, campaign, form_id, sequence, *credits in rows:
             touch = (key_text(channel), key_text(campaign), key_text(form_id), key_text(sequence))
-            out.setdefault(contact_id, {}).setdefault(model, []).append((touch, credit))
+            models = out.setdefault(contact_id, {})
+            for model, credit in zip(MODELS, credits):
+                if credit is not None:
+                    models.setdefault(model, []).append((touch, credit))
     return out
 
 

@@ -622,7 +622,8 @@ async def _window_facts(session: AsyncSession, where: list[ColumnElement], model
     if postgres:  # the subplans' estimates would have it compile these small queries (tens of ms)
         await session.execute(text("SET LOCAL jit = off"))
     has_opportunity = select(O.id).where(O.contact_id == C.id).exists()
-    has_credits = select(A.c.contact_id).where(A.c.contact_id == C.id, A.c.model == model).exists()
+    credit = A.c[source_rollups.CREDIT_COLUMNS[model]]
+    has_credits = select(A.c.contact_id).where(A.c.contact_id == C.id, credit.is_not(None)).exists()
     side = "last" if model == "last" else "first"
     touch = [getattr(C, f"{side}_touch_{name}") for name in source_rollups.TOUCH_KEY]
     milestones = ("lead_at", "mql_at", "opportunity_at", "customer_at")
@@ -657,8 +658,8 @@ async def _window_facts(session: AsyncSession, where: list[ColumnElement], model
         stmt = select(O.contact_id, O.stage, O.amount, O.amount_estimated).where(of(O.contact_id))
         for contact_id, stage, amount, estimated in (await session.execute(stmt)).all():
             opportunities.setdefault(contact_id, []).append((stage, amount, bool(estimated)))
-        stmt = (select(A.c.contact_id, A.c.channel, A.c.campaign, A.c.form_id, A.c.sequence, A.c.credit)
-                .where(of(A.c.contact_id), A.c.model == model).order_by(A.c.contact_id, A.c.position))
+        stmt = (select(A.c.contact_id, A.c.channel, A.c.campaign, A.c.form_id, A.c.sequence, credit)
+                .where(of(A.c.contact_id), credit.is_not(None)).order_by(A.c.contact_id, A.c.position))
         for contact_id, channel, campaign, form_id, sequence, credit in (await session.execute(stmt)).all():
             touch_key = (key_text(channel), key_text(campaign), key_text(form_id), key_text(sequence))
             credits.setdefault(contact_id, {}).setdefault(model, []).append((touch_key, credit))
@@ -697,9 +698,10 @@ def _cohort_window(start: datetime, end: datetime, inclusive: bool, motions: Seq
 
 
 async def attribution_credits(session: AsyncSession, opportunity_id: str) -> list[AttributionCredit]:
-    """An opportunity's stored credits, by model and touch order."""
+    """An opportunity's stored credits, one row per touch (each model's credit in its
+    ``credit_<model>`` column), in touch order."""
     stmt = (select(AttributionCredit).where(AttributionCredit.opportunity_id == opportunity_id)
-            .order_by(AttributionCredit.model, AttributionCredit.position))
+            .order_by(AttributionCredit.position))
     return list((await session.execute(stmt)).scalars())
 
 

@@ -296,10 +296,13 @@ async def opportunity_attribution(session: AsyncSession, opportunity_id: str) ->
     opp = found[0]
     contact = (await repository.contact(session, opp.contact_id))[0]  # type: ignore[index]
     stored: dict[str, list[CreditedTouch]] = {}
-    for c in await repository.attribution_credits(session, opportunity_id):
-        stored.setdefault(c.model, []).append(CreditedTouch(
-            event_id=c.event_id, motion=c.motion, channel=c.channel, campaign=c.campaign, form_id=c.form_id,
-            sequence=c.sequence, occurred_at=c.occurred_at, credit=c.credit))
+    for c in await repository.attribution_credits(session, opportunity_id):  # in touch order
+        for model, column in source_rollups.CREDIT_COLUMNS.items():
+            credit = getattr(c, column)
+            if credit is not None:
+                stored.setdefault(model, []).append(CreditedTouch(
+                    event_id=c.event_id, motion=c.motion, channel=c.channel, campaign=c.campaign,
+                    form_id=c.form_id, sequence=c.sequence, occurred_at=c.occurred_at, credit=credit))
     models = []
     for model in source_rollups.MODELS:
         if model in stored:

@@ -29,13 +29,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store import source_rollups
 from pipeline_store.models import AttributionCredit
-from services.qualification.domain.attribution_models import Credit
+from services.qualification.domain.attribution_models import Credit, order_key
 from services.qualification.records import ContactRecord
 from shared.db import before_inserts, in_chunks, insert_many, staging_of
 from shared.times import as_utc
 
 _HOOK = "qualification.credits"
 _CREDITS = AttributionCredit.__table__
+_NO_CREDITS = dict.fromkeys(source_rollups.CREDIT_COLUMNS.values())
 _COLUMNS = source_rollups.CONTACT_COLUMNS
 _TIMES = frozenset(name for name in _COLUMNS if name.endswith("_at"))
 # the rollup columns of a record as loaded (``ContactRecord.loaded``) and as it is now
@@ -88,14 +89,30 @@ def note_credits(session: AsyncSession, contact: ContactRecord, opportunity_id: 
 
 
 def credit_rows(contact_id: str, opportunity_id: str, credits: Credits) -> list[dict[str, Any]]:
-    """The ``attribution_credits`` rows of one opportunity."""
-    return [
-        {"opportunity_id": opportunity_id, "model": model, "event_id": c.touch.event_id, "contact_id": contact_id,
-         "position": position, "motion": c.touch.motion, "channel": c.touch.channel, "campaign": c.touch.campaign,
-         "form_id": c.touch.form_id, "sequence": c.touch.sequence, "occurred_at": c.touch.occurred_at,
-         "credit": c.credit}
-        for model, chain in credits.items() for position, c in enumerate(chain)
-    ]
+    """The ``attribution_credits`` rows of one opportunity: one per touch some model credits
+    (every model's chain holds the same counting touches), each model's credit in its
+    column (``None`` where the model does not credit the touch), in the counting order."""
+    rows: dict[Any, dict[str, Any]] = {}
+    touches = []
+    for model, chain in credits.items():
+        column = source_rollups.CREDIT_COLUMNS[model]
+        for c in chain:
+            row = rows.get(c.touch.event_id)
+            if row is None:
+                t = c.touch
+                touches.append(t)
+                row = rows[t.event_id] = {
+                    "opportunity_id": opportunity_id, "event_id": t.event_id, "contact_id": contact_id,
+                    "position": 0, "motion": t.motion, "channel": t.channel, "campaign": t.campaign,
+                    "form_id": t.form_id, "sequence": t.sequence, "occurred_at": t.occurred_at, **_NO_CREDITS}
+            row[column] = c.credit
+    touches.sort(key=order_key)  # already in order when the first chain holds every touch
+    out = []
+    for position, t in enumerate(touches):
+        row = rows[t.event_id]
+        row["position"] = position
+        out.append(row)
+    return out
 
 
 def _rollup_credits(credits: Credits) -> dict[str, list[tuple[source_rollups.TouchKey, float]]]:

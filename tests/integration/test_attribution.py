@@ -54,7 +54,10 @@ async def _credits(stack) -> dict[str, dict[str, float]]:  # noqa: ANN001
         rows = (await session.execute(select(AttributionCredit))).scalars().all()
     out: dict[str, dict[str, float]] = {}
     for row in rows:
-        out.setdefault(row.model, {})[row.channel] = out.get(row.model, {}).get(row.channel, 0.0) + row.credit
+        for model in MODELS:
+            credit = getattr(row, f"credit_{model}")
+            if credit is not None:
+                out.setdefault(model, {})[row.channel] = out.get(model, {}).get(row.channel, 0.0) + credit
     return out
 
 

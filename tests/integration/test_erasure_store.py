@@ -86,7 +86,8 @@ async def _rollups(db) -> dict:  # noqa: ANN001
 
 async def _credits(db, opportunity_id: str) -> list[tuple]:  # noqa: ANN001
     async with db.reader() as session:
-        return [(c.model, c.event_id, c.position, c.motion, c.channel, c.campaign, c.credit)
+        return [(c.event_id, c.position, c.motion, c.channel, c.campaign,
+                 *(getattr(c, column) for column in source_rollups.CREDIT_COLUMNS.values()))
                 for c in await pipeline_repository.attribution_credits(session, opportunity_id)]
 
 

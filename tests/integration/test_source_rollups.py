@@ -159,8 +159,11 @@ async def raw_rows(db, model: str):  # noqa: ANN001, ANN201
     async with db.reader() as session:
         contacts = (await session.execute(select(store.Contact))).scalars().all()
         opportunities = (await session.execute(select(store.Opportunity))).scalars().all()
-        credits = (await session.execute(select(store.AttributionCredit)
-                                         .where(store.AttributionCredit.model == model))).scalars().all()
+        A = store.AttributionCredit  # noqa: N806
+        credit = getattr(A, source_rollups.CREDIT_COLUMNS[model])
+        credits = (await session.execute(select(A.contact_id, A.channel, A.campaign, A.form_id, A.sequence,
+                                                credit.label("credit")).where(credit.is_not(None))
+                                         .order_by(A.contact_id, A.position))).all()
     return contacts, opportunities, credits
 
 
@@ -276,7 +279,9 @@ async def test_rollup_answers_equal_the_raw_rows_on_random_histories(pipeline_st
         credits = (await session.execute(select(store.AttributionCredit))).scalars().all()
     per = defaultdict(float)
     for c in credits:
-        per[(c.opportunity_id, c.model)] += c.credit
+        for model, column in source_rollups.CREDIT_COLUMNS.items():
+            if getattr(c, column) is not None:
+                per[(c.opportunity_id, model)] += getattr(c, column)
     assert all(math.isclose(v, 1.0) for v in per.values()), per  # every opportunity, every model
     assert {m for _, m in per} in (set(), set(source_rollups.MODELS))
 
@@ -368,3 +373,86 @@ async def test_the_hour_and_year_migration_fills_the_rollups_from_the_raw_rows(d
     assert set(rebuilt) == set(kept)
     for key, values in kept.items():
         assert all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(values, rebuilt[key])), key
+
+
+async def test_the_credits_migration_makes_one_row_per_touch_and_goes_back(database_factory):
+    """0014 makes the credits one row per (opportunity, touch), each model's credit in its
+    column: NULL where the model had no row for the touch, positions in the counting order;
+    its downgrade makes a row per model and credited touch again, each numbered in order."""
+    import asyncio
+    import random
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from leadstream.registry import DATABASES, aupgrade
+    from shared.db import Database
+    from shared.migrate import alembic_config
+
+    url = await database_factory("pipeline")
+    people = [([(("touch", "replied", "cold_email", "s1"), 10), (("touch", "clicked", "social", "s2"), 20),
+                (("lead", "demo_request", 1, True), 30)], ("accept", 1000)),
+              ([(("lead", "demo_request", 2, True), 45)], ("none", None)),
+              ([(("lead", "webinar", 2, False), 50)], ("none", None))]
+    A = store.AttributionCredit.__table__  # noqa: N806
+    models = source_rollups.CREDIT_COLUMNS
+
+    async def stored(database_url: str) -> list[dict]:
+        db = Database(database_url, pool_size=1)
+        try:
+            async with db.reader() as session:
+                query = select(A).order_by(A.c.opportunity_id, A.c.position)
+                return [dict(r) for r in (await session.execute(query)).mappings().all()]
+        finally:
+            await db.dispose()
+
+    async def old_rows() -> dict[tuple, tuple]:
+        db = Database(url, pool_size=1)
+        try:
+            async with db.reader() as session:
+                rows = (await session.execute(text(
+                    "SELECT opportunity_id, model, event_id, position, contact_id, channel, credit "
+                    "FROM attribution_credits"))).all()
+        finally:
+            await db.dispose()
+        return {(r[0], r[1], r[2]): (r[3], r[4], r[5], r[6]) for r in rows}
+
+    def unpivoted(rows: list[dict]) -> dict[tuple, tuple]:
+        return {(r["opportunity_id"], model, r["event_id"]): (r["position"], r["contact_id"], r["channel"],
+                                                             r[column])
+                for r in rows for model, column in models.items()}
+
+    db = Database(url, pool_size=1)
+    try:
+        await _apply(db, people, random.Random(1), 2)
+    finally:
+        await db.dispose()
+    kept = await stored(url)
+    assert len({r["opportunity_id"] for r in kept}) == 2 and len(kept) >= 4, kept
+    assert all(r[column] is not None for r in kept for column in models.values())
+    config = alembic_config(DATABASES["pipeline"].migrations, url)
+
+    await asyncio.to_thread(command.downgrade, config, "0013")
+    assert await old_rows() == unpivoted(kept)
+    await aupgrade("pipeline", url)
+    assert await stored(url) == kept
+
+    # a model without a row for a touch (first: only the touch it credits) leaves it NULL, and
+    # downgrading numbers each model's touches again
+    await asyncio.to_thread(command.downgrade, config, "0013")
+    db = Database(url, pool_size=1)
+    try:
+        async with db.unit_of_work() as session:
+            await session.execute(text("DELETE FROM attribution_credits WHERE model = 'first' AND credit = 0"))
+    finally:
+        await db.dispose()
+    await aupgrade("pipeline", url)
+    pivoted = await stored(url)
+    assert pivoted == [{**r, "credit_first": r["credit_first"] or None} for r in kept]
+    await asyncio.to_thread(command.downgrade, config, "0013")
+    old = await old_rows()
+    assert {(k[0], k[2]): v[0] for k, v in old.items() if k[1] == "first"} == {
+        (r["opportunity_id"], r["event_id"]): 0 for r in kept if r["credit_first"]}
+    assert {k: v for k, v in old.items() if k[1] != "first"} == {
+        k: v for k, v in unpivoted(kept).items() if k[1] != "first"}
+    await aupgrade("pipeline", url)

@@ -4,10 +4,12 @@ Every difference is kept in its hour's, day's, month's and year's rows, so a sou
 reads whole years from year rows and a date-time bound's partial day from hour rows (the
 raw rows only for its partial hours). The rollups are derived data: the tables are made
 again with the ``hour`` column in their key and filled from the raw rows (contacts,
-opportunities, credits) by ``pipeline_store.source_rollups.rebuild``, as ``leadstream
-rescore`` does (minutes for millions of contacts; nothing to do in an empty store). It calls
-the code's ``rebuild`` of the day it runs: a later migration that changes these tables or the
-raw rows ``rebuild`` reads must give this one a copy of the rebuild it needs.
+opportunities, credits) as ``pipeline_store.source_rollups.rebuild`` does, as ``leadstream
+rescore`` does (minutes for millions of contacts; nothing to do in an empty store). It uses
+the code's rollup arithmetic (``Rollups``, ``facts_of``, ``write``) and its readers of
+contacts and opportunities of the day it runs, but reads the credits as they stand here
+(one row per model and touch; 0014 makes them one row per touch): a later migration that
+changes these tables or the raw rows read must give this one a copy of what it needs.
 
 Downgrading keeps the day and month rows.
 
@@ -94,15 +96,62 @@ def _run(coroutine: Coroutine) -> Any:
     raise RuntimeError("the rollups rebuild waited on something other than the migration's connection")
 
 
+# the credits as this revision stores them: one row per model and touch
+_CREDITS = sa.table('attribution_credits', sa.column('contact_id', sa.String()), sa.column('model', sa.String()),
+                    sa.column('position', sa.Integer()), sa.column('channel', sa.String()),
+                    sa.column('campaign', sa.String()), sa.column('form_id', sa.String()),
+                    sa.column('sequence', sa.String()), sa.column('credit', sa.Float()))
+
+
+async def _credits_of(session: _Session, contact_ids: list[str]) -> dict[str, dict[str, list]]:
+    """``source_rollups.credits_of`` over this revision's credits: by contact and model, in touch order."""
+    from pipeline_store.source_rollups import key_text
+    from shared.db import in_chunks
+
+    out: dict[str, dict[str, list]] = {}
+    for chunk in in_chunks(contact_ids):
+        rows = await session.execute(
+            sa.select(_CREDITS.c.contact_id, _CREDITS.c.model, _CREDITS.c.channel, _CREDITS.c.campaign,
+                      _CREDITS.c.form_id, _CREDITS.c.sequence, _CREDITS.c.credit)
+            .where(_CREDITS.c.contact_id.in_(chunk))
+            .order_by(_CREDITS.c.contact_id, _CREDITS.c.model, _CREDITS.c.position))
+        for contact_id, model, channel, campaign, form_id, sequence, credit in rows:
+            touch = (key_text(channel), key_text(campaign), key_text(form_id), key_text(sequence))
+            out.setdefault(contact_id, {}).setdefault(model, []).append((touch, credit))
+    return out
+
+
+async def _rebuild(session: _Session, page: int = 2000) -> None:
+    """``source_rollups.rebuild`` into the empty rollups, reading this revision's credits."""
+    from pipeline_store.models import Contact
+    from pipeline_store.source_rollups import CONTACT_COLUMNS, Rollups, facts_of, opportunities_of, write
+
+    contacts = Contact.__table__
+    total, after = Rollups(), None
+    while True:
+        query = (sa.select(contacts.c.id, *(contacts.c[name] for name in CONTACT_COLUMNS))
+                 .order_by(contacts.c.id).limit(page))
+        if after is not None:
+            query = query.where(contacts.c.id > after)
+        rows = (await session.execute(query)).all()
+        if not rows:
+            break
+        after = rows[-1][0]
+        ids = [row[0] for row in rows]
+        opportunities = await opportunities_of(session, ids)  # type: ignore[arg-type]
+        credits = await _credits_of(session, ids)
+        for row in rows:
+            total.add(facts_of(row._mapping, opportunities.get(row[0], ()), credits.get(row[0])))
+    await write(session, total)  # type: ignore[arg-type]
+
+
 def upgrade() -> None:
     op.drop_table('qualify_days_rollups')
     op.drop_table('source_rollups')
     _create('', hour=True)
     bind = op.get_bind()
     if bind.execute(sa.text('SELECT 1 FROM contacts LIMIT 1')).first() is not None:
-        from pipeline_store.source_rollups import rebuild
-
-        _run(rebuild(_Session(bind)))  # type: ignore[arg-type]
+        _run(_rebuild(_Session(bind)))
 
 
 def downgrade() -> None:
