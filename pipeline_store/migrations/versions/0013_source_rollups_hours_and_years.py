@@ -18,6 +18,7 @@ Revises: 0012
 Create Date: 2026-12-03 06:00:00
 """
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from alembic import op
@@ -72,13 +73,13 @@ class _Connection:
         return self._connection.exec_driver_sql(*args, **kwargs)
 
 
+@dataclass(eq=False)
 class _Session:
     """What ``rebuild`` asks of an ``AsyncSession``, over the migration's connection: each
     call answers at once, so the coroutine runs to its end without an event loop."""
 
-    def __init__(self, connection: sa.Connection) -> None:
-        self._connection = connection
-        self.info: dict = {}  # the unit of work's staging (shared.db.staging_of)
+    _connection: sa.Connection
+    info: dict = field(default_factory=dict)  # for the unit of work's staging (shared.db.staging_of)
 
     async def connection(self) -> _Connection:
         return _Connection(self._connection)
