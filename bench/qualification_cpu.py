@@ -2,6 +2,9 @@
 ``qualification`` section (``bench.qualification.make_events``) in batches, on a fresh store,
 no broker and no relay. On a shared machine the CPU seconds of the applies (``process_time``,
 every thread of the process: SQLite's work included) vary far less than a rate over wall time.
+The garbage collector is tuned as in a served worker (``LEADSTREAM_GC_FREEZE``, default on:
+``shared.observability.tune_gc`` once the store is ready); ``BENCH_GC_FREEZE=false`` keeps
+Python's defaults, under which full collections were a fifth of the CPU.
 
     .venv/bin/python -m bench.qualification_cpu [events=20000] [batch=1000] [sqlite|postgres]
 """
@@ -29,6 +32,7 @@ from services.qualification.settings import QualificationSettings
 from shared.consumer import InboxConsumer
 from shared.db.unit_of_work import Database
 from shared.events import LEADS_CAPTURED, OUTREACH_TOUCHES
+from shared.observability import tune_gc
 from shared.privacy import privacy_key
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
@@ -81,6 +85,8 @@ def main(argv: list[str]) -> None:
     else:
         url = f"sqlite+aiosqlite:///{tmp}/pipeline.db"
     registry.upgrade("pipeline", url)
+    if os.environ.get("BENCH_GC_FREEZE", "true").lower() not in ("0", "false", "no"):
+        tune_gc()
     cpu, wall = asyncio.run(applied(url, settings, make_events(events), batch))
     print(f"events={events} batch={batch} backend={backend} cpu={cpu:.2f}s wall={wall:.2f}s "
           f"cpu_rate={events / cpu:.0f}/s wall_rate={events / wall:.0f}/s")
