@@ -163,6 +163,38 @@ def plan(seed: int, contacts: int, now: datetime, days: int = 90, *, balanced: b
     return out
 
 
+async def send(client: httpx.AsyncClient, url: str, body: dict, headers: dict | None = None,
+               via: httpx.AsyncClient | None = None) -> httpx.Response:
+    """POST ``body``, through ``via`` if given (a visitor's own address), retried while rate
+    limited (429: after its Retry-After) or while the connection breaks with the request sent
+    (a kept-alive connection the server closed meanwhile, on a loaded machine). Every request
+    the demo sends may be repeated: leads and transitions carry an Idempotency-Key, touches an
+    external_id, and a prospect sent twice merges into the same contact. An error answer
+    other than 409 raises."""
+    r, broken = None, None
+    for _ in range(RETRIES):
+        try:
+            r = await (via or client).post(url, json=body, headers=headers)
+        except httpx.ConnectError:
+            if via is None:
+                raise
+            via = None  # this system has no such loopback address: one address, paced by 429s
+            continue
+        except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError) as error:
+            r, broken = None, error
+            await asyncio.sleep(0.2)
+            continue
+        if r.status_code != 429:
+            break
+        # a rate limit is a pause, not a failure; retries carry the same idempotency key
+        await asyncio.sleep(min(float(r.headers.get("Retry-After") or 1), 30.0))
+    if r is None:
+        raise broken or RuntimeError(f"{url}: no answer")
+    if r.status_code >= 400 and r.status_code != 409:
+        raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:300]}")
+    return r
+
+
 async def seed(
     *,
     capture_url: str,
@@ -179,7 +211,8 @@ async def seed(
     rng = random.Random(seed_value + 1)
     demo = plan(seed_value, contacts, datetime.now(timezone.utc), balanced=balanced)
     auth = {"Authorization": f"Bearer {api_key}"}
-    limits = httpx.Limits(max_connections=16)
+    # idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them
+    limits = httpx.Limits(max_connections=16, keepalive_expiry=2.0)
     sent = {"leads": 0, "prospects": 0, "touches": 0, "accepted": 0, "won": 0, "lost": 0}
     tick = progress or (lambda _: None)
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
@@ -188,20 +221,7 @@ async def seed(
         async def post(url: str, body: dict, headers: dict | None = None, via: httpx.AsyncClient | None = None
                        ) -> httpx.Response:
             async with sem:
-                for _ in range(RETRIES):
-                    try:
-                        r = await (via or client).post(url, json=body, headers=headers)
-                    except httpx.ConnectError:
-                        if via is None:
-                            raise
-                        via = None  # this system has no such loopback address: one address, paced by 429s
-                        continue
-                    if r.status_code != 429:
-                        break
-                    # a rate limit is a pause, not a failure; retries carry the same idempotency key
-                    await asyncio.sleep(min(float(r.headers.get("Retry-After") or 1), 30.0))
-                if r.status_code >= 400 and r.status_code != 409:
-                    raise RuntimeError(f"{url} answered {r.status_code}: {r.text[:300]}")
+                r = await send(client, url, body, headers, via)
                 tick(1)
                 return r
 
@@ -266,7 +286,8 @@ def _visitor_clients(capture_url: str, count: int = 64) -> list[httpx.AsyncClien
     """Clients bound to loopback addresses of their own when capture listens on loopback."""
     if httpx.URL(capture_url).host not in ("127.0.0.1", "localhost"):
         return []
-    return [httpx.AsyncClient(timeout=30, transport=httpx.AsyncHTTPTransport(local_address=f"127.0.0.{2 + i}"))
+    return [httpx.AsyncClient(timeout=30, transport=httpx.AsyncHTTPTransport(
+                local_address=f"127.0.0.{2 + i}", limits=httpx.Limits(keepalive_expiry=2.0)))
             for i in range(count)]
 
 
