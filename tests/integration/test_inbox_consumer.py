@@ -11,7 +11,8 @@ import uuid
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event as sa_event
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
 from pipeline_store.models import Account, ProcessedEvent
@@ -156,14 +157,51 @@ async def test_a_database_outage_is_retried_never_dead_lettered(harness, backend
     await c.wait_assigned()
     await harness.produce([message(lead("warmup@acme.example"))])
     await eventually(lambda: _eq(harness.accounts, 1))
+    retries = c.retries
     async with outage(harness.db, backend):
         await harness.produce([message(lead(f"during{i}@acme.example")) for i in range(5)])
-        await eventually(lambda: _true(c.retries > 0), timeout=15)
+        await eventually(lambda: _true(c.retries > retries), timeout=15)  # one during the outage
         assert await _count_when_up(harness) == 1
     await eventually(lambda: _eq(harness.accounts, 6), timeout=20)
     assert c.dead_lettered == 0
     dead = await read_raw(harness.broker.bootstrap, dlq_topic(LEADS_CAPTURED), expect=1, timeout=1.0, settle=0)
     assert dead == []
+
+
+async def test_an_outage_waits_for_the_writes_in_flight_and_ends_with_the_busy_timeout_given_back(
+        database_factory, backend):
+    """The SQLite outage itself: it begins while a writer transaction of the service is open (a
+    lease renewal) without freezing the event loop that transaction needs to end, and after it
+    a write meeting another that holds the lock waits for it, as before (not the outage's 100 ms)."""
+    if backend != "sqlite":
+        pytest.skip("the SQLite outage's own mechanics")
+    db = Database(await database_factory("pipeline"))
+
+    async def holding_the_lock(seconds: float) -> None:
+        async with db.engine.begin():  # BEGIN IMMEDIATE; its end is sent from the event loop
+            await asyncio.sleep(seconds)
+
+    async def meeting(write) -> None:  # noqa: ANN001
+        holder = asyncio.create_task(holding_the_lock(0.3))
+        await asyncio.sleep(0.05)
+        await write()
+        await holder
+
+    async def unit_of_work() -> None:
+        async with db.unit_of_work() as session:
+            await session.execute(update(Account).where(Account.domain == "nobody").values(company="x"))
+
+    try:
+        await meeting(lambda: _outage_entered_and_left(db, backend))
+        await meeting(unit_of_work)
+        await meeting(lambda: db.writes.batch_writer.write([]))
+    finally:
+        await db.dispose()
+
+
+async def _outage_entered_and_left(db: Database, backend: str) -> None:
+    async with outage(db, backend):
+        pass
 
 
 async def test_two_members_one_leaving_mid_stream_lose_and_duplicate_nothing(harness):
@@ -192,36 +230,76 @@ async def test_two_members_one_leaving_mid_stream_lose_and_duplicate_nothing(har
 
 class outage:  # noqa: N801
     """The database is unavailable while inside: SQLite locked by another writer, PostgreSQL
-    refusing connections and its open ones terminated."""
+    refusing connections and its open ones terminated.
+
+    On SQLite the service's busy timeout is shortened while inside (it would wait 30 s on the
+    lock before failing) and given back on leaving: a leftover 100 ms made the writes after the
+    outage fail whenever two of them met (a relay's deferred marks then dropped, their rows
+    published twice). The lock is taken off the event loop: taken on it, it froze the loop
+    while a writer transaction of the service was open (a lease renewal), whose next statement
+    the loop had to send, until it failed after 5 s ("database is locked")."""
+
+    SHORT_BUSY_MS = 100
 
     def __init__(self, db: Database, backend: str) -> None:
         self.db, self.backend = db, backend
         self._lock: sqlite3.Connection | None = None
+        self._batch_writer = getattr(db.writes, "batch_writer", None)  # its own connection
+        self._busy_ms: int | None = None
+
+    def _short_busy(self, dbapi_conn, _record) -> None:  # noqa: ANN001
+        dbapi_conn.cursor().execute(f"PRAGMA busy_timeout={self.SHORT_BUSY_MS}")
+
+    async def _busy_timeout(self, short: bool) -> None:
+        """New connections of the writer engine and the batch writer with the short busy timeout
+        (or the engine's own again); the open ones are closed (those in use, when returned)."""
+        engine = self.db.engine.sync_engine
+        if short:
+            sa_event.listen(engine, "connect", self._short_busy)
+        else:
+            sa_event.remove(engine, "connect", self._short_busy)
+        await self.db.engine.dispose()
+        if self._batch_writer is not None:
+            if short:
+                self._busy_ms = self._batch_writer.busy_timeout_ms
+            self._batch_writer.busy_timeout_ms = self.SHORT_BUSY_MS if short else self._busy_ms
+            await self._batch_writer.disconnect()
+
+    @staticmethod
+    def _take_lock(path: str) -> sqlite3.Connection:
+        lock = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+        except BaseException:
+            lock.close()
+            raise
+        return lock
+
+    @staticmethod
+    def _release_lock(lock: sqlite3.Connection) -> None:
+        lock.execute("ROLLBACK")
+        lock.close()
 
     async def __aenter__(self):  # noqa: ANN204
         if self.backend == "sqlite":
-            # the service waits up to its busy timeout before failing; shorten it for the test
-            from sqlalchemy import event
-
-            @event.listens_for(self.db.engine.sync_engine, "connect")
-            def _short_busy(dbapi_conn, _):  # noqa: ANN001
-                dbapi_conn.cursor().execute("PRAGMA busy_timeout=100")
-
-            await self.db.engine.dispose()
-            batch_writer = getattr(self.db.writes, "batch_writer", None)
-            if batch_writer is not None:  # its own connection (group commits, deferred marks)
-                batch_writer.busy_timeout_ms = 100
-                await batch_writer.disconnect()
-            self._lock = sqlite3.connect(make_url(self.db.url).database, timeout=5, isolation_level=None)
-            self._lock.execute("BEGIN EXCLUSIVE")
+            await self._busy_timeout(short=True)
+            try:
+                self._lock = await asyncio.to_thread(self._take_lock, make_url(self.db.url).database)
+            except BaseException:
+                await self._busy_timeout(short=False)
+                raise
         else:
             await _pg_admin(self.db.url, allow=False)
         return self
 
     async def __aexit__(self, *exc) -> None:  # noqa: ANN002
         if self._lock is not None:
-            self._lock.execute("ROLLBACK")
-            self._lock.close()
+            # the busy timeout first: no write that starts after the outage meets the short one
+            try:
+                await self._busy_timeout(short=False)
+            finally:
+                await asyncio.to_thread(self._release_lock, self._lock)
+                self._lock = None
         else:
             await _pg_admin(self.db.url, allow=True)
 
