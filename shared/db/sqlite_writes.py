@@ -185,9 +185,12 @@ class SqliteBatchWriter:
             self._connection = None
 
     async def disconnect(self) -> None:
-        """Close the connection (the next write opens another, e.g. with a new busy timeout)."""
-        if self._connection is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        """Close the connection (the next write opens another, e.g. with a new busy timeout).
+
+        Always in the writer's thread, after the writes handed to it before: checked here, the
+        connection a write in flight was still opening (with the old busy timeout) looked absent
+        and stayed open for the writes after."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
 
     async def close(self) -> None:
         await self.disconnect()

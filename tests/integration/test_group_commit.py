@@ -183,6 +183,40 @@ async def test_the_batch_writer_writes_a_transaction_whole_or_not_at_all(tmp_pat
         await db.dispose()
 
 
+async def test_a_disconnect_closes_the_connection_a_write_in_flight_was_opening(tmp_path, monkeypatch):
+    """``disconnect`` then a new busy timeout (the outage tests shorten it): the connection a
+    write in flight was still opening, with the old timeout, is closed after that write, and
+    the next write opens one with the new timeout."""
+    import threading
+
+    from shared.db import sqlite_writes
+
+    opening, go_on = threading.Event(), threading.Event()
+    pragmas = sqlite_writes.sqlite_pragmas
+
+    def slow_pragmas(connection, busy_timeout_ms: int) -> None:  # noqa: ANN001
+        opening.set()
+        go_on.wait(5)
+        pragmas(connection, busy_timeout_ms)
+
+    monkeypatch.setattr(sqlite_writes, "sqlite_pragmas", slow_pragmas)
+    writer = SqliteBatchWriter(str(tmp_path / "w.db"))
+    try:
+        in_flight = asyncio.ensure_future(writer.write([]))
+        assert await asyncio.to_thread(opening.wait, 5)
+        writer.busy_timeout_ms = 100
+        disconnecting = asyncio.ensure_future(writer.disconnect())
+        await asyncio.sleep(0.05)
+        go_on.set()
+        await asyncio.gather(in_flight, disconnecting)
+        await writer.write([])
+        connection = writer._connection  # noqa: SLF001
+        assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 100
+    finally:
+        go_on.set()
+        await writer.close()
+
+
 def test_an_in_memory_sqlite_database_has_no_batch_writer():
     """A second connection to ``:memory:`` would be another, empty database."""
     assert isinstance(Database("sqlite+aiosqlite:///:memory:").writes, DirectWrites)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+import weakref
 
 import orjson
 import pytest
@@ -232,12 +233,14 @@ class outage:  # noqa: N801
     """The database is unavailable while inside: SQLite locked by another writer, PostgreSQL
     refusing connections and its open ones terminated.
 
-    On SQLite the service's busy timeout is shortened while inside (it would wait 30 s on the
-    lock before failing) and given back on leaving: a leftover 100 ms made the writes after the
-    outage fail whenever two of them met (a relay's deferred marks then dropped, their rows
-    published twice). The lock is taken off the event loop: taken on it, it froze the loop
-    while a writer transaction of the service was open (a lease renewal), whose next statement
-    the loop had to send, until it failed after 5 s ("database is locked")."""
+    On SQLite the service's writes wait 30 s on a lock before failing: while inside, each
+    connection the writer engine hands out and the batch writer's next one wait 100 ms; after,
+    their own timeout again (a leftover 100 ms made writes that met after the outage fail: a
+    relay's deferred marks dropped, their rows published twice). The lock is taken off the event
+    loop, once the batch writer's writes in flight are done (one still opening its connection
+    with 30 s waited that long on the lock, holding the write lock the consumer queued behind);
+    taken on the loop, it froze the loop while a writer transaction of the service was open (a
+    lease renewal), whose next statement the loop had to send, until it failed after 5 s."""
 
     SHORT_BUSY_MS = 100
 
@@ -247,23 +250,38 @@ class outage:  # noqa: N801
         self._batch_writer = getattr(db.writes, "batch_writer", None)  # its own connection
         self._busy_ms: int | None = None
 
-    def _short_busy(self, dbapi_conn, _record) -> None:  # noqa: ANN001
-        dbapi_conn.cursor().execute(f"PRAGMA busy_timeout={self.SHORT_BUSY_MS}")
-
-    async def _busy_timeout(self, short: bool) -> None:
-        """New connections of the writer engine and the batch writer with the short busy timeout
-        (or the engine's own again); the open ones are closed (those in use, when returned)."""
-        engine = self.db.engine.sync_engine
-        if short:
-            sa_event.listen(engine, "connect", self._short_busy)
+    async def __aenter__(self):  # noqa: ANN204
+        if self.backend == "sqlite":
+            await self._short_busy_timeout(True)
+            try:
+                self._lock = await asyncio.to_thread(self._take_lock, make_url(self.db.url).database)
+            except BaseException:
+                await self._short_busy_timeout(False)
+                raise
         else:
-            sa_event.remove(engine, "connect", self._short_busy)
-        await self.db.engine.dispose()
+            await _pg_admin(self.db.url, allow=False)
+        return self
+
+    async def __aexit__(self, *exc) -> None:  # noqa: ANN002
+        if self._lock is not None:
+            # the busy timeout first: no write that starts after the outage meets the short one
+            try:
+                await self._short_busy_timeout(False)
+            finally:
+                await asyncio.to_thread(self._release_lock, self._lock)
+                self._lock = None
+        else:
+            await _pg_admin(self.db.url, allow=True)
+
+    async def _short_busy_timeout(self, short: bool) -> None:
+        engine = self.db.engine.sync_engine
+        listener = _BusyTimeoutOnCheckout.of(engine)
+        listener.short_ms = self.SHORT_BUSY_MS if short else None
         if self._batch_writer is not None:
             if short:
                 self._busy_ms = self._batch_writer.busy_timeout_ms
             self._batch_writer.busy_timeout_ms = self.SHORT_BUSY_MS if short else self._busy_ms
-            await self._batch_writer.disconnect()
+            await self._batch_writer.disconnect()  # after its writes in flight
 
     @staticmethod
     def _take_lock(path: str) -> sqlite3.Connection:
@@ -280,28 +298,39 @@ class outage:  # noqa: N801
         lock.execute("ROLLBACK")
         lock.close()
 
-    async def __aenter__(self):  # noqa: ANN204
-        if self.backend == "sqlite":
-            await self._busy_timeout(short=True)
-            try:
-                self._lock = await asyncio.to_thread(self._take_lock, make_url(self.db.url).database)
-            except BaseException:
-                await self._busy_timeout(short=False)
-                raise
-        else:
-            await _pg_admin(self.db.url, allow=False)
-        return self
 
-    async def __aexit__(self, *exc) -> None:  # noqa: ANN002
-        if self._lock is not None:
-            # the busy timeout first: no write that starts after the outage meets the short one
-            try:
-                await self._busy_timeout(short=False)
-            finally:
-                await asyncio.to_thread(self._release_lock, self._lock)
-                self._lock = None
-        else:
-            await _pg_admin(self.db.url, allow=True)
+_CHECKOUT_LISTENERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> its listener
+
+
+class _BusyTimeoutOnCheckout:
+    """Sets the busy timeout of each connection an engine hands out: ``short_ms``, or (``None``)
+    the one the connection had before it was shortened. Stays on the engine once added (a
+    connection shortened and idle in the pool gets its own back when it is next handed out)."""
+
+    def __init__(self) -> None:
+        self.short_ms: int | None = None
+
+    @classmethod
+    def of(cls, engine) -> _BusyTimeoutOnCheckout:  # noqa: ANN001
+        listener = _CHECKOUT_LISTENERS.get(engine)
+        if listener is None:
+            listener = _CHECKOUT_LISTENERS[engine] = cls()
+            sa_event.listen(engine, "checkout", listener.checkout)
+        return listener
+
+    def checkout(self, dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
+        if record.info.get("outage_busy_ms") == self.short_ms:
+            return
+        cursor = dbapi_conn.cursor()
+        try:
+            if self.short_ms is not None and "own_busy_ms" not in record.info:
+                cursor.execute("PRAGMA busy_timeout")
+                record.info["own_busy_ms"] = cursor.fetchone()[0]
+            ms = self.short_ms if self.short_ms is not None else record.info["own_busy_ms"]
+            cursor.execute(f"PRAGMA busy_timeout={int(ms)}")
+        finally:
+            cursor.close()
+        record.info["outage_busy_ms"] = self.short_ms
 
 
 async def _pg_admin(url: str, *, allow: bool) -> None:
