@@ -74,8 +74,21 @@ def sqlite_engine(url: str, *, immediate: bool) -> AsyncEngine:
     return engine
 
 
+def broken_connection(context) -> None:  # noqa: ANN001
+    """``handle_error``: asyncpg answers a connection that broke in the middle of an operation
+    (terminated by the server, say) with ``InternalClientError`` ("cannot switch to state …;
+    another operation is in progress"). SQLAlchemy does not take it for a disconnect, so the
+    pool would hand that connection out again and the error would read as permanent (a
+    consumer would dead-letter the message). Marked a disconnect, the connection is discarded
+    and the error is transient (``connection_invalidated``): the work is retried."""
+    if type(context.original_exception).__name__ == "InternalClientError":
+        context.is_disconnect = True
+
+
 def server_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
     """A PostgreSQL (or other server) engine with a pool of ``pool_size`` (and as many overflow)."""
-    return sa_asyncio.create_async_engine(
+    engine = sa_asyncio.create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo, **JSON_CODEC
     )
+    event.listen(engine.sync_engine, "handle_error", broken_connection)
+    return engine

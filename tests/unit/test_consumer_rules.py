@@ -3,6 +3,8 @@ and which stage moves a re-score may make."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
 from pydantic import BaseModel, ValidationError
@@ -11,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from services.qualification.domain.evaluation import forward_steps
 from services.qualification.domain.ids import derived_id
 from shared.consumer import PermanentError, is_permanent, is_transient
+from shared.db.engine import broken_connection
 from shared.events import InvalidEvent
 
 
@@ -40,6 +43,7 @@ def _validation_error() -> ValidationError:
         (sa_exc.DBAPIError("x", {}, _Orig("40P01")), True, False),  # deadlock
         (sa_exc.DBAPIError("x", {}, _Orig("40001")), True, False),  # serialization failure
         (sa_exc.DBAPIError("x", {}, _Orig("08006")), True, False),  # connection failure
+        (sa_exc.InternalError("x", {}, _Orig(), connection_invalidated=True), True, False),  # asyncpg, broken
         (sa_exc.IntegrityError("x", {}, _Orig("23505")), False, False),  # retried a few times, then DLQ
         (sa_exc.DataError("x", {}, _Orig("22001")), False, False),
         (ConnectionRefusedError(), True, False),
@@ -55,6 +59,20 @@ def _validation_error() -> ValidationError:
 def test_failure_kinds(error, transient, permanent):
     assert is_transient(error) is transient
     assert is_permanent(error) is permanent
+
+
+def test_a_connection_asyncpg_finds_broken_mid_operation_is_a_disconnect():
+    class InternalClientError(Exception):  # asyncpg's, as SQLAlchemy's adapter names it
+        pass
+
+    broken = types.SimpleNamespace(original_exception=InternalClientError("cannot switch to state 11; another "
+                                                                          "operation is in progress"),
+                                   is_disconnect=False)
+    broken_connection(broken)
+    assert broken.is_disconnect
+    other = types.SimpleNamespace(original_exception=ValueError("bad data"), is_disconnect=False)
+    broken_connection(other)
+    assert not other.is_disconnect
 
 
 @pytest.mark.parametrize(
