@@ -112,6 +112,7 @@ class SqliteBatchWriter:
         self._deferred: list[tuple[str, list[tuple]]] = []
         self.busy_timeout_ms = 30000  # as the engines': how long a write waits for another's lock
         self.checkpointer = WalCheckpointer(path)
+        self._closed = False
 
     def defer(self, statement: tuple[str, list[tuple]]) -> None:
         """Write ``statement`` at the start of the next transaction (``write`` or ``flush``):
@@ -189,11 +190,18 @@ class SqliteBatchWriter:
 
         Always in the writer's thread, after the writes handed to it before: checked here, the
         connection a write in flight was still opening (with the old busy timeout) looked absent
-        and stayed open for the writes after."""
+        and stayed open for the writes after. A closed writer has no connection left."""
+        if self._closed:
+            return
         await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
 
     async def close(self) -> None:
+        """Close the connection and the writer's thread; closing again does nothing (a
+        database disposed twice)."""
+        if self._closed:
+            return
         await self.disconnect()
+        self._closed = True
         self._executor.shutdown(wait=False)
         self.checkpointer.stop()
 

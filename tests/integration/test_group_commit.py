@@ -485,3 +485,14 @@ def test_the_checkpointer_stops_at_once_even_while_it_waits_to_checkpoint(tmp_pa
     idle.stop()  # never started: nothing to stop
     idle.written()
     assert idle._thread is None  # noqa: SLF001 - a stopped one starts no thread
+
+
+async def test_a_closed_writer_closes_and_disconnects_again_quietly(tmp_path):
+    """A database disposed twice (a test's stack and the test itself) closes its writer twice:
+    the second close and a disconnect after it do nothing (the writer's thread is gone)."""
+    writer = SqliteBatchWriter(str(tmp_path / "w.db"))
+    await writer.write([])
+    await writer.close()
+    await writer.close()
+    await writer.disconnect()
+    assert writer._connection is None  # noqa: SLF001
