@@ -32,18 +32,16 @@ from pipeline_store.models import AttributionCredit
 from services.qualification.domain.attribution_models import Credit, order_key
 from services.qualification.records import ContactRecord
 from shared.db import before_inserts, in_chunks, insert_many, staging_of
-from shared.times import as_utc
+from shared.times import same_values
 
 _HOOK = "qualification.credits"
 _CREDITS = AttributionCredit.__table__
 _NO_CREDITS = dict.fromkeys(source_rollups.CREDIT_COLUMNS.values())
 _COLUMNS = source_rollups.CONTACT_COLUMNS
-_TIMES = frozenset(name for name in _COLUMNS if name.endswith("_at"))
 # the rollup columns of a record as loaded (``ContactRecord.loaded``) and as it is now
 _LOADED = itemgetter(*(ContactRecord.columns.index(name) for name in _COLUMNS))
 _CURRENT = attrgetter(*_COLUMNS)
-_PLAIN = itemgetter(*(i for i, name in enumerate(_COLUMNS) if name not in _TIMES))
-_TIME_POSITIONS = tuple(i for i, name in enumerate(_COLUMNS) if name in _TIMES)
+_SAME = same_values(_COLUMNS)  # equal, or equal once their times are read as UTC
 _SQL_AT = _COLUMNS.index("sql_at")
 
 Credits = Mapping[str, tuple[Credit, ...]]
@@ -121,20 +119,6 @@ def _rollup_credits(credits: Credits) -> dict[str, list[tuple[source_rollups.Tou
                     for c in chain] for model, chain in credits.items() if chain}
 
 
-def _same(before: tuple, after: tuple) -> bool:
-    """Whether two tuples of the rollup columns (``_COLUMNS`` order) are the same facts: equal,
-    or equal once their times are read as UTC (a time loaded naive, written back aware)."""
-    if before == after:
-        return True
-    if _PLAIN(before) != _PLAIN(after):
-        return False
-    for i in _TIME_POSITIONS:
-        was, now = before[i], after[i]
-        if was is not now and as_utc(was) != as_utc(now):
-            return False
-    return True
-
-
 async def _write(session: AsyncSession) -> None:
     noted = staging_of(session).state(_Noted)
     contacts, noted.contacts = noted.contacts, {}
@@ -145,7 +129,7 @@ async def _write(session: AsyncSession) -> None:
     for contact in contacts.values():
         loaded, now = contact.loaded, _CURRENT(contact)
         was = None if loaded is None else _LOADED(loaded)
-        if was is not None and contact.id not in recomputed and contact.id not in opened and _same(was, now):
+        if was is not None and contact.id not in recomputed and contact.id not in opened and _SAME(was, now):
             continue
         changed.append((contact, was, now))
     # what the transaction read: the stored opportunities and credits, before they are replaced

@@ -15,32 +15,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pipeline_store import rollups
 from pipeline_store.models import Contact, Opportunity
 from shared.db import in_chunks, staging_of
-from shared.times import as_utc
+from shared.times import same_values
 
 # a contact record's columns are the table's, in order (records.py)
 _COLUMNS = [c.key for c in Contact.__table__.columns]
 _POSITIONS = tuple(_COLUMNS.index(name) for name in rollups.CONTACT_FIELDS)
 _LOADED = itemgetter(*_POSITIONS)
 _CURRENT = attrgetter(*rollups.CONTACT_FIELDS)
-_TIMES = tuple(i for i, name in enumerate(rollups.CONTACT_FIELDS) if name.endswith("_at"))
-_PLAIN = itemgetter(*(i for i, name in enumerate(rollups.CONTACT_FIELDS) if not name.endswith("_at")))
+_SAME = same_values(rollups.CONTACT_FIELDS)
 
 
 def _unmoved(record: Any) -> bool:
     """Whether the fields a contribution reads are as loaded (times compared as instants: a
     time loaded naive from SQLite is written back aware)."""
-    if record.loaded is None:
-        return False
-    before, after = _LOADED(record.loaded), _CURRENT(record)
-    if before == after:
-        return True
-    if _PLAIN(before) != _PLAIN(after):
-        return False
-    for i in _TIMES:
-        was, now = before[i], after[i]
-        if was is not now and as_utc(was) != as_utc(now):
-            return False
-    return True
+    return record.loaded is not None and _SAME(_LOADED(record.loaded), _CURRENT(record))
 
 
 class _AsLoaded:
