@@ -38,11 +38,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || echo "chromium not installed: browser tests will be skipped"
 
 # The suite mostly waits (brokers, processes, timeouts), so it runs on PYTEST_WORKERS processes;
-# PYTEST_WORKERS=0 runs it serially in one process, for debugging.
+# PYTEST_WORKERS=0 runs it serially in one process, for debugging. Tests marked with one
+# xdist_group share a costly module fixture (a seeded stack) and run on one worker, in order.
 PYTEST_WORKERS ?= 4
 
 test: install browser
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 # ruff's rules and line length are in pyproject.toml; the tree keeps its own layout (no ruff format)
 lint: install

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from _pytest.nodeid import NodeId
 from sqlalchemy.engine import make_url
 
 from leadstream.registry import aupgrade
@@ -37,10 +38,23 @@ def pytest_configure(config) -> None:  # noqa: ANN001
     os.environ[PORT_RANGE_VARIABLE] = f"{low}-{low + PORTS_PER_WORKER - 1}"
 
 
-def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001, ARG001
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     """The longest tests first: handed out one at a time (``pytest_configure``), each goes to the
-    next free worker, so the run ends with short tests on every worker, not a queue of long ones."""
+    next free worker, so the run ends with short tests on every worker, not a queue of long ones.
+
+    Tests marked ``xdist_group(name)`` share a costly module fixture: under ``--dist loadgroup``
+    xdist hands them to one worker as a unit by the ``@name`` suffix of their node ids. xdist
+    3.8 writes that suffix to ``item._nodeid``, which pytest 9 no longer reads (its node ids are
+    ``NodeId`` objects), so it is written here the way pytest 9 reads it."""
     items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1 if "/e2e/" in item.nodeid else 2)
+    if not getattr(config.option, "loadgroup", False):  # set on the workers of a --dist loadgroup run
+        return
+    for item in items:
+        groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                         for mark in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid.rpartition("]")[2]:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")  # noqa: SLF001
 
 
 # Below the kernel's ephemeral ports (32768-60999), so no outgoing connection takes one first.

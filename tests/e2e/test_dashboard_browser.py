@@ -29,6 +29,8 @@ OUTPUT = ROOT / "test-output"
 SEED, CONTACTS = 5, 240
 
 pytestmark = pytest.mark.timeout(300)
+# the tests of the seeded stack run on one parallel worker, which seeds it once (``--dist loadgroup``)
+ON_THE_SEEDED_STACK = pytest.mark.xdist_group("dashboard-seeded")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +58,7 @@ async def api(stack: FullStack, path: str = "/v1/analytics/sources", **params) -
     return answer.json()
 
 
+@ON_THE_SEEDED_STACK
 async def test_demo_seeds_everything_through_the_apis(seeded):
     stack, result, planned = seeded
     assert result["leads"] == len(planned.leads) and result["prospects"] == len(planned.prospects)
@@ -107,6 +110,7 @@ def _number(text: str) -> float | None:
     return None if text in ("–", "") else float(text)
 
 
+@ON_THE_SEEDED_STACK
 async def test_the_dashboard_in_chromium_shows_what_the_api_returns(seeded):
     stack, _, _ = seeded
     if not Path(CHROMIUM).exists():
