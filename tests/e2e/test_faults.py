@@ -43,9 +43,17 @@ PIPELINE_TOPICS = (OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES)
 
 async def _during(workload, fault) -> None:  # noqa: ANN001
     """Run the fault while the workload is being sent."""
-    task = asyncio.create_task(workload)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def timed() -> float:
+        await workload
+        return loop.time() - started
+
+    task = asyncio.create_task(timed())
     await fault()
-    await task
+    faulted = loop.time() - started
+    print(f"\n[during] fault over after {faulted:.1f} s, workload sent in {await task:.1f} s")
 
 
 async def _check(stack: FullStack, name: str, accepted: Accepted, *, repeats_allowed: bool = True,
@@ -91,7 +99,7 @@ async def test_guarantees_hold_under_faults(stack):
                 victim = stack.workers[n % 2]
                 victim.kill()
                 await asyncio.sleep(1.0)
-                victim.start()
+                await asyncio.to_thread(victim.start)  # the stream goes on while it boots
 
         await _during(send_workload(stack, client, accepted, tag="kill", leads=500, prospects=150), kill_workers)
         await _check(stack, "worker kill -9 x3", accepted)
@@ -109,9 +117,9 @@ async def test_guarantees_hold_under_faults(stack):
         # (3) a worker joining and leaving the group mid-stream
         async def join_and_leave() -> None:
             await asyncio.sleep(1.0)
-            extra = stack.spawn("qualification")
+            extra = await asyncio.to_thread(stack.spawn, "qualification")
             await asyncio.sleep(6.0)
-            extra.stop()
+            await asyncio.to_thread(extra.stop)
 
         await _during(send_workload(stack, client, accepted, tag="rebalance", leads=400, prospects=120), join_and_leave)
         await _check(stack, "worker join + leave", accepted, repeats_allowed=False)
@@ -121,7 +129,7 @@ async def test_guarantees_hold_under_faults(stack):
             await asyncio.sleep(1.0)
             stack.capture.kill()
             await asyncio.sleep(0.5)
-            stack.capture.start()
+            await asyncio.to_thread(stack.capture.start)
 
         await _during(send_workload(stack, client, accepted, tag="capture", leads=400, prospects=60), kill_capture)
         await _check(stack, "capture kill -9", accepted)
