@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from sqlalchemy import select, update
 
-from shared.auth import hash_key, new_key
+from shared.api_keys import hash_key, new_key
 from shared.settings import Settings
 
 # a key's scopes: the APIs that check keys (each key is stored in all their databases: _key_databases)

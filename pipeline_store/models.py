@@ -11,7 +11,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.auth import ApiKeyMixin
+from shared.api_keys import ApiKeyMixin
 from shared.consumer import InboxMixin
 from shared.outbox import OutboxMixin
 from shared.privacy import SuppressionMixin

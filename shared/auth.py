@@ -1,48 +1,18 @@
-"""API keys: only a hash is stored; each key has a name and one or more scopes."""
+"""API keys checked on requests (``ApiKeyAuth``); the stored form is ``shared.api_keys``."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-from datetime import datetime
+import time as _time
+from dataclasses import dataclass
 
-from sqlalchemy import DateTime, String
-from sqlalchemy.orm import Mapped, mapped_column
+from fastapi import Request
+from sqlalchemy import select
 
-KEY_PREFIX = "ls_"
+from shared.api_keys import KEY_PREFIX, ApiKeyMixin, hash_key, new_key
+from shared.errors import ProblemError
+from shared.ratelimit import RateLimit
 
-
-class ApiKeyMixin:
-    """Columns of an API-key table; declared by each database that checks keys."""
-
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    scopes: Mapped[str] = mapped_column(String(200))  # space-separated
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    prefix: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-def new_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> str:
-    # Keys are 256-bit random tokens, so a fast hash is safe (no dictionary to guess from).
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-# ---- checking keys on requests ---------------------------------------------------------
-
-import time as _time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-from fastapi import Request  # noqa: E402
-from sqlalchemy import select  # noqa: E402
-
-from shared.errors import ProblemError  # noqa: E402
-from shared.ratelimit import RateLimit  # noqa: E402
+__all__ = ["KEY_PREFIX", "ApiKeyAuth", "ApiKeyMixin", "Principal", "hash_key", "new_key"]
 
 
 @dataclass(frozen=True)
