@@ -172,8 +172,13 @@ async def test_retries_honour_retry_after_then_dead_then_redrive(broker, pipelin
             assert polite_rows[0].last_status == 429
             dead = await rows(db, flaky_id)
             assert all(r.attempts >= 2 and r.last_status == 500 and r.last_error == "HTTP 500: down" for r in dead)
-            metrics = (await runtime.client.get("/metrics")).text
-            assert f'leadstream_webhook_dead_total{{subscription="{flaky_id}"}} 3.0' in metrics
+            # counted once its outcome is stored: the last count may follow the rows read above
+            counted = f'leadstream_webhook_dead_total{{subscription="{flaky_id}"}} 3.0'
+
+            async def dead_counted() -> bool:
+                return counted in (await runtime.client.get("/metrics")).text
+
+            await eventually(dead_counted, timeout=10)
 
             # listed as dead, then redriven through the API once the receiver is fixed
             app = pipeline_app(make_settings(broker.bootstrap, tmp_path, service="pipeline",
