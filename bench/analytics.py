@@ -44,7 +44,7 @@ from pipeline_store.models import (
 from services.qualification.domain.attribution import Touch
 from services.qualification.credits import credit_rows
 from services.qualification.domain.attribution_models import MODELS, attribute_all
-from shared.auth import hash_key, new_key
+from shared.api_keys import hash_key, new_key
 from tests.support import create_postgres_database, drop_postgres_database, postgres_available, postgres_connect
 
 SIZES = [int(n) for n in os.environ.get("BENCH_ANALYTICS_CONTACTS", "100000,1000000").split(",")]

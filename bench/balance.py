@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bench.harness import Row, Stack
 from leadstream.registry import DATABASES, upgrade
 from pipeline_store.models import BalanceDay, BalanceEffort, Contact, Opportunity, PipelineApiKey
-from shared.auth import hash_key, new_key
+from shared.api_keys import hash_key, new_key
 from shared.migrate import alembic_config
 from tests.support import create_postgres_database, drop_postgres_database, postgres_available
 

@@ -29,7 +29,7 @@ from bench.harness import Row, Stack
 from pipeline_store import source_rollups
 from pipeline_store.models import Account, Contact, Opportunity, PipelineApiKey, QualifyDaysRollup, SourceRollup
 from services.pipeline.cursor import encode_cursor
-from shared.auth import hash_key, new_key
+from shared.api_keys import hash_key, new_key
 
 CONTACTS = int(os.environ.get("BENCH_PIPELINE_CONTACTS", "100000"))
 REQUESTS = 20

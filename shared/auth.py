@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from fastapi import Request
 from sqlalchemy import select
 
-from shared.api_keys import KEY_PREFIX, ApiKeyMixin, hash_key, new_key
+from shared.api_keys import hash_key
 from shared.errors import ProblemError
 from shared.ratelimit import RateLimit
-
-__all__ = ["KEY_PREFIX", "ApiKeyAuth", "ApiKeyMixin", "Principal", "hash_key", "new_key"]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks as st_checks
 
 from leadstream.registry import upgrade
-from shared.auth import hash_key, new_key
+from shared.api_keys import hash_key, new_key
 from shared.broker import free_port
 from tests.support import make_settings
 

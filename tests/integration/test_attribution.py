@@ -12,7 +12,7 @@ from sqlalchemy import select
 from pipeline_store.models import AttributionCredit, Opportunity, PipelineApiKey
 from pipeline_store.source_rollups import MODELS
 from services.pipeline.app import create_app as create_pipeline
-from shared.auth import hash_key, new_key
+from shared.api_keys import hash_key, new_key
 from tests.integration import test_qualification
 from tests.integration.test_qualification import BUSINESS, lead, prospect, touch
 from tests.support import make_settings, serve_app

@@ -19,7 +19,7 @@ from services.outreach.models import (
     OutreachApiKey, OutreachOutbox, OutreachProspect, OutreachTouch, OutreachWebhookSecret,
 )
 from services.outreach.signatures import sign
-from shared.auth import hash_key, new_key
+from shared.api_keys import hash_key, new_key
 from shared.db import Database
 from shared.secrets import DEVELOPMENT_KEY, SecretBox
 from shared.events import OUTREACH_TOUCHES, PROSPECT_ADDED, TOUCH_RECORDED, parse_event

@@ -30,7 +30,7 @@ from pipeline_store.models import (
 )
 from pipeline_store import source_rollups
 from services.pipeline.app import create_app
-from shared.auth import hash_key, new_key
+from shared.api_keys import hash_key, new_key
 from shared.events import PIPELINE_CHANGES, STAGE_CHANGED
 from tests.support import eventually, make_settings, read_topic, serve_app
 

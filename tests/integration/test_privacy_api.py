@@ -20,7 +20,7 @@ from pipeline_store.models import (
     ConsentEntry, ErasureAudit, PipelineApiKey, Score, StageChange, Touch, WebhookDelivery, WebhookSubscription,
 )
 from services.pipeline.app import create_app
-from shared.auth import hash_key
+from shared.api_keys import hash_key
 from tests.integration.test_pipeline_api import T0, Store, add_key, day
 from tests.support import make_settings, run_leadstream, serve_app, served_service
 
