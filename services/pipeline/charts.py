@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from html import escape
 
@@ -39,21 +40,27 @@ def bar_chart(chart_id: str, title: str, rows: list[tuple[str, float]], *, perce
     return "".join(parts)
 
 
-def week_of(moment: datetime) -> date:
-    day = moment.date()
+def week_of(moment: date) -> date:
+    """The Monday of ``moment``'s week (a datetime's own calendar day)."""
+    day = moment.date() if isinstance(moment, datetime) else moment
     return day - timedelta(days=day.weekday())
 
 
-def weekly_series(points: list[tuple[datetime, str]]) -> tuple[list[date], dict[str, list[int]]]:
-    """Counts per week (Monday) and series name, with empty weeks filled in."""
-    if not points:
+Point = tuple[date, str] | tuple[date, str, int]  # a moment and a name; or a day, a name and a count
+
+
+def weekly_series(points: Iterable[Point]) -> tuple[list[date], dict[str, list[int]]]:
+    """Counts per week (Monday) and series name, with empty weeks filled in. A point is a
+    moment and a name, counting one, or a day, a name and how many it counts."""
+    counted = [(week_of(p[0]), p[1] or "unattributed", p[2] if len(p) > 2 else 1) for p in points]
+    if not counted:
         return [], {}
-    first, last = week_of(min(p[0] for p in points)), week_of(max(p[0] for p in points))
+    first, last = min(p[0] for p in counted), max(p[0] for p in counted)
     weeks = [first + timedelta(weeks=n) for n in range((last - first).days // 7 + 1)]
     index = {w: i for i, w in enumerate(weeks)}
     series: dict[str, list[int]] = {}
-    for moment, name in points:
-        series.setdefault(name or "unattributed", [0] * len(weeks))[index[week_of(moment)]] += 1
+    for week, name, count in counted:
+        series.setdefault(name, [0] * len(weeks))[index[week]] += count
     return weeks, dict(sorted(series.items(), key=lambda kv: -sum(kv[1])))
 
 

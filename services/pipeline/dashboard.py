@@ -206,8 +206,8 @@ async def dashboard(
     for row in figures["campaign"]["rows"]:
         if row.get("campaign"):
             by_campaign[row["campaign"]] = by_campaign.get(row["campaign"], 0) + (row["share"] or 0)
-    weeks_m, series_m = weekly_series([(at, m) for at, m, _ in series])
-    weeks_c, series_c = weekly_series([(at, c or "unattributed") for at, _, c in series])
+    weeks_m, series_m = weekly_series([(day, m, n) for day, m, _, n in series])
+    weeks_c, series_c = weekly_series([(day, c or "unattributed", n) for day, _, c, n in series])
     series_c = top_series(series_c)
     charts = {
         "by_motion": stacked_columns("chart-motion", "Qualified opportunities per week, by motion", weeks_m, series_m),

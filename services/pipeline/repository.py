@@ -69,6 +69,27 @@ def _days_between_sqlite(element, compiler, **kw):  # noqa: ANN001, ANN202
     return f"(julianday({end}) - julianday({start}))"
 
 
+class utc_day(FunctionElement):  # noqa: N801 - reads as SQL
+    """The UTC calendar day of a stored instant (text ``YYYY-MM-DD`` on SQLite, which keeps
+    instants as UTC text; a ``date`` elsewhere)."""
+
+    type = String()
+    inherit_cache = True
+    name = "utc_day"
+
+
+@compiles(utc_day)
+def _utc_day_default(element, compiler, **kw):  # noqa: ANN001, ANN202
+    (column,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(({column}) AT TIME ZONE 'UTC' AS DATE)"
+
+
+@compiles(utc_day, "sqlite")
+def _utc_day_sqlite(element, compiler, **kw):  # noqa: ANN001, ANN202
+    (column,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"date({column})"
+
+
 def _instant(value: date | datetime) -> datetime:
     if isinstance(value, datetime):
         return value
@@ -705,19 +726,24 @@ async def attribution_credits(session: AsyncSession, opportunity_id: str) -> lis
     return list((await session.execute(stmt)).scalars())
 
 
-async def qualified_series(session: AsyncSession, f: SourcesFilter) -> list[tuple[datetime, str, str | None]]:
-    """(qualified_at, motion, first-touch channel) of the opportunities of the cohort, oldest first.
+async def qualified_series(session: AsyncSession, f: SourcesFilter) -> list[tuple[date, str, str | None, int]]:
+    """(UTC day of ``qualified_at``, motion, first-touch channel, opportunities) of the
+    cohort's opportunities, counted by the database (a row per day and key, however many
+    opportunities), oldest first.
 
-    The dashboard's over-time charts bucket these by week; the cohort filter is the one
-    the source analytics use.
+    The dashboard's over-time charts sum these by week; the cohort filter is the one the
+    source analytics use.
     """
+    day = utc_day(O.qualified_at)
     stmt = (
-        select(O.qualified_at, O.motion, O.first_touch_channel)
+        select(day, O.motion, O.first_touch_channel, func.count())
         .join(C, C.id == O.contact_id)
         .where(*_cohort(f))
-        .order_by(O.qualified_at)
+        .group_by(day, O.motion, O.first_touch_channel)
+        .order_by(day)
     )
-    return [(r[0], r[1], r[2]) for r in (await session.execute(stmt)).all()]
+    return [(r[0] if isinstance(r[0], date) else date.fromisoformat(r[0]), r[1], r[2], r[3])
+            for r in (await session.execute(stmt)).all()]
 
 
 async def qualifying_scores(session: AsyncSession, opportunities: Sequence[Opportunity]) -> dict[str, Score]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
+from sqlalchemy import text as text_sql
 
-from pipeline_store.models import PipelineApiKey, Score
+from pipeline_store.models import Contact, Opportunity, PipelineApiKey, Score
+from services.pipeline import repository
+from services.pipeline.charts import weekly_series
+from services.pipeline.repository import SourcesFilter
 from services.pipeline.dashboard import COOKIE, LATEST
 from tests.integration.test_pipeline_api import T0, _seed_history, add_key, pipeline  # noqa: F401 - fixture
 
@@ -160,3 +164,45 @@ async def test_the_attribution_model_selector_and_a_bad_model(pipeline):  # noqa
     assert 'id="chart-top-channel-models"' in page.text
     bad = await pipeline.get("/dashboard", params={"attribution": "u_shaped"}, headers=headers)
     assert bad.status_code == 422 and "Unknown attribution model" in bad.text
+
+
+async def test_the_weekly_series_are_counted_by_the_database_per_utc_day(pipeline):  # noqa: F811
+    """The over-time charts read a row per qualification day and key, counted by the database,
+    never each opportunity: the same counts as the opportunities one by one, the cohort's
+    range and motions applied, and days in UTC whatever the session's time zone (an instant
+    early on a UTC day is the evening before in New York)."""
+    await _seed_history(pipeline)
+    s = pipeline.store
+    early = datetime(2025, 2, 10, 3, 30, tzinfo=timezone.utc)  # 2025-02-09 22:30 in New York
+    extra = [s.contact(channel="paid_search", first_at=T0 + timedelta(days=3)) for _ in range(3)]
+    await s.add(*extra)
+    await s.add(*(s.opportunity(c, qualified_at=early + timedelta(minutes=i)) for i, c in enumerate(extra)))
+    filters = [SourcesFilter(), SourcesFilter(start=T0.date(), end=(T0 + timedelta(days=40)).date()),
+               SourcesFilter(motions=["outbound"]), SourcesFilter(start=T0 + timedelta(days=2), end=None)]
+    for f in filters:
+        counted = await _series(pipeline, f)
+        async with pipeline.runtime.db.reader() as session:
+            one_by_one = (await session.execute(
+                select(Opportunity.qualified_at, Opportunity.motion, Opportunity.first_touch_channel)
+                .join(Contact, Contact.id == Opportunity.contact_id).where(*repository._cohort(f)))).all()
+        expected: dict[tuple, int] = {}
+        for at, motion, channel in one_by_one:
+            day = (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).date()
+            expected[(day, motion, channel)] = expected.get((day, motion, channel), 0) + 1
+        assert {(d, m, c): n for d, m, c, n in counted} == expected and len(counted) == len(expected)
+        assert [row[0] for row in counted] == sorted(row[0] for row in counted)
+    everything = {(d, m, c): n for d, m, c, n in await _series(pipeline, SourcesFilter())}
+    assert everything[(date(2025, 2, 10), "inbound", "paid_search")] == 3
+    async with pipeline.runtime.db.reader() as session:
+        stored = (await session.execute(select(func.count()).select_from(Opportunity))).scalar()
+    assert sum(everything.values()) == stored
+    weeks, series = weekly_series([(d, m, n) for d, m, _, n in await _series(pipeline, SourcesFilter())])
+    assert sum(map(sum, series.values())) == stored
+    assert date(2025, 2, 10) in weeks  # a Monday
+
+
+async def _series(client, f):  # noqa: ANN001, ANN202
+    async with client.runtime.db.reader() as session:
+        if (await session.connection()).dialect.name == "postgresql":
+            await session.execute(text_sql("SET LOCAL TIME ZONE 'America/New_York'"))
+        return await repository.qualified_series(session, f)
