@@ -246,40 +246,50 @@ async def seed(
         sent["touches"] = len(demo.touches)
 
         opportunities = await _settled_opportunities(client, pipeline_url, auth, settle_timeout)
-        for opp in opportunities:
-            roll = rng.random()
-            key = {"Idempotency-Key": f"demo-{seed_value}-{opp['id']}"}
-            if opp["stage"] != "sql" or roll > 0.7:
-                continue
-            if roll < 0.1:
-                await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
-                           {"to": "disqualified", "reason": "no budget this year"}, auth | key)
-                continue
-            # sales mostly names the expected amount on accepting; without one, scoring.yaml's
-            # expected amount of the motion (if it sets one) stands in, marked estimated
-            expected = rng.choice([6000, 12000, 18000, 24000, 36000, 60000, 90000])
-            accept = {"to": "opportunity", "reason": "discovery call held"}
-            if rng.random() < 0.8:
-                accept["amount"] = expected
-            await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions", accept, auth | key)
-            sent["accepted"] += 1
-            decide = rng.random()
-            # the deal closes for more or less than expected
-            amount = int(expected * rng.choice([0.5, 0.75, 1.0, 1.0, 1.25, 1.5]))
-            if decide < 0.35:
-                await post(
-                    f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
-                    {"to": "customer", "amount": amount, "reason": "signed"},
-                    auth | {"Idempotency-Key": key["Idempotency-Key"] + "-won"},
-                )
-                sent["won"] += 1
-            elif decide < 0.55:
-                await post(f"{pipeline_url}/v1/opportunities/{opp['id']}/transitions",
-                           {"to": "lost", "amount": amount,
-                            "reason": rng.choice(["chose a competitor", "no decision", "price"])},
-                           auth | {"Idempotency-Key": key["Idempotency-Key"] + "-lost"})
-                sent["lost"] += 1
+        # sales' decisions are drawn in the opportunities' order (the seed decides them all), then
+        # sent: each opportunity's moves in order, sixteen opportunities at a time
+        moves = [_decisions(rng, opp, seed_value) for opp in opportunities]
+
+        async def decide(opp_moves: list[tuple[str, dict, dict]]) -> None:
+            for path, body, key in opp_moves:
+                await post(f"{pipeline_url}{path}", body, auth | key)
+
+        await asyncio.gather(*(decide(m) for m in moves if m))
+        counted = {"opportunity": "accepted", "customer": "won", "lost": "lost"}  # a disqualification is not
+        for m in moves:
+            for _, body, _ in m:
+                if body["to"] in counted:
+                    sent[counted[body["to"]]] += 1
     return sent
+
+
+def _decisions(rng: random.Random, opp: dict, seed_value: int) -> list[tuple[str, dict, dict]]:
+    """What sales does with one opportunity, drawn from ``rng``: (path, body, idempotency
+    header) of each move, in order (none for most that are not ``sql``)."""
+    roll = rng.random()
+    path = f"/v1/opportunities/{opp['id']}/transitions"
+    key = f"demo-{seed_value}-{opp['id']}"
+    if opp["stage"] != "sql" or roll > 0.7:
+        return []
+    if roll < 0.1:
+        return [(path, {"to": "disqualified", "reason": "no budget this year"}, {"Idempotency-Key": key})]
+    # sales mostly names the expected amount on accepting; without one, scoring.yaml's
+    # expected amount of the motion (if it sets one) stands in, marked estimated
+    expected = rng.choice([6000, 12000, 18000, 24000, 36000, 60000, 90000])
+    accept: dict[str, object] = {"to": "opportunity", "reason": "discovery call held"}
+    if rng.random() < 0.8:
+        accept["amount"] = expected
+    out = [(path, accept, {"Idempotency-Key": key})]
+    decide = rng.random()
+    # the deal closes for more or less than expected
+    amount = int(expected * rng.choice([0.5, 0.75, 1.0, 1.0, 1.25, 1.5]))
+    if decide < 0.35:
+        out.append((path, {"to": "customer", "amount": amount, "reason": "signed"}, {"Idempotency-Key": key + "-won"}))
+    elif decide < 0.55:
+        out.append((path, {"to": "lost", "amount": amount,
+                           "reason": rng.choice(["chose a competitor", "no decision", "price"])},
+                    {"Idempotency-Key": key + "-lost"}))
+    return out
 
 
 def _visitor_clients(capture_url: str, count: int = 64) -> list[httpx.AsyncClient]:

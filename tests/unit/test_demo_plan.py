@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from leadstream.demo import INBOUND, plan
+from leadstream.demo import INBOUND, _decisions, plan
 
 NOW = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
 
@@ -145,3 +146,22 @@ def test_the_demo_history_is_diagnosed_weak_control(seed_value):
 @pytest.mark.parametrize("seed_value", [7, 5])
 def test_the_balanced_demo_history_has_no_diagnosis(seed_value):
     assert _balance_of(plan(seed_value, 2000, NOW, balanced=True), NOW) == []
+
+
+def test_sales_decisions_are_the_seeds_and_each_opportunitys_moves_keep_their_order():
+    opportunities = [{"id": f"o{n}", "stage": "sql" if n % 5 else "disqualified"} for n in range(400)]
+
+    def drawn(seed: int) -> list:
+        rng = random.Random(seed)
+        return [_decisions(rng, o, 7) for o in opportunities]
+
+    again = drawn(8)
+    assert drawn(8) == again and drawn(9) != again
+    assert all(not moves for o, moves in zip(opportunities, again) if o["stage"] != "sql")
+    kinds = [tuple(body["to"] for _, body, _ in moves) for moves in again]
+    assert set(kinds) <= {(), ("disqualified",), ("opportunity",), ("opportunity", "customer"), ("opportunity", "lost")}
+    assert {("opportunity", "customer"), ("opportunity", "lost"), ("disqualified",)} <= set(kinds)
+    for o, moves in zip(opportunities, again):
+        assert all(path == f"/v1/opportunities/{o['id']}/transitions" for path, _, _ in moves)
+        keys = [key["Idempotency-Key"] for _, _, key in moves]
+        assert len(set(keys)) == len(keys) and all(k.startswith(f"demo-7-{o['id']}") for k in keys)
