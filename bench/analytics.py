@@ -14,7 +14,8 @@ Rows go in with executemany (SQLite) or COPY (PostgreSQL), a chunk at a time; a 
 store is then ``VACUUM ANALYZE``d, as autovacuum would (the test server runs without it), and
 ``BENCH_ANALYTICS_KEEP=DIR`` keeps the seeded stores there for the next run. Then
 ``leadstream serve pipeline`` answers one client's sequential requests (latency, not
-queueing). The question the section answers: does the answer time grow with history?
+queueing), then the signed-in dashboard page, which reads eight answers, the weekly series
+and the balance. The question the section answers: does the answer time grow with history?
 """
 
 from __future__ import annotations
@@ -291,6 +292,29 @@ def measure(url: str, key: str) -> dict[tuple[str, str, str], list[float]]:
     return out
 
 
+DASHBOARD_CASES = {"all time": {}, "last 30 days": RANGES["last 30 days"],
+                   "all time, w_shaped": {"attribution": "w_shaped"}}
+
+
+def measure_dashboard(url: str, key: str) -> dict[str, list[float]]:
+    """``GET /dashboard`` signed in with ``key``: three answers per grouping, the top channel
+    under every model, the weekly series, the latest opportunities and the balance."""
+    out = {}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        signed = client.post("/dashboard/sign-in", data={"api_key": key})
+        assert signed.status_code == 303, signed.text[:300]
+        for name, params in DASHBOARD_CASES.items():
+            assert client.get("/dashboard", params=params).status_code == 200  # warm-up
+            times = []
+            for _ in range(max(3, REQUESTS // 3)):
+                started = time.perf_counter()
+                page = client.get("/dashboard", params=params)
+                times.append(time.perf_counter() - started)
+                assert page.status_code == 200, page.text[:300]
+            out[name] = times
+    return out
+
+
 async def _analyze(url: str) -> None:
     """What autovacuum does to freshly copied tables (the test server runs without it): the
     planner's statistics and the visibility map."""
@@ -337,7 +361,7 @@ def _run_one(backend: str, contacts: int) -> list[Row]:
     try:
         own.start_broker()
         counts, seeded_s, env, url = store(backend, contacts, own.tmp)
-        pipeline = own.start("pipeline", **env)
+        pipeline = own.start("pipeline", **env, LEADSTREAM_DASHBOARD_SECURE_COOKIE="false")  # plain http here
         label = f"{backend}, {contacts:,} contacts"
         rows = [Row("analytics", f"{label}: seeded {counts['opportunities']:,} opportunities, {counts['credits']:,} "
                     f"credits, {counts['rollup_rows']:,} + {counts['day_rows']:,} rollup rows", seeded_s, "s")]
@@ -353,6 +377,8 @@ def _run_one(backend: str, contacts: int) -> list[Row]:
         for model in MODELS:
             cases = [t for (m, r, g), ts in timings.items() if m == model for t in ts]
             rows.append(Row("analytics", f"{label}: p95 {model}", _p(cases, 0.95), "ms"))
+        for name, times in measure_dashboard(pipeline.url, counts["key"]).items():
+            rows.append(Row("analytics", f"{label}: GET /dashboard p95, {name}", _p(times, 0.95), "ms"))
         return rows
     finally:
         own.stop()
