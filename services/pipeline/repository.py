@@ -735,13 +735,11 @@ async def qualified_series(session: AsyncSession, f: SourcesFilter) -> list[tupl
     source analytics use.
     """
     day = utc_day(O.qualified_at)
-    stmt = (
-        select(day, O.motion, O.first_touch_channel, func.count())
-        .join(C, C.id == O.contact_id)
-        .where(*_cohort(f))
-        .group_by(day, O.motion, O.first_touch_channel)
-        .order_by(day)
-    )
+    stmt = select(day, O.motion, O.first_touch_channel, func.count()).select_from(O)
+    cohort = _cohort(f)
+    if cohort:  # every opportunity's contact exists (a foreign key): unfiltered, no join to read
+        stmt = stmt.join(C, C.id == O.contact_id).where(*cohort)
+    stmt = stmt.group_by(day, O.motion, O.first_touch_channel).order_by(day)
     return [(r[0] if isinstance(r[0], date) else date.fromisoformat(r[0]), r[1], r[2], r[3])
             for r in (await session.execute(stmt)).all()]
 
