@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from sqlalchemy import Table, Text, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,7 +38,7 @@ from pipeline_store.models import Account, ConsentEntry, Contact, Opportunity, S
 from services.qualification import rollups
 from shared.db import (
     WriteConflict, before_inserts, check_before_write, in_chunks, insert_many, insert_missing, is_unique_violation,
-    stage_insert, staging_of, update_many,
+    json_text, stage_insert, staging_of, update_many,
 )
 
 _WRITE_BACK = "qualification.records"
@@ -118,6 +120,21 @@ FACT_TABLES = (Touch.__table__, StageChange.__table__, Opportunity.__table__, Co
 # replaced writes nothing back for them (unchanged by identity).
 _REPLACED_UNREAD = ("fit_reasons", "engagement_reasons")
 CONTACT_COLUMNS = tuple(type_coerce(c, Text).label(c.key) if c.key in _REPLACED_UNREAD else c for c in _CONTACTS.c)
+
+
+def replace_json(record: Record, name: str, value: Any) -> None:
+    """Give the JSON column ``name`` of ``record`` the value ``value``, unless it holds that
+    already: then it keeps its object, and a record read in this transaction writes nothing
+    back for it (unchanged by identity). A re-qualification recomputes a contact's reasons
+    after every fact, and they are most often the same (fit reasons, nearly always); a
+    reasons column read as its stored text (``_REPLACED_UNREAD``) is compared as the text
+    ``value`` is stored as."""
+    current = getattr(record, name)
+    if current is value:
+        return
+    same = current == json_text(value) if isinstance(current, str) else current == value
+    if not same:
+        setattr(record, name, value)
 
 
 def contacts_for_update(condition):  # noqa: ANN001, ANN201
@@ -255,6 +272,13 @@ async def _update_changed(session: AsyncSession, cls: type[Record], updatable: f
             columns.update(changed)
     ordered = [c for c in cls.columns if c in columns]
     rows = [{"_key": getattr(r, cls.key), **{c: getattr(r, c) for c in ordered}} for r in dirty]
+    # one statement writes the columns any record changed, in every record: a reasons column
+    # another record changed is written here too, from its stored text (not as a JSON string)
+    for name in _REPLACED_UNREAD if cls is ContactRecord else ():
+        if name in columns:
+            for row in rows:
+                if isinstance(row[name], str):
+                    row[name] = orjson.loads(row[name])
     if rows:
         await update_many(session, cls.table, cls.key, rows)
     return {row["_key"] for row in rows}

@@ -318,8 +318,10 @@ async def apply_evaluation(session: AsyncSession, contact: ContactRecord, result
         engagement_score=float(engagement.points), engagement_reasons=engagement_reasons,
         policy_version=version, cause_event_id=ids.event_cause(cause), scored_at=at,
     ))
-    contact.fit_score, contact.fit_grade, contact.fit_reasons = float(fit.points), fit.grade, fit_reasons
-    contact.engagement_score, contact.engagement_reasons = float(engagement.points), engagement_reasons
+    contact.fit_score, contact.fit_grade = float(fit.points), fit.grade
+    contact.engagement_score = float(engagement.points)
+    records.replace_json(contact, "fit_reasons", fit_reasons)  # most often the same: then not written again
+    records.replace_json(contact, "engagement_reasons", engagement_reasons)
     contact.policy_version = version
     decision = result.decision
     steps = decision.steps if steps is None else steps

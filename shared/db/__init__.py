@@ -14,7 +14,7 @@ asyncpg). ``from shared.db import X`` is the way in; the modules:
 """
 
 from shared.db.bulk import add_many, in_chunks, insert_many, insert_missing, prefetch_rows, prefetched, update_many
-from shared.db.engine import JSON_CODEC, is_sqlite
+from shared.db.engine import JSON_CODEC, is_sqlite, json_text
 from shared.db.errors import WriteConflict, is_transient_db_error, is_unique_violation, sqlstate
 from shared.db.group_commit import GATHER_YIELDS, GroupCommit
 from shared.db.sqlite_writes import SqliteBatchWriter, SqliteWrites, WalCheckpointer, staged_statements
@@ -27,6 +27,6 @@ __all__ = [
     "Database", "DirectWrites", "GATHER_YIELDS", "GroupCommit", "InsertListener", "JSON_CODEC",
     "SqliteBatchWriter", "SqliteWrites", "Staging", "WalCheckpointer", "WriteConflict", "WritePath", "adopt",
     "add_many", "before_inserts", "check_before_write", "flush_inserts", "in_chunks", "insert_many", "insert_missing",
-    "is_sqlite", "is_transient_db_error", "is_unique_violation", "prefetch_rows", "prefetched", "sqlstate",
+    "is_sqlite", "is_transient_db_error", "json_text", "is_unique_violation", "prefetch_rows", "prefetched", "sqlstate",
     "stage_insert", "staged_rows", "staged_statements", "staging_of", "transaction_time", "update_many",
 ]

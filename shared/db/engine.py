@@ -28,12 +28,13 @@ def sqlite_file(url: str) -> str | None:
     return path if path and path != ":memory:" else None
 
 
-def _json_dumps(value: object) -> str:
+def json_text(value: object) -> str:
+    """A JSON column's value as it is stored (the engines' serializer)."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 # JSON columns (payloads, reasons, firmographics) through orjson: several times faster than json.
-JSON_CODEC = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+JSON_CODEC = {"json_serializer": json_text, "json_deserializer": orjson.loads}
 
 
 def sqlite_pragmas(cursor, busy_timeout_ms: int = 30000) -> None:  # noqa: ANN001

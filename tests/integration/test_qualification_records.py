@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from pipeline_store.models import Contact, Touch
-from services.qualification import handlers, repository
+from services.qualification import handlers, records, repository
 from services.qualification.records import UnchangedContact
 from shared.consumer import Delivery
 from shared.events import (
@@ -83,3 +83,35 @@ async def test_a_fact_that_leaves_its_contacts_row_unchanged_is_refused(pipeline
                 contact = await repository.contact_by_id(session, before[0])  # read, not held
             await repository.add_touch(session, _touch_row(contact.id))
     assert await _row(pipeline_store) == before and await _touches(pipeline_store) == touches  # nothing written
+
+
+async def test_reasons_left_as_read_stay_json_when_another_contact_changes_them(pipeline_store):
+    """One UPDATE writes the columns any contact of the batch changed, for every contact it
+    writes back. A contact whose reasons were not replaced holds them as read (on SQLite, the
+    stored text); when
+    another contact's reasons change in the same batch, its own are written from that text, as
+    JSON, never as a JSON string; an equal value assigned again is not a change."""
+    other = "al@acme-robotics.io"
+    for email in (EMAIL, other):
+        await apply(pipeline_store, [Delivery("t", 0, 0, email.encode(), *(lambda e: (e, e.parsed_data()))(make_event(
+            PROSPECT_ADDED, ProspectAdded(email=email, title="VP Sales", employees=250, occurred_at=T0),
+            source="/test", subject=email, time=T0)), 0)])
+    async with pipeline_store.reader() as session:
+        stored = (await session.execute(select(Contact))).scalars()
+        before = {c.email: (c.fit_reasons, c.engagement_reasons) for c in stored}
+    assert all(isinstance(fit, list) and fit for fit, _ in before.values())
+    async with pipeline_store.unit_of_work() as session:
+        await repository.prefetch(session, {EMAIL, other}, set())
+        changed = await repository.contact_by_email(session, EMAIL)
+        left = await repository.contact_by_email(session, other)
+        read = left.fit_reasons  # SQLite: the stored text, not decoded (asyncpg decodes JSON)
+        records.replace_json(left, "fit_reasons", list(before[other][0]))  # equal: kept as read
+        assert left.fit_reasons is read
+        records.replace_json(changed, "fit_reasons", [{"rule": "fit.test", "points": 1.0}])
+        left.owner = "sam"  # written back for another column
+        changed.updated_at = left.updated_at = T0 + timedelta(hours=1)
+    async with pipeline_store.reader() as session:
+        after = {c.email: (c.fit_reasons, c.engagement_reasons, c.owner)
+                 for c in (await session.execute(select(Contact))).scalars()}
+    assert after[other] == (*before[other], "sam")
+    assert after[EMAIL][0] == [{"rule": "fit.test", "points": 1.0}] and after[EMAIL][1] == before[EMAIL][1]
