@@ -75,15 +75,17 @@ async def test_racing_relays_take_a_free_lease_once(open_store, tmp_path):
 
 
 async def test_a_holder_that_stops_renewing_stops_acting_before_another_takes_over(open_store, tmp_path):
-    timing = {"outbox_lease_s": 1.0, "outbox_lease_renew_s": 0.3}
+    # a holder's own clock keeps it valid for lease - renew period (2.1 s) after its renewal
+    # began: wide enough that a refresh on a loaded machine (CI saw more than 0.7 s) is still held
+    timing = {"outbox_lease_s": 3.0, "outbox_lease_renew_s": 0.9}
     a, b = lease_of(open_store(), tmp_path, **timing), lease_of(open_store(), tmp_path, **timing)
     expired_before = takeovers("expired")
     assert await a.refresh() == "acquired"
     old_fence = a.fence()
-    await asyncio.sleep(0.75)  # a is paused: no renewal
+    await asyncio.sleep(2.25)  # a is paused: no renewal
     assert not a.held  # its own clock: valid for lease - renew period after the renewal began
     assert await b.refresh() is None  # the lease itself has not expired yet
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.2)
     assert await b.refresh() == "acquired" and b.held
     assert takeovers("expired") == expired_before + 1
     assert await a.refresh() == "lost" and a.epoch is None
