@@ -361,13 +361,14 @@ class SourcesFilter:
     attribution: str = "first"
 
 
-def _first_touch_at() -> ColumnElement:
-    # A contact's first fact is its first touch; created_at stands in where no touch was kept.
-    return func.coalesce(C.first_touch_at, C.created_at)
-
-
 def _cohort(f: SourcesFilter) -> list[ColumnElement]:
-    where = within(_first_touch_at(), f.start, f.end)
+    """Contacts whose first touch (``created_at`` where none was kept) is in the filter's
+    range, of its motions. Each branch of the range can use its column's index (a
+    ``coalesce`` of the two could not: the database would read every contact)."""
+    where = []
+    if f.start is not None or f.end is not None:
+        where.append(or_(and_(C.first_touch_at.is_not(None), *within(C.first_touch_at, f.start, f.end)),
+                         and_(C.first_touch_at.is_(None), *within(C.created_at, f.start, f.end))))
     if f.motions:
         where.append(C.motion.in_(f.motions))
     return where

@@ -178,27 +178,49 @@ async def test_the_weekly_series_are_counted_by_the_database_per_utc_day(pipelin
     await s.add(*extra)
     await s.add(*(s.opportunity(c, qualified_at=early + timedelta(minutes=i)) for i, c in enumerate(extra)))
     filters = [SourcesFilter(), SourcesFilter(start=T0.date(), end=(T0 + timedelta(days=40)).date()),
-               SourcesFilter(motions=["outbound"]), SourcesFilter(start=T0 + timedelta(days=2), end=None)]
+               SourcesFilter(motions=["outbound"]), SourcesFilter(start=(T0 + timedelta(days=2)).date()),
+               SourcesFilter(end=(T0 + timedelta(days=1)).date(), motions=["inbound", "blended"])]
+    # a contact whose first touch was not kept is in the cohort of its created_at
+    untouched = s.contact(channel=None, first_at=T0, first_touch_at=None, created_at=T0 + timedelta(days=5))
+    await s.add(untouched)
+    await s.add(s.opportunity(untouched, qualified_at=T0 + timedelta(days=6)))
     for f in filters:
         counted = await _series(pipeline, f)
         async with pipeline.runtime.db.reader() as session:
             one_by_one = (await session.execute(
-                select(Opportunity.qualified_at, Opportunity.motion, Opportunity.first_touch_channel)
-                .join(Contact, Contact.id == Opportunity.contact_id).where(*repository._cohort(f)))).all()
+                select(Opportunity.qualified_at, Opportunity.motion, Opportunity.first_touch_channel,
+                       Contact.first_touch_at, Contact.created_at, Contact.motion)
+                .join(Contact, Contact.id == Opportunity.contact_id))).all()
         expected: dict[tuple, int] = {}
-        for at, motion, channel in one_by_one:
-            day = (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).date()
+        for at, motion, channel, first_at, created_at, contact_motion in one_by_one:
+            cohort_at = utc(first_at if first_at is not None else created_at)
+            if f.start is not None and cohort_at < utc(f.start):
+                continue
+            if f.end is not None and cohort_at >= utc(f.end) + timedelta(days=1):
+                continue
+            if f.motions and contact_motion not in f.motions:
+                continue
+            day = utc(at).date()
             expected[(day, motion, channel)] = expected.get((day, motion, channel), 0) + 1
         assert {(d, m, c): n for d, m, c, n in counted} == expected and len(counted) == len(expected)
         assert [row[0] for row in counted] == sorted(row[0] for row in counted)
     everything = {(d, m, c): n for d, m, c, n in await _series(pipeline, SourcesFilter())}
     assert everything[(date(2025, 2, 10), "inbound", "paid_search")] == 3
+    assert (await _series(pipeline, SourcesFilter(start=(T0 + timedelta(days=5)).date(),
+                                                 end=(T0 + timedelta(days=5)).date()))) == [
+        ((T0 + timedelta(days=6)).date(), "inbound", None, 1)]  # in the cohort of its created_at
     async with pipeline.runtime.db.reader() as session:
         stored = (await session.execute(select(func.count()).select_from(Opportunity))).scalar()
     assert sum(everything.values()) == stored
     weeks, series = weekly_series([(d, m, n) for d, m, _, n in await _series(pipeline, SourcesFilter())])
     assert sum(map(sum, series.values())) == stored
     assert date(2025, 2, 10) in weeks  # a Monday
+
+
+def utc(moment: datetime | date) -> datetime:
+    if not isinstance(moment, datetime):
+        return datetime(moment.year, moment.month, moment.day, tzinfo=timezone.utc)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 async def _series(client, f):  # noqa: ANN001, ANN202
