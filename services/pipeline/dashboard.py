@@ -207,7 +207,7 @@ async def dashboard(
         if row.get("campaign"):
             by_campaign[row["campaign"]] = by_campaign.get(row["campaign"], 0) + (row["share"] or 0)
     weeks_m, series_m = weekly_series([(day, m, n) for day, m, _, n in series])
-    weeks_c, series_c = weekly_series([(day, c or "unattributed", n) for day, _, c, n in series])
+    weeks_c, series_c = weekly_series([(day, c, n) for day, _, c, n in series])  # no channel: "unattributed"
     series_c = top_series(series_c)
     charts = {
         "by_motion": stacked_columns("chart-motion", "Qualified opportunities per week, by motion", weeks_m, series_m),

@@ -5,7 +5,7 @@ Every figure is computed by the database, in SQL that PostgreSQL and SQLite (3.3
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -361,14 +361,19 @@ class SourcesFilter:
     attribution: str = "first"
 
 
+def _first_touch_in(bounded: Callable[[Any], list[ColumnElement]]) -> ColumnElement:
+    """Contacts whose first touch (``created_at`` where none was kept) meets ``bounded``:
+    each branch can use its column's index (a ``coalesce`` of the two could not: the
+    database would read every contact)."""
+    return or_(and_(C.first_touch_at.is_not(None), *bounded(C.first_touch_at)),
+               and_(C.first_touch_at.is_(None), *bounded(C.created_at)))
+
+
 def _cohort(f: SourcesFilter) -> list[ColumnElement]:
-    """Contacts whose first touch (``created_at`` where none was kept) is in the filter's
-    range, of its motions. Each branch of the range can use its column's index (a
-    ``coalesce`` of the two could not: the database would read every contact)."""
+    """Contacts whose first touch is in the filter's range, of its motions."""
     where = []
     if f.start is not None or f.end is not None:
-        where.append(or_(and_(C.first_touch_at.is_not(None), *within(C.first_touch_at, f.start, f.end)),
-                         and_(C.first_touch_at.is_(None), *within(C.created_at, f.start, f.end))))
+        where.append(_first_touch_in(lambda column: within(column, f.start, f.end)))
     if f.motions:
         where.append(C.motion.in_(f.motions))
     return where
@@ -612,7 +617,7 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
         models = (r.model,)
 
         def inside(windows: list[Window]) -> ColumnElement:
-            return or_(*(and_(*_cohort_window(start, end, inclusive, None)) for _, start, end, inclusive in windows))
+            return or_(*(_cohort_window(start, end, inclusive) for _, start, end, inclusive in windows))
 
         where = [inside(raw)]
         if r.motions:
@@ -705,18 +710,9 @@ def _merge(sums: Sums, days: DayCells, partial: source_rollups.Rollups, model: s
             days.setdefault(tuple(map(source_rollups.key_value, key[3:])), []).append((bucket, weight, total))
 
 
-def _cohort_window(start: datetime, end: datetime, inclusive: bool, motions: Sequence[str] | None
-                   ) -> list[ColumnElement]:
-    """Contacts whose first touch (``created_at`` where none was kept) is in the window:
-    each branch can use its column's index."""
-    def bounded(column: Any) -> list[ColumnElement]:
-        return [column >= start, column <= end if inclusive else column < end]
-
-    where = [or_(and_(C.first_touch_at.is_not(None), *bounded(C.first_touch_at)),
-                 and_(C.first_touch_at.is_(None), *bounded(C.created_at)))]
-    if motions:
-        where.append(C.motion.in_(motions))
-    return where
+def _cohort_window(start: datetime, end: datetime, inclusive: bool) -> ColumnElement:
+    """Contacts whose first touch is in the window (``end`` included or not)."""
+    return _first_touch_in(lambda column: [column >= start, column <= end if inclusive else column < end])
 
 
 async def attribution_credits(session: AsyncSession, opportunity_id: str) -> list[AttributionCredit]:
