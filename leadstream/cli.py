@@ -328,8 +328,10 @@ def rescore(
 
     --channels prints, per channel, the contacts and opportunities (by first and last touch)
     before and after; --policy how many contacts change grade or stage, by motion. Without
-    --dry-run the new channels (and their rules' version), scores and forward stage moves
-    are stored, with their events. With both, the channels are reclassified first.
+    --dry-run the new channels (and their rules' version) are stored (a reclassification
+    publishes no event), and the new scores and forward stage moves with their events; the
+    attribution credits and the sources rollups follow. With both, the channels are
+    reclassified first.
     """
     from pathlib import Path
 

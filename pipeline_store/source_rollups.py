@@ -22,8 +22,9 @@ What a contact contributes, per model (``MODELS``):
   it estimated from ``scoring.yaml``'s expected amounts, won amount) are multiplied by that
   weight: credited sums, fractional where a model splits.
 - Days from first touch to ``sql``: a histogram (``BUCKET_EDGES``) of credited weight and
-  credited days per key, from which the weighted median is read (exact when the middle
-  values fall in different buckets; otherwise a bucket's mean).
+  credited days per key, from which the weighted median is read: each bucket stands for
+  its mean, so the median is exact when each middle value is alone in its bucket, and
+  otherwise the middle bucket's mean (within that bucket's bounds).
 - Every difference is stored four times (``grain``): in its hour's row (``day`` and
   ``hour``), its day's, its month's and its year's (``day`` the period's first day, ``hour``
   0), so a range reads whole years from year rows, and only its ragged ends from month, day

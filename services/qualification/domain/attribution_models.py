@@ -2,9 +2,9 @@
 
 Implements item 2 (and the ordering rule of item 1) of the spec section "Attribution
 models and channel rules" (``shared/spec/PRODUCT.md``) as pure functions: values in,
-values out, no I/O. It is NOT wired into the service, the API or the rollups yet; the
-handlers, ``/v1/analytics/sources?attribution=…``, ``/v1/opportunities/{id}/attribution``
-and the rollups will call it in a later change.
+values out, no I/O. Qualification's evaluation (``domain/evaluation.py``) calls it for every
+opportunity; the credits it computes are stored (``attribution_credits``) and summed into
+the sources rollups at commit (``services/qualification/credits.py``).
 
 Inputs are :class:`~services.qualification.domain.attribution.Touch` values (event id,
 motion, channel, campaign, ``occurred_at``) and the qualification moment (the contact
