@@ -12,6 +12,7 @@ credits sum to 1 under every model; and a rebuild from the raw rows changes noth
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal
@@ -27,6 +28,8 @@ from services.pipeline import service as pipeline_service
 from services.pipeline.analytics import Thresholds
 from services.pipeline.schemas import SourcesQuery, TransitionIn
 from services.qualification import service as qualification
+from services.qualification.domain import evaluation
+from services.qualification.domain.attribution import Touch
 from shared.amounts import ExpectedAmounts
 from shared.auth import Principal
 from shared.events import (
@@ -113,6 +116,34 @@ async def _apply(db, people, rng, batch: int) -> None:  # noqa: ANN001
 # ---- the reference: the sources answer computed from the raw rows ------------------------------
 
 
+async def _check_credits_follow_the_touches(db) -> None:  # noqa: ANN001
+    """Every opportunity's stored credits are each model's over its contact's touches as
+    stored now (those that count, within the lookback, by occurrence time), however late
+    each touch arrived: the reference below may then read the stored credits."""
+    async with db.reader() as session:
+        contacts = {c.id: c for c in (await session.execute(select(store.Contact))).scalars()}
+        touches = defaultdict(list)
+        for t in (await session.execute(select(store.Touch))).scalars():
+            touches[t.contact_id].append(t)
+        stored = defaultdict(dict)
+        for row in (await session.execute(select(store.AttributionCredit))).scalars():
+            for model, column in source_rollups.CREDIT_COLUMNS.items():
+                if getattr(row, column) is not None:
+                    stored[(row.opportunity_id, model)][row.event_id] = getattr(row, column)
+        opportunities = (await session.execute(select(store.Opportunity))).scalars().all()
+    for o in opportunities:
+        contact = contacts[o.contact_id]
+        facts = [Touch(t.motion, t.channel or "other", as_utc(t.occurred_at), t.campaign, t.form_id, t.form_type,
+                       t.sequence, t.event_id, t.outcome) for t in touches[contact.id]]
+        real = {t.event_id for t in touches[contact.id] if t.channel is not None}
+        want = evaluation.credits(QUALIFIER.policies, facts, real, as_utc(contact.sql_at), contact.mql_event_id)
+        for model in source_rollups.MODELS:
+            expected = {c.touch.event_id: c.credit for c in want.get(model, ())}
+            got = stored.get((o.id, model), {})
+            assert got.keys() == expected.keys(), (o.id, model, got, expected)
+            assert all(math.isclose(got[k], v, abs_tol=1e-9) for k, v in expected.items()), (o.id, model, got)
+
+
 def _utc(value):  # noqa: ANN001, ANN202
     return as_utc(value)
 
@@ -168,6 +199,8 @@ async def raw_rows(db, model: str):  # noqa: ANN001, ANN201
 
 
 def reference(rows, model: str, group_by: str, start, end, motions):  # noqa: ANN001, ANN201
+    """(sums, days, shares): per group, its credited sums and (days, weight) pairs; per
+    dimension (channel, campaign, motion), each name's credited qualified opportunities."""
     contacts, opportunities, credits = rows
     opps, credited = defaultdict(list), defaultdict(list)
     for o in opportunities:
@@ -177,6 +210,7 @@ def reference(rows, model: str, group_by: str, start, end, motions):  # noqa: AN
     column = {"channel": "channel", "campaign": "campaign", "form": "form_id", "sequence": "sequence"}.get(group_by)
     sums = defaultdict(lambda: defaultdict(float))
     days = defaultdict(list)
+    shares = {dimension: defaultdict(float) for dimension in ("channel", "campaign", "motion")}
     for c in contacts:
         at = _utc(c.first_touch_at) or _utc(c.created_at)
         if not _in_range(at, start, end) or (motions and c.motion not in motions):
@@ -184,6 +218,13 @@ def reference(rows, model: str, group_by: str, start, end, motions):  # noqa: AN
         which = "last" if model == "last" else "first"
         weights = [(getattr(x, column) if column else None, x.credit) for x in credited[c.id]] or [
             (getattr(c, f"{which}_touch_{column}") if column else None, 1.0)]
+        for name, w in [(x.channel, x.credit) for x in credited[c.id]] or [(getattr(c, f"{which}_touch_channel"),
+                                                                              1.0)]:
+            shares["channel"][name] += w * len(opps[c.id])
+        for name, w in [(x.campaign, x.credit) for x in credited[c.id]] or [(getattr(c, f"{which}_touch_campaign"),
+                                                                               1.0)]:
+            shares["campaign"][name] += w * len(opps[c.id])
+        shares["motion"][c.motion] += len(opps[c.id])
         reached = [c.lead_at, c.mql_at, c.sql_at, c.opportunity_at, c.customer_at]
         for name, w in weights:
             key = (c.motion, name) if column else (c.motion,)
@@ -203,7 +244,7 @@ def reference(rows, model: str, group_by: str, start, end, motions):  # noqa: AN
                     row["won_amounts"] += w
             if c.sql_at is not None:
                 days[key].append(((_utc(c.sql_at) - at).total_seconds() / 86400, w))
-    return sums, days
+    return sums, days, shares
 
 
 def _close(a, b, tol: float = 1e-3) -> bool:  # noqa: ANN001
@@ -212,11 +253,52 @@ def _close(a, b, tol: float = 1e-3) -> bool:  # noqa: ANN001
     return math.isclose(float(a), float(b), abs_tol=tol)
 
 
-def _check_report(report: dict, sums, days) -> None:  # noqa: ANN001
+RATES = (("lead_to_mql", "mql", "leads"), ("mql_to_sql", "sql", "mql"), ("sql_to_opportunity", "opportunities", "sql"),
+         ("opportunity_to_won", "won", "opportunities"))
+WARNING = re.compile(r"(\d+)% of qualified pipeline comes from (?:the )?(.+?)(?: (campaign|motion))?")
+
+
+def _check_judgement(report: dict, shares, skip_motion: bool) -> None:  # noqa: ANN001
+    """The concentration index (Herfindahl–Hirschman over the channels' shares) and the
+    dependency warnings (a named source above its dimension's threshold, biggest first),
+    worked out from the reference's shares. A share within 1e-6 of a threshold may go either
+    way (the rollups' float sums and these differ in the last bits)."""
+    share = {}
+    for dimension, counts in shares.items():
+        n = sum(counts.values())
+        share[dimension] = {name: v / n for name, v in counts.items() if v > 1e-9} if n > 1e-9 else {}
+    channel = [v for v in share["channel"].values() if v]
+    assert _close(report["concentration_index"], sum(v * v for v in channel) if channel else None, 1e-4), (
+        report["concentration_index"], share["channel"])
+    limits = Thresholds()
+    sure, maybe = set(), set()
+    for dimension in ("channel", "campaign") + (() if skip_motion else ("motion",)):
+        limit = getattr(limits, dimension)
+        for name, value in share[dimension].items():
+            if name is not None and value > limit + 1e-6:
+                sure.add((dimension, name))
+            elif name is not None and value > limit - 1e-6:
+                maybe.add((dimension, name))
+    got = []
+    for sentence in report["warnings"]:
+        found = WARNING.fullmatch(sentence)
+        assert found, sentence
+        pct, name, kind = found.groups()
+        dimension = kind or "channel"
+        got.append((dimension, name))
+        assert abs(int(pct) - 100 * share[dimension][name]) <= 0.5 + 1e-6, (sentence, share[dimension][name])
+    assert sure <= set(got) <= sure | maybe, (report["warnings"], sure, maybe)
+    assert [d for d, _ in got] == sorted((d for d, _ in got), key=("channel", "campaign", "motion").index)
+    for (d1, n1), (d2, n2) in zip(got, got[1:]):  # biggest first within a dimension
+        assert d1 != d2 or share[d1][n1] >= share[d2][n2] - 1e-6, report["warnings"]
+
+
+def _check_report(report: dict, sums, days, shares=None, *, skip_motion: bool = False) -> None:  # noqa: ANN001
     rows = {tuple(r[k] for k in report["keys"]): r for r in report["rows"]}
     expected = {k: v for k, v in sums.items() if round(v["contacts"], 4)}
     assert set(rows) == set(expected), (set(rows), set(expected))
     total_n = sum(v["qualified_opportunities"] for v in expected.values())
+    total_amount = sum(v["pipeline_amount"] for v in expected.values() if v["pipeline_amounts"] > 1e-9)
     for key, want in expected.items():
         got = rows[key]
         for metric in ("contacts", "leads", "mql", "sql", "opportunities", "won", "qualified_opportunities"):
@@ -227,11 +309,24 @@ def _check_report(report: dict, sums, days) -> None:  # noqa: ANN001
         assert _close(got["estimated_pipeline_amount"], want["estimated_pipeline_amount"]
                       if want["pipeline_amounts"] > 1e-9 else None, 0.01), (key, got, want)
         assert _close(got["share"], want["qualified_opportunities"] / total_n if total_n > 1e-9 else None)
-        assert _close(got["mql_to_sql"], want["sql"] / want["mql"] if want["mql"] > 1e-9 else None)
+        for rate, numerator, denominator in RATES:
+            assert _close(got[rate], want[numerator] / want[denominator] if want[denominator] > 1e-9 else None), (
+                key, rate, got, want)
+        assert _close(got["amount_share"], want["pipeline_amount"] / total_amount
+                      if want["pipeline_amounts"] > 1e-9 and abs(total_amount) > 1e-9 else None), (key, got, want)
         medians = _medians(days.get(key, []))
         assert _median_close(got["median_days_to_qualify"], medians), (key, got, medians)
-    assert _close(report["totals"]["contacts"], sum(v["contacts"] for v in expected.values()))
-    assert _close(report["totals"]["qualified_opportunities"], total_n)
+    totals = defaultdict(float)
+    for want in expected.values():
+        for metric, value in want.items():
+            totals[metric] += value
+    for metric in ("contacts", "leads", "mql", "sql", "opportunities", "won", "qualified_opportunities"):
+        assert _close(report["totals"][metric], totals[metric]), (metric, report["totals"], dict(totals))
+    for rate, numerator, denominator in RATES:
+        assert _close(report["totals"][rate], totals[numerator] / totals[denominator]
+                      if totals[denominator] > 1e-9 else None), (rate, report["totals"], dict(totals))
+    if shares is not None:
+        _check_judgement(report, shares, skip_motion)
 
 
 def _at(day: int, hour: int, minute: int = 0) -> datetime:
@@ -284,6 +379,7 @@ async def test_rollup_answers_equal_the_raw_rows_on_random_histories(pipeline_st
                 per[(c.opportunity_id, model)] += getattr(c, column)
     assert all(math.isclose(v, 1.0) for v in per.values()), per  # every opportunity, every model
     assert {m for _, m in per} in (set(), set(source_rollups.MODELS))
+    await _check_credits_follow_the_touches(db)
 
     thresholds = Thresholds()
     for model in source_rollups.MODELS:
@@ -296,8 +392,8 @@ async def test_rollup_answers_equal_the_raw_rows_on_random_histories(pipeline_st
                                                      "motion": motions, "attribution": model})
                 async with db.reader() as session:
                     report = await pipeline_service.source_analytics(session, query, thresholds)
-                sums, days = reference(rows, model, group_by, start, end, motions)
-                _check_report(report, sums, days)
+                _check_report(report, *reference(rows, model, group_by, start, end, motions),
+                              skip_motion=bool(motions and len(motions) == 1))
 
     # a rebuild from the raw rows gives the rows the transactions kept
     table = store.SourceRollup.__table__
