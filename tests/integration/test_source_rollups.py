@@ -12,6 +12,7 @@ credits sum to 1 under every model; and a rebuild from the raw rows changes noth
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections import defaultdict
 from datetime import date, datetime, time, timedelta, timezone
@@ -116,7 +117,7 @@ async def _apply(db, people, rng, batch: int) -> None:  # noqa: ANN001
 # ---- the reference: the sources answer computed from the raw rows ------------------------------
 
 
-async def _check_credits_follow_the_touches(db) -> None:  # noqa: ANN001
+async def _check_credits_follow_the_touches(db, policies=QUALIFIER.policies) -> None:  # noqa: ANN001
     """Every opportunity's stored credits are each model's over its contact's touches as
     stored now (those that count, within the lookback, by occurrence time), however late
     each touch arrived: the reference below may then read the stored credits."""
@@ -136,7 +137,7 @@ async def _check_credits_follow_the_touches(db) -> None:  # noqa: ANN001
         facts = [Touch(t.motion, t.channel or "other", as_utc(t.occurred_at), t.campaign, t.form_id, t.form_type,
                        t.sequence, t.event_id, t.outcome) for t in touches[contact.id]]
         real = {t.event_id for t in touches[contact.id] if t.channel is not None}
-        want = evaluation.credits(QUALIFIER.policies, facts, real, as_utc(contact.sql_at), contact.mql_event_id)
+        want = evaluation.credits(policies, facts, real, as_utc(contact.sql_at), contact.mql_event_id)
         for model in source_rollups.MODELS:
             expected = {c.touch.event_id: c.credit for c in want.get(model, ())}
             got = stored.get((o.id, model), {})
@@ -410,6 +411,120 @@ async def test_rollup_answers_equal_the_raw_rows_on_random_histories(pipeline_st
         a, b = kept.get(key, zero), rebuilt.get(key, zero)
         assert all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b)), (key, a, b)
 
+
+
+def _people(seed: int, n: int = 14) -> list:
+    """A fixed history of ``n`` people: a few facts each over three weeks, then a sale."""
+    rng = random.Random(seed)
+    kinds = [("lead", f, u, rng.random() < 0.7) for f in FORMS for u in range(len(UTMS))] + [
+        ("prospect", None, None, True)] + [("touch", o, c, q) for o in OUTCOMES for c in CHANNELS for q in ("s1", "s2")]
+    people = []
+    for _ in range(n):
+        facts = [(rng.choice(kinds), rng.randrange(0, 21 * DAY)) for _ in range(rng.randint(1, 5))]
+        people.append((facts, (rng.choice(["accept", "win", "lose", "none"]), rng.choice([None, 1000, 40000]))))
+    return people
+
+
+async def _rollup_rows(db) -> dict[tuple, tuple]:  # noqa: ANN001
+    table = store.SourceRollup.__table__
+    columns = [table.c[k] for k in source_rollups.KEY] + [table.c[m] for m in source_rollups.METRICS]
+    n = len(source_rollups.KEY)
+    async with db.reader() as session:
+        found = (await session.execute(select(*columns))).all()
+    rows = {tuple(r[:n]): tuple(round(x, 9) for x in r[n:]) for r in found}
+    return {k: v for k, v in rows.items() if any(v)}
+
+
+async def _check_answers(db, policies) -> None:  # noqa: ANN001
+    """Credits follow the touches under ``policies``; every model's answers equal the raw rows'."""
+    await _check_credits_follow_the_touches(db, policies)
+    for model in source_rollups.MODELS:
+        rows = await raw_rows(db, model)
+        for start, end in RANGES[:3]:
+            for group_by in ("channel", "campaign", "motion"):
+                query = SourcesQuery.model_validate({"from": start, "to": end, "group_by": group_by,
+                                                     "attribution": model})
+                async with db.reader() as session:
+                    report = await pipeline_service.source_analytics(session, query, Thresholds())
+                _check_report(report, *reference(rows, model, group_by, start, end, None))
+
+
+async def test_a_rescore_under_a_new_policy_brings_credits_and_rollups_up_to_date(pipeline_store, tmp_path):
+    """A policy with a one-day lookback and newsletters that no longer count changes which
+    touches count: applied, the re-score leaves every opportunity's credits those of the new
+    policy and every answer equal to the raw rows'; a dry run changes nothing."""
+    from services.qualification.rescore import rescore_all
+
+    db = pipeline_store
+    await _apply(db, _people(7), random.Random(7), 4)
+    await _check_answers(db, QUALIFIER.policies)
+    text = (ROOT / "deploy" / "config" / "scoring.yaml").read_text()
+    for old, new in (('version: "2026-11-25.1"', 'version: "test-rescore.1"'),
+                     ("attribution_lookback_days: 90", "attribution_lookback_days: 1"),
+                     ("    newsletter: 3\n", "    newsletter: 0\n")):
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp_path / "scoring.yaml").write_text(text)
+    (tmp_path / "channels.yaml").write_text((ROOT / "deploy" / "config" / "channels.yaml").read_text())
+    policy = qualification.load_qualifier(tmp_path / "scoring.yaml")
+    assert policy.policies.attribution_lookback_days == 1
+
+    assert max(await _credited_days_before(db)) > 1  # under the shipped 90 days, touches older than a day count
+    async with db.reader() as session:
+        credits_before = sorted(map(tuple, (await session.execute(select(store.AttributionCredit.__table__))).all()))
+    rollups_before = await _rollup_rows(db)
+    await rescore_all(db, policy, apply=False)
+    async with db.reader() as session:
+        assert sorted(map(tuple, (await session.execute(select(store.AttributionCredit.__table__))).all())) == (
+            credits_before)
+    assert await _rollup_rows(db) == rollups_before
+
+    await rescore_all(db, policy, apply=True)
+    async with db.reader() as session:
+        credits_after = sorted(map(tuple, (await session.execute(select(store.AttributionCredit.__table__))).all()))
+    assert credits_after != credits_before  # the history has touches the new policy no longer counts
+    assert await _credited_days_before(db) and max(await _credited_days_before(db)) <= 1 + 1e-9
+    await _check_answers(db, policy.policies)
+
+
+async def _credited_days_before(db) -> list[float]:  # noqa: ANN001
+    """How long before its opportunity qualified each credited touch occurred, in days."""
+    A, C = store.AttributionCredit, store.Contact  # noqa: N806
+    async with db.reader() as session:
+        rows = (await session.execute(select(A.occurred_at, C.sql_at).join(C, C.id == A.contact_id))).all()
+    return [(as_utc(sql_at) - as_utc(at)).total_seconds() / 86400 for at, sql_at in rows]
+
+
+async def test_a_replay_into_an_empty_store_rebuilds_the_same_credits_and_rollups(database_factory):
+    """Replaying the topics into an empty store (a restore, ``operations.md``) rebuilds the
+    credits and rollups the first store kept: each contact's facts arrive in the same order
+    (one key, one partition), interleaved and batched differently."""
+    from shared.db import Database
+
+    people = _people(11)
+    events = [(i, _event(f"p{i}@co{i % 3}.com", kind, minute, n))
+              for i, (facts, _) in enumerate(people) for n, (kind, minute) in enumerate(facts)]
+    random.Random(3).shuffle(events)
+    stores = []
+    for order, batch in ((events, 4), (sorted(events, key=lambda e: e[0] % 4), 1)):  # stable: each contact's order
+        db = Database(await database_factory("pipeline"), pool_size=1)
+        stores.append(db)
+        for start in range(0, len(order), batch):
+            async with db.snapshot_unit_of_work() as session:
+                for _, (event, data) in order[start:start + batch]:
+                    await _APPLY[event.type](session, QUALIFIER, event, data)
+    try:
+        first, replayed = stores
+        async with first.reader() as a, replayed.reader() as b:
+            query = select(store.AttributionCredit.__table__)
+            assert sorted(map(tuple, (await a.execute(query)).all())) == sorted(
+                map(tuple, (await b.execute(query)).all()))
+        assert await _rollup_rows(first) == await _rollup_rows(replayed)
+        assert await _rollup_rows(first)
+        await _check_answers(replayed, QUALIFIER.policies)
+    finally:
+        for db in stores:
+            await db.dispose()
 
 
 async def test_the_hour_and_year_migration_fills_the_rollups_from_the_raw_rows(database_factory):
