@@ -1,6 +1,6 @@
 """Analytics: ``GET /v1/analytics/sources`` latency from the rollups, over 100,000 and
 1,000,000 contacts (30% qualified: 30,000 and 300,000 opportunities), on SQLite and
-PostgreSQL, for every attribution model, a few ranges and groupings.
+PostgreSQL, for every attribution model, a few ranges, every grouping and one motion filter.
 
 Each store of its own is migrated, then seeded directly (not through Kafka): a year of
 contacts across motions, channels, campaigns, forms and sequences, each with one to four
@@ -265,7 +265,10 @@ RANGES = {
     "last 30 days": {"from": (NOW - timedelta(days=30)).date().isoformat(), "to": NOW.date().isoformat()},
     "a quarter, date-times": {"from": "2026-04-01T09:30:00Z", "to": "2026-06-30T17:45:00Z"},
 }
-GROUPINGS = ("channel", "campaign", "motion")
+# every grouping, and one answer for one motion (its warnings leave the motion out)
+GROUPINGS = {"channel": {"group_by": "channel"}, "campaign": {"group_by": "campaign"},
+             "form": {"group_by": "form"}, "sequence": {"group_by": "sequence"}, "motion": {"group_by": "motion"},
+             "channel, inbound only": {"group_by": "channel", "motion": "inbound"}}
 
 
 def _p(values: list[float], q: float) -> float:
@@ -278,8 +281,8 @@ def measure(url: str, key: str) -> dict[tuple[str, str, str], list[float]]:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         for model in MODELS:
             for range_name, bounds in RANGES.items():
-                for group_by in GROUPINGS:
-                    params = {"attribution": model, "group_by": group_by, **bounds}
+                for group_by, grouping in GROUPINGS.items():
+                    params = {"attribution": model, **grouping, **bounds}
                     for _ in range(2):  # warm-up
                         assert client.get("/v1/analytics/sources", params=params).status_code == 200
                     times = []
@@ -370,7 +373,11 @@ def _run_one(backend: str, contacts: int) -> list[Row]:
         rows.append(Row("analytics", f"{label}: GET /v1/analytics/sources p95, all {len(timings)} cases",
                         _p(everything, 0.95), "ms", target="≤ 100"))
         worst = max(timings, key=lambda k: _p(timings[k], 0.95))
-        rows.append(Row("analytics", f"{label}: worst case p95 ({', '.join(worst)})", _p(timings[worst], 0.95), "ms"))
+        rows.append(Row("analytics", f"{label}: worst case p95 ({', '.join(worst)})", _p(timings[worst], 0.95), "ms",
+                        target="≤ 100"))
+        for group_by in GROUPINGS:
+            cases = [t for (m, r, g), ts in timings.items() if g == group_by for t in ts]
+            rows.append(Row("analytics", f"{label}: p95 by {group_by}", _p(cases, 0.95), "ms"))
         for range_name in RANGES:
             cases = [t for (m, r, g), ts in timings.items() if r == range_name for t in ts]
             rows.append(Row("analytics", f"{label}: p95 {range_name}", _p(cases, 0.95), "ms"))
