@@ -393,4 +393,7 @@ class OpportunityAttribution(BaseModel):
     opportunity_id: str
     contact_id: str
     qualified_at: Utc
+    credits_as_of: Utc | None = Field(
+        description="the qualification the credits count back from (the lookback ends there): the opportunity's, "
+        "or the contact's later one when it qualified again after sales nurtured it")
     models: list[ModelCredits]

@@ -315,7 +315,7 @@ async def opportunity_attribution(session: AsyncSession, opportunity_id: str) ->
             form_id=touch.form_id, sequence=touch.sequence, occurred_at=touch.at, credit=1.0)]
         models.append(ModelCredits(model=model, basis=f"{which}_touch", touches=touches))
     return OpportunityAttribution(opportunity_id=opp.id, contact_id=opp.contact_id, qualified_at=opp.qualified_at,
-                                  models=models)
+                                  credits_as_of=contact.sql_at or opp.qualified_at, models=models)
 
 
 @dataclass(frozen=True)

@@ -667,3 +667,39 @@ async def test_the_credits_migration_makes_one_row_per_touch_and_goes_back(datab
     assert {k: v for k, v in old.items() if k[1] != "first"} == {
         k: v for k, v in unpivoted(kept).items() if k[1] != "first"}
     await aupgrade("pipeline", url)
+
+
+async def test_a_contact_qualified_again_after_nurture_is_credited_back_from_its_new_qualification(pipeline_store):
+    """Sales nurtures an opportunity; the contact's later demo request qualifies it again (the
+    one opportunity of a contact stays, with its first qualification). The credits then count
+    back from the new qualification, and the attribution answer says so (``credits_as_of``);
+    the sources answers still equal the raw rows'."""
+    db = pipeline_store
+    email = "nora@acme.com"
+    start = datetime.now(timezone.utc) - timedelta(days=3)
+    first = LeadCaptured(email=email, form_type="demo_request", utm=UTMS[1], form_id="f-demo", occurred_at=start,
+                         **BUSINESS)
+    async with db.snapshot_unit_of_work() as session:
+        await qualification.record_lead(session, QUALIFIER, make_event(LEAD_CAPTURED, first, source="/t",
+                                                                       subject=email, time=start), first)
+    async with db.reader() as session:
+        opportunity = (await session.execute(select(store.Opportunity))).scalar_one()
+    async with db.unit_of_work() as session:
+        await pipeline_service.transition(session, opportunity.id, TransitionIn(to="nurture", reason="not now"), SALES)
+    later = datetime.now(timezone.utc) + timedelta(minutes=5)
+    again = LeadCaptured(email=email, form_type="pricing", utm=UTMS[2], form_id="f-pricing", occurred_at=later,
+                         **BUSINESS)
+    async with db.snapshot_unit_of_work() as session:
+        await qualification.record_lead(session, QUALIFIER, make_event(LEAD_CAPTURED, again, source="/t",
+                                                                       subject=email, time=later), again)
+    async with db.reader() as session:
+        contact = (await session.execute(select(store.Contact))).scalar_one()
+        answer = await pipeline_service.opportunity_attribution(session, opportunity.id)
+    assert contact.stage == "sql" and as_utc(contact.sql_at) == later  # qualified again
+    assert as_utc(answer.qualified_at) == as_utc(opportunity.qualified_at) == start
+    assert answer.credits_as_of == later
+    for model in answer.models:
+        assert model.basis == "counting_touches"
+        assert [t.occurred_at for t in model.touches] == [start, later]  # both within the lookback of `later`
+        assert math.isclose(sum(t.credit for t in model.touches), 1.0)
+    await _check_answers(db, QUALIFIER.policies)
