@@ -115,17 +115,18 @@ async def test_each_touch_records_the_rules_version_and_answers_show_it(stack, t
     assert [(e["channel"], e["channel_rules_version"]) for e in detail["timeline"]] == [("paid_search", VERSION)]
 
 
-@pytest.mark.parametrize(("edit", "says"), [
+@pytest.mark.parametrize(("edit", "says", "at"), [
     (lambda t: t.replace('matches: "^(.*cp.*|ppc|retargeting|paid.*)$"}}\n    channel: paid_search',
                          'matches: "^(.*cp.*|ppc|retargeting|paid.*$"}}\n    channel: paid_search'),
-     "rule 4 (paid_medium): when.utm_medium.matches: invalid regular expression"),
-    (lambda t: t.replace("channel: partner\n", "channel: partners\n"), "rule 10 (partner_medium): channel:"),
+     "rule 4 (paid_medium): when.utm_medium.matches: invalid regular expression", 'paid.*$"}}'),
+    (lambda t: t.replace("channel: partner\n", "channel: partners\n"), "rule 10 (partner_medium): channel:",
+     "channel: partners"),
     (lambda t: t.replace("when: {form_type: webinar}", "when: {}"),
-     "rule 29 (webinar_form): a rule needs at least one condition"),
+     "rule 29 (webinar_form): a rule needs at least one condition", "- name: webinar_form"),
     (lambda t: t.replace("when: {form_type: event}", "when: {form_typ: event}"),
-     "rule 30 (event_form): when.form_typ: unknown field"),
+     "rule 30 (event_form): when.form_typ: unknown field", "when: {form_typ: event}"),
 ])
-def test_a_bad_channels_file_stops_qualification_naming_the_rule(tmp_path, edit, says):
+def test_a_bad_channels_file_stops_qualification_naming_the_rule(tmp_path, edit, says, at):
     config = tmp_path / "config"
     shutil.copytree(ROOT / "deploy" / "config", config)
     path = config / "channels.yaml"
@@ -135,7 +136,8 @@ def test_a_bad_channels_file_stops_qualification_naming_the_rule(tmp_path, edit,
     with pytest.raises(SystemExit) as stopped:
         create_app(settings)
     message = str(stopped.value)
-    assert message.startswith(f"qualification: {path}:") and says in message, message
+    (line,) = [n for n, text in enumerate(text.splitlines(), 1) if at in text]  # the line it names
+    assert message.startswith(f"qualification: {path}:{line}:") and f"{path}:{line}: {says}" in message, message
 
 
 async def test_rescore_channels_dry_run_changes_nothing_and_apply_reclassifies_by_replay(stack, tmp_path):  # noqa: F811
