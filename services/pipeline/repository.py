@@ -90,6 +90,30 @@ def _utc_day_sqlite(element, compiler, **kw):  # noqa: ANN001, ANN202
     return f"date({column})"
 
 
+class unindexed(FunctionElement):  # noqa: N801 - reads as SQL
+    """A column whose condition no index should answer: ``+column`` on SQLite, the column
+    itself elsewhere. A cohort's motion filter (``motion IN (…)``) is one. Without statistics
+    (a SQLite file is rarely ``ANALYZE``d) SQLite took the motion index over the cohort's
+    range, reading every contact of the motion: 2 s instead of 4 ms for an hour's contacts
+    of one motion over 1,000,000 contacts."""
+
+    type = String()
+    inherit_cache = True
+    name = "unindexed"
+
+
+@compiles(unindexed)
+def _unindexed_default(element, compiler, **kw):  # noqa: ANN001, ANN202
+    (column,) = (compiler.process(c, **kw) for c in element.clauses)
+    return column
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element, compiler, **kw):  # noqa: ANN001, ANN202
+    (column,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"+{column}"
+
+
 def _instant(value: date | datetime) -> datetime:
     if isinstance(value, datetime):
         return value
@@ -374,7 +398,9 @@ def _cohort(f: SourcesFilter) -> list[ColumnElement]:
     where = []
     if f.start is not None or f.end is not None:
         where.append(_first_touch_in(lambda column: within(column, f.start, f.end)))
-    if f.motions:
+        if f.motions:  # the range's index, not the motion's
+            where.append(unindexed(C.motion).in_(f.motions))
+    elif f.motions:
         where.append(C.motion.in_(f.motions))
     return where
 
@@ -620,8 +646,8 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
             return or_(*(_cohort_window(start, end, inclusive) for _, start, end, inclusive in windows))
 
         where = [inside(raw)]
-        if r.motions:
-            where.append(C.motion.in_(r.motions))
+        if r.motions:  # the windows' index, not the motion's
+            where.append(unindexed(C.motion).in_(r.motions))
         taken = [w for w in raw if w[0] < 0]
         contact_sign = case((inside(taken), -1.0), else_=1.0) if taken else None
         for facts, contacts in await _window_facts(session, where, r.model, contact_sign):
