@@ -50,7 +50,9 @@ from tests.support import create_postgres_database, drop_postgres_database, post
 
 SIZES = [int(n) for n in os.environ.get("BENCH_ANALYTICS_CONTACTS", "100000,1000000").split(",")]
 QUALIFIED = 0.3
-REQUESTS = int(os.environ.get("BENCH_ANALYTICS_REQUESTS", "15"))
+# per case: a p95 of 15 requests was their slowest one, so one hiccup of the machine decided
+# a case; of 40, it is the second slowest
+REQUESTS = int(os.environ.get("BENCH_ANALYTICS_REQUESTS", "40"))
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 INBOUND = [("paid_search", 30), ("organic_search", 25), ("paid_social", 10), ("email", 10), ("referral", 8),
            ("webinar", 7), ("content", 5), ("direct", 5)]
