@@ -20,7 +20,13 @@ from shared.api_keys import hash_key, new_key
 from shared.broker import free_port
 from tests.support import make_settings
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [
+    pytest.mark.timeout(300),
+    # schemathesis 4's own generators draw from the `random` module inside their strategies
+    # (none of ours does); Hypothesis warns about it on every run, which says nothing about us
+    pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"
+                               ":hypothesis.errors.HypothesisDeprecationWarning"),
+]
 
 FUZZ = settings(max_examples=20, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
