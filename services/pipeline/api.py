@@ -156,7 +156,8 @@ SOURCES_EXAMPLE = {
         "description": "Per group: the funnel (contacts that reached each milestone), stage-to-stage "
         "conversion rates, pipeline amount (open and won; `estimated_pipeline_amount` is its part that is "
         "scoring.yaml's expected amount of opportunities accepted without one) and won amount, median "
-        "days from first touch to `sql`, "
+        "days from first touch to `sql` (read from a histogram kept with the rollups: exact when the middle "
+        "value is alone in its bucket, otherwise that bucket's mean), "
         "`share` of qualified opportunities by count and `amount_share` of pipeline amount; then totals, the "
         "Herfindahl–Hirschman concentration index over channel shares (0–1) and dependency warnings. "
         "`Accept: text/csv` answers the rows as CSV.",
