@@ -24,7 +24,8 @@ What a contact contributes, per model (``MODELS``):
 - Days from first touch to ``sql``: a histogram (``BUCKET_EDGES``) of credited weight and
   credited days per key, from which the weighted median is read: each bucket stands for
   its mean, so the median is exact when each middle value is alone in its bucket, and
-  otherwise the middle bucket's mean (within that bucket's bounds).
+  otherwise the mean of the middle bucket's (or the two middle buckets') means, within
+  their bounds.
 - Every difference is stored four times (``grain``): in its hour's row (``day`` and
   ``hour``), its day's, its month's and its year's (``day`` the period's first day, ``hour``
   0), so a range reads whole years from year rows, and only its ragged ends from month, day

@@ -87,7 +87,9 @@ async def get_opportunity(opportunity_id: str, runtime: Runtime) -> OpportunityV
             description="Per model (`first`, `last`, `linear`, `position`, `time_decay`, `w_shaped`), each "
             "counting touch (inbound and outbound touches the policy gives positive engagement points, within "
             "the lookback before qualification, by occurrence time) with its event id, motion, channel, "
-            "campaign and `occurred_at`, and its credit; credits sum to 1 per model.")
+            "campaign and `occurred_at`, and its credit; credits sum to 1 per model. The qualification they "
+            "count back from is `credits_as_of`: the opportunity's `qualified_at`, or the contact's later "
+            "qualification when it qualified again after sales nurtured it.")
 async def get_opportunity_attribution(opportunity_id: str, runtime: Runtime) -> OpportunityAttribution:
     async with runtime.db.reader() as session:
         return await service.opportunity_attribution(session, opportunity_id)
@@ -156,8 +158,8 @@ SOURCES_EXAMPLE = {
         "description": "Per group: the funnel (contacts that reached each milestone), stage-to-stage "
         "conversion rates, pipeline amount (open and won; `estimated_pipeline_amount` is its part that is "
         "scoring.yaml's expected amount of opportunities accepted without one) and won amount, median "
-        "days from first touch to `sql` (read from a histogram kept with the rollups: exact when the middle "
-        "value is alone in its bucket, otherwise that bucket's mean), "
+        "days from first touch to `sql` (read from a histogram kept with the rollups: exact when each middle "
+        "value is alone in its bucket, otherwise the mean of the middle buckets' means), "
         "`share` of qualified opportunities by count and `amount_share` of pipeline amount; then totals, the "
         "Herfindahl–Hirschman concentration index over channel shares (0–1) and dependency warnings. "
         "`Accept: text/csv` answers the rows as CSV.",

@@ -393,7 +393,8 @@ class OpportunityAttribution(BaseModel):
     opportunity_id: str
     contact_id: str
     qualified_at: Utc
-    credits_as_of: Utc | None = Field(
+    credits_as_of: Utc = Field(
         description="the qualification the credits count back from (the lookback ends there): the opportunity's, "
-        "or the contact's later one when it qualified again after sales nurtured it")
+        "or the contact's later one when it qualified again after sales nurtured it (then `last` credits the "
+        "last touch before that one, while the opportunity's `last_touch_*` stay those of its first)")
     models: list[ModelCredits]

@@ -136,7 +136,7 @@ def test_a_bad_channels_file_stops_qualification_naming_the_rule(tmp_path, edit,
     with pytest.raises(SystemExit) as stopped:
         create_app(settings)
     message = str(stopped.value)
-    (line,) = [n for n, text in enumerate(text.splitlines(), 1) if at in text]  # the line it names
+    (line,) = [n for n, content in enumerate(text.splitlines(), 1) if at in content]  # the line it names
     assert message.startswith(f"qualification: {path}:{line}:") and f"{path}:{line}: {says}" in message, message
 
 
