@@ -691,22 +691,22 @@ async def test_a_contact_qualified_again_after_nurture_is_credited_back_from_its
     the sources answers still equal the raw rows'."""
     db = pipeline_store
     email = "nora@acme.com"
+
+    async def lead(form_type: str, utm: dict, at: datetime) -> None:
+        data = LeadCaptured(email=email, form_type=form_type, utm=utm, form_id=f"f-{form_type}", occurred_at=at,
+                            **BUSINESS)
+        async with db.snapshot_unit_of_work() as session:
+            event = make_event(LEAD_CAPTURED, data, source="/t", subject=email, time=at)
+            await qualification.record_lead(session, QUALIFIER, event, data)
+
     start = datetime.now(timezone.utc) - timedelta(days=3)
-    first = LeadCaptured(email=email, form_type="demo_request", utm=UTMS[1], form_id="f-demo", occurred_at=start,
-                         **BUSINESS)
-    async with db.snapshot_unit_of_work() as session:
-        await qualification.record_lead(session, QUALIFIER, make_event(LEAD_CAPTURED, first, source="/t",
-                                                                       subject=email, time=start), first)
+    await lead("demo_request", UTMS[1], start)
     async with db.reader() as session:
         opportunity = (await session.execute(select(store.Opportunity))).scalar_one()
     async with db.unit_of_work() as session:
         await pipeline_service.transition(session, opportunity.id, TransitionIn(to="nurture", reason="not now"), SALES)
     later = datetime.now(timezone.utc) + timedelta(minutes=5)
-    again = LeadCaptured(email=email, form_type="pricing", utm=UTMS[2], form_id="f-pricing", occurred_at=later,
-                         **BUSINESS)
-    async with db.snapshot_unit_of_work() as session:
-        await qualification.record_lead(session, QUALIFIER, make_event(LEAD_CAPTURED, again, source="/t",
-                                                                       subject=email, time=later), again)
+    await lead("pricing", UTMS[2], later)
     async with db.reader() as session:
         contact = (await session.execute(select(store.Contact))).scalar_one()
         answer = await pipeline_service.opportunity_attribution(session, opportunity.id)
