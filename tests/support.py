@@ -320,16 +320,19 @@ class ServiceProcess:
     def wait_healthy(self, timeout: float = 90) -> None:
         # a start imports the service, migrates and reaches the broker: seconds on a quiet machine,
         # more than 30 s when 4 workers share 2 cores with other runs (seen in CI at load 11)
+        # one client for the whole wait: ``httpx.get`` builds a client, and with it an SSL context
+        # that loads the CA bundle (~20 ms of CPU), on every poll
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.service} exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        with httpx.Client(timeout=0.5) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"{self.service} exited: {self.log_path.read_text()[-3000:]}")
+                try:
+                    if client.get(f"{self.url}/healthz").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
         raise TimeoutError(f"{self.service} not healthy: {self.log_path.read_text()[-3000:]}")
 
     def kill(self) -> None:
