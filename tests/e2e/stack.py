@@ -219,15 +219,26 @@ def print_topic_counts(name: str, counts: dict[str, TopicCount], before: dict[st
 
 
 async def send_workload(stack: FullStack, client: httpx.AsyncClient, accepted: Accepted, *, tag: str,
-                        leads: int, prospects: int, touches_per_prospect: int = 3, concurrency: int = 16) -> None:
-    """Leads through capture, prospects and touches through outreach; records every accepted id."""
+                        leads: int, prospects: int, touches_per_prospect: int = 3, concurrency: int = 16,
+                        spread: float = 0.0) -> None:
+    """Leads through capture, prospects and touches through outreach; records every accepted id.
+
+    ``spread``: the seconds over which the leads start, evenly (the prospects likewise), so a
+    stream of a given size lasts as long as the fault it runs beside instead of arriving at once."""
     sem = asyncio.Semaphore(concurrency)
+    started = asyncio.get_running_loop().time()
+
+    async def start_at(offset: float) -> None:
+        delay = started + offset - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
     forms = ["demo_request", "newsletter", "content_download", "webinar", "pricing"]
 
     async def lead(i: int) -> None:
         body = {"email": f"{tag}-lead{i}@company{i % 50}.example", "company": f"Company {i % 50}",
                 "title": "VP Marketing", "employees": 250, "form_type": forms[i % len(forms)],
                 "utm": {"source": "google", "medium": "cpc", "campaign": tag}}
+        await start_at(i * spread / leads)
         async with sem:
             for _ in range(40):  # a client retries with the same key until it gets an answer
                 try:
@@ -248,6 +259,7 @@ async def send_workload(stack: FullStack, client: httpx.AsyncClient, accepted: A
         outcomes = ["sent", "opened", "meeting_booked" if i % 4 == 0 else "clicked"]
         touches = [{"email": email, "channel": "cold_email", "outcome": outcomes[s % 3], "sequence": tag,
                     "step": s + 1, "external_id": f"{tag}-{i}-{s}"} for s in range(touches_per_prospect)]
+        await start_at(i * spread / prospects)
         async with sem:
             for _ in range(40):
                 try:
