@@ -104,7 +104,8 @@ async def test_guarantees_hold_under_faults(stack):
                 await asyncio.sleep(1.0)
                 await asyncio.to_thread(victim.start)  # the stream goes on while it boots
 
-        await _during(send_workload(stack, client, accepted, tag="kill", leads=250, prospects=75, spread=11.0), kill_workers)
+        await _during(send_workload(stack, client, accepted, tag="kill", leads=250, prospects=75, spread=11.0),
+                      kill_workers)
         await _check(stack, "worker kill -9 x3", accepted)
 
         # (2) the broker stopped and started again mid-stream (the embedded broker comes back empty)
@@ -114,7 +115,8 @@ async def test_guarantees_hold_under_faults(stack):
             await asyncio.sleep(2.0)
             await stack.broker.astart()
 
-        await _during(send_workload(stack, client, accepted, tag="broker", leads=200, prospects=60, spread=4.0), restart_broker)
+        await _during(send_workload(stack, client, accepted, tag="broker", leads=200, prospects=60, spread=4.0),
+                      restart_broker)
         await _check(stack, "broker restart", accepted, broker_restarted=True)
 
         # (3) a worker joining and leaving the group mid-stream
@@ -124,7 +126,8 @@ async def test_guarantees_hold_under_faults(stack):
             await asyncio.sleep(6.0)
             await asyncio.to_thread(extra.stop)
 
-        await _during(send_workload(stack, client, accepted, tag="rebalance", leads=200, prospects=60, spread=8.0), join_and_leave)
+        await _during(send_workload(stack, client, accepted, tag="rebalance", leads=200, prospects=60, spread=8.0),
+                      join_and_leave)
         await _check(stack, "worker join + leave", accepted, repeats_allowed=False)
 
         # (4) capture killed with -9 between accepting and relaying
@@ -134,7 +137,8 @@ async def test_guarantees_hold_under_faults(stack):
             await asyncio.sleep(0.5)
             await asyncio.to_thread(stack.capture.start)
 
-        await _during(send_workload(stack, client, accepted, tag="capture", leads=200, prospects=30, spread=2.5), kill_capture)
+        await _during(send_workload(stack, client, accepted, tag="capture", leads=200, prospects=30, spread=2.5),
+                      kill_capture)
         await _check(stack, "capture kill -9", accepted)
 
         # (5) a flood of poison messages mixed into valid ones
