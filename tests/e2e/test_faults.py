@@ -167,7 +167,8 @@ async def _poison_flood(stack: FullStack, client: httpx.AsyncClient, accepted: A
         b'"time":"2026-01-01T00:00:00Z","data":{"email":42}}',
     ]
     try:
-        workload = asyncio.create_task(send_workload(stack, client, accepted, tag="poison", leads=150, prospects=30, spread=2.0))
+        workload = asyncio.create_task(send_workload(stack, client, accepted, tag="poison", leads=150, prospects=30,
+                                                     spread=2.0))
         for i in range(200):
             topic = LEADS_CAPTURED if i % 2 == 0 else OUTREACH_TOUCHES
             value = bad_values[i % len(bad_values)] % i
