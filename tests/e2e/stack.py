@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +17,7 @@ from pipeline_store.models import Opportunity, ProcessedEvent
 from shared.broker import EmbeddedBroker, free_port
 from shared.db import Database
 from shared.events import LEADS_CAPTURED, OPPORTUNITIES_QUALIFIED, OUTREACH_TOUCHES, PIPELINE_CHANGES
-from tests.support import ROOT, ServiceProcess, TopicCount, count_topic, read_raw, read_until_idle
+from tests.support import ServiceProcess, TopicCount, count_topic, read_raw, read_until_idle
 
 TOPICS = (LEADS_CAPTURED, OUTREACH_TOUCHES, OPPORTUNITIES_QUALIFIED, PIPELINE_CHANGES)
 T = TypeVar("T")
@@ -66,13 +63,7 @@ class FullStack:
             "LEADSTREAM_OUTBOX_MAX_BACKOFF_S": "1",
             "LEADSTREAM_LOG_LEVEL": "WARNING",
         }
-        created = subprocess.run(
-            [sys.executable, "-m", "leadstream.cli", "api-keys", "create", "--name", "fault-suite",
-             "--scope", "outreach", "--scope", "pipeline"],
-            env={**os.environ, **self.env}, cwd=ROOT, capture_output=True, text=True,
-        )
-        assert created.returncode == 0, created.stderr[-3000:]
-        self.api_key = created.stdout.strip()
+        self.api_key = await self.create_key("fault-suite", "outreach", "pipeline")
         # every process boots at once (as ``leadstream run`` starts them), then each is awaited
         self.capture = self.spawn("capture", wait=False)
         self.outreach = self.spawn("outreach", wait=False)
@@ -81,6 +72,18 @@ class FullStack:
             self.workers.append(self.spawn("qualification", wait=False))
         for proc in self.procs:
             await asyncio.to_thread(proc.wait_healthy)
+
+    async def create_key(self, name: str, *scopes: str) -> str:
+        """A new API key in the stack's outreach and pipeline databases, as ``leadstream api-keys
+        create`` makes it (its function, in a thread: a CLI process costs ~2 s of CPU to start;
+        the command itself is tested in tests/integration/test_outreach_api.py)."""
+        from leadstream.admin import create_api_key
+        from shared.settings import Settings
+
+        settings = Settings(data_dir=self.tmp, outreach_database_url=self.urls["outreach"],
+                            pipeline_database_url=self.urls["pipeline"])
+        _, key = await asyncio.to_thread(create_api_key, settings, name, list(scopes))
+        return key
 
     def spawn(self, service: str, *, wait: bool = True) -> ServiceProcess:
         proc = ServiceProcess(service, self.env, self.tmp)

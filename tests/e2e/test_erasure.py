@@ -82,12 +82,8 @@ async def shared_stack(request, tmp_path_factory):
         await factory.drop()
 
 
-def _api_key(stack: FullStack, *scopes: str) -> dict[str, str]:
-    args = [a for s in scopes for a in ("--scope", s)]
-    made = subprocess.run([sys.executable, "-m", "leadstream.cli", "api-keys", "create", "--name", "privacy-officer",
-                           *args], env={**os.environ, **stack.env}, cwd=ROOT, capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr[-2000:]
-    return {"Authorization": f"Bearer {made.stdout.strip()}"}
+async def _api_key(stack: FullStack, *scopes: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await stack.create_key('privacy-officer', *scopes)}"}
 
 
 async def _until(check, timeout: float = 90.0, every: float = 0.5):  # noqa: ANN001, ANN202
@@ -215,7 +211,7 @@ async def _databases_hold(stack: FullStack, traces: tuple[str, ...]) -> list[str
 
 
 async def test_erasure_removes_a_person_everywhere_and_keeps_the_analytics(stack: FullStack):
-    officer = _api_key(stack, "privacy")
+    officer = await _api_key(stack, "privacy")
     async with httpx.AsyncClient(timeout=30) as client:
         # a bystander, so the analytics hold more than the person
         bystander = {**PERSON, "email": "ada@bystander.example", "first_name": "Ada", "last_name": "Lovelace",
@@ -384,7 +380,7 @@ async def test_erasing_100_demo_people_changes_no_analytics_figure(shared_stack:
     stack = shared_stack
     from leadstream.demo import seed
 
-    officer = _api_key(stack, "privacy")
+    officer = await _api_key(stack, "privacy")
     await seed(capture_url=stack.capture.url, outreach_url=stack.outreach.url, pipeline_url=stack.pipeline.url,
                api_key=stack.api_key, contacts=300, settle_timeout=180)
     async with httpx.AsyncClient(timeout=60) as client:
@@ -452,7 +448,7 @@ async def test_a_request_delivered_twice_erases_once_and_reports_once(shared_sta
     from shared.events import ERASURE_COMPLETED, ERASURE_REQUESTED, PRIVACY_REQUESTS
 
     stack = shared_stack
-    officer = _api_key(stack, "privacy")
+    officer = await _api_key(stack, "privacy")
     email = "twice.delivered@example.org"
     async with httpx.AsyncClient(timeout=30) as client:
         r = await client.post(f"{stack.capture.url}/v1/leads", json={"email": email, "first_name": "Twicetest",
