@@ -5,6 +5,7 @@ Every figure is computed by the database, in SQL that PostgreSQL and SQLite (3.3
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
@@ -585,6 +586,75 @@ def _net(periods: list[Period]) -> list[Period]:
     return [(sign, *rest) for rest, sign in signs.items() if sign]  # type: ignore[misc]
 
 
+PeriodShape = tuple[tuple[bool, bool, bool], ...]  # per period: an hour row's, bounded below, above
+
+
+def _periods_shape(periods: list[Period]) -> tuple[tuple[PeriodShape, bool], dict[str, Any]]:
+    """What a statement of ``periods`` depends on (each period's kind of bounds, and whether
+    rows are weighed by their periods' signs), and the values it binds."""
+    shape: list[tuple[bool, bool, bool]] = []
+    values: dict[str, Any] = {}
+    top = date.max.replace(month=1, day=1)
+    for i, (sign, grain, low, high, first_hour, last_hour) in enumerate(periods):
+        hour = grain == source_rollups.HOUR
+        kind = (hour, hour or low > date.min, not hour and high < top)
+        shape.append(kind)
+        values[f"g{i}"] = grain
+        if kind[1]:
+            values[f"lo{i}"] = low
+        if kind[2]:
+            values[f"hi{i}"] = high
+        if hour:
+            values[f"fh{i}"], values[f"lh{i}"] = first_hour, last_hour
+    signed = len(periods) > 1 and any(p[0] != 1.0 for p in periods)
+    if signed:
+        values |= {f"s{i}": p[0] for i, p in enumerate(periods)}
+    return (tuple(shape), signed), values
+
+
+@functools.lru_cache(maxsize=512)
+def _rollup_statement(table_name: str, days_key: tuple[str, ...] | None, shape: tuple[PeriodShape, bool],
+                      motions: bool) -> Any:
+    """The sum of one model's rollup rows over periods of ``shape`` (``_periods_shape``), per
+    key (``days_key is None``: ``source_rollups``' table, every key name; else the days
+    histogram's, its names and bucket), with every value a bound parameter: built once per
+    shape, as building the conditions of every period took most of a small answer's CPU."""
+    table = SourceRollup.__table__ if days_key is None else QualifyDaysRollup.__table__
+    assert table.name == table_name
+    periods, signed = shape
+
+    def period(i: int, hour: bool, low: bool, high: bool) -> ColumnElement:
+        out = [table.c.model == bindparam("model"), table.c.grain == bindparam(f"g{i}")]
+        if hour:
+            out += [table.c.day == bindparam(f"lo{i}"), table.c.hour >= bindparam(f"fh{i}"),
+                    table.c.hour <= bindparam(f"lh{i}")]
+        else:
+            if low:
+                out.append(table.c.day >= bindparam(f"lo{i}"))
+            if high:
+                out.append(table.c.day <= bindparam(f"hi{i}"))
+        return and_(*out)
+
+    conditions = [period(i, *kind) for i, kind in enumerate(periods)]
+    where = [or_(*conditions)]
+    if motions:
+        where.append(table.c.motion.in_(bindparam("motions", expanding=True)))
+    sign: Any = None  # one period, or all added and apart: each row once
+    if signed:
+        sign = sum((case((c, bindparam(f"s{i}", type_=Float)), else_=0.0) for i, c in enumerate(conditions)),
+                   start=literal(0.0))
+
+    def total(column: Any) -> Any:
+        return func.sum(column if sign is None else column * sign)
+
+    if days_key is None:
+        keys = [table.c[name] for name in _KEY_NAMES]
+        return select(*keys, *(total(table.c[name]) for name in source_rollups.METRICS)).where(*where).group_by(*keys)
+    keys = [table.c[name] for name in days_key]
+    return (select(*keys, table.c.bucket, total(table.c.weight), total(table.c.days)).where(*where)
+            .group_by(*keys, table.c.bucket))
+
+
 async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayCells]:
     """The rollups of the model summed over the range per key, and the days histogram per
     key (the key's ``days_key`` names only, the others ``None``). One query per table: the
@@ -601,46 +671,22 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
         periods += more
         raw += windows
     periods = _net(periods)
-    for table in (R, D) if periods else ():
-
-        def period(table: Any, grain: str, low: date, high: date, first_hour: int | None,
-                   last_hour: int | None) -> ColumnElement:
-            out = [table.c.model == r.model, table.c.grain == grain]
-            if grain == source_rollups.HOUR:
-                out += [table.c.day == low, table.c.hour >= first_hour, table.c.hour <= last_hour]
-            else:
-                if low > date.min:
-                    out.append(table.c.day >= low)
-                if high < date.max.replace(month=1, day=1):
-                    out.append(table.c.day <= high)
-            return and_(*out)
-
-        where = [or_(*(period(table, *p[1:]) for p in periods))]
+    if periods:
+        shape, values = _periods_shape(periods)
+        params: dict[str, Any] = {"model": r.model, **values}
         if r.motions:
-            where.append(table.c.motion.in_(r.motions))
-        sign: Any = None  # one period, or all added and apart: each row once
-        if len(periods) > 1 and any(p[0] != 1.0 for p in periods):
-            sign = sum((case((period(table, *p[1:]), p[0]), else_=0.0) for p in periods), start=literal(0.0))
-
-        def total(column: Any, sign: Any = sign) -> Any:
-            return func.sum(column if sign is None else column * sign)
-
-        if table is R:
-            keys = [R.c[name] for name in _KEY_NAMES]
-            stmt = select(*keys, *(total(R.c[name]) for name in source_rollups.METRICS)).where(*where).group_by(*keys)
-            for row in (await session.execute(stmt)).all():
-                sums[tuple(map(source_rollups.key_value, row[:5]))] = [float(v or 0.0) for v in row[5:]]
-        else:
-            names = r.days_key or _KEY_NAMES
-            keys = [D.c[name] for name in names]
-            at = [_KEY_NAMES.index(name) for name in names]
-            stmt = (select(*keys, D.c.bucket, total(D.c.weight), total(D.c.days)).where(*where)
-                    .group_by(*keys, D.c.bucket))
-            for row in (await session.execute(stmt)).all():
-                key: list[str | None] = [None] * 5
-                for i, value in zip(at, row):
-                    key[i] = source_rollups.key_value(value)
-                days.setdefault(tuple(key), []).append((int(row[-3]), float(row[-2] or 0.0), float(row[-1] or 0.0)))
+            params["motions"] = list(r.motions)
+        stmt = _rollup_statement(R.name, None, shape, bool(r.motions))
+        for row in (await session.execute(stmt, params)).all():
+            sums[tuple(map(source_rollups.key_value, row[:5]))] = [float(v or 0.0) for v in row[5:]]
+        names = r.days_key or _KEY_NAMES
+        at = [_KEY_NAMES.index(name) for name in names]
+        stmt = _rollup_statement(D.name, tuple(names), shape, bool(r.motions))
+        for row in (await session.execute(stmt, params)).all():
+            key: list[str | None] = [None] * 5
+            for i, value in zip(at, row):
+                key[i] = source_rollups.key_value(value)
+            days.setdefault(tuple(key), []).append((int(row[-3]), float(row[-2] or 0.0), float(row[-1] or 0.0)))
     if raw:  # the partial hours' contacts, added or taken away (the windows never overlap)
         partial = source_rollups.Rollups()
         models = (r.model,)
