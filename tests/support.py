@@ -428,6 +428,21 @@ async def serve_over_http(app, settings: Settings):  # noqa: ANN001, ANN201
         await task
 
 
+async def leadstream_in_process(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """The ``leadstream`` command's own app run in this process with ``env`` set for the call
+    (typer's ``CliRunner``, in a thread: the commands call ``asyncio.run``): (exit code, stdout,
+    stderr), as ``run_leadstream`` gives them. A command process costs ~2 s of CPU to start; a
+    test runs its first call as the real command and the rest here."""
+    from typer.testing import CliRunner
+
+    from leadstream.cli import app
+
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
 async def run_leadstream(env: dict[str, str], *args: str, timeout: float = 120.0) -> tuple[int, str, str]:
     """The real ``leadstream`` command with ``env`` added: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -23,7 +21,10 @@ from shared.api_keys import hash_key, new_key
 from shared.db import Database
 from shared.secrets import DEVELOPMENT_KEY, SecretBox
 from shared.events import OUTREACH_TOUCHES, PROSPECT_ADDED, TOUCH_RECORDED, parse_event
-from tests.support import ROOT, eventually, make_settings, read_raw, selects_on, serve_app, served_service
+from tests.support import (
+    eventually, leadstream_in_process, make_settings, read_raw, run_leadstream, selects_on, serve_app,
+    served_service,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -521,35 +522,21 @@ async def test_docs_describe_the_webhook_payload_and_auth(outreach):
 # ---- the CLI (the real `leadstream` command) ----------------------------------------------
 
 
-async def leadstream(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "leadstream.cli", *args, cwd=ROOT, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_path):
     outreach_url, pipeline_url = await database_factory("outreach"), await database_factory("pipeline")
     env = {"LEADSTREAM_DATA_DIR": str(tmp_path), "LEADSTREAM_OUTREACH_DATABASE_URL": outreach_url,
            "LEADSTREAM_PIPELINE_DATABASE_URL": pipeline_url}
-    code, out, err = await leadstream(env, "api-keys", "create", "--name", "Salesloft sync")
+    code, out, err = await run_leadstream(env, "api-keys", "create", "--name", "Salesloft sync")
     assert code == 0, err
     key = out.strip()
     assert out == key + "\n" and key.startswith("ls_")  # the key alone on stdout
-    code, out, _ = await leadstream(env, "api-keys", "create", "--name", "BI", "--scope", "pipeline")
+    code, out, _ = await leadstream_in_process(env, "api-keys", "create", "--name", "BI", "--scope", "pipeline")
     pipeline_key = out.strip()
-    code, out, _ = await leadstream(
+    code, out, _ = await leadstream_in_process(
         env, "api-keys", "create", "--name", "Both", "--scope", "pipeline", "--scope", "outreach"
     )
     both_key = out.strip()
-    assert (await leadstream(env, "api-keys", "create", "--name", "x", "--scope", "admin"))[0] != 0
+    assert (await leadstream_in_process(env, "api-keys", "create", "--name", "x", "--scope", "admin"))[0] != 0
 
     # the same hashed key with the same id in both databases; never the key itself
     rows = {}
@@ -565,12 +552,12 @@ async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_pa
     assert rows[OutreachApiKey][hash_key(both_key)][1] == "pipeline outreach"
     key_id = rows[OutreachApiKey][hash_key(key)][0]
 
-    code, listing, _ = await leadstream(env, "api-keys", "list")
+    code, listing, _ = await leadstream_in_process(env, "api-keys", "list")
     assert code == 0 and "Salesloft sync" in listing and key_id in listing and key not in listing
-    code, secret, err = await leadstream(env, "webhooks", "create-secret", "--integration", "salesloft")
+    code, secret, err = await leadstream_in_process(env, "webhooks", "create-secret", "--integration", "salesloft")
     assert code == 0 and secret.strip().startswith("whsec_"), err
-    assert (await leadstream(env, "webhooks", "create-secret", "--integration", "Bad Name"))[0] != 0
-    code, listing, _ = await leadstream(env, "webhooks", "list")
+    assert (await leadstream_in_process(env, "webhooks", "create-secret", "--integration", "Bad Name"))[0] != 0
+    code, listing, _ = await leadstream_in_process(env, "webhooks", "list")
     assert "salesloft" in listing and secret.strip() not in listing
 
     app = create_app(make_settings(broker.bootstrap, tmp_path, service="outreach", outreach_database_url=outreach_url))
@@ -585,10 +572,10 @@ async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_pa
         ).status_code == 202
 
         both_id = rows[OutreachApiKey][hash_key(both_key)][0]
-        code, _, err = await leadstream(env, "api-keys", "revoke", both_id)
+        code, _, err = await leadstream_in_process(env, "api-keys", "revoke", both_id)
         assert code == 0, err
-        assert (await leadstream(env, "api-keys", "revoke", "no-such-id"))[0] == 1
-        code, listing, _ = await leadstream(env, "api-keys", "list")
+        assert (await leadstream_in_process(env, "api-keys", "revoke", "no-such-id"))[0] == 1
+        code, listing, _ = await leadstream_in_process(env, "api-keys", "list")
         revoked_line = next(line for line in listing.splitlines() if both_id in line)
         assert not revoked_line.rstrip().endswith("-")
     for url, model in ((outreach_url, OutreachApiKey), (pipeline_url, PipelineApiKey)):

@@ -22,7 +22,7 @@ from pipeline_store.models import (
 from services.pipeline.app import create_app
 from shared.api_keys import hash_key
 from tests.integration.test_pipeline_api import T0, Store, add_key, day
-from tests.support import make_settings, run_leadstream, serve_app, served_service
+from tests.support import leadstream_in_process, make_settings, run_leadstream, serve_app, served_service
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -264,9 +264,9 @@ async def test_the_command_prints_the_same_document(privacy, tmp_path):
     assert printed.pop("exported_at") and answered.pop("exported_at")
     assert printed == answered
     # unknown: exit 1 with a sentence, nothing on stdout; malformed: a usage error (exit 2)
-    code, out, err = await run_leadstream(env, "privacy", "export", "nobody@example.com")
+    code, out, err = await leadstream_in_process(env, "privacy", "export", "nobody@example.com")
     assert (code, out) == (1, "") and "no contact" in err
-    code, out, err = await run_leadstream(env, "privacy", "export", "not-an-address")
+    code, out, err = await leadstream_in_process(env, "privacy", "export", "not-an-address")
     assert code == 2 and out == "" and "EMAIL" in err
     # audited: the command as its user, the API as its key; the malformed address not at all
     cli = f"cli {getpass.getuser()}"
@@ -292,7 +292,8 @@ async def test_api_keys_take_the_privacy_scope(broker, database_factory, tmp_pat
         client.headers["Authorization"] = f"Bearer {key}"
         assert problem(await client.get(EXPORTS, params={"email": "jo@example.com"}), 404)
         assert problem(await client.get("/v1/contacts"), 403)
-    code, _, err = await run_leadstream(env, "api-keys", "create", "--name", "x", "--scope", "privacy-admin")
+    code, _, err = await leadstream_in_process(env, "api-keys", "create", "--name", "x",
+                                               "--scope", "privacy-admin")
     assert code == 2 and "privacy" in err
 
 
