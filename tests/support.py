@@ -428,19 +428,30 @@ async def serve_over_http(app, settings: Settings):  # noqa: ANN001, ANN201
         await task
 
 
-async def leadstream_in_process(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+def leadstream_app(env: dict[str, str | None], *args: str) -> tuple[int, str, str]:
     """The ``leadstream`` command's own app run in this process with ``env`` set for the call
-    (typer's ``CliRunner``, in a thread: the commands call ``asyncio.run``): (exit code, stdout,
-    stderr), as ``run_leadstream`` gives them. A command process costs ~2 s of CPU to start; a
-    test runs its first call as the real command and the rest here."""
+    (``None`` unsets a variable), by typer's ``CliRunner``: (exit code, stdout, stderr), as
+    ``run_leadstream`` gives them. Call it outside the event loop (its commands call
+    ``asyncio.run``). A command process costs ~2 s of CPU to start: a test runs its first call
+    as the real command and the rest here."""
     from typer.testing import CliRunner
 
     from leadstream.cli import app
+    from shared.settings import get_settings
 
-    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+    get_settings.cache_clear()  # a process reads its settings once; each call here is a new run
+    try:
+        result = CliRunner().invoke(app, list(args), env=env)
+    finally:
+        get_settings.cache_clear()
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.exit_code, result.stdout, result.stderr
+
+
+async def leadstream_in_process(env: dict[str, str | None], *args: str) -> tuple[int, str, str]:
+    """``leadstream_app`` in a thread."""
+    return await asyncio.to_thread(leadstream_app, env, *args)
 
 
 async def run_leadstream(env: dict[str, str], *args: str, timeout: float = 120.0) -> tuple[int, str, str]:

@@ -13,7 +13,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from shared.broker import EmbeddedBroker, free_port
 from shared.events import ALL_TOPICS, LEADS_CAPTURED, dlq_topic
-from tests.support import ROOT
+from tests.support import ROOT, leadstream_app
 
 
 def topics_create(bootstrap: str, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -93,12 +93,11 @@ async def test_bad_settings_fail_before_connecting():
 
 
 def topics_read(bootstrap: str, *args: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LEADSTREAM_")}
-    return subprocess.run(
-        [sys.executable, "-m", "leadstream.cli", "topics", "read", *args],
-        env={**clean, "LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap},
-        capture_output=True, text=True, timeout=90, cwd=ROOT,
-    )
+    """``leadstream topics read`` (the command's app in this process: ``topics create`` above
+    runs the real command)."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("LEADSTREAM_")}
+    code, out, err = leadstream_app(env | {"LEADSTREAM_KAFKA_BOOTSTRAP_SERVERS": bootstrap}, "topics", "read", *args)
+    return subprocess.CompletedProcess(["leadstream", "topics", "read", *args], code, out, err)
 
 
 async def test_read_prints_the_last_messages_oldest_first_and_moves_no_group(empty_broker):
