@@ -595,7 +595,7 @@ def _periods_shape(periods: list[Period]) -> tuple[tuple[PeriodShape, bool], dic
     shape: list[tuple[bool, bool, bool]] = []
     values: dict[str, Any] = {}
     top = date.max.replace(month=1, day=1)
-    for i, (sign, grain, low, high, first_hour, last_hour) in enumerate(periods):
+    for i, (_, grain, low, high, first_hour, last_hour) in enumerate(periods):
         hour = grain == source_rollups.HOUR
         kind = (hour, hour or low > date.min, not hour and high < top)
         shape.append(kind)
