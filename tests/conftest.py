@@ -3,10 +3,12 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+import structlog
 from _pytest.nodeid import NodeId
 from sqlalchemy.engine import make_url
 
@@ -18,6 +20,21 @@ from tests.support import (
     POSTGRES_URL, create_postgres_database, drop_postgres_database, migrated_store, postgres_available,
 )
 
+
+class _CurrentStderr:
+    """``sys.stderr`` as it is when a line is written (pytest's capture swaps it per test)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+# Apps served in the test process log through structlog's defaults, which print to stdout: on
+# stderr instead, as the services' own logging does, so a command run in process
+# (``tests.support.leadstream_app``) prints on stdout only what the command prints.
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()))
 
 # the services that store personal data refuse to start without it (the processes tests start inherit it)
 os.environ.setdefault("LEADSTREAM_PRIVACY_SECRET", "test-privacy-secret")

@@ -82,7 +82,8 @@ async def test_create_shows_the_secret_once_and_stores_it_encrypted(subscription
     for answer in (one, listed, patched, bad):
         assert secret not in answer.text and "secret" not in answer.json().get("items", [answer.json()])[0]
     assert bad.status_code == 422
-    assert secret not in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert secret not in printed.out + printed.err  # nor in any log line
 
 
 @pytest.mark.parametrize("field,value,message", [
