@@ -613,14 +613,12 @@ def _periods_shape(periods: list[Period]) -> tuple[tuple[PeriodShape, bool], dic
 
 
 @functools.lru_cache(maxsize=512)
-def _rollup_statement(table_name: str, days_key: tuple[str, ...] | None, shape: tuple[PeriodShape, bool],
-                      motions: bool) -> Any:
+def _rollup_statement(days_key: tuple[str, ...] | None, shape: tuple[PeriodShape, bool], motions: bool) -> Any:
     """The sum of one model's rollup rows over periods of ``shape`` (``_periods_shape``), per
     key (``days_key is None``: ``source_rollups``' table, every key name; else the days
     histogram's, its names and bucket), with every value a bound parameter: built once per
     shape, as building the conditions of every period took most of a small answer's CPU."""
     table = SourceRollup.__table__ if days_key is None else QualifyDaysRollup.__table__
-    assert table.name == table_name
     periods, signed = shape
 
     def period(i: int, hour: bool, low: bool, high: bool) -> ColumnElement:
@@ -663,7 +661,6 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
     partial hours' contacts."""
     sums: Sums = {}
     days: DayCells = {}
-    R, D = SourceRollup.__table__, QualifyDaysRollup.__table__  # noqa: N806
     periods = _signed_periods(r.first_day, r.last_day) if r.whole_days else []
     raw: list[Window] = []
     for window in r.windows:
@@ -676,12 +673,12 @@ async def rollup_sums(session: AsyncSession, r: RollupRange) -> tuple[Sums, DayC
         params: dict[str, Any] = {"model": r.model, **values}
         if r.motions:
             params["motions"] = list(r.motions)
-        stmt = _rollup_statement(R.name, None, shape, bool(r.motions))
+        stmt = _rollup_statement(None, shape, bool(r.motions))
         for row in (await session.execute(stmt, params)).all():
             sums[tuple(map(source_rollups.key_value, row[:5]))] = [float(v or 0.0) for v in row[5:]]
         names = r.days_key or _KEY_NAMES
         at = [_KEY_NAMES.index(name) for name in names]
-        stmt = _rollup_statement(D.name, tuple(names), shape, bool(r.motions))
+        stmt = _rollup_statement(tuple(names), shape, bool(r.motions))
         for row in (await session.execute(stmt, params)).all():
             key: list[str | None] = [None] * 5
             for i, value in zip(at, row):
