@@ -65,8 +65,17 @@ def _query_error(field: str, message: str, kind: str = "value_error") -> Problem
 
 
 def _check_range(params: Any, start: str, end: str, start_name: str | None = None) -> None:
+    """A range's end must not be before its start; an end given as a date covers its whole day
+    (``from=2026-11-13T10:00:00Z&to=2026-11-13`` is ten o'clock to midnight)."""
     low, high = getattr(params, start), getattr(params, end)
-    if low is not None and high is not None and repository._instant(high) < repository._instant(low):  # noqa: SLF001
+    if low is None or high is None:
+        return
+    low = repository._instant(low)  # noqa: SLF001
+    if isinstance(high, datetime):
+        backwards = high < low
+    else:
+        backwards = repository._instant(high + timedelta(days=1)) <= low  # noqa: SLF001
+    if backwards:
         raise _query_error(end, f"must not be before {start_name or start}")
 
 

@@ -227,6 +227,7 @@ async def test_contact_filters(pipeline):
     assert await q(created_to="2025-01-20") == {ada.id, bea.id}  # a date includes its whole day
     assert await q(created_from="2025-01-20T09:00:01Z") == {cal.id, dan.id}
     assert await q(created_from="2025-01-15", created_to="2025-01-30T09:00:00+00:00") == {bea.id, cal.id}
+    assert await q(created_from="2025-01-20T05:00:00Z", created_to="2025-01-20") == {bea.id}  # to that day's end
     assert await q(created_from="2025-01-15", created_to="2025-01-30T08:59:59+00:00") == {bea.id}
     assert await q(qualified_from="2025-01-12") == {ada.id, cal.id}
     assert await q(qualified_from="2025-01-14", qualified_to="2025-02-28") == {cal.id}
@@ -491,6 +492,10 @@ BAD_QUERIES = [
     ("/v1/analytics/balance", {"to": "2025-02-30"}, "to"),
     ("/v1/analytics/balance", {"from": "2025-03-01", "to": "2025-02-01"}, "to"),
     ("/v1/analytics/balance", {"from": "2025-03-01T10:00:00Z", "to": "2025-03-01T09:00:00Z"}, "to"),
+    # a date as the end covers its day: a start at or after that day's end is still backwards
+    ("/v1/analytics/sources", {"from": "2025-03-02T00:00:00Z", "to": "2025-03-01"}, "to"),
+    ("/v1/analytics/balance", {"from": "2025-03-01T19:30:00-05:00", "to": "2025-03-01"}, "to"),
+    ("/v1/opportunities", {"qualified_from": "2025-03-02T00:00:00Z", "qualified_to": "2025-03-01"}, "qualified_to"),
     ("/v1/analytics/balance", {"to": "9999-12-31"}, "to"),
     ("/v1/analytics/balance", {"group_by": "channel"}, "group_by"),
 ]
@@ -503,6 +508,19 @@ async def test_bad_query_parameters_are_422_naming_the_parameter(shared_pipeline
     assert response.headers["content-type"] == "application/problem+json"
     errors = response.json()["errors"]
     assert [(e["field"], e["in"]) for e in errors] == [(field, "query")]
+
+
+@pytest.mark.parametrize("path,params", [
+    ("/v1/analytics/sources", {"from": "2025-03-01T10:00:00Z", "to": "2025-03-01"}),
+    ("/v1/analytics/sources", {"from": "2025-03-01T23:30:00-05:00", "to": "2025-03-02"}),
+    ("/v1/analytics/balance", {"from": "2025-03-01T23:59:59Z", "to": "2025-03-01"}),
+    ("/v1/contacts", {"created_from": "2025-03-01T10:00:00Z", "created_to": "2025-03-01"}),
+    ("/v1/opportunities", {"closed_from": "2025-03-01T10:00:00+01:00", "closed_to": "2025-03-01"}),
+])
+async def test_a_range_from_a_time_to_a_date_is_that_time_to_the_end_of_the_day(shared_pipeline, path, params):
+    """A date as a range's end includes its whole day, so it may be the start's own day."""
+    response = await shared_pipeline.get(path, params=params)
+    assert response.status_code == 200, response.text
 
 
 async def test_cursor_of_another_list_or_order_is_rejected(pipeline):
