@@ -2,8 +2,9 @@
 
 Pure values in, values out. Qualification moves stages forward automatically up to
 ``sql``; from there only a salesperson moves an opportunity on (accept, win) or out
-(lose, disqualify, nurture). Closed stages are final for the opportunity: a contact who
-comes back is qualified again into a new opportunity.
+(lose, disqualify, nurture). Closed stages are final for the opportunity, but for one: a
+nurtured contact whose engagement qualifies it again gets its one opportunity back, open at
+``sql`` (qualification reopens it; its amount and first qualification are kept).
 """
 
 from __future__ import annotations

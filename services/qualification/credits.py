@@ -56,6 +56,8 @@ class _Noted:
     credits: dict[str, tuple[str, Credits]] = field(default_factory=dict)
     # contact id → the opportunities created in this transaction, as (stage, amount)
     opened: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+    # contact id → its nurtured opportunity as stored before this transaction opened it again
+    reopened: dict[str, tuple] = field(default_factory=dict)
     hooked: bool = False
 
 
@@ -77,6 +79,14 @@ def note_opportunity(session: AsyncSession, contact: ContactRecord, stage: str, 
     noted = _noted(session)
     noted.contacts.setdefault(contact.id, contact)
     noted.opened.setdefault(contact.id, []).append((stage, amount))
+
+
+def note_reopened(session: AsyncSession, contact: ContactRecord, was: tuple) -> None:
+    """``contact``'s nurtured opportunity, stored as ``was`` (stage, amount, estimated), is open
+    again in this transaction (the contact qualified again): the rollups count it as it was
+    before and as it is now."""
+    note_contact(session, contact)
+    _noted(session).reopened.setdefault(contact.id, was)
 
 
 def note_credits(session: AsyncSession, contact: ContactRecord, opportunity_id: str, credits: Credits) -> None:
@@ -124,12 +134,14 @@ async def _write(session: AsyncSession) -> None:
     contacts, noted.contacts = noted.contacts, {}
     recomputed, noted.credits = noted.credits, {}
     opened, noted.opened = noted.opened, {}
+    reopened, noted.reopened = noted.reopened, {}
     noted.hooked = False
     changed: list[tuple[ContactRecord, tuple | None, tuple]] = []  # the rollup columns' values before and after
     for contact in contacts.values():
         loaded, now = contact.loaded, _CURRENT(contact)
         was = None if loaded is None else _LOADED(loaded)
-        if was is not None and contact.id not in recomputed and contact.id not in opened and _SAME(was, now):
+        if (was is not None and contact.id not in recomputed and contact.id not in opened
+                and contact.id not in reopened and _SAME(was, now)):
             continue
         changed.append((contact, was, now))
     # what the transaction read: the stored opportunities and credits, before they are replaced
@@ -149,7 +161,9 @@ async def _write(session: AsyncSession) -> None:
     for contact, before, after in changed:
         stored = stored_opportunities.get(contact.id, [])
         old_credits = stored_credits.get(contact.id)
-        was = None if before is None else source_rollups.facts_of_values(before, stored, old_credits)
+        # a reopened opportunity is read as now stored; before this transaction it was nurtured
+        was_stored = [reopened[contact.id]] if contact.id in reopened else stored
+        was = None if before is None else source_rollups.facts_of_values(before, was_stored, old_credits)
         new_credits = _rollup_credits(recomputed[contact.id][1]) if contact.id in recomputed else old_credits
         now = source_rollups.facts_of_values(after, [*stored, *opened.get(contact.id, ())], new_credits)
         source_rollups.add_difference(difference, was, now)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store.models import Account, ConsentEntry, Contact, ErasedSubject, Opportunity, Score, StageChange, Touch
@@ -268,6 +268,19 @@ async def opportunity_of(session: AsyncSession, contact_id: str) -> str | None:
             )
         ).scalar_one_or_none()
     return cache[contact_id]
+
+
+async def reopen_nurtured(session: AsyncSession, opportunity_id: str, at: datetime) -> tuple | None:
+    """Open the opportunity again at ``sql`` if sales nurtured it (its contact qualified
+    again); its stored (stage, amount, estimated) before, or ``None`` when it was not nurtured."""
+    row = (await session.execute(
+        select(Opportunity.stage, Opportunity.amount, Opportunity.amount_estimated)
+        .where(Opportunity.id == opportunity_id))).first()
+    if row is None or row[0] != "nurture":
+        return None
+    await session.execute(update(Opportunity).where(Opportunity.id == opportunity_id, Opportunity.stage == "nurture")
+                          .values(stage="sql", closed_at=None, close_reason=None, updated_at=at))
+    return (row[0], row[1], bool(row[2]))
 
 
 # what a consent entry is read as (without its row id)

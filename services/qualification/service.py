@@ -384,7 +384,10 @@ async def _qualify(session: AsyncSession, contact: ContactRecord, result: Evalua
                    at: datetime, facts: list[attribution.Touch], account_values: dict) -> str:
     """Create the contact's opportunity and its one ``opportunity.qualified`` event."""
     existing = await repository.opportunity_of(session, contact.id)
-    if existing is not None:  # qualified before (then moved back by sales): one per contact
+    if existing is not None:  # qualified before, then nurtured by sales: one per contact, open again
+        was = await repository.reopen_nurtured(session, existing, at)
+        if was is not None:
+            attribution_credits.note_reopened(session, contact, was)
         return existing
     opportunity_id = ids.opportunity_id(contact.id)
     event_id = ids.opportunity_qualified_id(contact.id)

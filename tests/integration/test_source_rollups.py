@@ -703,20 +703,31 @@ async def test_a_contact_qualified_again_after_nurture_is_credited_back_from_its
     await lead("demo_request", UTMS[1], start)
     async with db.reader() as session:
         opportunity = (await session.execute(select(store.Opportunity))).scalar_one()
+    async with db.unit_of_work() as session:  # accepted with the amount sales expects, then nurtured
+        await pipeline_service.transition(session, opportunity.id, TransitionIn(to="opportunity", amount=24000),
+                                          SALES)
     async with db.unit_of_work() as session:
         await pipeline_service.transition(session, opportunity.id, TransitionIn(to="nurture", reason="not now"), SALES)
+    await _check_answers(db, QUALIFIER.policies)  # a nurtured opportunity is no pipeline
     later = datetime.now(timezone.utc) + timedelta(minutes=5)
     await lead("pricing", UTMS[2], later)
     async with db.reader() as session:
         contact = (await session.execute(select(store.Contact))).scalar_one()
+        reopened = (await session.execute(select(store.Opportunity))).scalar_one()
         answer = await pipeline_service.opportunity_attribution(session, opportunity.id)
     assert contact.stage == "sql" and as_utc(contact.sql_at) == later  # qualified again
+    # its one opportunity is open again, at sql, for sales to accept anew (its amount kept)
+    assert (reopened.id, reopened.stage, reopened.closed_at, reopened.amount) == (opportunity.id, "sql", None, 24000)
     assert as_utc(answer.qualified_at) == as_utc(opportunity.qualified_at) == start
     assert answer.credits_as_of == later
     for model in answer.models:
         assert model.basis == "counting_touches"
         assert [t.occurred_at for t in model.touches] == [start, later]  # both within the lookback of `later`
         assert math.isclose(sum(t.credit for t in model.touches), 1.0)
+    await _check_answers(db, QUALIFIER.policies)  # its amount is open pipeline again, in the rollups too
+    async with db.unit_of_work() as session:
+        moved = await pipeline_service.transition(session, opportunity.id, TransitionIn(to="opportunity"), SALES)
+    assert moved.answer["opportunity"]["stage"] == "opportunity", moved.answer
     await _check_answers(db, QUALIFIER.policies)
 
 
