@@ -70,6 +70,8 @@ class _Caches:
     contacts: dict[str, ContactRecord | None] = field(default_factory=dict)
     timelines: dict[str, Timeline] = field(default_factory=dict)
     opportunities: dict[str, str | None] = field(default_factory=dict)
+    # the opportunities created in this transaction: their rows, queued until the commit
+    opportunities_added: dict[str, dict[str, Any]] = field(default_factory=dict)
     entered: dict[tuple[str, str], datetime | None] = field(default_factory=dict)
     accounts: dict[str, AccountRecord | None] = field(default_factory=dict)
     # a contact's consent ledger as stored (read only when an event carries it) and as added;
@@ -270,6 +272,25 @@ async def opportunity_of(session: AsyncSession, contact_id: str) -> str | None:
     return cache[contact_id]
 
 
+async def opportunity_qualified_at(session: AsyncSession, contact_id: str, opportunity_id: str) -> datetime | None:
+    """When the contact's opportunity qualified (created in this transaction or stored)."""
+    added = _caches(session).opportunities_added.get(contact_id)
+    if added is not None:
+        return added["qualified_at"]
+    return (await session.execute(select(Opportunity.qualified_at).where(Opportunity.id == opportunity_id))
+            ).scalar_one_or_none()
+
+
+async def update_opportunity(session: AsyncSession, contact_id: str, opportunity_id: str,
+                             values: dict[str, Any]) -> None:
+    """Change the contact's opportunity: its queued row if created in this transaction."""
+    added = _caches(session).opportunities_added.get(contact_id)
+    if added is not None:
+        added.update(values)
+        return
+    await session.execute(update(Opportunity).where(Opportunity.id == opportunity_id).values(**values))
+
+
 async def reopen_nurtured(session: AsyncSession, opportunity_id: str, at: datetime) -> tuple | None:
     """Open the opportunity again at ``sql`` if sales nurtured it (its contact qualified
     again); its stored (stage, amount, estimated) before, or ``None`` when it was not nurtured."""
@@ -317,8 +338,11 @@ _OPPORTUNITY_FIELDS = {c.key: None for c in Opportunity.__table__.columns} | {"c
 
 
 def add_opportunity(session: AsyncSession, row: dict[str, Any]) -> None:
-    records.stage_fact(session, Opportunity.__table__, _OPPORTUNITY_FIELDS | row)
-    _caches(session).opportunities[row["contact_id"]] = row["id"]
+    row = _OPPORTUNITY_FIELDS | row
+    records.stage_fact(session, Opportunity.__table__, row)
+    caches = _caches(session)
+    caches.opportunities[row["contact_id"]] = row["id"]
+    caches.opportunities_added[row["contact_id"]] = row
 
 
 async def contact_ids(session: AsyncSession, after: str | None, limit: int) -> list[str]:

@@ -277,8 +277,10 @@ async def requalify(session: AsyncSession, q: Qualifier, contact: ContactRecord,
                            account_values=account_values)
     if (cause in real and qualified_at is not None and qualified_at == as_utc(contact.sql_at)
             and attribution_credits.late_touch_counts(qualified_at, at, policies.attribution_lookback_days)):
-        # a touch that occurred before the qualification (synced late) may change its credits
+        # a touch that occurred before the qualification (synced late) may change its credits,
+        # and the opportunity's first and last touch
         await refresh_credits(session, policies, contact, facts, real)
+        await _refresh_opportunity_touches(session, contact, facts, real)
     return result
 
 
@@ -380,6 +382,32 @@ def _record_stage_change(session: AsyncSession, contact: ContactRecord, from_sta
     stage_event(session, PipelineOutbox, event, key=contact.email)
 
 
+def _opportunity_touches(motion: str, first: attribution.Touch | None, last: attribution.Touch | None
+                         ) -> dict[str, Any]:
+    """An opportunity's motion and its first and last touch before qualification, as columns."""
+    return dict(
+        motion=motion,
+        first_touch_motion=first.motion if first else None, first_touch_channel=first.channel if first else None,
+        first_touch_campaign=first.campaign if first else None, first_touch_form_id=first.form_id if first else None,
+        first_touch_sequence=first.sequence if first else None,
+        last_touch_motion=last.motion if last else None, last_touch_channel=last.channel if last else None,
+        last_touch_campaign=last.campaign if last else None,
+    )
+
+
+async def _refresh_opportunity_touches(session: AsyncSession, contact: ContactRecord, facts: list[attribution.Touch],
+                                       real: set[str]) -> None:
+    """A touch synced late that occurred before the opportunity qualified takes its place in
+    the opportunity's motion and first and last touch too (by occurrence, never arrival)."""
+    opportunity_id = await repository.opportunity_of(session, contact.id)
+    if opportunity_id is None:
+        return
+    qualified_at = await repository.opportunity_qualified_at(session, contact.id, opportunity_id)
+    if qualified_at is not None:
+        touches = _opportunity_touches(*evaluation.attribute(facts, real, as_utc(qualified_at)))
+        await repository.update_opportunity(session, contact.id, opportunity_id, touches)
+
+
 async def _qualify(session: AsyncSession, contact: ContactRecord, result: Evaluation, version: str, cause: str,
                    at: datetime, facts: list[attribution.Touch], account_values: dict) -> str:
     """Create the contact's opportunity and its one ``opportunity.qualified`` event."""
@@ -393,15 +421,9 @@ async def _qualify(session: AsyncSession, contact: ContactRecord, result: Evalua
     event_id = ids.opportunity_qualified_id(contact.id)
     fit_, engagement_ = result.fit, result.engagement
     causes = evaluation.caused_by(facts, ids.event_cause(cause), at)
-    first, last = result.first, result.last
     repository.add_opportunity(session, dict(
         id=opportunity_id, contact_id=contact.id, account_domain=contact.account_domain, stage="sql",
-        motion=result.motion, owner=contact.owner,
-        first_touch_motion=first.motion if first else None, first_touch_channel=first.channel if first else None,
-        first_touch_campaign=first.campaign if first else None, first_touch_form_id=first.form_id if first else None,
-        first_touch_sequence=first.sequence if first else None,
-        last_touch_motion=last.motion if last else None, last_touch_channel=last.channel if last else None,
-        last_touch_campaign=last.campaign if last else None,
+        **_opportunity_touches(result.motion, result.first, result.last), owner=contact.owner,
         fit_score=float(fit_.points), engagement_score=float(engagement_.points), grade=fit_.grade,
         policy_version=version, qualified_event_id=event_id, caused_by=causes, qualified_at=at, updated_at=at,
     ))

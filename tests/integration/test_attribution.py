@@ -91,6 +91,14 @@ async def test_an_earlier_touch_synced_late_takes_its_place_in_every_model(stack
             assert [t["campaign"] for t in model["touches"]] == ["vp-sales", "q4-demo"]
             assert {t["channel"]: t["credit"] for t in model["touches"]} == pytest.approx(
                 EXPECTED[model["model"]], abs=1e-9)
+        # the opportunity itself carries the earlier touch as its first (and is blended), and
+        # its list's channel filter finds it by that first touch
+        detail = (await client.get(f"/v1/opportunities/{opportunity_id}")).json()
+        assert (detail["motion"], detail["first_touch"]["channel"], detail["first_touch"]["sequence"],
+                detail["last_touch"]["channel"]) == ("blended", "cold_email", "vp-sales", "paid_search"), detail
+        listed = (await client.get("/v1/opportunities", params={"channel": "cold_email"})).json()["items"]
+        assert [o["id"] for o in listed] == [opportunity_id]
+        assert (await client.get("/v1/opportunities", params={"channel": "paid_search"})).json()["items"] == []
         missing = await client.get("/v1/opportunities/nope/attribution")
         assert missing.status_code == 404 and missing.headers["content-type"].startswith("application/problem+json")
 
@@ -107,6 +115,18 @@ async def test_an_earlier_touch_synced_late_takes_its_place_in_every_model(stack
         bad = await client.get("/v1/analytics/sources", params={"attribution": "u_shaped"})
         assert bad.status_code == 422
         assert [e["field"] for e in bad.json()["errors"]] == ["attribution"]
+
+
+async def test_an_earlier_touch_in_the_batch_that_qualifies_is_the_opportunitys_first(stack):
+    """The demo request and a reply that occurred before it, synced just after it, applied in
+    one batch: the opportunity created in that batch already carries the reply as its first touch."""
+    await stack.produce(lead(EMAIL, "demo_request", minute=100, utm=PAID, **BUSINESS),
+                        touch(EMAIL, "replied", minute=10, sequence="vp-sales"))
+    await stack.applied(2)
+    async with stack.db.reader() as session:
+        opportunity = (await session.execute(select(Opportunity))).scalar_one()
+    assert (opportunity.motion, opportunity.first_touch_channel, opportunity.last_touch_channel) == (
+        "blended", "cold_email", "paid_search")
 
 
 async def test_a_contact_not_qualified_counts_by_its_first_touch_and_last_touch(stack):
