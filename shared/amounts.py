@@ -23,8 +23,11 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# what a request and the store hold: NUMERIC(18, 2), never zero or negative
-Money = Annotated[Decimal, Field(gt=0, max_digits=18, decimal_places=2, allow_inf_nan=False)]
+# what a request and the store hold: never zero or negative, cents at most, and at most 13
+# digits before the point. The column is NUMERIC(18, 2), but SQLite stores it as a double and
+# every answer and event writes a JSON number: 15 significant digits are what a double keeps
+# exactly, so an accepted amount is the amount answered (9,999,999,999,999.99 at most).
+Money = Annotated[Decimal, Field(gt=0, max_digits=15, decimal_places=2, allow_inf_nan=False)]
 
 
 class ExpectedAmounts(BaseModel):

@@ -103,7 +103,7 @@ async def get_opportunity_attribution(opportunity_id: str, runtime: Runtime) -> 
     "motion's expected amount of `scoring.yaml` if it sets one, answered with `amount_estimated: true`); "
     "`opportunity` → `customer` (win, `amount` required: it replaces the expected one); "
     "`sql` or `opportunity` → `lost`, `disqualified` or `nurture` (`reason` required). Amounts are in the "
-    "opportunity's currency, greater than 0, at most 16 digits before the point and 2 after. The change is stored "
+    "opportunity's currency, greater than 0, at most 13 digits before the point and 2 after. The change is stored "
     "with the API key's name and published as `io.leadstream.stage.changed.v1` on `pipeline.changes`. "
     "Send `Idempotency-Key` to make retries safe: a retry answers the same and changes nothing.",
     dependencies=[Depends(require_json)],

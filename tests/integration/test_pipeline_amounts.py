@@ -137,10 +137,24 @@ BAD_AMOUNTS = [
     ([1000], "decimal_type"),
     ("NaN", "finite_number"),
     ("Infinity", "finite_number"),
-    ("12345678901234567", "decimal_whole_digits"),
+    ("12345678901234567", "decimal_max_digits"),
+    ("12345678901234.5", "decimal_whole_digits"),  # 14 digits: a JSON number would not keep the cents
     (1e20, "decimal_max_digits"),
     ("0.001", "decimal_max_places"),
 ]
+
+
+@pytest.mark.parametrize("amount", ["9999999999999.99", "1234567890123.45", 0.01, 42000.5])
+async def test_an_accepted_amount_is_the_amount_answered(shared_pipeline, amount):  # noqa: F811
+    """The largest amounts accepted keep every cent through the store (a double on SQLite)
+    and the answer's JSON number."""
+    _, opp = await _opportunity_in(shared_pipeline, "sql")
+    response = await shared_pipeline.post(f"/v1/opportunities/{opp.id}/transitions",
+                                          json={"to": "opportunity", "amount": amount})
+    assert response.status_code == 200, response.text
+    assert response.json()["opportunity"]["amount"] == float(amount)
+    shown = (await shared_pipeline.get(f"/v1/opportunities/{opp.id}")).json()
+    assert repr(shown["amount"]) == repr(float(amount)) and str(Decimal(str(shown["amount"]))) == str(amount)
 
 
 @pytest.mark.parametrize("amount,kind", BAD_AMOUNTS)

@@ -159,7 +159,7 @@ def test_expected_amounts_are_read_per_motion():
 @pytest.mark.parametrize(("section", "needle", "says"), [
     ("expected_amounts:\n  inbound: -5\n", "inbound: -5", "expected_amounts.inbound: Input should be greater than 0"),
     ("expected_amounts:\n  inbound: lots\n", "inbound: lots", "valid decimal"),
-    ("expected_amounts:\n  outbound: 12345678901234567\n", "outbound: 1234", "16 digits before the decimal point"),
+    ("expected_amounts:\n  outbound: 12345678901234\n", "outbound: 1234", "13 digits before the decimal point"),
     ("expected_amounts:\n  partners: 5\n", "partners: 5", "unknown field"),
 ])
 def test_a_bad_expected_amount_names_its_line(section, needle, says):

@@ -16,8 +16,8 @@ BASE = {"contact_id": "c1", "email": "a@b.co", "to_stage": "customer", "changed_
 
 @pytest.mark.parametrize("amount,written", [
     (Decimal("42000.50"), 42000.5), (Decimal("24000"), 24000.0), (Decimal("0.01"), 0.01),
-    # the column's largest: past 2**53 cents (~90 trillion) a double rounds, as the REST API's number does
-    (Decimal("9999999999999999.99"), 1e16),
+    # the largest amount accepted (13 digits before the point): a double keeps it exactly
+    (Decimal("9999999999999.99"), 9999999999999.99), (Decimal("1234567890123.45"), 1234567890123.45),
 ])
 def test_amount_is_written_as_a_json_number(amount, written):
     data = StageChanged.model_validate(BASE | {"amount": amount, "currency": "USD"})
