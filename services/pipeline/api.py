@@ -226,9 +226,35 @@ async def get_balance_analytics(
     return _json_or_csv(request, report, lambda: balance_csv(report["rows"]), "balance-by-motion.csv")
 
 
+def prefers_csv(accept: str) -> bool:
+    """Whether an ``Accept`` header prefers ``text/csv`` to JSON (RFC 9110 quality values).
+    CSV only when named with a weight above 0; against JSON named too, a tie answers JSON;
+    against a wildcard (``*/*``, ``application/*``) at the same weight, the named CSV wins."""
+    ranges: dict[str, float] = {}
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = min(max(float(value), 0.0), 1.0)
+                except ValueError:
+                    q = 0.0
+        if media:
+            ranges[media.lower()] = max(q, ranges.get(media.lower(), 0.0))
+
+    csv = ranges.get("text/csv", 0.0)  # */* alone asks for the default, JSON
+    if csv <= 0:
+        return False
+    if "application/json" in ranges:
+        return csv > ranges["application/json"]
+    return csv >= ranges.get("application/*", ranges.get("*/*", 0.0))
+
+
 def _json_or_csv(request: Request, report: dict, csv: Callable[[], str], filename: str) -> Response:
-    """An analytics answer as JSON, or its rows as a CSV attachment when the client accepts ``text/csv``."""
-    if "text/csv" in request.headers.get("accept", ""):
+    """An analytics answer as JSON, or its rows as a CSV attachment when the client prefers ``text/csv``."""
+    if prefers_csv(request.headers.get("accept", "")):
         return Response(csv(), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     return JSONResponse(report)

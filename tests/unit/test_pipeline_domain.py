@@ -267,3 +267,24 @@ def test_the_rows_and_windows_read_count_each_instant_of_the_range_once(start, e
     for at in [*probes, *near]:
         inside = (low is None or at >= low) and (high is None or at <= high)
         assert _weight(periods, windows, at) == float(inside), (start, end, at, periods, windows)
+
+
+@pytest.mark.parametrize("accept,csv", [
+    ("text/csv", True),
+    ("text/csv; charset=utf-8", True),
+    ("text/csv, */*", True),  # the named type beats the wildcard
+    ("text/csv;q=0.9, application/json;q=0.5", True),
+    ("application/json, text/csv;q=0.1", False),
+    ("text/csv;q=0", False),  # "not CSV"
+    ("text/csv, application/json", False),  # a tie between named types: the default
+    ("text/csv;q=0.5, */*", False),
+    ("*/*", False),
+    ("", False),
+    ("application/json", False),
+    ("TEXT/CSV;Q=0.8", True),
+    ("text/csv;q=abc", False),
+])
+def test_csv_is_answered_when_the_accept_header_prefers_it(accept, csv):
+    from services.pipeline.api import prefers_csv
+
+    assert prefers_csv(accept) is csv
