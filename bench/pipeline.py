@@ -191,6 +191,13 @@ def run(stack: Stack) -> list[Row]:
                 ("GET /v1/opportunities?limit=50, first page", "/v1/opportunities", {"limit": 50}),
                 ("GET /v1/opportunities?limit=50, middle page", "/v1/opportunities",
                  {"limit": 50, "cursor": cursors["opportunities"]}),
+                # a filter's index in the list's order (migration 0016): a page, not every match sorted
+                ("GET /v1/contacts?motion=inbound&limit=50", "/v1/contacts", {"motion": "inbound", "limit": 50}),
+                ("GET /v1/contacts?stage=lead&limit=50", "/v1/contacts", {"stage": "lead", "limit": 50}),
+                ("GET /v1/opportunities?stage=customer&limit=50", "/v1/opportunities",
+                 {"stage": "customer", "limit": 50}),
+                ("GET /v1/opportunities?motion=inbound&limit=50", "/v1/opportunities",
+                 {"motion": "inbound", "limit": 50}),
             ]
             for label, path, params in cases:
                 lat = timed(client, path, params)
