@@ -175,3 +175,52 @@ def test_a_bad_file_is_refused_naming_its_line(text, says):
 def test_a_missing_file_is_refused(tmp_path):
     with pytest.raises(ChannelRulesError, match="cannot read the channel rules file"):
         load_channel_rules(tmp_path / "nope.yaml")
+
+
+CASELESS = parse_channel_rules("""
+version: "caseless-1"
+lists:
+  partners: [Acme]
+rules:
+  - name: exact_referrer
+    when: {referrer: {equals: "https://Example.com/"}}
+    channel: referral
+  - name: partner_campaign
+    when: {utm_campaign: {matches: "^Partner-"}}
+    channel: partner
+  - name: partner_source
+    when: {utm_source: {in: partners}}
+    channel: partner
+  - name: google_click
+    when: {click_id: {equals: GCLID}}
+    channel: paid_search
+  - name: webinar_form
+    when: {form_type: {in: [Webinar]}}
+    channel: webinar
+default: other
+""", "caseless.yaml")
+
+
+@pytest.mark.parametrize(("lead", "channel"), [
+    (dict(referrer="https://Example.com/"), "referral"),
+    (dict(referrer="https://example.com/"), "referral"),
+    (dict(referrer=" HTTPS://EXAMPLE.COM/ "), "referral"),
+    (dict(utm_source="x", utm_campaign="Partner-Q4"), "partner"),
+    (dict(utm_source="x", utm_campaign="partner-q4"), "partner"),
+    (dict(utm_source="x", utm_campaign="PARTNER-Q4"), "partner"),
+    (dict(utm_source="ACME"), "partner"),
+    (dict(page_url="https://a.io/?gclid=1"), "paid_search"),
+    (dict(page_url="https://a.io/?GCLID=1"), "paid_search"),
+    (dict(page_url="https://a.io/?Gclid=1"), "paid_search"),
+    (dict(form_type="WEBINAR"), "webinar"),
+    (dict(referrer="https://example.org/"), "other"),
+])
+def test_every_field_is_compared_without_case(lead, channel):
+    arguments = dict(utm_source=None, utm_medium=None, referrer=None) | lead
+    assert CASELESS.classify(**arguments) == channel
+
+
+def test_the_shipped_rules_read_click_ids_without_case():
+    # the one deliberate difference from the code they replaced, which read ?GCLID=1 as no click id
+    assert RULES.classify(None, None, None, "https://www.leadstream.io/?GCLID=1") == "paid_search"
+    assert RULES.classify(None, None, None, "https://www.leadstream.io/?Li_Fat_Id=1") == "paid_social"

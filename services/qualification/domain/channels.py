@@ -5,9 +5,10 @@ A lead is read into **fields** (``lead_fields``), each compared without case:
 
 - ``utm_source``, ``utm_medium``, ``utm_campaign``: the UTM parameters sent, else those in the
   landing page's query string; trimmed and lower-cased, ``""`` when absent.
-- ``click_id``: the names of the landing page's query parameters (``gclid``, ``msclkid`` …).
-- ``referrer``: the referrer as sent (trimmed), ``""`` when absent or when it is a URL naming
-  no host (a referrer that cannot be read as a URL is kept: it is some other site).
+- ``click_id``: the names of the landing page's query parameters (``gclid``, ``msclkid`` …),
+  trimmed and lower-cased.
+- ``referrer``: the referrer as sent, trimmed and lower-cased; ``""`` when absent or when it is
+  a URL naming no host (a referrer that cannot be read as a URL is kept: it is some other site).
 - ``referrer_host``, ``referrer_scheme``: the referrer URL's host and scheme, lower-cased
   (``android-app://com.google.android.gm`` has scheme ``android-app``, host the app's package).
 - ``referrer_internal``: ``true`` when the referrer's registrable domain is the landing page's
@@ -19,8 +20,8 @@ none holding, ``default`` does. A condition is a field and a matcher:
 
 - a string: the field equals it; ``true``/``false`` for ``referrer_internal``;
 - ``{equals: S}``; ``{in: LIST}``: the field is one of a named list or of an inline list;
-- ``{matches: REGEX}``: a Python regular expression found anywhere in the field (anchor it
-  with ``^`` and ``$``);
+- ``{matches: REGEX}``: a regular expression found anywhere in the field (anchor it with ``^``
+  and ``$``), without case;
 - ``{domain_in: LIST}``: the field, read as a host, has its registrable domain in the list
   (``m.facebook.com`` → ``facebook.com``);
 - ``{label_in: LIST}``: the field, read as a host, has the label before its public suffix in
@@ -29,6 +30,8 @@ none holding, ``default`` does. A condition is a field and a matcher:
 - ``{any: [matcher, …]}``: one of them holds.
 
 For ``click_id`` (a set of names) a matcher holds when it holds for one of the names.
+Without case means: every field is lower-cased, and so is every value a rule compares it
+with (``equals``, ``in`` and the named lists); a regular expression is matched ignoring case.
 A file that does not load is a ``ChannelRulesError`` naming the file, the line, the rule
 (index and name) and the reason: an unknown field, list or channel, a rule with no
 condition, an invalid regular expression.
@@ -74,6 +77,11 @@ class ChannelRulesError(ValueError):
         self.problems = problems or []
 
 
+def _regex(pattern: str) -> re.Pattern[str]:
+    # fields are lower-cased; a pattern written with capitals ("^Partner-") must still match
+    return re.compile(pattern, re.IGNORECASE)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -116,7 +124,7 @@ class Matcher(_Strict):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
+                _regex(value)
             except re.error as exc:
                 raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
         return value
@@ -243,8 +251,8 @@ def lead_fields(utm_source: str | None, utm_medium: str | None, referrer: str | 
             elif page_url:
                 site = registrable_domain(host)
                 internal = site is not None and site == registrable_domain(page_url)
-    return LeadFields(source, medium, campaign, frozenset(query) if query else _NO_NAMES, text, host, scheme,
-                      internal, _clean(form_type))
+    names = frozenset(_clean(name) for name in query) if query else _NO_NAMES
+    return LeadFields(source, medium, campaign, names, text.lower(), host, scheme, internal, _clean(form_type))
 
 
 _NO_NAMES: frozenset[str] = frozenset()
@@ -285,7 +293,7 @@ def _compile_matcher(matcher: Matcher, lists: dict[str, frozenset[str]]) -> Test
     if matcher.in_ is not None:
         return members(matcher.in_).__contains__
     if matcher.matches is not None:
-        search = re.compile(matcher.matches).search
+        search = _regex(matcher.matches).search
         return lambda value: search(value) is not None
     if matcher.domain_in is not None:
         domains = members(matcher.domain_in)
@@ -316,7 +324,7 @@ def _needs_a_value(matcher: Matcher) -> bool:
     if matcher.in_ is not None:
         return isinstance(matcher.in_, list) and "" not in matcher.in_
     if matcher.matches is not None:
-        return re.search(matcher.matches, "") is None
+        return _regex(matcher.matches).search("") is None
     if matcher.domain_in is not None or matcher.label_in is not None:
         return True
     if matcher.present is not None:
