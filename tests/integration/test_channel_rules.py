@@ -21,7 +21,7 @@ from services.qualification.domain.channels import load_channel_rules
 from services.qualification.reclassify import reclassify_all
 from tests.integration.test_pipeline_api import add_key
 from tests.integration.test_qualification import BUSINESS, lead, prospect, stack, touch  # noqa: F401 - the fixture
-from tests.support import ROOT, make_settings, serve_app
+from tests.support import ROOT, leadstream_app, make_settings, serve_app
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -205,3 +205,24 @@ async def test_rescore_refuses_a_bad_channels_file_and_no_option(stack, tmp_path
     assert refused.returncode == 2
     assert f"{bad}:" in refused.stderr and "(webinar_medium): channel:" in refused.stderr, refused.stderr
     assert _cli(stack, tmp_path).returncode == 2
+
+
+def _latin1_copy(tmp_path):  # noqa: ANN001, ANN202
+    """The shipped config with a channels.yaml whose version holds a Latin-1 byte (not UTF-8)."""
+    config = tmp_path / "config"
+    shutil.copytree(ROOT / "deploy" / "config", config)
+    path = config / "channels.yaml"
+    path.write_bytes(SHIPPED.read_bytes().replace(f'version: "{VERSION}"'.encode(), b'version: "caf\xe9-1"'))
+    return config, path
+
+
+def test_a_channels_file_that_is_not_utf8_is_refused_at_start_and_by_rescore(tmp_path):
+    config, path = _latin1_copy(tmp_path)
+    (line,) = [n for n, content in enumerate(path.read_bytes().splitlines(), 1) if b"caf\xe9" in content]
+    says = f"{path}:{line}: the channel rules file is not UTF-8 text (byte 0xe9 at column 14): save it as UTF-8"
+    settings = make_settings("127.0.0.1:1", tmp_path, service="qualification", config_dir=config)
+    with pytest.raises(SystemExit) as stopped:
+        create_app(settings)
+    assert str(stopped.value) == f"qualification: {says}"
+    code, out, err = leadstream_app({"LEADSTREAM_DATA_DIR": str(tmp_path)}, "rescore", "--channels", str(path))
+    assert (code, out, err.strip()) == (2, "", says)

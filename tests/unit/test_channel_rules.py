@@ -224,3 +224,35 @@ def test_the_shipped_rules_read_click_ids_without_case():
     # the one deliberate difference from the code they replaced, which read ?GCLID=1 as no click id
     assert RULES.classify(None, None, None, "https://www.leadstream.io/?GCLID=1") == "paid_search"
     assert RULES.classify(None, None, None, "https://www.leadstream.io/?Li_Fat_Id=1") == "paid_social"
+
+
+def test_a_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path):
+    path = tmp_path / "channels.yaml"
+    path.write_bytes(_file("").replace('"t-1"', '"caf\xe9-1"').encode("latin-1"))
+    with pytest.raises(ChannelRulesError) as raised:
+        load_channel_rules(path)
+    assert str(raised.value) == (f"{path}:1: the channel rules file is not UTF-8 text (byte 0xe9 at column 14): "
+                                 "save it as UTF-8")
+
+
+ALIAS_BOMB = 'version: "1"\nlists:\n  a0: &a0 [x, x, x, x, x, x, x, x, x]\n' + "".join(
+    f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)) + "rules:\n" + GOOD_RULE
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ('version: "1"\nlists: {a: &x [*x]}\nrules:\n' + GOOD_RULE, 2),  # refers to itself
+    (ALIAS_BOMB, 3),  # 9 levels of 9 aliases: 9^9 values once expanded
+    ('version: "1"\nlists:\n  a: &engines [google]\n  b: *engines\nrules:\n' + GOOD_RULE, 3),
+    ('version: "1"\nlists:\n  a: [google]\nrules:\n' + GOOD_RULE + "default: *nowhere\n", 8),
+])
+def test_anchors_and_aliases_are_refused_at_once(text, line):
+    with pytest.raises(ChannelRulesError) as raised:
+        parse_channel_rules(text, "channels.yaml")
+    assert str(raised.value) == (f"channels.yaml:{line}: invalid channel rules: YAML anchors and aliases "
+                                 "(&name, *name) are not supported: name a list under lists: and refer to it by "
+                                 "its name"), str(raised.value)
+
+
+def test_a_file_nested_too_deeply_is_refused():
+    with pytest.raises(ChannelRulesError, match="channels.yaml: invalid channel rules: nested too deeply"):
+        parse_channel_rules('version: "1"\nlists: ' + "[" * 3000 + "]" * 3000 + "\n", "channels.yaml")

@@ -168,3 +168,12 @@ def test_a_bad_expected_amount_names_its_line(section, needle, says):
         parse_policies(broken, "scoring.yaml")
     message = str(raised.value)
     assert f"scoring.yaml:{_line_of(broken, needle)}:" in message and says in message, message
+
+
+def test_a_file_that_is_not_utf8_or_uses_aliases_is_a_policy_error(tmp_path):
+    path = tmp_path / "scoring.yaml"
+    path.write_bytes(b'version: "1"\n# caf\xe9\n')
+    with pytest.raises(PolicyError, match=r"scoring.yaml:2: the policy file is not UTF-8 text \(byte 0xe9"):
+        load_policies(path)
+    with pytest.raises(PolicyError, match=r"<policy>:2: invalid policy: YAML anchors and aliases"):
+        parse_policies('version: "1"\nfit: &fit {}\ninbound: *fit\n')

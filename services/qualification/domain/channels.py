@@ -418,17 +418,15 @@ class ChannelRules:
 def load_channel_rules(path: str | Path) -> ChannelRules:
     """The rules in the YAML file at ``path``; ``ChannelRulesError`` naming the line otherwise."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ChannelRulesError(f"{path}: cannot read the channel rules file: {exc.strerror or exc}") from exc
+    text = yaml_config.read_text(path, ChannelRulesError, what="channel rules")
     return parse_channel_rules(text, str(path))
 
 
 def parse_channel_rules(text: str, name: str = "<channels>") -> ChannelRules:
     """The rules in YAML ``text`` (``name`` is used in error messages)."""
     root, data = yaml_config.read_mapping(text, name, ChannelRulesError, what="channel rules",
-                                          shape="version, lists and rules")
+                                          shape="version, lists and rules",
+                                          reuse="name a list under lists: and refer to it by its name")
     lists = data.get("lists")
     context = {"lists": set(lists) if isinstance(lists, dict) else set()}
     try:

@@ -233,10 +233,7 @@ class PolicySet(_Strict):
 def load_policies(path: str | Path) -> PolicySet:
     """The policy in the YAML file at ``path``; ``PolicyError`` naming the line otherwise."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read the policy file: {exc.strerror or exc}") from exc
+    text = yaml_config.read_text(path, PolicyError, what="policy")
     return parse_policies(text, str(path))
 
 
