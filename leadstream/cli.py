@@ -46,17 +46,21 @@ def broker() -> None:
     embedded.stop(graceful=False)
 
 
-def _wait_for_signal(until=lambda: False) -> None:  # noqa: ANN001
-    """Block until Ctrl-C / SIGTERM (or ``until()`` is true)."""
+def _wait_for_signal(until=lambda: False) -> bool:  # noqa: ANN001
+    """Block until Ctrl-C / SIGTERM (or ``until()`` is true); whether a signal came."""
     stop = {"now": False}
 
     def _handler(*_):  # noqa: ANN002
         stop["now"] = True
 
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
-    while not stop["now"] and not until():
-        time.sleep(0.2)
+    previous = signal.signal(signal.SIGINT, _handler), signal.signal(signal.SIGTERM, _handler)
+    try:
+        while not stop["now"] and not until():
+            time.sleep(0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    return stop["now"]
 
 
 @app.command()
@@ -103,27 +107,46 @@ def run() -> None:
         typer.echo(f"embedded broker on {embedded.bootstrap} with topics created", err=True)
     else:
         typer.echo(f"using external Kafka at {settings.kafka_bootstrap_servers}; no broker started", err=True)
-    procs: list[subprocess.Popen] = []
+    procs: dict[str, subprocess.Popen] = {}
+    code = 1  # a service that does not start is a failure too
     try:
         for service in SERVICES:
-            procs.append(subprocess.Popen([sys.executable, "-m", "leadstream.cli", "serve", service],
-                                          env=os.environ.copy(), preexec_fn=_die_with_parent))
+            procs[service] = subprocess.Popen([sys.executable, "-m", "leadstream.cli", "serve", service],
+                                              env=os.environ.copy(), preexec_fn=_die_with_parent)
             typer.echo(f"{service} on http://{settings.host}:{port_of(settings, service)} (docs at /docs)", err=True)
-        _wait_for_signal(until=lambda: any(p.poll() is not None for p in procs))
-        if any(p.poll() is not None for p in procs):
-            typer.echo("a service exited; stopping everything", err=True)
+        code = supervise(procs)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_all(procs.values())
         if embedded:
             embedded.stop()
         typer.echo("stopped", err=True)
+    if code:
+        raise typer.Exit(code)
+
+
+def supervise(procs: dict[str, subprocess.Popen], wait=_wait_for_signal) -> int:  # noqa: ANN001
+    """Wait for Ctrl-C / SIGTERM or for one of the services (by name) to exit; the exit code of
+    ``leadstream run``: 0 when stopped by a signal, 1 when a service exited by itself (a bad
+    configuration it refused, a crash), so a supervisor or a script sees the failure."""
+    signalled = wait(until=lambda: any(p.poll() is not None for p in procs.values()))
+    if signalled:  # Ctrl-C reaches the services too: their exits then are the stop asked for
+        return 0
+    exited = ", ".join(f"{name} (exit code {p.returncode})" for name, p in procs.items() if p.poll() is not None)
+    typer.echo(f"a service exited: {exited}; stopping everything", err=True)
+    return 1
+
+
+def _stop_all(procs) -> None:  # noqa: ANN001
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 # credentials of the authenticated APIs (API keys, webhook secrets): see leadstream/admin.py
