@@ -138,8 +138,8 @@ def _line_of(text: str, needle: str) -> int:
      "utm_medium: no", "rule 1 (yaml_bool): when.utm_medium: YAML read False"),
     ("  - name: internal_text\n    when: {referrer_internal: \"yes\"}\n    channel: other\n",
      "referrer_internal", "rule 1 (internal_text): when.referrer_internal: Input should be a valid boolean"),
-    ("  - name: fine\n    when: {utm_source: bing}\n    channel: organic_search\n",
-     "rules:", "rules: two rules are named 'fine'"),
+    ("  - when: {utm_source: bing}\n    name: fine\n    channel: organic_search\n",  # at its own line
+     "    name: fine", "rule 1 (fine): name: rule 0 has this name too (names are unique)"),
     ("  - name: Bad Name\n    when: {utm_source: bing}\n    channel: organic_search\n",
      "Bad Name", "rule 1 (Bad Name): name: String should match pattern"),
     ("  - name: nested_regex\n    when: {referrer_host: {any: [{in: engines}, {matches: \"[a-\"}]}}\n"
@@ -256,3 +256,69 @@ def test_anchors_and_aliases_are_refused_at_once(text, line):
 def test_a_file_nested_too_deeply_is_refused():
     with pytest.raises(ChannelRulesError, match="channels.yaml: invalid channel rules: nested too deeply"):
         parse_channel_rules('version: "1"\nlists: ' + "[" * 3000 + "]" * 3000 + "\n", "channels.yaml")
+
+
+def test_every_problem_is_listed_each_at_its_line():
+    text = ('version: "1"\nrules:\n'
+            "  - name: first\n    when: {utm_source: }\n    channel: other\n"
+            "  - name: second\n    when: {utm_medium: 5}\n    channel: billboards\n"
+            "  - name: first\n    when: {utm_source: {in: Engines}}\n    channel: other\n")
+    with pytest.raises(ChannelRulesError) as raised:
+        parse_channel_rules(text, "channels.yaml")
+    assert str(raised.value) == """channels.yaml:4: invalid channel rules (5 problem(s)):
+  channels.yaml:4: rule 0 (first): when.utm_source: no condition given (YAML read nothing after utm_source:): \
+write one, or remove the line
+  channels.yaml:7: rule 1 (second): when.utm_medium: a condition on utm_medium must be a string or a mapping \
+such as {equals: …} (got 5)
+  channels.yaml:8: rule 1 (second): channel: Input should be 'organic_search', 'paid_search', 'organic_social', \
+'paid_social', 'email', 'referral', 'direct', 'event', 'webinar', 'content', 'partner' or 'other' (got 'billboards')
+  channels.yaml:9: rule 2 (first): name: rule 0 has this name too (names are unique)
+  channels.yaml:10: rule 2 (first): when.utm_source.in: unknown list 'Engines' (lists: none)"""
+    assert [line for line, _ in raised.value.problems] == [4, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize(("rules", "needle", "says"), [
+    ("  - name: r\n    when: {utm_source: {in: 5}}\n    channel: other\n", "in: 5",
+     "rule 1 (r): when.utm_source.in: `in` takes a list of values or the name of a list under lists: (got 5)"),
+    ("  - name: r\n    when: {utm_source: {domain_in: [a, 5]}}\n    channel: other\n", "domain_in",
+     "rule 1 (r): when.utm_source.domain_in: `domain_in` takes a list of strings; item 1 is 5: quote it"),
+    ("  - name: r\n    when: {utm_source: {label_in: {a: b}}}\n    channel: other\n", "label_in",
+     "rule 1 (r): when.utm_source.label_in: `label_in` takes a list of values or the name of a list under lists: "
+     "(got a mapping)"),
+    ("  - name: r\n    when: {utm_medium: 5}\n    channel: other\n", "utm_medium: 5",
+     "rule 1 (r): when.utm_medium: a condition on utm_medium must be a string or a mapping such as {equals: …} "
+     "(got 5)"),
+    ("  - name: r\n    when: {utm_medium: {any: [5]}}\n    channel: other\n", "any: [5]",
+     "rule 1 (r): when.utm_medium.any.0: each matcher of `any` is a string or a mapping such as {equals: …} (got 5)"),
+    ("  - name: r\n    when: {utm_medium: {any: 5}}\n    channel: other\n", "any: 5",
+     "rule 1 (r): when.utm_medium.any: `any` takes a list of matchers (got 5)"),
+    ("  - name: r\n    when: {utm_medium: {any: []}}\n    channel: other\n", "any: []",
+     "rule 1 (r): when.utm_medium.any: `any` takes at least one matcher"),
+    ("  - just a string\n", "just a string",
+     "rule 1: a rule must be a mapping with name, when and channel (got 'just a string')"),
+    ("  - name: r\n    when: google\n    channel: other\n", "when: google",
+     "rule 1 (r): when: `when` must be a mapping of fields to conditions, such as {utm_source: google} "
+     "(got 'google')"),
+    ("  - name: r\n    when: {referrer_internal: , utm_source: a}\n    channel: other\n", "referrer_internal",
+     "rule 1 (r): when.referrer_internal: no condition given (YAML read nothing after referrer_internal:)"),
+])
+def test_a_bad_rule_is_refused_in_the_files_words(rules, needle, says):
+    text = _file(rules)
+    with pytest.raises(ChannelRulesError) as raised:
+        parse_channel_rules(text, "channels.yaml")
+    message = str(raised.value)
+    assert f"channels.yaml:{_line_of(text, needle)}: {says}" in message, message
+    assert "instance of" not in message and "constrained-str" not in message and "list[" not in message
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ('version: "1"\nlists: 5\nrules:\n' + GOOD_RULE,
+     ":2: lists: must be a mapping of list names to their values, such as {engines: [google, bing]} (got 5)"),
+    ('version: "1"\nlists:\n  a: 5\nrules:\n' + GOOD_RULE,
+     ":3: lists.a: must be a list of values, such as [google, bing] (got 5)"),
+    ('version: "1"\nrules: 5\n', ":2: rules: must be a list of rules, each starting with `- name: …` (got 5)"),
+])
+def test_a_bad_file_is_refused_in_its_words(text, says):
+    with pytest.raises(ChannelRulesError) as raised:
+        parse_channel_rules(text, "channels.yaml")
+    assert "channels.yaml" + says in str(raised.value), str(raised.value)

@@ -149,6 +149,15 @@ class Matcher(_Strict):
 class When(_Strict):
     """The conditions of a rule, all of which must hold."""
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _given(cls, value: Any, info: ValidationInfo) -> Any:
+        # `utm_source:` with nothing after it is YAML's null: the condition would silently vanish
+        if value is None:
+            raise ValueError(f"no condition given (YAML read nothing after {info.field_name}:): "
+                             "write one, or remove the line")
+        return value
+
     utm_source: Matcher | None = None
     utm_medium: Matcher | None = None
     utm_campaign: Matcher | None = None
@@ -173,7 +182,9 @@ class Rule(_Strict):
 
 
 class ChannelRuleSet(_Strict):
-    """One version of the channel rules: named lists, ordered rules, the default channel."""
+    """One version of the channel rules: named lists, ordered rules, the default channel.
+    Rules' names are unique: ``parse_channel_rules`` checks it on the file's data, so that a
+    repeated name is listed with the other problems, at its own line."""
 
     version: Annotated[StrictStr, Field(min_length=1, max_length=100)]
     lists: dict[Name, list[StrictStr]] = {}
@@ -185,15 +196,6 @@ class ChannelRuleSet(_Strict):
     def _lower_lists(cls, lists: dict[str, list[str]]) -> dict[str, list[str]]:
         return {name: [v.strip().lower() for v in values] for name, values in lists.items()}
 
-    @field_validator("rules")
-    @classmethod
-    def _unique_names(cls, rules: list[Rule]) -> list[Rule]:
-        seen: set[str] = set()
-        for rule in rules:
-            if rule.name in seen:
-                raise ValueError(f"two rules are named {rule.name!r}")
-            seen.add(rule.name)
-        return rules
 
 
 # ---- a lead's fields ---------------------------------------------------------------------
@@ -428,16 +430,118 @@ def parse_channel_rules(text: str, name: str = "<channels>") -> ChannelRules:
                                           shape="version, lists and rules",
                                           reuse="name a list under lists: and refer to it by its name")
     lists = data.get("lists")
-    context = {"lists": set(lists) if isinstance(lists, dict) else set()}
+    known = set(lists) if isinstance(lists, dict) else set()
+    found: list[tuple[tuple[Any, ...], str]] = _checks_of_the_file(data)
+    rule_set = None
     try:
-        return ChannelRules(ChannelRuleSet.model_validate(data, context=context), name)
+        rule_set = ChannelRuleSet.model_validate(data, context={"lists": known})
     except ValidationError as exc:
-        problems = [(yaml_config.line_of(root, tuple(e["loc"])), yaml_config.describe(e, _where(data, e["loc"])))
-                    for e in exc.errors()]
-        lines = "\n".join(f"  {name}:{line}: {message}" for line, message in problems)
-        raise ChannelRulesError(
-            f"{name}:{problems[0][0]}: invalid channel rules ({len(problems)} problem(s)):\n{lines}", problems
-        ) from exc
+        for error in exc.errors():
+            loc, reason = _plain(error, data, known)
+            found.append((loc, f"{_where(data, loc)}: {reason}" if reason else
+                          yaml_config.describe(error, _where(data, loc))))
+    if rule_set is not None and not found:
+        return ChannelRules(rule_set, name)
+    problems: list[tuple[int | None, str]] = []
+    for loc, message in found:
+        problem = (yaml_config.line_of(root, loc), message)
+        if problem not in problems:  # a union's branches, a check made twice: said once
+            problems.append(problem)
+    problems.sort(key=lambda p: p[0] or 0)
+    lines = "\n".join(f"  {name}:{line}: {message}" for line, message in problems)
+    raise ChannelRulesError(f"{name}:{problems[0][0]}: invalid channel rules ({len(problems)} problem(s)):\n{lines}",
+                            problems)
+
+
+def _checks_of_the_file(data: dict) -> list[tuple[tuple[Any, ...], str]]:
+    """What the models cannot say with the other problems (a validator of the rule set runs
+    only once every rule is valid): each rule whose name an earlier rule has, at its name."""
+    rules = data.get("rules")
+    found: list[tuple[tuple[Any, ...], str]] = []
+    first: dict[str, int] = {}
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        name = rule.get("name") if isinstance(rule, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            loc = ("rules", index, "name")
+            found.append((loc, f"{_where(data, loc)}: rule {first[name]} has this name too (names are unique)"))
+        else:
+            first[name] = index
+    return found
+
+
+_LIST_OPERATORS = ("in", "domain_in", "label_in")
+
+
+def _value_at(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _plain(error: dict[str, Any], data: dict, lists: set[str]) -> tuple[tuple[Any, ...], str | None]:
+    """The location an operator reads (without pydantic's union branches) and, for the
+    errors whose own message names pydantic's types, the reason in the file's words
+    (``None``: the error's message says it well enough)."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    for index, part in enumerate(loc[:-1]):
+        if part in _LIST_OPERATORS and index >= 3 and loc[index - 1] != "lists":
+            # `in: Name | list[str]`: one error per branch of the union, about one value
+            loc = loc[:index + 1]
+            return loc, _list_operand(part, _value_at(data, loc), lists)
+    got = _shown(error.get("input"))
+    where = loc[-1] if loc else None
+    if kind == "model_type":
+        model = (error.get("ctx") or {}).get("class_name")
+        if model == "Matcher" and len(loc) >= 2 and loc[-2] == "any":
+            return loc, f"each matcher of `any` is a string or a mapping such as {{equals: …}} (got {got})"
+        if model == "Matcher":
+            return loc, f"a condition on {where} must be a string or a mapping such as {{equals: …}} (got {got})"
+        if model == "When":
+            return loc, f"`when` must be a mapping of fields to conditions, such as {{utm_source: google}} (got {got})"
+        if model == "Rule":
+            return loc, f"a rule must be a mapping with name, when and channel (got {got})"
+    if kind == "list_type":
+        if loc == ("rules",):
+            return loc, f"must be a list of rules, each starting with `- name: …` (got {got})"
+        if len(loc) == 2 and loc[0] == "lists":
+            return loc, f"must be a list of values, such as [google, bing] (got {got})"
+        if where == "any":
+            return loc, f"`any` takes a list of matchers (got {got})"
+    if kind == "dict_type" and loc == ("lists",):
+        return loc, f"must be a mapping of list names to their values, such as {{engines: [google, bing]}} (got {got})"
+    if kind == "too_short" and where == "any":
+        return loc, "`any` takes at least one matcher"
+    if kind == "string_type" and isinstance(error.get("input"), dict | list):
+        return loc, f"must be a string (got {got})"
+    return loc, None
+
+
+def _list_operand(operator: str, value: Any, lists: set[str]) -> str:
+    if isinstance(value, str):
+        return f"unknown list {value!r} (lists: {', '.join(sorted(lists)) or 'none'})"
+    if isinstance(value, list):
+        bad = next(((i, v) for i, v in enumerate(value) if not isinstance(v, str)), None)
+        if bad is not None:
+            quote = ": quote it" if isinstance(bad[1], bool | int | float) else ""
+            return f"`{operator}` takes a list of strings; item {bad[0]} is {_shown(bad[1])}{quote}"
+    return f"`{operator}` takes a list of values or the name of a list under lists: (got {_shown(value)})"
 
 
 def _where(data: dict, loc: tuple[Any, ...]) -> str:
