@@ -312,6 +312,8 @@ def test_a_bad_rule_is_refused_in_the_files_words(rules, needle, says):
 
 
 @pytest.mark.parametrize(("text", "says"), [
+    ('version: "  "\nrules:\n' + GOOD_RULE, ":1: version: must not be blank"),
+    ('version: "\t"\nrules:\n' + GOOD_RULE, ":1: version: must not be blank"),
     ('version: "1"\nlists: 5\nrules:\n' + GOOD_RULE,
      ":2: lists: must be a mapping of list names to their values, such as {engines: [google, bing]} (got 5)"),
     ('version: "1"\nlists:\n  a: 5\nrules:\n' + GOOD_RULE,

@@ -191,6 +191,13 @@ class ChannelRuleSet(_Strict):
     rules: Annotated[list[Rule], Field(min_length=1)]
     default: Channel = "direct"
 
+    @field_validator("version")
+    @classmethod
+    def _not_blank(cls, version: str) -> str:
+        if not version.strip():
+            raise ValueError("must not be blank: it names the rules on every touch they classify")
+        return version
+
     @field_validator("lists")
     @classmethod
     def _lower_lists(cls, lists: dict[str, list[str]]) -> dict[str, list[str]]:
