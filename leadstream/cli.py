@@ -358,12 +358,14 @@ def rescore(
     """
     from pathlib import Path
 
+    from leadstream.registry import unmigrated
     from pipeline_store import DATABASE
     from services.qualification.domain.channels import ChannelRulesError, load_channel_rules
     from services.qualification.reclassify import reclassify_all
     from services.qualification.rescore import rescore_all
     from services.qualification.service import PolicyFileError, load_qualifier
     from shared.db import Database
+    from shared.db.engine import sqlite_file
 
     if policy is None and channels is None:
         typer.echo("give --policy PATH, --channels PATH or both", err=True)
@@ -375,9 +377,15 @@ def rescore(
     except (PolicyFileError, ChannelRulesError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
+    url = settings.database_url(DATABASE)
+    problem = asyncio.run(unmigrated(DATABASE, url))
+    if problem:  # rescore reads history: an empty store made here would only hide the mistake
+        typer.echo(f"the pipeline store at {sqlite_file(url) or url.split('@')[-1]} {problem}: set "
+                   "LEADSTREAM_PIPELINE_DATABASE_URL to the store's URL, or run `leadstream migrate`", err=True)
+        raise typer.Exit(1)
 
     async def run():  # noqa: ANN202
-        db = Database(settings.database_url(DATABASE), pool_size=2)
+        db = Database(url, pool_size=2)
         try:
             reports = []
             if rules is not None:
@@ -392,6 +400,29 @@ def rescore(
         for line in report.lines():
             typer.echo(line)
     typer.echo("dry run: nothing changed" if dry_run else "applied", err=True)
+
+
+channels_app = typer.Typer(help="Channel rules (channels.yaml): check a file before rolling it out.",
+                           no_args_is_help=True)
+app.add_typer(channels_app, name="channels")
+
+
+@channels_app.command("check")
+def channels_check(
+    path: Annotated[str, typer.Argument(help="the channel rules file (YAML)")],
+) -> None:
+    """Load a channel rules file as qualification would at start: print its version and how
+    many rules and lists it has (exit 0), or every problem (exit 2). Reads no database."""
+    from services.qualification.domain.channels import ChannelRulesError, load_channel_rules
+
+    try:
+        rules = load_channel_rules(path)
+    except ChannelRulesError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    rule_set = rules.rule_set
+    typer.echo(f"{path}: channel rules {rules.version}: {len(rule_set.rules)} rules, {len(rule_set.lists)} lists, "
+               f"default {rule_set.default}")
 
 
 BALANCE_LINES = [  # (figure, label, how to show it)

@@ -109,5 +109,12 @@ def upgrade(database: str, url: str, revision: str = "head") -> None:
     migrate.upgrade(DATABASES[database].migrations, url, revision)
 
 
+async def unmigrated(database: str, url: str) -> str | None:
+    """Why ``database`` at ``url`` is not at its latest schema (``None``: it is); creates nothing."""
+    from shared import migrate
+
+    return await migrate.unmigrated(DATABASES[database].migrations, url, database)
+
+
 async def aupgrade(database: str, url: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, database, url, revision)

@@ -37,6 +37,36 @@ async def aupgrade(migrations: Path, url: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, migrations, url, revision)
 
 
+async def unmigrated(migrations: Path, url: str, database: str) -> str | None:
+    """Why the database ``database`` at ``url`` is not at the head of ``migrations``, in a few
+    words (``None``: it is). Creates nothing: a SQLite file that is not there "does not
+    exist", it is not made an empty database."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from shared.db.engine import sqlite_file
+
+    path = sqlite_file(url)
+    if path is not None and not Path(path).is_file():
+        return "does not exist"
+    head = ScriptDirectory.from_config(alembic_config(migrations, url)).get_current_head()
+    engine = create_async_engine(url, poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as conn:
+            current = await conn.run_sync(lambda sync: MigrationContext.configure(
+                sync, opts={"version_table": f"alembic_version_{database}"}).get_current_revision())
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused, not a database: said in one line
+        return f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    finally:
+        await engine.dispose()
+    if current is None:
+        return "is not migrated"
+    if current != head:
+        return f"is at migration {current}, not {head}"
+    return None
+
+
 def run_migrations(metadata: MetaData, database: str) -> None:
     """Body of every ``migrations/env.py``: online migrations over the async engine (the
     version table is ``alembic_version_<database>``, so databases may share one PostgreSQL

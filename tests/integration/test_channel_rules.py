@@ -226,3 +226,30 @@ def test_a_channels_file_that_is_not_utf8_is_refused_at_start_and_by_rescore(tmp
     assert str(stopped.value) == f"qualification: {says}"
     code, out, err = leadstream_app({"LEADSTREAM_DATA_DIR": str(tmp_path)}, "rescore", "--channels", str(path))
     assert (code, out, err.strip()) == (2, "", says)
+
+
+def test_channels_check_loads_a_file_alone(tmp_path):
+    code, out, err = leadstream_app({}, "channels", "check", str(SHIPPED))
+    assert (code, err) == (0, "")
+    assert out == f"{SHIPPED}: channel rules {VERSION}: 32 rules, 11 lists, default direct\n"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SHIPPED.read_text(encoding="utf-8").replace("channel: webinar\n", "channel: webinars\n", 1))
+    code, out, err = leadstream_app({}, "channels", "check", str(bad))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"{bad}:") and "(webinar_medium): channel:" in err, err
+    assert leadstream_app({}, "channels", "check", str(tmp_path / "nope.yaml"))[0] == 2
+
+
+def test_rescore_without_a_migrated_store_says_so_and_creates_nothing(tmp_path):
+    env = {"LEADSTREAM_DATA_DIR": str(tmp_path / "var"), "LEADSTREAM_PIPELINE_DATABASE_URL": None}
+    code, out, err = leadstream_app(env, "rescore", "--channels", str(SHIPPED), "--dry-run")
+    store = tmp_path / "var" / "pipeline.db"
+    assert (code, out) == (1, "")
+    assert err == (f"the pipeline store at {store} does not exist: set LEADSTREAM_PIPELINE_DATABASE_URL to the "
+                   "store's URL, or run `leadstream migrate`\n")
+    assert not (tmp_path / "var").exists()
+    store.parent.mkdir()
+    store.touch()  # a file that is no store
+    code, _, err = leadstream_app(env, "rescore", "--channels", str(SHIPPED))
+    assert (code, err) == (1, f"the pipeline store at {store} is not migrated: set LEADSTREAM_PIPELINE_DATABASE_URL "
+                              "to the store's URL, or run `leadstream migrate`\n")
