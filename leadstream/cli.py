@@ -361,7 +361,7 @@ def rescore(
     from leadstream.registry import unmigrated
     from pipeline_store import DATABASE
     from services.qualification.domain.channels import ChannelRulesError, load_channel_rules
-    from services.qualification.reclassify import reclassify_all
+    from services.qualification.reclassify import RulesVersionConflict, reclassify_all
     from services.qualification.rescore import rescore_all
     from services.qualification.service import PolicyFileError, load_qualifier
     from shared.db import Database
@@ -396,7 +396,12 @@ def rescore(
         finally:
             await db.dispose()
 
-    for report in asyncio.run(run()):
+    try:
+        reports = asyncio.run(run())
+    except RulesVersionConflict as exc:  # checked before anything is read or changed
+        typer.echo(f"{channels}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    for report in reports:
         for line in report.lines():
             typer.echo(line)
     typer.echo("dry run: nothing changed" if dry_run else "applied", err=True)

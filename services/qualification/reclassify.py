@@ -9,6 +9,12 @@ contacts is read ``FOR UPDATE`` in one transaction (as ``rescore.py`` does), and
 whose attribution changes has its row changed, so a worker's batch that read it before
 runs again.
 
+A rules version names the rules that classified a touch, so changed rules must carry a new
+one: rules whose version is recorded on a stored lead they would classify to another
+channel are refused (``RulesVersionConflict``) before anything is read or changed, dry run
+or not. Rules of a version the store has not seen, or that classify every touch of their
+version as it was, pass.
+
 The caller (the composition root) owns the database: it hands ``reclassify_all`` a
 ``Database`` and disposes of it.
 """
@@ -39,6 +45,15 @@ from shared.times import as_utc
 MEASURES = ("contacts", "opportunities_first", "opportunities_last")
 _HEADINGS = {"contacts": "contacts (first touch)", "opportunities_first": "opportunities (first touch)",
              "opportunities_last": "opportunities (last touch)"}
+
+
+class RulesVersionConflict(ValueError):
+    """Rules whose version already classified stored leads to other channels than they would."""
+
+    def __init__(self, version: str, touches: int) -> None:
+        super().__init__(f"version {version} already classified {touches} touches differently; "
+                         "give the changed rules a new version")
+        self.version, self.touches = version, touches
 
 
 @dataclass
@@ -202,10 +217,34 @@ async def reclassify_page(session: AsyncSession, rules: ChannelRules, contact_id
     return page
 
 
+async def version_conflicts(db: Database, rules: ChannelRules, page_size: int = 1000) -> int:
+    """How many stored leads that ``rules.version`` classified ``rules`` would classify to
+    another channel (0: the version names these rules, as far as the store can tell)."""
+    conflicts, after = 0, ""
+    while True:
+        async with db.reader() as session:
+            rows = (await session.execute(
+                select(Touch.event_id, Touch.channel, Touch.data)
+                .where(Touch.event_type == LEAD_CAPTURED, Touch.channel_rules_version == rules.version,
+                       Touch.event_id > after)
+                .order_by(Touch.event_id).limit(page_size)
+            )).all()
+        for _, channel, data in rows:
+            if isinstance(data, dict) and data and rules.classify_lead(data) != channel:
+                conflicts += 1
+        if len(rows) < page_size:
+            return conflicts
+        after = rows[-1][0]
+
+
 async def reclassify_all(db: Database, rules: ChannelRules, *, apply: bool) -> ReclassifyReport:
     """Reclassify every contact of ``db`` (the pipeline store) under ``rules``, a page per
     transaction (a page that meets a deadlock or a busy database runs again); a dry run
-    only reads."""
+    only reads. ``RulesVersionConflict`` first, changing nothing, if ``rules`` are changed
+    rules under a version the store already holds."""
+    conflicts = await version_conflicts(db, rules)
+    if conflicts:
+        raise RulesVersionConflict(rules.version, conflicts)
     report = ReclassifyReport(rules.version, apply)
     async with db.reader() as session:
         await _counts(session, report)

@@ -18,7 +18,7 @@ from pipeline_store.source_rollups import MODELS
 from services.pipeline.app import create_app as create_pipeline
 from services.qualification.app import create_app
 from services.qualification.domain.channels import load_channel_rules
-from services.qualification.reclassify import reclassify_all
+from services.qualification.reclassify import RulesVersionConflict, reclassify_all
 from tests.integration.test_pipeline_api import add_key
 from tests.integration.test_qualification import BUSINESS, lead, prospect, stack, touch  # noqa: F401 - the fixture
 from tests.support import ROOT, leadstream_app, make_settings, serve_app
@@ -253,3 +253,31 @@ def test_rescore_without_a_migrated_store_says_so_and_creates_nothing(tmp_path):
     code, _, err = leadstream_app(env, "rescore", "--channels", str(SHIPPED))
     assert (code, err) == (1, f"the pipeline store at {store} is not migrated: set LEADSTREAM_PIPELINE_DATABASE_URL "
                               "to the store's URL, or run `leadstream migrate`\n")
+
+
+async def test_rescore_refuses_changed_rules_under_a_version_that_classified_touches(stack, tmp_path):  # noqa: F811
+    await stack.produce(*LEADS)
+    await stack.applied(len(LEADS))
+    touches, attribution = await _touches(stack), await _attribution(stack)
+    assert {v for _, v in touches.values()} == {VERSION}
+    # the new rules under the shipped version, which classified these touches: 3 would move
+    same_version = new_rules(tmp_path, version=VERSION)
+    says = (f"{same_version}: version {VERSION} already classified 3 touches differently; "
+            "give the changed rules a new version")
+    for dry_run in (("--dry-run",), ()):
+        refused = _cli(stack, tmp_path, "--channels", str(same_version), *dry_run)
+        assert (refused.returncode, refused.stdout, refused.stderr.strip()) == (2, "", says), refused.stderr
+    assert await _touches(stack) == touches and await _attribution(stack) == attribution
+    with pytest.raises(RulesVersionConflict, match=f"version {VERSION} already classified 3 touches differently"):
+        await reclassify_all(stack.db, load_channel_rules(same_version), apply=False)
+
+    # changed rules that classify every touch of that version as it was are the same rules to it
+    harmless = tmp_path / "harmless.yaml"
+    harmless.write_text(SHIPPED.read_text(encoding="utf-8").replace(
+        "\nrules:\n", "\nrules:\n  - name: billboard\n    when: {utm_medium: billboard}\n    channel: other\n", 1))
+    assert load_channel_rules(harmless).version == VERSION
+    accepted = _cli(stack, tmp_path, "--channels", str(harmless), "--dry-run")
+    assert accepted.returncode == 0 and "0 change channel" in accepted.stdout, accepted.stderr
+    # under a new version the changed rules pass, and once applied their version is theirs
+    assert _cli(stack, tmp_path, "--channels", str(new_rules(tmp_path, version="test-3"))).returncode == 0
+    assert {v for _, v in (await _touches(stack)).values()} == {"test-3"}
