@@ -3,6 +3,7 @@ that does not load names its line, its rule and the reason."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,24 @@ def test_a_bad_file_is_refused_in_its_words(text, says):
     with pytest.raises(ChannelRulesError) as raised:
         parse_channel_rules(text, "channels.yaml")
     assert "channels.yaml" + says in str(raised.value), str(raised.value)
+
+
+def test_a_regular_expression_runs_in_linear_time():
+    rules = parse_channel_rules(_file("  - name: nested\n    when: {utm_campaign: {matches: \"^(a+)+$\"}}\n"
+                                      "    channel: partner\n"), "channels.yaml")
+    started = time.perf_counter()
+    # 200 characters, the most the API accepts: Python's backtracking engine took 0.34 s on 22
+    assert rules.classify("x", None, None, utm_campaign="a" * 199 + "!") == "direct"
+    assert rules.classify("x", None, None, utm_campaign="A" * 200) == "partner"
+    assert time.perf_counter() - started < 0.05
+    assert rules.classify("x", None, None, utm_campaign="a\ud800") == "direct"  # no UTF-8 for it: no error
+
+
+@pytest.mark.parametrize("pattern", ["(?=paid)", "(cpc)\\\\1", "(?<!un)paid"])
+def test_a_pattern_re2_cannot_run_is_refused_naming_its_rule(pattern):
+    text = _file(f"  - name: lookaround\n    when: {{utm_medium: {{matches: \"{pattern}\"}}}}\n    channel: other\n")
+    with pytest.raises(ChannelRulesError) as raised:
+        parse_channel_rules(text, "channels.yaml")
+    assert (f"channels.yaml:{_line_of(text, 'matches')}: rule 1 (lookaround): when.utm_medium.matches: invalid "
+            "regular expression") in str(raised.value)
+    assert "(the syntax is RE2's: no look-around or back-references)" in str(raised.value)
