@@ -86,7 +86,7 @@ _REGEX_OPTIONS.log_errors = False  # the reason is in the loader's message, not 
 
 
 def _regex(pattern: str) -> Callable[[str], bool]:
-    """Whether a value holds a match of ``pattern`` (RE2's syntax, without case);
+    """The test of ``pattern`` (RE2's syntax, without case): whether a value holds a match;
     ``ValueError`` with the reason if RE2 cannot compile it."""
     try:
         search = re2.compile(pattern, options=_REGEX_OPTIONS).search
