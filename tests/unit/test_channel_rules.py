@@ -210,9 +210,8 @@ default: other
     (dict(utm_source="x", utm_campaign="partner-q4"), "partner"),
     (dict(utm_source="x", utm_campaign="PARTNER-Q4"), "partner"),
     (dict(utm_source="ACME"), "partner"),
-    (dict(page_url="https://a.io/?gclid=1"), "paid_search"),
-    (dict(page_url="https://a.io/?GCLID=1"), "paid_search"),
-    (dict(page_url="https://a.io/?Gclid=1"), "paid_search"),
+    (dict(page_url="https://a.io/?gclid=1"), "paid_search"),  # the rule's GCLID, lower-cased
+    (dict(page_url="https://a.io/?GCLID=1"), "other"),  # click ids are read as sent (below)
     (dict(form_type="WEBINAR"), "webinar"),
     (dict(referrer="https://example.org/"), "other"),
 ])
@@ -221,10 +220,11 @@ def test_every_field_is_compared_without_case(lead, channel):
     assert CASELESS.classify(**arguments) == channel
 
 
-def test_the_shipped_rules_read_click_ids_without_case():
-    # the one deliberate difference from the code they replaced, which read ?GCLID=1 as no click id
-    assert RULES.classify(None, None, None, "https://www.leadstream.io/?GCLID=1") == "paid_search"
-    assert RULES.classify(None, None, None, "https://www.leadstream.io/?Li_Fat_Id=1") == "paid_social"
+def test_the_shipped_rules_read_click_ids_as_sent_as_the_derivation_they_reproduce():
+    # ad platforms write their click ids in lower case; the derivation never read ?GCLID=1 as one
+    assert RULES.classify(None, None, None, "https://www.leadstream.io/?gclid=1") == "paid_search"
+    assert RULES.classify(None, None, None, "https://www.leadstream.io/?GCLID=1") == "direct"
+    assert RULES.classify(None, None, None, "https://www.leadstream.io/?Li_Fat_Id=1") == "direct"
 
 
 def test_a_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path):

@@ -5,8 +5,10 @@ A lead is read into **fields** (``lead_fields``), each compared without case:
 
 - ``utm_source``, ``utm_medium``, ``utm_campaign``: the UTM parameters sent, else those in the
   landing page's query string; trimmed and lower-cased, ``""`` when absent.
-- ``click_id``: the names of the landing page's query parameters (``gclid``, ``msclkid`` …),
-  trimmed and lower-cased.
+- ``click_id``: the names of the landing page's query parameters (``gclid``, ``msclkid`` …)
+  as sent: the one field read with its case, as the derivation the shipped file reproduces
+  always read it (ad platforms write their click ids in lower case; ``?GCLID=1`` is no
+  Google click). A rule's names are lower-cased like every value, so write them so.
 - ``referrer``: the referrer as sent, trimmed and lower-cased; ``""`` when absent or when it is
   a URL naming no host (a referrer that cannot be read as a URL is kept: it is some other site).
 - ``referrer_host``, ``referrer_scheme``: the referrer URL's host and scheme, lower-cased
@@ -30,8 +32,9 @@ none holding, ``default`` does. A condition is a field and a matcher:
 - ``{any: [matcher, …]}``: one of them holds.
 
 For ``click_id`` (a set of names) a matcher holds when it holds for one of the names.
-Without case means: every field is lower-cased, and so is every value a rule compares it
-with (``equals``, ``in`` and the named lists); a regular expression is matched ignoring case.
+Without case means: every field but ``click_id`` is lower-cased, and so is every value a rule
+compares it with (``equals``, ``in`` and the named lists); a regular expression is matched
+ignoring case.
 A file that does not load is a ``ChannelRulesError`` naming the file, the line, the rule
 (index and name) and the reason: an unknown field, list or channel, a rule with no
 condition, an invalid regular expression.
@@ -283,7 +286,7 @@ def lead_fields(utm_source: str | None, utm_medium: str | None, referrer: str | 
             elif page_url:
                 site = registrable_domain(host)
                 internal = site is not None and site == registrable_domain(page_url)
-    names = frozenset(_clean(name) for name in query) if query else _NO_NAMES
+    names = frozenset(query) if query else _NO_NAMES  # as sent: see click_id above
     return LeadFields(source, medium, campaign, names, text.lower(), host, scheme, internal, _clean(form_type))
 
 
