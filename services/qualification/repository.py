@@ -295,13 +295,10 @@ async def reopen_nurtured(session: AsyncSession, opportunity_id: str, at: dateti
     """Open the opportunity again at ``sql`` if sales nurtured it (its contact qualified
     again); its stored (stage, amount, estimated) before, or ``None`` when it was not nurtured."""
     row = (await session.execute(
-        select(Opportunity.stage, Opportunity.amount, Opportunity.amount_estimated)
-        .where(Opportunity.id == opportunity_id))).first()
-    if row is None or row[0] != "nurture":
-        return None
-    await session.execute(update(Opportunity).where(Opportunity.id == opportunity_id, Opportunity.stage == "nurture")
-                          .values(stage="sql", closed_at=None, close_reason=None, updated_at=at))
-    return (row[0], row[1], bool(row[2]))
+        update(Opportunity).where(Opportunity.id == opportunity_id, Opportunity.stage == "nurture")
+        .values(stage="sql", closed_at=None, close_reason=None, updated_at=at)
+        .returning(Opportunity.amount, Opportunity.amount_estimated))).first()
+    return None if row is None else ("nurture", row[0], bool(row[1]))
 
 
 # what a consent entry is read as (without its row id)

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pipeline_store.models import PipelineOutbox, Touch
+from pipeline_store.models import Opportunity, PipelineOutbox, Touch
 from services.qualification import credits as attribution_credits
 from services.qualification import events, records, repository
 from services.qualification.domain import attribution, consent, evaluation, identity, ids, stages
@@ -382,17 +382,19 @@ def _record_stage_change(session: AsyncSession, contact: ContactRecord, from_sta
     stage_event(session, PipelineOutbox, event, key=contact.email)
 
 
+# the contact's touch columns an opportunity has too (it keeps fewer: no event ids or times)
+_OPPORTUNITY_TOUCH_COLUMNS = {which: tuple(pair for pair in columns if pair[0] in Opportunity.__table__.c)
+                              for which, columns in _TOUCH_COLUMNS.items()}
+
+
 def _opportunity_touches(motion: str, first: attribution.Touch | None, last: attribution.Touch | None
                          ) -> dict[str, Any]:
     """An opportunity's motion and its first and last touch before qualification, as columns."""
-    return dict(
-        motion=motion,
-        first_touch_motion=first.motion if first else None, first_touch_channel=first.channel if first else None,
-        first_touch_campaign=first.campaign if first else None, first_touch_form_id=first.form_id if first else None,
-        first_touch_sequence=first.sequence if first else None,
-        last_touch_motion=last.motion if last else None, last_touch_channel=last.channel if last else None,
-        last_touch_campaign=last.campaign if last else None,
-    )
+    out: dict[str, Any] = {"motion": motion}
+    for which, touch in (("first", first), ("last", last)):
+        out |= {column: getattr(touch, attribute) if touch is not None else None
+                for column, attribute in _OPPORTUNITY_TOUCH_COLUMNS[which]}
+    return out
 
 
 async def _refresh_opportunity_touches(session: AsyncSession, contact: ContactRecord, facts: list[attribution.Touch],
