@@ -88,11 +88,9 @@ def _position(cursor: str | None, kind: str, order: str) -> Position | None:
         raise _query_error("cursor", str(exc), "cursor_invalid") from None
 
 
-def _touch(model: Any, prefix: str, extra: tuple[str, ...] = ()) -> Touchpoint | None:
-    values = {
-        name: getattr(model, prefix + name, None)
-        for name in ("motion", "channel", "campaign", "form_id", "sequence", *extra)
-    }
+def _touch(model: Any, prefix: str) -> Touchpoint | None:
+    values = {name: getattr(model, prefix + name)
+              for name in ("motion", "channel", "campaign", "form_id", "sequence", "event_id", "at")}
     if all(v is None for v in values.values()):
         return None
     return Touchpoint(**values)
@@ -104,8 +102,7 @@ def contact_summary(contact: Contact, company: str | None) -> ContactSummary:
         title=contact.title, company=company, account_domain=contact.account_domain, owner=contact.owner,
         stage=contact.stage, motion=contact.motion, fit_score=contact.fit_score, fit_grade=contact.fit_grade,
         engagement_score=contact.engagement_score,
-        first_touch=_touch(contact, "first_touch_", ("event_id", "at")),
-        last_touch=_touch(contact, "last_touch_", ("event_id", "at")),
+        first_touch=_touch(contact, "first_touch_"), last_touch=_touch(contact, "last_touch_"),
         created_at=contact.created_at, qualified_at=contact.sql_at, updated_at=contact.updated_at,
     )
 
@@ -318,7 +315,7 @@ async def opportunity_attribution(session: AsyncSession, opportunity_id: str) ->
             models.append(ModelCredits(model=model, basis="counting_touches", touches=stored[model]))
             continue
         which = "last" if model == "last" else "first"
-        touch = _touch(contact, f"{which}_touch_", ("event_id", "at"))
+        touch = _touch(contact, f"{which}_touch_")
         touches = [] if touch is None else [CreditedTouch(
             event_id=touch.event_id, motion=touch.motion, channel=touch.channel, campaign=touch.campaign,
             form_id=touch.form_id, sequence=touch.sequence, occurred_at=touch.at, credit=1.0)]

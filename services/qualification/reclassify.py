@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from pipeline_store import source_rollups
 from pipeline_store.models import AttributionCredit, Contact, Opportunity, Touch
-from services.qualification import repository
+from services.qualification import records, repository
 from services.qualification.domain import attribution, evaluation
 from services.qualification.domain.channels import ChannelRules
 from services.qualification.records import ContactRecord
@@ -178,27 +178,15 @@ async def reclassify_contact(session: AsyncSession, rules: ChannelRules, contact
         if (_channel(opp_first), _channel(opp_last)) != (opp.first_touch_channel, opp.last_touch_channel):
             report.opportunities_changed += 1
             if apply:
-                _set_touch(opp, "first", opp_first, _OPPORTUNITY_TOUCH["first"])
-                _set_touch(opp, "last", opp_last, _OPPORTUNITY_TOUCH["last"])
+                records.set_touch(opp, "first", opp_first)
+                records.set_touch(opp, "last", opp_last)
                 opp.updated_at = now
     if apply:
-        _set_touch(contact, "first", first, _CONTACT_TOUCH)
-        _set_touch(contact, "last", last, _CONTACT_TOUCH)
+        records.set_touch(contact, "first", first)
+        records.set_touch(contact, "last", last)
         # the row changes even when its attribution does not: a worker's batch that read the
         # old timeline finds the contact changed and runs again (records.py)
         contact.updated_at = max(as_utc(contact.updated_at) or now, now)
-
-
-# the first and last touch columns (``<which>_touch_<attribute>``) the replay writes
-_CONTACT_TOUCH = ("motion", "channel", "campaign", "form_id", "sequence", "event_id", "at")
-_OPPORTUNITY_TOUCH = {"first": ("motion", "channel", "campaign", "form_id", "sequence"),
-                      "last": ("motion", "channel", "campaign")}
-
-
-def _set_touch(row: Any, which: str, touch: attribution.Touch | None, attributes: tuple[str, ...]) -> None:
-    for name in attributes:
-        value = None if touch is None else getattr(touch, "occurred_at" if name == "at" else name)
-        setattr(row, f"{which}_touch_{name}", value)
 
 
 def _channel(touch: attribution.Touch | None) -> str | None:

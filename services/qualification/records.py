@@ -42,6 +42,11 @@ from shared.db import (
 )
 
 _WRITE_BACK = "qualification.records"
+# a first or last touch as a contact's or an opportunity's columns, each with the attribute
+# of the touch it holds
+TOUCH_COLUMNS = {which: tuple((f"{which}_touch_{attribute}", attribute) for attribute in (
+    "motion", "channel", "campaign", "form_id", "sequence", "event_id")) + ((f"{which}_touch_at", "occurred_at"),)
+    for which in ("first", "last")}
 _SNAPSHOT_CHECK = "qualification.contacts"
 
 
@@ -120,6 +125,19 @@ FACT_TABLES = (Touch.__table__, StageChange.__table__, Opportunity.__table__, Co
 # replaced writes nothing back for them (unchanged by identity).
 _REPLACED_UNREAD = ("fit_reasons", "engagement_reasons")
 CONTACT_COLUMNS = tuple(type_coerce(c, Text).label(c.key) if c.key in _REPLACED_UNREAD else c for c in _CONTACTS.c)
+
+
+def touch_values(which: str, touch: Any) -> dict[str, Any]:
+    """``touch`` (an ``attribution.Touch`` or ``None``) as the ``which`` ("first", "last")
+    touch columns of a contact or an opportunity."""
+    return {column: None if touch is None else getattr(touch, attribute)
+            for column, attribute in TOUCH_COLUMNS[which]}
+
+
+def set_touch(row: Any, which: str, touch: Any) -> None:
+    """Set ``row``'s (a record's or a mapped row's) ``which`` touch columns to ``touch``."""
+    for column, value in touch_values(which, touch).items():
+        setattr(row, column, value)
 
 
 def replace_json(record: Record, name: str, value: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pipeline_store.models import Opportunity, PipelineOutbox, Touch
+from pipeline_store.models import PipelineOutbox, Touch
 from services.qualification import credits as attribution_credits
 from services.qualification import events, records, repository
 from services.qualification.domain import attribution, consent, evaluation, identity, ids, stages
@@ -346,8 +346,8 @@ async def apply_evaluation(session: AsyncSession, contact: ContactRecord, result
                              opportunity_id if step == stages.QUALIFIED else None, reason=reason)
         previous = step
     contact.motion = result.motion
-    _set_touch(contact, "first", result.first)
-    _set_touch(contact, "last", result.last)
+    records.set_touch(contact, "first", result.first)
+    records.set_touch(contact, "last", result.last)
     return list(steps)
 
 
@@ -355,17 +355,6 @@ def _stamp(contact: ContactRecord, stage: str, at: datetime) -> None:
     column = _MILESTONES.get(stage)
     if column and getattr(contact, column) is None:
         setattr(contact, column, at)
-
-
-# the contact's columns of its first and last touch, and the attribute of the touch each holds
-_TOUCH_COLUMNS = {which: tuple((f"{which}_touch_{attribute}", attribute) for attribute in (
-    "motion", "channel", "campaign", "form_id", "sequence", "event_id")) + ((f"{which}_touch_at", "occurred_at"),)
-    for which in ("first", "last")}
-
-
-def _set_touch(contact: ContactRecord, which: str, touch: attribution.Touch | None) -> None:
-    for column, attribute in _TOUCH_COLUMNS[which]:
-        setattr(contact, column, getattr(touch, attribute) if touch is not None else None)
 
 
 def _record_stage_change(session: AsyncSession, contact: ContactRecord, from_stage: str | None, to_stage: str,
@@ -382,19 +371,10 @@ def _record_stage_change(session: AsyncSession, contact: ContactRecord, from_sta
     stage_event(session, PipelineOutbox, event, key=contact.email)
 
 
-# the contact's touch columns an opportunity has too (it keeps fewer: no event ids or times)
-_OPPORTUNITY_TOUCH_COLUMNS = {which: tuple(pair for pair in columns if pair[0] in Opportunity.__table__.c)
-                              for which, columns in _TOUCH_COLUMNS.items()}
-
-
 def _opportunity_touches(motion: str, first: attribution.Touch | None, last: attribution.Touch | None
                          ) -> dict[str, Any]:
     """An opportunity's motion and its first and last touch before qualification, as columns."""
-    out: dict[str, Any] = {"motion": motion}
-    for which, touch in (("first", first), ("last", last)):
-        out |= {column: getattr(touch, attribute) if touch is not None else None
-                for column, attribute in _OPPORTUNITY_TOUCH_COLUMNS[which]}
-    return out
+    return {"motion": motion, **records.touch_values("first", first), **records.touch_values("last", last)}
 
 
 async def _refresh_opportunity_touches(session: AsyncSession, contact: ContactRecord, facts: list[attribution.Touch],

@@ -96,6 +96,10 @@ async def test_an_earlier_touch_synced_late_takes_its_place_in_every_model(stack
         detail = (await client.get(f"/v1/opportunities/{opportunity_id}")).json()
         assert (detail["motion"], detail["first_touch"]["channel"], detail["first_touch"]["sequence"],
                 detail["last_touch"]["channel"]) == ("blended", "cold_email", "vp-sales", "paid_search"), detail
+        # whole, as the contact's: with each touch's event id and time
+        contact = (await client.get(f"/v1/contacts/{detail['contact_id']}")).json()
+        assert (detail["first_touch"], detail["last_touch"]) == (contact["first_touch"], contact["last_touch"])
+        assert all(detail[which][name] for which in ("first_touch", "last_touch") for name in ("event_id", "at"))
         listed = (await client.get("/v1/opportunities", params={"channel": "cold_email"})).json()["items"]
         assert [o["id"] for o in listed] == [opportunity_id]
         assert (await client.get("/v1/opportunities", params={"channel": "paid_search"})).json()["items"] == []

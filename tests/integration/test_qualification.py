@@ -29,6 +29,7 @@ from shared.events import (
     PROSPECT_ADDED, TOUCH_RECORDED, LeadCaptured, ProspectAdded, TouchRecorded, dlq_topic, make_event,
 )
 from shared.kafka import KafkaGateway
+from shared.times import as_utc
 from tests.integration.test_inbox_consumer import outage
 from tests.support import ROOT, eventually, make_settings, read_raw, read_topic, serve_app
 
@@ -248,7 +249,15 @@ async def test_both_motions_before_qualification_make_it_blended(stack):
     assert event.data["motion"] == "blended"
     assert event.data["first_touch"]["motion"] == "outbound" and event.data["last_touch"]["motion"] == "inbound"
     async with stack.db.reader() as s:
-        assert (await s.execute(select(Opportunity.motion))).scalar_one() == "blended"
+        opportunity = (await s.execute(select(Opportunity))).scalar_one()
+    assert opportunity.motion == "blended"
+    # the opportunity keeps both touches as the event carries them, for a CRM reading either
+    for which in ("first", "last"):
+        carried = event.data[f"{which}_touch"]
+        assert {name: getattr(opportunity, f"{which}_touch_{name}") for name in (
+            "motion", "channel", "campaign", "form_id", "sequence", "event_id")} == {
+            name: carried.get(name) for name in ("motion", "channel", "campaign", "form_id", "sequence", "event_id")}
+        assert as_utc(getattr(opportunity, f"{which}_touch_at")) == datetime.fromisoformat(carried["occurred_at"])
 
 
 # ---------------------------------------------------------------------- guarantees

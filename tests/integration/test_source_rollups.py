@@ -684,6 +684,72 @@ async def test_the_credits_migration_makes_one_row_per_touch_and_goes_back(datab
     await aupgrade("pipeline", url)
 
 
+async def test_the_opportunity_touches_migration_fills_them_from_the_contact_where_its_touch_is_theirs(
+        database_factory):
+    """0017 gives opportunities their touches whole (the first's event id and time, the
+    last's form, sequence, event id and time), filled from the contact where its touch is
+    the opportunity's; an opportunity whose touch differs from its contact's keeps them null.
+    Qualification writes them as the contact's from then on."""
+    import asyncio
+
+    from alembic import command
+    from sqlalchemy import text
+
+    from leadstream.registry import DATABASES, aupgrade
+    from shared.db import Database
+    from shared.migrate import alembic_config
+
+    url = await database_factory("pipeline")
+    people = [([(("touch", "replied", "cold_email", "s1"), 10), (("lead", "demo_request", 1, True), 30)],
+               ("none", None)),
+              ([(("lead", "demo_request", 2, True), 45)], ("none", None)),
+              ([(("touch", "replied", "cold_email", "s2"), 5), (("lead", "demo_request", 3, True), 50)],
+               ("none", None))]
+    new = [f"first_touch_{n}" for n in ("event_id", "at")] + [
+        f"last_touch_{n}" for n in ("form_id", "sequence", "event_id", "at")]
+    opportunity_columns = store.Opportunity.__table__.c
+
+    async def touches(database_url: str) -> dict[str, tuple]:
+        db = Database(database_url, pool_size=1)
+        try:
+            async with db.reader() as session:
+                rows = (await session.execute(select(opportunity_columns.contact_id,
+                                                     *(opportunity_columns[n] for n in new)))).all()
+        finally:
+            await db.dispose()
+        return {r[0]: tuple(as_utc(v) if isinstance(v, datetime) else v for v in r[1:]) for r in rows}
+
+    db = Database(url, pool_size=1)
+    try:
+        await _apply(db, people, random.Random(2), 3)
+        async with db.reader() as session:
+            contacts = {c.id: c for c in (await session.execute(select(store.Contact))).scalars()}
+    finally:
+        await db.dispose()
+    written = await touches(url)
+    assert len(written) == 3
+    for contact_id, values in written.items():  # qualification wrote the contact's touches whole
+        contact = contacts[contact_id]
+        assert values == tuple(as_utc(getattr(contact, n)) if n.endswith("_at") else getattr(contact, n)
+                               for n in new), contact.email
+        assert (values[2] or values[3]) and values[4]  # the last touch's form or sequence, and its id
+    config = alembic_config(DATABASES["pipeline"].migrations, url)
+    await asyncio.to_thread(command.downgrade, config, "0016")
+    # one contact's last touch is not its opportunity's (it moved on; the opportunity keeps its own)
+    moved = next(iter(written))
+    db = Database(url, pool_size=1)
+    try:
+        async with db.unit_of_work() as session:
+            await session.execute(text("UPDATE contacts SET last_touch_campaign = 'later' WHERE id = :id"),
+                                  {"id": moved})
+    finally:
+        await db.dispose()
+    await aupgrade("pipeline", url)
+    filled = await touches(url)
+    assert filled[moved] == (*written[moved][:2], None, None, None, None)
+    assert {k: v for k, v in filled.items() if k != moved} == {k: v for k, v in written.items() if k != moved}
+
+
 async def test_a_contact_qualified_again_after_nurture_is_credited_back_from_its_new_qualification(pipeline_store):
     """Sales nurtures an opportunity; the contact's later demo request qualifies it again (the
     one opportunity of a contact stays, with its first qualification). The credits then count
