@@ -129,6 +129,8 @@ async def record_touch(session: AsyncSession, q: Qualifier, event: CloudEvent, d
             return
         if data.rep and not contact.owner:
             contact.owner = data.rep
+        if contact.account_domain is None:  # a touch may be the first fact of a person: its account too
+            await _join_account(session, contact, at)
         await _add_touch(session, contact, event, at, motion="outbound", channel=data.channel, campaign=data.sequence,
                          sequence=data.sequence, step=data.step, outcome=data.outcome, rep=data.rep)
         _record_consents(session, contact, consent.of_touch(data.outcome, data.channel, event.id, at))
@@ -216,6 +218,15 @@ async def _merge_firmographics(session: AsyncSession, contact: ContactRecord, va
     account_values = {k: v for k, v in values.items() if k in ACCOUNT_FIELDS}
     records.change_account(session, account, partial(_merge_account, account_values, source, at))
     contact.account_domain = domain
+
+
+async def _join_account(session: AsyncSession, contact: ContactRecord, at: datetime) -> None:
+    """The account of the contact's email (none for free mail), for a fact that carries no
+    company values (a touch)."""
+    domain = identity.account_domain(contact.email)
+    if domain is not None:
+        await repository.ensure_account(session, domain, at)
+        contact.account_domain = domain
 
 
 def _merge_account(values: dict, source: str, at: datetime, account: AccountRecord) -> None:

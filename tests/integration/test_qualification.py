@@ -217,6 +217,22 @@ async def test_outbound_qualifies_on_a_meeting_or_positive_reply_never_on_opens_
     assert [e.time for e in events if e.subject == "meet@bigco.io"] == [at(9)]
 
 
+async def test_a_person_a_touch_brings_in_belongs_to_the_account_of_their_email(stack):
+    """A sales tool may sync touches of people it never added as prospects: the contact a
+    touch creates joins its email's account (free mail forms none), and the opportunity it
+    qualifies into, and its event, carry that account."""
+    await stack.produce(touch("Meet@Touch-Only.co.uk", "meeting_booked", minute=1),
+                        touch("free@gmail.com", "opened", minute=2))
+    await stack.applied(2)
+    meet = await stack.contact("meet@touch-only.co.uk")
+    assert meet.stage == "sql" and meet.account_domain == "touch-only.co.uk"
+    assert (await stack.contact("free@gmail.com")).account_domain is None
+    async with stack.db.reader() as s:
+        assert (await s.execute(select(Opportunity.account_domain))).scalar_one() == "touch-only.co.uk"
+    [event] = await stack.topic(OPPORTUNITIES_QUALIFIED, expect=1)
+    assert event.data["account"]["domain"] == "touch-only.co.uk"
+
+
 async def test_bounced_unsubscribed_and_not_interested_apply_their_side_effects(stack):
     await stack.produce(
         prospect("bounce@bigco.io", **BUSINESS), touch("bounce@bigco.io", "bounced"),
