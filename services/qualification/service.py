@@ -286,11 +286,13 @@ async def requalify(session: AsyncSession, q: Qualifier, contact: ContactRecord,
     qualified_at = as_utc(contact.sql_at)
     await apply_evaluation(session, contact, result, policies, cause=cause, at=at, facts=facts, real=real,
                            account_values=account_values)
-    if (cause in real and qualified_at is not None and qualified_at == as_utc(contact.sql_at)
-            and attribution_credits.late_touch_counts(qualified_at, at, policies.attribution_lookback_days)):
-        # a touch that occurred before the qualification (synced late) may change its credits,
-        # and the opportunity's first and last touch
-        await refresh_credits(session, policies, contact, facts, real)
+    if qualified_at is not None and qualified_at == as_utc(contact.sql_at) and at <= qualified_at:
+        # a fact that occurred before the qualification (synced late) may change its credits
+        # (a touch in the lookback), and the opportunity's motion and first and last touch (any
+        # fact: a prospect record or a touch older than the lookback makes it blended too)
+        if cause in real and attribution_credits.late_touch_counts(
+                qualified_at, at, policies.attribution_lookback_days):
+            await refresh_credits(session, policies, contact, facts, real)
         await _refresh_opportunity_touches(session, contact, facts, real)
     return result
 

@@ -276,6 +276,24 @@ async def test_both_motions_before_qualification_make_it_blended(stack):
         assert as_utc(getattr(opportunity, f"{which}_touch_at")) == datetime.fromisoformat(carried["occurred_at"])
 
 
+async def test_an_earlier_prospect_record_or_old_touch_synced_late_makes_the_opportunity_blended(stack):
+    """Facts of the other motion that occurred before the qualification but arrive after it:
+    the contact becomes blended, and so does its opportunity, whether the fact is a prospect
+    record (no channel) or a touch older than the attribution lookback (no credit)."""
+    await stack.produce(lead("late@prospected.io", "demo_request", minute=100, **BUSINESS),
+                        lead("old@prospected.io", "demo_request", minute=100, **BUSINESS))
+    await stack.applied(2)
+    await stack.produce(prospect("late@prospected.io", minute=10, list="q4-targets"),
+                        touch("old@prospected.io", "opened", minute=-200 * 24 * 60))
+    await stack.applied(4)
+    async with stack.db.reader() as s:
+        rows = (await s.execute(
+            select(Contact.email, Contact.motion, Opportunity.motion, Opportunity.first_touch_motion)
+            .join(Opportunity, Opportunity.contact_id == Contact.id))).all()
+    assert sorted(tuple(r) for r in rows) == [("late@prospected.io", "blended", "blended", "inbound"),
+                                               ("old@prospected.io", "blended", "blended", "outbound")]
+
+
 # ---------------------------------------------------------------------- guarantees
 
 
