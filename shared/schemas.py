@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic_core import PydanticCustomError
 
 # C0 controls, DEL and C1 controls: a terminal escape, a NUL or a CR/LF in a name reaches logs,
@@ -52,6 +52,21 @@ def text(max_length: int) -> type[str]:
 
 Short = line(200)
 Url = line(2048)
+
+
+def _not_a_boolean(value: object) -> object:
+    # JSON true is no count: lax validation would read it as 1 (an employee count of 1)
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not a boolean")
+    return value
+
+
+def count(ge: int, le: int) -> type[int]:
+    """A bounded whole number; a JSON boolean is refused (``int_type``), a numeric string read."""
+    return Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=ge, le=le)]  # type: ignore[return-value]
+
+
+Employees = count(0, 10_000_000)
 
 # a client clock a little ahead is tolerated; a fact from the future is not
 FUTURE_SKEW = timedelta(minutes=5)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from shared.events import FormType
 from shared.identity import EMAIL_MAX_LENGTH, check_email
-from shared.schemas import Short, Strict, Url, line, not_before_horizon, not_in_future, text
+from shared.schemas import Employees, Short, Strict, Url, line, not_before_horizon, not_in_future, text
 
 # the validation context's key for how far back ``occurred_at`` may go (from settings)
 OCCURRED_AT_HORIZON = "occurred_at_horizon"
@@ -74,7 +74,7 @@ class LeadIn(Strict):
     phone: Phone | None = None
     website: Url | None = None
     country: Country | None = None
-    employees: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    employees: Employees | None = None
     industry: Short | None = None
     form_id: Short | None = None
     form_type: FormType | None = None

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 
 from shared.events import OutboundChannel, Outcome
 from shared.identity import EMAIL_MAX_LENGTH, check_email
-from shared.schemas import Short, Strict, Url, line, not_in_future, text
+from shared.schemas import Employees, Short, Strict, Url, count, line, not_in_future, text
 
 Email = Annotated[str, StringConstraints(max_length=EMAIL_MAX_LENGTH)]
 Phone = line(50)
@@ -67,7 +67,7 @@ class ProspectIn(Strict):
     company: Short | None = None
     website: Url | None = None
     industry: Short | None = None
-    employees: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    employees: Employees | None = None
     country: Country | None = None
     phone: Phone | None = None
     linkedin_url: Url | None = None
@@ -91,7 +91,7 @@ class TouchFields(Strict):
     outcome: Outcome
     rep: Short | None = Field(None, description="The rep who made the touch.")
     sequence: Short | None = Field(None, description="The sequence (cadence) the touch belongs to.")
-    step: Annotated[int, Field(ge=1, le=1000)] | None = Field(None, description="The step within the sequence.")
+    step: count(1, 1000) | None = Field(None, description="The step within the sequence.")
     fields: Fields = Field(default_factory=dict)
     occurred_at: datetime | None = Field(None, description="When it happened; defaults to when received.")
 

@@ -126,6 +126,7 @@ BAD_INPUTS = [
     ({"email": "a@b.co", "occurred_at": "yesterday"}, [("occurred_at", "datetime_from_date_parsing")]),
     ({"email": "x" * 400 + "@b.co"}, [("email", "string_too_long")]),
     ({"email": "a@b.co", "employees": "many", "title": 5}, [("employees", "int_parsing"), ("title", "string_type")]),
+    ({"email": "a@b.co", "employees": True}, [("employees", "int_type")]),  # not one employee
 ]
 
 

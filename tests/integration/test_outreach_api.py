@@ -224,6 +224,7 @@ PROSPECT_BAD = [
     ({}, [("email", "missing")]),
     ({"email": "not-an-email"}, [("email", "value_error")]),
     ({"email": "a@b.co", "employees": -5}, [("employees", "greater_than_equal")]),
+    ({"email": "a@b.co", "employees": False}, [("employees", "int_type")]),
     ({"email": "a@b.co", "tags": "vip"}, [("tags", "list_type")]),
     ({"email": "a@b.co", "tags": ["ok", 3]}, [("tags.1", "string_type")]),
     (
@@ -242,6 +243,7 @@ TOUCH_BAD = [
     (TOUCH | {"outcome": "liked"}, [("outcome", "literal_error")]),
     (TOUCH | {"step": 0}, [("step", "greater_than_equal")]),
     (TOUCH | {"step": "two"}, [("step", "int_parsing")]),
+    (TOUCH | {"step": True}, [("step", "int_type")]),
     (TOUCH | {"external_id": ""}, [("external_id", "string_too_short")]),
     (TOUCH | {"external_id": "x" * 256}, [("external_id", "string_too_long")]),
     (TOUCH | {"occurred_at": "last tuesday"}, [("occurred_at", "datetime_from_date_parsing")]),
