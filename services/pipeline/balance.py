@@ -369,8 +369,22 @@ def _dependency_diagnoses(report: dict[str, Any], dimension: str, limits: Thresh
 
 
 def motion_dependency(report: dict[str, Any], limits: Thresholds) -> list[Diagnosis]:
-    """The sources answer's motion warnings over the same cohort."""
-    return _dependency_diagnoses(report, "motion", limits)
+    """The sources answer's motion warnings over the same cohort. Their motion is the one
+    that touched an opportunity before qualification (``blended`` apart), while this answer's
+    rows count each opportunity under the motion it entered by: the sentence gives both
+    shares when they differ, so it never seems to contradict the row beside it."""
+    out = []
+    for found in _dependency_diagnoses(report, "motion", limits):
+        motion = found.figures["motion"]
+        row = next((r for r in report["rows"] if r["motion"] == motion), None)
+        entry = None if row is None or motion == "blended" else row["share"]
+        if entry is not None and percent(entry) != percent(found.figures["share"]):
+            other = "outbound" if motion == "inbound" else "inbound"
+            found = Diagnosis(found.rule, f"{found.sentence} alone ({percent(entry)}% entered by it, counting "
+                              f"those {other} also touched before qualification)",
+                              {**found.figures, "entry_share": entry})
+        out.append(found)
+    return out
 
 
 def channel_dependency(report: dict[str, Any], limits: Thresholds) -> list[Diagnosis]:

@@ -154,10 +154,21 @@ def test_weak_inbound_interest_sentence():
 @pytest.mark.parametrize("share,fires", [(0.8, False), (0.7999, False), (0.8001, True)])
 def test_motion_dependency(share, fires):
     rest = round(1 - share, 4)
-    found = motion_dependency(report(motion_shares=[("inbound", share), ("outbound", rest)]), LIMITS)
+    found = motion_dependency(report(in_share=share, motion_shares=[("inbound", share), ("outbound", rest)]), LIMITS)
     assert [d.figures for d in found] == ([{"motion": "inbound", "share": share, "threshold": 0.8}] if fires else [])
     if fires:
         assert found[0].sentence == "80% of qualified pipeline comes from the inbound motion"
+
+
+def test_motion_dependency_gives_the_entry_share_beside_it_when_they_differ():
+    """The row says how opportunities entered (assisted ones included), the warning how many
+    the motion touched alone: both figures, so the sentence never contradicts the row."""
+    found = motion_dependency(report(in_share=0.8253, motion_shares=[("inbound", 0.8122), ("outbound", 0.1747),
+                                                                        ("blended", 0.0131)]), LIMITS)
+    assert [d.sentence for d in found] == [
+        "81% of qualified pipeline comes from the inbound motion alone (83% entered by it, counting those "
+        "outbound also touched before qualification)"]
+    assert found[0].figures == {"motion": "inbound", "share": 0.8122, "threshold": 0.8, "entry_share": 0.8253}
 
 
 @pytest.mark.parametrize("share,fires", [(0.5, False), (0.4999, False), (0.5001, True)])
