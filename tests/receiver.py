@@ -40,6 +40,7 @@ class Receiver:
         self.flood_sent = 0
         self._server: asyncio.base_events.Server | None = None
         self._release = asyncio.Event()
+        self._open: set[asyncio.StreamWriter] = set()  # connections kept alive by clients
 
     @property
     def url(self) -> str:
@@ -52,12 +53,15 @@ class Receiver:
     async def __aexit__(self, *_) -> None:  # noqa: ANN002
         self._release.set()
         self._server.close()
+        for writer in list(self._open):  # their handlers read the end of the stream and return,
+            writer.close()               # instead of being cancelled when the loop stops
         try:
             await asyncio.wait_for(self._server.wait_closed(), 2)
         except TimeoutError:
             pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
         try:
             while True:
                 line = await reader.readline()
@@ -100,4 +104,5 @@ class Receiver:
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return
         finally:
+            self._open.discard(writer)
             writer.close()
