@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import types
+import typing
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import orjson
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
@@ -156,6 +158,67 @@ async def require_json(request: Request) -> None:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise ProblemError(415, f"Send the body as application/json, not {ctype or 'an undeclared type'}.")
+
+
+def _takes_many(annotation: Any) -> bool:
+    """Whether a query parameter of this type takes several values (a list, maybe optional)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _takes_many(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return any(_takes_many(a) for a in typing.get_args(annotation) if a is not type(None))
+    return origin in (list, tuple, set, frozenset)
+
+
+def _declared_query(dependant: Any) -> dict[str, bool]:
+    """A route's query parameters (a parameter model's fields too), each with whether it
+    takes several values."""
+    out: dict[str, bool] = {}
+    for param in dependant.query_params:
+        annotation = param.field_info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for name, field in annotation.model_fields.items():
+                out[field.alias or name] = _takes_many(field.annotation)
+        else:
+            out[param.alias] = _takes_many(annotation)
+    for sub in dependant.dependencies:
+        out |= _declared_query(sub)
+    return out
+
+
+_QUERY_SHAPES: dict[int, dict[str, bool]] = {}  # by id(route): routes are unhashable and live as long as their app
+
+
+async def query_as_declared(request: Request) -> None:
+    """Dependency: ``422`` naming each query parameter the route does not take, or that
+    takes one value and was given several (``?attribution=first&attribution=last`` would
+    otherwise be answered under one of them, silently)."""
+    route = request.scope.get("route")
+    if route is None or not request.query_params:
+        return
+    declared = _QUERY_SHAPES.get(id(route))
+    if declared is None:
+        declared = _QUERY_SHAPES[id(route)] = _declared_query(route.dependant)
+    counts: dict[str, int] = {}
+    for name, _ in request.query_params.multi_items():
+        counts[name] = counts.get(name, 0) + 1
+    errors = []
+    for name, count in counts.items():
+        many = declared.get(name)
+        if many is None:
+            errors.append({"type": "extra_forbidden", "loc": ("query", name), "msg": "Extra inputs are not permitted",
+                           "input": request.query_params.get(name)})
+        elif count > 1 and not many:
+            errors.append({"type": "repeated", "loc": ("query", name), "input": request.query_params.getlist(name),
+                           "msg": f"takes one value, given {count} times"})
+    if errors:
+        raise RequestValidationError(errors)
+
+
+def api_guards(authenticate: Callable[..., Any]) -> list[Any]:
+    """A router's dependencies: the caller's key (``401``/``403``), then its query
+    parameters as declared (``422``)."""
+    return [Depends(authenticate), Depends(query_as_declared)]
 
 
 def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:

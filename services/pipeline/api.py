@@ -28,14 +28,14 @@ from services.pipeline.schemas import (
 from services.pipeline.auth import PROBLEM, auth_errors, caller_with
 from shared.idempotency import write_and_wake
 from shared.runtime import Runtime
-from shared.web import require_json
+from shared.web import api_guards, require_json
 
 SCOPE = "pipeline"
 authenticate, Caller = caller_with(SCOPE)
 AUTH_ERRORS = auth_errors(SCOPE)
 QUERY_ERRORS = AUTH_ERRORS | {422: {"description": "Invalid query parameters, each named", **PROBLEM}}
 
-router = APIRouter(prefix="/v1", tags=["pipeline"], dependencies=[Depends(authenticate)], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1", tags=["pipeline"], dependencies=api_guards(authenticate), responses=AUTH_ERRORS)
 
 
 @router.get("/contacts", response_model=ContactPage, summary="List contacts", responses=QUERY_ERRORS,

@@ -498,6 +498,15 @@ BAD_QUERIES = [
     ("/v1/opportunities", {"qualified_from": "2025-03-02T00:00:00Z", "qualified_to": "2025-03-01"}, "qualified_to"),
     ("/v1/analytics/balance", {"to": "9999-12-31"}, "to"),
     ("/v1/analytics/balance", {"group_by": "channel"}, "group_by"),
+    # a parameter that takes one value, given twice, is not answered under one of them
+    ("/v1/analytics/sources", [("attribution", "first"), ("attribution", "last")], "attribution"),
+    ("/v1/contacts", [("limit", "10"), ("limit", "20")], "limit"),
+    ("/v1/analytics/balance", [("from", "2025-01-01"), ("from", "2025-02-01")], "from"),
+    # the one-item answers take no parameter: a typo is refused, as on the lists
+    ("/v1/contacts/c-1", {"expand": "timeline"}, "expand"),
+    ("/v1/accounts/acme.com", {"include": "contacts"}, "include"),
+    ("/v1/opportunities/o-1", {"fields": "amount"}, "fields"),
+    ("/v1/opportunities/o-1/attribution", {"model": "linear"}, "model"),
 ]
 
 
@@ -508,6 +517,15 @@ async def test_bad_query_parameters_are_422_naming_the_parameter(shared_pipeline
     assert response.headers["content-type"] == "application/problem+json"
     errors = response.json()["errors"]
     assert [(e["field"], e["in"]) for e in errors] == [(field, "query")]
+
+
+async def test_a_list_filter_takes_repeated_values(shared_pipeline):
+    """What takes several values (stages, motions, channels, grades) may repeat."""
+    for path, params in (("/v1/contacts", [("stage", "sql"), ("stage", "lead"), ("motion", "inbound")]),
+                         ("/v1/opportunities", [("stage", "sql"), ("stage", "opportunity")]),
+                         ("/v1/analytics/sources", [("motion", "inbound"), ("motion", "outbound")])):
+        response = await shared_pipeline.get(path, params=params)
+        assert response.status_code == 200, (path, response.text)
 
 
 @pytest.mark.parametrize("path,params", [

@@ -13,7 +13,7 @@ from services.pipeline.privacy.schemas import ErasureAccepted, ErasureIn, Erasur
 from shared.auth import Principal
 from shared.idempotency import write_and_wake
 from shared.runtime import Runtime
-from shared.web import require_json
+from shared.web import api_guards, require_json
 
 SCOPE = "privacy"
 authenticate, Caller = caller_with(SCOPE)
@@ -27,7 +27,7 @@ def actor_of(caller: Principal) -> str:
     return f"key {caller.key_id} ({caller.name})"
 
 
-router = APIRouter(prefix="/v1/privacy", tags=["privacy"], dependencies=[Depends(authenticate)],
+router = APIRouter(prefix="/v1/privacy", tags=["privacy"], dependencies=api_guards(authenticate),
                    responses=AUTH_ERRORS)
 
 

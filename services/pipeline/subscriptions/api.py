@@ -22,7 +22,7 @@ from services.pipeline.subscriptions.schemas import (
 )
 from services.pipeline.auth import PROBLEM, auth_errors, caller_with
 from shared.runtime import Runtime
-from shared.web import require_json
+from shared.web import api_guards, require_json
 
 SCOPE = "subscriptions"
 authenticate, Caller = caller_with(SCOPE)
@@ -35,7 +35,7 @@ BODY_ERRORS = {
 }
 QUERY_ERRORS = {422: {"description": "Invalid query parameters, each named", **PROBLEM}}
 
-router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"], dependencies=[Depends(authenticate)],
+router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"], dependencies=api_guards(authenticate),
                    responses=AUTH_ERRORS)
 
 DELIVERY = """Each matching event is `POST`ed to the URL as the CloudEvent JSON itself
