@@ -4,7 +4,8 @@ after DNS resolution, so a name that later resolves to an inside address is refu
 
 Refused unless the settings allow them: plain ``http`` (``LEADSTREAM_WEBHOOKS_ALLOW_HTTP``)
 and any address that is not globally routable: loopback, private, link-local (cloud
-metadata at 169.254.169.254), shared, multicast, reserved (``LEADSTREAM_WEBHOOKS_ALLOW_PRIVATE``).
+metadata at 169.254.169.254), shared, multicast, reserved, or an IPv6 address embedding one
+(NAT64, 6to4, Teredo, IPv4-mapped or -compatible) (``LEADSTREAM_WEBHOOKS_ALLOW_PRIVATE``).
 """
 
 from __future__ import annotations
@@ -82,12 +83,55 @@ def parse_target(url: str, *, allow_http: bool) -> Target:
     return Target(url, scheme, host, port or (443 if scheme == "https" else 80))
 
 
-def forbidden_address(address: str) -> bool:
-    """True for an address a webhook may not reach unless private targets are allowed."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+# IPv6 prefixes whose addresses carry an IPv4 address in their last 32 bits: a translator or
+# tunnel on the path turns them into that IPv4 address, so it is what they reach
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+_NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: an operator's own translator
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # RFC 4291, deprecated (:: and ::1 are refused anyway)
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 (SIIT)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it is of a form that embeds one:
+    IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64 (well-known prefix), 6to4 (bits
+    16–48) or Teredo (the client: the last 32 bits inverted)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64_WELL_KNOWN or ip in _IPV4_COMPATIBLE or ip in _IPV4_TRANSLATED:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def _forbidden_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not ip.is_global or ip.is_multicast
+
+
+def forbidden_address(address: str) -> bool:
+    """True for an address a webhook may not reach unless private targets are allowed: one
+    that is not globally routable, or an IPv6 address embedding an IPv4 one that is not (a
+    NAT64 or 6to4 gateway would carry ``64:ff9b::7f00:1`` or ``2002:a9fe:a9fe::`` inside).
+    The local-use NAT64 prefix is refused whole: the translator it names is an inside one
+    and the place of the IPv4 address in it is the operator's choice (RFC 8215)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL_USE:
+            return True
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            # a mapped address is judged by its IPv4 alone (Python < 3.13 calls all of them private)
+            return _forbidden_ip(inner) or (ip.ipv4_mapped is None and _forbidden_ip(ip))
+    return _forbidden_ip(ip)
+
+
+def _described(address: str) -> str:
+    """The address, and the IPv4 address it embeds if any (why ``64:ff9b::a00:1`` is inside)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    return f"{address}, which embeds {inner}" if inner is not None else address
 
 
 async def resolve(target: Target, *, allow_private: bool) -> list[str]:
@@ -111,7 +155,7 @@ async def resolve(target: Target, *, allow_private: bool) -> list[str]:
         inside = [a for a in addresses if forbidden_address(a)]
         if inside:
             raise TargetRefused(f"the host {target.host!r} resolves to a loopback, private or link-local address "
-                                f"({inside[0]}); allowed only with LEADSTREAM_WEBHOOKS_ALLOW_PRIVATE=true")
+                                f"({_described(inside[0])}); allowed only with LEADSTREAM_WEBHOOKS_ALLOW_PRIVATE=true")
     return addresses
 
 
@@ -123,4 +167,4 @@ async def check_target(url: str, *, allow_http: bool, allow_private: bool) -> Ta
 
 
 __all__ = ["MAX_URL_LENGTH", "SUBSCRIBABLE_TYPES", "WEBHOOK_TOPICS", "Target", "TargetRefused", "check_target",
-           "forbidden_address", "parse_target", "resolve"]
+           "embedded_ipv4", "forbidden_address", "parse_target", "resolve"]

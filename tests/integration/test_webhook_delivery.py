@@ -221,13 +221,19 @@ async def test_hostile_receivers_redirects_floods_and_inside_addresses(broker, p
     inside = Receiver()
     async with inside:
         inside_id, _ = await add_subscription(db, inside.url)
+        # the same receiver named through NAT64's prefix, which a translator would carry to 127.0.0.1
+        nat64_id, _ = await add_subscription(db, inside.url.replace("127.0.0.1", "[64:ff9b::7f00:1]"))
         events = [stage_event(f"p-{uuid.uuid4().hex[:6]}@example.com", 0)]
         async with webhooks(broker, db.url, tmp_path, webhooks_allow_private=False):
             await publish(broker, events)
             await eventually(lambda: _attempted(db, inside_id, 1), timeout=60)
+            await eventually(lambda: _attempted(db, nat64_id, 1), timeout=60)
         refused = (await rows(db, inside_id))[0]
         assert refused.status == "pending" and refused.last_status is None
         assert refused.last_error.startswith("target refused") and "127.0.0.1" in refused.last_error
+        via_nat64 = (await rows(db, nat64_id))[0]
+        assert via_nat64.status == "pending" and via_nat64.last_status is None
+        assert via_nat64.last_error.startswith("target refused") and "embeds 127.0.0.1" in via_nat64.last_error
         assert inside.received == []
 
 

@@ -3,12 +3,13 @@ receive deliveries."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from services.webhooks.retries import backoff_s, next_attempt, retry_after_s
-from shared.webhooks import SUBSCRIBABLE_TYPES, TargetRefused, forbidden_address, parse_target
+from shared.webhooks import SUBSCRIBABLE_TYPES, TargetRefused, embedded_ipv4, forbidden_address, parse_target
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
 
@@ -57,6 +58,35 @@ def test_a_day_of_failures_is_a_few_dozen_attempts_then_dead():
     ("8.8.8.8", False), ("1.1.1.1", False), ("2606:4700:4700::1111", False),
 ])
 def test_inside_addresses_are_forbidden(address, forbidden):
+    assert forbidden_address(address) is forbidden
+
+
+@pytest.mark.parametrize("address,embedded,forbidden", [
+    # IPv4-mapped
+    ("::ffff:127.0.0.1", "127.0.0.1", True), ("::ffff:169.254.169.254", "169.254.169.254", True),
+    ("::ffff:8.8.8.8", "8.8.8.8", False),
+    # IPv4-compatible (deprecated) and IPv4-translated
+    ("::127.0.0.1", "127.0.0.1", True), ("::10.0.0.1", "10.0.0.1", True), ("::a9fe:a9fe", "169.254.169.254", True),
+    ("::8.8.8.8", "8.8.8.8", False), ("::ffff:0:10.0.0.1", "10.0.0.1", True), ("::ffff:0:8.8.8.8", "8.8.8.8", False),
+    # NAT64, well-known prefix: the last 32 bits
+    ("64:ff9b::127.0.0.1", "127.0.0.1", True), ("64:ff9b::a9fe:a9fe", "169.254.169.254", True),
+    ("64:ff9b::c0a8:101", "192.168.1.1", True), ("64:ff9b::100.64.0.1", "100.64.0.1", True),
+    ("64:ff9b::e000:1", "224.0.0.1", True), ("64:ff9b::808:808", "8.8.8.8", False),
+    # NAT64, local-use prefix: an inside translator, refused whatever it embeds
+    ("64:ff9b:1::7f00:1", None, True), ("64:ff9b:1::808:808", None, True),
+    # 6to4: bits 16-48
+    ("2002:7f00:1::", "127.0.0.1", True), ("2002:a9fe:a9fe::1", "169.254.169.254", True),
+    ("2002:a00:1:1::1", "10.0.0.1", True), ("2002:808:808::1", "8.8.8.8", False),
+    # Teredo: the client is the last 32 bits inverted (2001::/32 is not global either way)
+    ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.1", True),
+    ("2001:0:4136:e378:8000:63bf:5601:5601", "169.254.169.254", True),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "10.0.0.1", True),
+    # no IPv4 inside
+    ("2606:4700:4700::1111", None, False), ("::1", "0.0.0.1", True), ("::", "0.0.0.0", True),
+])
+def test_ipv6_forms_embedding_an_inside_ipv4_address_are_forbidden(address, embedded, forbidden):
+    inner = embedded_ipv4(ipaddress.IPv6Address(address))
+    assert (str(inner) if inner is not None else None) == embedded
     assert forbidden_address(address) is forbidden
 
 
