@@ -17,6 +17,7 @@ from shared.outbox import OutboxMixin
 from shared.privacy import SuppressionMixin
 
 BigId = BigInteger().with_variant(Integer, "sqlite")
+BIG_ID_RANGE = range(-(2**63), 2**63)  # what a BigId holds on both backends (a signed 64-bit integer)
 
 
 class StoreBase(DeclarativeBase):

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from services.pipeline.app import create_app
+from services.pipeline.cursor import encode_cursor
 from shared.secrets import DEVELOPMENT_KEY, SecretBox
 from pipeline_store.models import WebhookDelivery, WebhookSubscription
 from shared.webhooks import SUBSCRIBABLE_TYPES
@@ -204,6 +205,27 @@ async def test_deliveries_listed_retried_and_redriven(subscriptions):
     assert (await subscriptions.delete(f"/v1/subscriptions/{sub}")).status_code == 204
     async with subscriptions.runtime.db.reader() as s:
         assert (await s.execute(select(WebhookDelivery))).first() is None
+
+
+async def test_a_delivery_id_out_of_the_database_range_is_unknown(subscriptions):
+    """An id no delivery can have is 404 like any unknown one, not the database's integer overflow."""
+    known = (await subscriptions.post("/v1/subscriptions", json=body())).json()["id"]
+    for sub in (known, "nope"):
+        for delivery_id in ("99999999999999999999999", str(2**63), str(-(2**63) - 1), "0", "-1"):
+            answer = await subscriptions.post(f"/v1/subscriptions/{sub}/deliveries/{delivery_id}/retry")
+            assert answer.status_code == 404 and answer.headers["content-type"] == PROBLEM, answer.text
+
+
+async def test_a_deliveries_cursor_naming_an_id_out_of_range_is_422(subscriptions):
+    sub = (await subscriptions.post("/v1/subscriptions", json=body())).json()["id"]
+    at = datetime.now(timezone.utc)
+    for row_id in ("99999999999999999999999", str(2**63), "x"):
+        cursor = encode_cursor("deliveries", "desc", at, row_id)
+        answer = await subscriptions.get(f"/v1/subscriptions/{sub}/deliveries", params={"cursor": cursor})
+        assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "cursor", answer.text
+    fits = encode_cursor("deliveries", "desc", at, str(2**63 - 1))
+    answer = await subscriptions.get(f"/v1/subscriptions/{sub}/deliveries", params={"cursor": fits})
+    assert answer.status_code == 200 and answer.json() == {"items": [], "next_cursor": None}, answer.text
 
 
 async def count(client) -> int:  # noqa: ANN001

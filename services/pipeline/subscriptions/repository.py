@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.pipeline.cursor import Position
 from services.pipeline.repository import after
-from pipeline_store.models import WebhookDelivery, WebhookSubscription
+from pipeline_store.models import BIG_ID_RANGE, WebhookDelivery, WebhookSubscription
 
 
 async def subscription(session: AsyncSession, subscription_id: str) -> WebhookSubscription | None:
@@ -51,6 +51,8 @@ async def list_deliveries(session: AsyncSession, subscription_id: str, *, status
 
 
 async def delivery(session: AsyncSession, subscription_id: str, delivery_id: int) -> WebhookDelivery | None:
+    if delivery_id not in BIG_ID_RANGE:
+        return None  # no row has it, and the driver would refuse it (integer overflow) rather than find none
     row = await session.get(WebhookDelivery, delivery_id)
     return row if row is not None and row.subscription_id == subscription_id else None
 

@@ -24,7 +24,7 @@ from shared.auth import Principal
 from shared.errors import ProblemError
 from shared.secrets import SecretBox
 from shared.signatures import new_webhook_secret
-from pipeline_store.models import WebhookDelivery, WebhookSubscription
+from pipeline_store.models import BIG_ID_RANGE, WebhookDelivery, WebhookSubscription
 from shared.webhooks import TargetRefused, WebhookSettings, check_target
 
 VALIDATION = "https://leadstream.dev/problems/validation"
@@ -145,8 +145,8 @@ def _position(cursor: str | None, kind: str) -> Position | None:
         return None
     try:
         position = decode_cursor(cursor, kind, "desc")
-        if kind == "deliveries":
-            int(position.id)
+        if kind == "deliveries" and int(position.id) not in BIG_ID_RANGE:
+            raise ValueError(position.id)  # a cursor this API issued names a delivery's id
         return position
     except (BadCursor, ValueError) as exc:
         raise _invalid("cursor", str(exc) if isinstance(exc, BadCursor) else "not a cursor this API issued",
