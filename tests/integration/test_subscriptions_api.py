@@ -4,6 +4,7 @@ deliveries listed, retried and redriven."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -149,9 +150,21 @@ async def test_get_patch_delete_and_pagination(subscriptions):
         "status": "active", "event_types": [STAGE, QUALIFIED, STAGE], "url": "https://8.8.4.4/new"})
     assert changed.json()["event_types"] == [STAGE, QUALIFIED] and changed.json()["url"] == "https://8.8.4.4/new"
     for patch, field in (({}, "body"), ({"url": "https://10.0.0.1/"}, "url"), ({"status": "deleted"}, "status"),
-                         ({"url": None}, "body"), ({"event_types": ["x"]}, "event_types")):
-        answer = await subscriptions.patch(f"/v1/subscriptions/{sub}", json=patch)
-        assert answer.status_code == 422 and answer.json()["errors"][0]["field"].split(".")[0] == field, answer.text
+                         ({"url": "https://[64:ff9b::a00:1]/"}, "url"), ({"url": "https://[2002:a9fe:a9fe::]/"}, "url"),
+                         ({"url": None}, "url"), ({"event_types": None}, "event_types"), ({"status": None}, "status"),
+                         ({"event_types": None, "description": "kept?"}, "event_types"),
+                         ({"event_types": ["x"]}, "event_types"), (None, "body"), ([], "body")):
+        answer = await subscriptions.patch(f"/v1/subscriptions/{sub}", content=json.dumps(patch),
+                                           headers={"content-type": "application/json"})
+        assert answer.status_code == 422 and answer.headers["content-type"] == PROBLEM, answer.text
+        assert [e["field"].split(".")[0] for e in answer.json()["errors"]] == [field], answer.text
+        if isinstance(patch, dict) and patch.get(field, "") is None:
+            assert "cannot be null" in answer.json()["errors"][0]["message"]
+    unchanged = (await subscriptions.get(f"/v1/subscriptions/{sub}")).json()
+    assert unchanged["url"] == "https://8.8.4.4/new" and unchanged["event_types"] == [STAGE, QUALIFIED]
+    assert unchanged["status"] == "active" and unchanged["description"] == "n0"
+    cleared = await subscriptions.patch(f"/v1/subscriptions/{sub}", json={"description": None})
+    assert cleared.status_code == 200 and cleared.json()["description"] is None  # the one field that may be null
     assert (await subscriptions.patch("/v1/subscriptions/nope", json={"status": "paused"})).status_code == 404
     assert (await subscriptions.get("/v1/subscriptions/nope")).status_code == 404
 

@@ -70,7 +70,8 @@ async def get_subscription(subscription_id: str, runtime: Runtime) -> Subscripti
 
 
 @router.patch("/{subscription_id}", response_model=SubscriptionOut, summary="Pause, resume or change a subscription",
-              description="Any of `url`, `event_types`, `description`, `status` (`paused` or `active`). While "
+              description="Any of `url`, `event_types`, `description`, `status` (`paused` or `active`); a field "
+              "left out is kept, `description: null` clears it, `null` for another field is `422` naming it. While "
               "paused, new events are not queued for it and pending deliveries wait; they resume with it.",
               dependencies=[Depends(require_json)], responses=NOT_FOUND | BODY_ERRORS)
 async def patch_subscription(subscription_id: str, body: SubscriptionPatch, runtime: Runtime) -> SubscriptionOut:

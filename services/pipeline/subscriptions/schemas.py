@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator,
+)
 
 from services.pipeline.schemas import Page, Utc
 from shared.webhooks import MAX_URL_LENGTH, SUBSCRIBABLE_TYPES
@@ -48,13 +50,18 @@ class SubscriptionPatch(Strict):
     description: Description | None = None
     status: Status | None = Field(None, description="`paused` stops deliveries (pending ones wait); `active` resumes")
 
+    @field_validator("url", "event_types", "status")
+    @classmethod
+    def _not_null(cls, value: object, info: ValidationInfo) -> object:
+        # None is only the default (field left out); sent as null, the field is named in the 422
+        if value is None:
+            raise ValueError(f"{info.field_name} cannot be null; leave it out to keep it")
+        return value
+
     @model_validator(mode="after")
     def _something(self) -> SubscriptionPatch:
         if not self.model_fields_set:
             raise ValueError("send at least one of url, event_types, description, status")
-        for name in ("url", "event_types", "status"):
-            if name in self.model_fields_set and getattr(self, name) is None:
-                raise ValueError(f"{name} cannot be null")
         return self
 
 
