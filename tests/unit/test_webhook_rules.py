@@ -4,7 +4,9 @@ receive deliveries."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +119,10 @@ def test_url_form(url, allow_http, message):
 def test_subscribable_types_are_every_type_of_the_followed_topics():
     assert SUBSCRIBABLE_TYPES == ("io.leadstream.opportunity.qualified.v1", "io.leadstream.stage.changed.v1",
                                   "io.leadstream.contact.erased.v1")
+
+
+def test_the_webhooks_guide_lists_every_subscribable_type_and_no_other():
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "webhooks.md").read_text()
+    section = guide.split("### Event types", 1)[1].split("\n#", 1)[0]
+    listed = re.findall(r"^\| `(io\.leadstream\.[a-z_.]+\.v\d+)` \|", section, re.MULTILINE)
+    assert listed == list(SUBSCRIBABLE_TYPES)
