@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.outreach import repository, service
+from services.outreach.external_keys import api_key_of, webhook_key_of
 from services.outreach.schemas import (
     Accepted,
     BatchAnswer,
@@ -60,17 +61,17 @@ T = TypeVar("T")
 
 
 async def _in_transaction(
-    runtime, use_case: Callable[..., Awaitable[T]], *, retry: bool = True, external_id: str | None = None,  # noqa: ANN001
+    runtime, use_case: Callable[..., Awaitable[T]], *, retry: bool = True, external_key: str | None = None,  # noqa: ANN001
     email: str | None = None,
 ) -> T:
-    """Run a use case in a unit of work; wake the relay after the commit. ``external_id``
-    and ``email`` join the batch's one lookup of stored external ids and of suppressed
+    """Run a use case in a unit of work; wake the relay after the commit. ``external_key``
+    and ``email`` join the batch's one lookup of stored external keys and of suppressed
     subjects (instead of queries of their own)."""
     subject = service.subject_of(runtime.privacy, email) if email else None
-    hint = (external_id, (subject,) if subject else ())
+    hint = (external_key, (subject,) if subject else ())
     # group commit: concurrent requests share a transaction, each answered after it commits. A
-    # duplicate key: a request with the same external_id committed first; looking again finds
-    # it, and the repeat is answered as a duplicate.
+    # duplicate key: a request with the same external id from the same source committed first;
+    # looking again finds it, and the repeat is answered as a duplicate.
     return await write_and_wake(runtime.relay, lambda: runtime.writer.submit(use_case, hint=hint),
                                 retries=2 if retry else 0)
 
@@ -101,18 +102,21 @@ async def post_prospect(request: Request, caller: Caller) -> Accepted:
     summary="Record one touch of a sequence",
     description="Answers `202 accepted` once the touch is durably stored; it is published as "
     "`io.leadstream.touch.recorded.v1` on `outreach.touches`, keyed by the normalised email. "
-    "A repeated `external_id` is a no-op answered `200` with `status: duplicate` and the first touch's `event_id`.",
+    "A repeated `external_id` is a no-op answered `200` with `status: duplicate` and the first touch's `event_id`. "
+    "External ids are unique per API key name (a key rotated under the same name keeps them): another key's "
+    "`\"123\"` is another touch.",
     responses=ERRORS | SUPPRESSED | {
-        200: {"description": "Duplicate `external_id`: nothing recorded", "model": TouchAnswer}},
+        200: {"description": "Duplicate `external_id` (of this key's name): nothing recorded", "model": TouchAnswer}},
     openapi_extra=json_body_openapi(TouchIn),
 )
 async def post_touch(request: Request, response: Response, caller: Caller) -> TouchAnswer:
     touch = await json_body(request, TouchIn)
     runtime = runtime_of(request)
+    external_key = api_key_of(caller.name, touch.external_id)
     result = await _in_transaction(runtime, lambda s: service.record_touch(
-        s, touch, external_id=touch.external_id, api_key_id=caller.key_id,
+        s, touch, external_id=touch.external_id, external_key=external_key, api_key_id=caller.key_id,
         traceparent=request.headers.get("traceparent"), privacy=runtime.privacy),
-        external_id=touch.external_id, email=touch.email)
+        external_key=external_key, email=touch.email)
     if result.duplicate:
         response.status_code = 200
     return TouchAnswer(event_id=result.event_id, status=result.status)
@@ -125,8 +129,9 @@ async def post_touch(request: Request, response: Response, caller: Caller) -> To
     response_model_exclude_none=True,
     summary="Record up to 1,000 touches",
     description="`{\"touches\": [ … ]}` with 1 to 1,000 touches (body ≤ 1 MiB). The answer has one result per "
-    "item, in order: `accepted` with its `event_id`, `duplicate` (an `external_id` already stored or repeated "
-    "earlier in the batch) with the first `event_id`, or `rejected` with field errors relative to the item. "
+    "item, in order: `accepted` with its `event_id`, `duplicate` (an `external_id` already stored under this API "
+    "key's name or repeated earlier in the batch) with the first `event_id`, or `rejected` with field errors "
+    "relative to the item. "
     "Valid items are stored and published even when others are rejected; the whole batch is one transaction. "
     "A body that is not `{\"touches\": [ … ]}` is `422`.",
     responses=ERRORS | {413: {"description": "Body over 1 MiB", **PROBLEM}},
@@ -136,8 +141,8 @@ async def post_touch_batch(request: Request, caller: Caller) -> BatchAnswer:
     batch = await json_body(request, TouchBatchIn)
     runtime = runtime_of(request)
     results = await _in_transaction(runtime, lambda s: service.record_touches(
-        s, batch.touches, api_key_id=caller.key_id, traceparent=request.headers.get("traceparent"),
-        privacy=runtime.privacy))
+        s, batch.touches, key_name=caller.name, api_key_id=caller.key_id,
+        traceparent=request.headers.get("traceparent"), privacy=runtime.privacy))
     return BatchAnswer.model_validate(
         {"results": [{"status": r.status, "event_id": r.event_id, "errors": r.errors} for r in results]}
     )
@@ -181,8 +186,10 @@ httpx.post(url, content=body, headers={{"Content-Type": "application/json",
 
 **Payload.** `{{"id": <the tool's event id>, "type": "touch", "touch": {{…}}}}` where
 `touch` has the fields of `POST /v1/touches` except `external_id`. The touch is recorded
-once per `id` (stored as external id `<integration>:<id>`): a redelivery or replay answers
-`200` with `status: duplicate` and publishes nothing. Events of any other `type` are
+once per integration and `id` (published with external id `<integration>:<id>`): a redelivery
+or replay answers `200` with `status: duplicate` and publishes nothing. Another integration's
+`id`, or an API caller's `external_id` that happens to read `<integration>:<id>`, is another
+touch. Events of any other `type` are
 acknowledged with `200 ignored` so the tool does not retry them.
 """
 
@@ -213,7 +220,7 @@ async def post_webhook(
 ) -> WebhookAnswer:
     result = await _in_transaction(runtime, lambda s: service.record_webhook_event(
         s, integration, event, traceparent=request.headers.get("traceparent"), privacy=runtime.privacy),
-        external_id=service.webhook_external_id(integration, event.id),
+        external_key=webhook_key_of(integration, event.id),
         email=event.touch.email if event.touch is not None else None)
     if result.status != "accepted":
         response.status_code = 200

@@ -31,7 +31,9 @@ class OutreachProspect(Base):
 
 
 class OutreachTouch(Base):
-    """Every accepted touch; ``external_id`` (the sales tool's id) makes a repeat a no-op."""
+    """Every accepted touch. ``external_key`` (``services.outreach.external_keys``: the sales
+    tool's id within its source, the API key's name or the webhook integration) makes a
+    repeat a no-op; ``external_id`` is the id as the tool gave it, unique only per source."""
 
     __tablename__ = "outreach_touches"
 
@@ -40,7 +42,8 @@ class OutreachTouch(Base):
     contact_key: Mapped[str] = mapped_column(String(320), index=True)
     channel: Mapped[str] = mapped_column(String(40))
     outcome: Mapped[str] = mapped_column(String(40))
-    external_id: Mapped[str | None] = mapped_column(String(320), unique=True, nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    external_key: Mapped[str | None] = mapped_column(String(64), unique=True, index=True, nullable=True)
     integration: Mapped[str | None] = mapped_column(String(100), nullable=True)  # set for webhooks
     api_key_id: Mapped[str | None] = mapped_column(String(36), nullable=True)  # set for API pushes
     payload: Mapped[dict] = mapped_column(JSON)

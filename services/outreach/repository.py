@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.outreach.models import (
     OutreachOutbox, OutreachProspect, OutreachSuppression, OutreachTouch, OutreachWebhookSecret,
 )
-from shared.db import prefetch_rows, prefetched, stage_insert, staged_rows
+from shared.db import in_chunks, prefetch_rows, prefetched, stage_insert, staged_rows
 from shared.outbox import erase_rows
 from shared.privacy import scrub
 from shared.secrets import SecretBox, UndecryptableSecret
@@ -23,38 +23,38 @@ PROSPECTS = OutreachProspect.__table__
 SUPPRESSIONS = OutreachSuppression.__table__
 
 
-async def touch_event_ids_by_external_id(session: AsyncSession, external_ids: Collection[str]) -> dict[str, str]:
-    """``external_id -> event_id`` of the touches stored (or being stored in this unit of
-    work) with one of these ids."""
-    if not external_ids:
+async def touch_event_ids_by_external_key(session: AsyncSession, external_keys: Collection[str]) -> dict[str, str]:
+    """``external_key -> event_id`` of the touches stored (or being stored in this unit of
+    work) with one of these keys (``services.outreach.external_keys``)."""
+    if not external_keys:
         return {}
     found = {
-        row["external_id"]: row["event_id"]
+        row["external_key"]: row["event_id"]
         for row in staged_rows(session, TOUCHES)
-        if row["external_id"] in external_ids
+        if row["external_key"] in external_keys
     }
-    known = prefetched(session, TOUCHES.c.external_id)
-    unknown = [external_id for external_id in external_ids if external_id not in known]
-    stored = {external_id: known[external_id]["event_id"] for external_id in external_ids if known.get(external_id)}
-    if unknown:
+    known = prefetched(session, TOUCHES.c.external_key)
+    unknown = [key for key in external_keys if key not in known]
+    stored = {key: known[key]["event_id"] for key in external_keys if known.get(key)}
+    for chunk in in_chunks(unknown):
         rows = await session.execute(
-            select(TOUCHES.c.external_id, TOUCHES.c.event_id).where(TOUCHES.c.external_id.in_(unknown))
+            select(TOUCHES.c.external_key, TOUCHES.c.event_id).where(TOUCHES.c.external_key.in_(chunk))
         )
         stored |= dict(rows.all())
     return found | stored
 
 
-async def prefetch_external_ids(session: AsyncSession, external_ids: Collection[str]) -> None:
-    """A group commit's external ids in one query; ``touch_event_ids_by_external_id`` answers from it."""
-    await prefetch_rows(session, TOUCHES.c.external_id, external_ids, TOUCHES.c.event_id)
+async def prefetch_external_keys(session: AsyncSession, external_keys: Collection[str]) -> None:
+    """A group commit's external keys in one query; ``touch_event_ids_by_external_key`` answers from it."""
+    await prefetch_rows(session, TOUCHES.c.external_key, external_keys, TOUCHES.c.event_id)
 
 
 async def prefetch(session: AsyncSession, hints: Collection[tuple[str | None, tuple[str, ...]]]) -> None:
-    """A group commit's lookups in one query each: external ids already stored, and which
-    subjects (keyed hashes) of its facts are suppressed (``hints``: ``(external_id, subjects)``)."""
-    external_ids = [external_id for external_id, _ in hints if external_id]
-    if external_ids:
-        await prefetch_external_ids(session, external_ids)
+    """A group commit's lookups in one query each: external keys already stored, and which
+    subjects (keyed hashes) of its facts are suppressed (``hints``: ``(external_key, subjects)``)."""
+    external_keys = [external_key for external_key, _ in hints if external_key]
+    if external_keys:
+        await prefetch_external_keys(session, external_keys)
     await prefetch_rows(session, SUPPRESSIONS.c.subject, [s for _, subjects in hints for s in subjects])
 
 
@@ -86,7 +86,8 @@ async def erase(session: AsyncSession, contact_keys: list[str], subject: str) ->
         rows = (await session.execute(
             select(table.c.event_id, table.c.payload).where(table.c.contact_key.in_(contact_keys))
         )).all()
-        extra = {"external_id": None} if table is TOUCHES else {}
+        # the key is a hash of the id within its source: as linkable as the id, it goes too
+        extra = {"external_id": None, "external_key": None} if table is TOUCHES else {}
         for event_id, payload in rows:
             await session.execute(update(table).where(table.c.event_id == event_id).values(
                 email="", contact_key=subject, payload=scrub(payload), **extra))

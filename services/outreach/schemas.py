@@ -117,7 +117,8 @@ class TouchIn(TouchFields):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [TOUCH_EXAMPLE]})
 
     external_id: ExternalId | None = Field(
-        None, description="The sales tool's id of the touch: a repeat is a no-op answered `duplicate`."
+        None, description="The sales tool's id of the touch: a repeat under the same API key name is a no-op "
+        "answered `duplicate` (ids are unique per key name, not across tools)."
     )
 
 

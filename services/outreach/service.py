@@ -1,5 +1,6 @@
 """Outreach use cases: prospects and touches stored with their events (outbox) in one
-transaction; a touch's ``external_id`` makes a repeat a no-op."""
+transaction; a touch's ``external_id`` makes a repeat from the same source a no-op (its
+``external_key``, ``services.outreach.external_keys``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.outreach import repository
+from services.outreach.external_keys import api_key_of, webhook_key_of
 from services.outreach.models import OutreachOutbox
 from services.outreach.schemas import ProspectIn, TouchFields, TouchIn, WebhookEventIn
 from shared.errors import ProblemError, field_errors
@@ -100,6 +102,7 @@ def _stage_touch(
     *,
     received_at: datetime,
     external_id: str | None,
+    external_key: str | None,
     integration: str | None,
     api_key_id: str | None,
     traceparent: str | None,
@@ -116,7 +119,8 @@ def _stage_touch(
     )
     repository.add_touch(
         session, event_id=event.id, email=touch.email, contact_key=contact_key, channel=touch.channel,
-        outcome=touch.outcome, external_id=external_id, integration=integration, api_key_id=api_key_id,
+        outcome=touch.outcome, external_id=external_id, external_key=external_key, integration=integration,
+        api_key_id=api_key_id,
         # UTC in the column: SQLite keeps no offset, so a local time would sort wrongly
         payload=event.data, occurred_at=occurred_at.astimezone(timezone.utc), received_at=received_at,
     )
@@ -129,43 +133,45 @@ async def record_touch(
     touch: TouchFields,
     *,
     external_id: str | None = None,
+    external_key: str | None = None,
     integration: str | None = None,
     api_key_id: str | None = None,
     traceparent: str | None = None,
     privacy: PrivacyKey | None = None,
 ) -> Recorded:
-    """Store the touch and its ``touch.recorded`` event, unless ``external_id`` was seen:
-    then answer the first one's event id and change nothing (the repeat may differ; the
-    first fact stands, as a sales tool's redelivery is the same touch). An erased person's
-    touch is ``409 suppressed``."""
-    if external_id is not None:
-        existing = await repository.touch_event_ids_by_external_id(session, [external_id])
-        if external_id in existing:
-            return Recorded("duplicate", existing[external_id])
+    """Store the touch and its ``touch.recorded`` event, unless ``external_key`` (its
+    ``external_id`` within its source: ``api_key_of``, ``webhook_key_of``) was seen: then
+    answer the first one's event id and change nothing (the repeat may differ; the first
+    fact stands, as a sales tool's redelivery is the same touch). An erased person's touch
+    is ``409 suppressed``."""
+    if external_key is not None:
+        existing = await repository.touch_event_ids_by_external_key(session, [external_key])
+        if external_key in existing:
+            return Recorded("duplicate", existing[external_key])
     await _refuse_suppressed(session, privacy, touch.email)
     event_id = _stage_touch(
         session, touch, received_at=datetime.now(timezone.utc), external_id=external_id,
-        integration=integration, api_key_id=api_key_id, traceparent=traceparent,
+        external_key=external_key, integration=integration, api_key_id=api_key_id, traceparent=traceparent,
     )
     return Recorded("accepted", event_id)
 
 
 async def record_touches(
-    session: AsyncSession, items: Sequence[Any], *, api_key_id: str | None = None, traceparent: str | None = None,
-    privacy: PrivacyKey | None = None,
+    session: AsyncSession, items: Sequence[Any], *, key_name: str, api_key_id: str | None = None,
+    traceparent: str | None = None, privacy: PrivacyKey | None = None,
 ) -> list[Recorded]:
-    """A batch: each item validated on its own; valid ones stored (repeats of a stored or an
-    earlier item's ``external_id`` are duplicates), invalid ones rejected with field errors,
-    an erased person's rejected as ``suppressed``."""
+    """A batch from the API key named ``key_name``: each item validated on its own; valid
+    ones stored (repeats of an ``external_id`` this key's name stored, or an earlier item's,
+    are duplicates), invalid ones rejected with field errors, an erased person's rejected as
+    ``suppressed``."""
     parsed: list[TouchIn | list[dict[str, Any]]] = []
     for item in items:
         try:
             parsed.append(TouchIn.model_validate(item))
         except ValidationError as exc:
             parsed.append(field_errors(list(exc.errors())))
-    known = await repository.touch_event_ids_by_external_id(
-        session, {p.external_id for p in parsed if isinstance(p, TouchIn) and p.external_id}
-    )
+    keys = {id(p): api_key_of(key_name, p.external_id) for p in parsed if isinstance(p, TouchIn)}
+    known = await repository.touch_event_ids_by_external_key(session, {k for k in keys.values() if k})
     subjects = {id(p): subject_of(privacy, p.email) for p in parsed if isinstance(p, TouchIn)}
     blocked = await repository.suppressed(session, {s for s in subjects.values() if s is not None})
     received_at = datetime.now(timezone.utc)
@@ -173,22 +179,24 @@ async def record_touches(
     for item in parsed:
         if not isinstance(item, TouchIn):
             results.append(Recorded("rejected", errors=item))
-        elif item.external_id and item.external_id in known:
-            results.append(Recorded("duplicate", known[item.external_id]))
+        elif keys[id(item)] in known:
+            results.append(Recorded("duplicate", known[keys[id(item)]]))
         elif subjects[id(item)] in blocked:
             results.append(Recorded("rejected", errors=suppressed_errors()))
         else:
             event_id = _stage_touch(
-                session, item, received_at=received_at, external_id=item.external_id, integration=None,
-                api_key_id=api_key_id, traceparent=traceparent,
+                session, item, received_at=received_at, external_id=item.external_id,
+                external_key=keys[id(item)], integration=None, api_key_id=api_key_id, traceparent=traceparent,
             )
-            if item.external_id:
-                known[item.external_id] = event_id
+            if keys[id(item)]:
+                known[keys[id(item)]] = event_id
             results.append(Recorded("accepted", event_id))
     return results
 
 
 def webhook_external_id(integration: str, tool_event_id: str) -> str:
+    """The external id a webhook's touch is stored and published with (its idempotency is
+    ``webhook_key_of(integration, tool_event_id)``, apart from API callers' ids)."""
     return f"{integration}:{tool_event_id}"
 
 
@@ -205,6 +213,7 @@ async def record_webhook_event(
             errors=[{"field": "touch", "in": "body", "message": "required when type is 'touch'", "type": "missing"}],
         )
     return await record_touch(
-        session, event.touch, external_id=webhook_external_id(integration, event.id), integration=integration,
-        traceparent=traceparent, privacy=privacy,
+        session, event.touch, external_id=webhook_external_id(integration, event.id),
+        external_key=webhook_key_of(integration, event.id), integration=integration, traceparent=traceparent,
+        privacy=privacy,
     )

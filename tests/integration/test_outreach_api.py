@@ -10,9 +10,12 @@ from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from pipeline_store.models import PipelineApiKey
+from services.outreach import service
 from services.outreach.app import create_app
+from services.outreach.external_keys import api_key_of, webhook_key_of
 from services.outreach.models import (
     OutreachApiKey, OutreachOutbox, OutreachProspect, OutreachTouch, OutreachWebhookSecret,
 )
@@ -45,10 +48,10 @@ TOUCH = {"email": "Grace.Hopper@Navy-Systems.example.com", "channel": "cold_emai
          "rep": "rep@us.example", "sequence": "q4-enterprise", "step": 1}
 
 
-async def add_key(db: Database, *, scopes: str = "outreach", revoked: bool = False) -> str:
+async def add_key(db: Database, *, scopes: str = "outreach", revoked: bool = False, name: str | None = None) -> str:
     key = new_key()
     async with db.unit_of_work() as s:
-        s.add(OutreachApiKey(id=str(uuid.uuid4()), name=f"test {scopes}", scopes=scopes, key_hash=hash_key(key),
+        s.add(OutreachApiKey(id=str(uuid.uuid4()), name=name or f"test {scopes}", scopes=scopes, key_hash=hash_key(key),
                              prefix=key[:11], created_at=datetime.now(timezone.utc),
                              revoked_at=datetime.now(timezone.utc) if revoked else None))
     return key
@@ -414,6 +417,75 @@ async def test_overlapping_batches_concurrently_store_each_external_id_once(outr
     assert await count(outreach, OutreachTouch) == 80 and await count(outreach, OutreachOutbox) == 80
 
 
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def stored_touches(client) -> list[tuple[str | None, str | None, str | None]]:  # noqa: ANN001
+    """``(external_id, external_key, event_id)`` of every stored touch, by event id."""
+    async with client.runtime.db.reader() as s:
+        rows = (await s.execute(select(OutreachTouch.external_id, OutreachTouch.external_key,
+                                       OutreachTouch.event_id).order_by(OutreachTouch.event_id))).all()
+    return [tuple(r) for r in rows]
+
+
+async def test_two_tools_with_their_own_keys_may_send_the_same_external_id(outreach, broker):
+    """External ids are unique per API key name: another tool's "123" is another touch (it was
+    answered duplicate and lost), each tool's repeat is still its own duplicate, and a key
+    rotated under the same name keeps its ids."""
+    db = outreach.runtime.db
+    other, rotated = await add_key(db, name="hubspot-sync"), await add_key(db, name="test outreach")
+    mine = await outreach.post("/v1/touches", json=TOUCH | {"external_id": "123"})
+    theirs = await outreach.post("/v1/touches", json=TOUCH | {"external_id": "123", "outcome": "replied"},
+                                 headers=bearer(other))
+    assert (mine.status_code, theirs.status_code) == (202, 202), theirs.text
+    assert theirs.json()["status"] == "accepted" and theirs.json()["event_id"] != mine.json()["event_id"]
+    for key, first in ((outreach.key, mine), (other, theirs), (rotated, mine)):
+        again = await outreach.post("/v1/touches", json=TOUCH | {"external_id": "123"}, headers=bearer(key))
+        assert again.status_code == 200, again.text
+        assert again.json() == {"event_id": first.json()["event_id"], "status": "duplicate"}
+
+    # batches: a stored id of this key's name and an id repeated within the batch are duplicates,
+    # the other key's ids are not
+    batch = {"touches": [TOUCH | {"external_id": "123"}, TOUCH | {"external_id": "b-1"},
+                         TOUCH | {"external_id": "b-1", "outcome": "clicked"}, TOUCH | {"external_id": "b-2"}]}
+    answered = await outreach.post("/v1/touches:batch", json=batch, headers=bearer(other))
+    assert answered.status_code == 200, answered.text
+    results = answered.json()["results"]
+    assert [r["status"] for r in results] == ["duplicate", "accepted", "duplicate", "accepted"]
+    assert results[0]["event_id"] == theirs.json()["event_id"] and results[2]["event_id"] == results[1]["event_id"]
+    my_batch = {"touches": [TOUCH | {"external_id": "b-1"}, TOUCH | {"external_id": "b-1"},
+                            TOUCH | {"external_id": "123"}]}
+    mine_batch = await outreach.post("/v1/touches:batch", json=my_batch)
+    assert [r["status"] for r in mine_batch.json()["results"]] == ["accepted", "duplicate", "duplicate"]
+    assert mine_batch.json()["results"][2]["event_id"] == mine.json()["event_id"]
+    again = await outreach.post("/v1/touches:batch", json=my_batch, headers=bearer(rotated))
+    assert [r["event_id"] for r in again.json()["results"]] == [r["event_id"] for r in mine_batch.json()["results"]]
+    assert {r["status"] for r in again.json()["results"]} == {"duplicate"}
+
+    # the ids are kept as the tools gave them, answered and published unchanged
+    stored = await stored_touches(outreach)
+    assert sorted(r[0] for r in stored) == ["123", "123", "b-1", "b-1", "b-2"]
+    assert len({r[1] for r in stored}) == 5
+    found = await topic_messages(outreach, broker.bootstrap, [mine.json()["event_id"], theirs.json()["event_id"]])
+    assert {found[e][0][1].data["external_id"] for e in found} == {"123"}
+    assert await count(outreach, OutreachOutbox) == 5
+
+
+async def test_two_keys_sending_one_external_id_concurrently_each_store_it_once(outreach):
+    """The group commit's one lookup per transaction is by source: concurrent requests of two
+    keys with the same id make one touch per key, every repeat naming its key's."""
+    other = await add_key(outreach.runtime.db, name="hubspot-sync")
+    keys = [outreach.key, other] * 8
+    responses = await asyncio.gather(*(
+        outreach.post("/v1/touches", json=TOUCH | {"external_id": "tool-42"}, headers=bearer(key)) for key in keys))
+    for key in (outreach.key, other):
+        answers = [r.json() for k, r in zip(keys, responses) if k == key]
+        assert sorted(a["status"] for a in answers) == ["accepted"] + ["duplicate"] * 7
+        assert len({a["event_id"] for a in answers}) == 1
+    assert await count(outreach, OutreachTouch) == 2 and await count(outreach, OutreachOutbox) == 2
+
+
 # ---- signed webhooks --------------------------------------------------------------------
 
 
@@ -452,6 +524,23 @@ async def test_signed_webhook_is_recorded_once_and_published(outreach, broker):
     assert key == "grace.hopper@navy-systems.example.com" and event.type == TOUCH_RECORDED
     assert event.data["integration"] == "salesloft" and event.data["external_id"] == "salesloft:evt_9"
     assert event.data["outcome"] == "positive_reply"
+
+
+async def test_a_webhook_event_and_an_api_id_that_reads_the_same_are_two_touches(outreach):
+    """The webhook of integration "salesloft" with event "evt_1" (published with external id
+    "salesloft:evt_1") and an API caller sending external id "salesloft:evt_1" no longer
+    collide; each one's repeat is its own duplicate."""
+    secret = await add_secret(outreach.runtime.db, "salesloft")
+    api = await outreach.post("/v1/touches", json=TOUCH | {"external_id": "salesloft:evt_1"})
+    hook = await deliver(outreach, "salesloft", webhook("evt_1"), secret)
+    assert (api.status_code, hook.status_code) == (202, 202), hook.text
+    assert api.json()["event_id"] != hook.json()["event_id"]
+    hook_again = await deliver(outreach, "salesloft", webhook("evt_1", outcome="replied"), secret)
+    api_again = await outreach.post("/v1/touches:batch", json={"touches": [TOUCH | {"external_id": "salesloft:evt_1"}]})
+    assert hook_again.status_code == 200 and hook_again.json()["status"] == "duplicate"
+    assert hook_again.json()["event_id"] == hook.json()["event_id"]
+    assert api_again.json()["results"] == [{"status": "duplicate", "event_id": api.json()["event_id"]}]
+    assert sorted(r[0] for r in await stored_touches(outreach)) == ["salesloft:evt_1"] * 2
 
 
 async def test_webhook_signature_failures_are_401(outreach):
@@ -592,3 +681,109 @@ async def test_cli_api_keys_and_webhook_secrets(broker, database_factory, tmp_pa
     async with serve_app(app) as client:
         revoked = await client.post("/v1/touches", json=TOUCH, headers={"Authorization": f"Bearer {both_key}"})
         assert revoked.status_code == 401
+
+
+# ---- erasure and the external-key migration ----------------------------------------------
+
+
+async def test_an_erasure_clears_the_touches_external_ids_and_keys(outreach):
+    secret = await add_secret(outreach.runtime.db, "salesloft")
+    assert (await outreach.post("/v1/touches", json=TOUCH | {"external_id": "erase-me"})).status_code == 202
+    assert (await deliver(outreach, "salesloft", webhook("evt_erase"), secret)).status_code == 202
+    kept = await outreach.post("/v1/touches", json=TOUCH | {"email": "someone.else@example.org",
+                                                             "external_id": "keep-me"})
+    privacy = outreach.runtime.privacy
+    async with outreach.runtime.db.unit_of_work() as s:  # as the erasure consumer runs it
+        assert await service.erase(privacy, s, privacy.subject_of_email(TOUCH["email"]), None) == 2
+    stored = {event_id: (external_id, key) for external_id, key, event_id in await stored_touches(outreach)}
+    assert stored.pop(kept.json()["event_id"]) == ("keep-me", api_key_of("test outreach", "keep-me"))
+    assert list(stored.values()) == [(None, None), (None, None)]
+
+
+async def test_the_external_key_migration_fills_stored_touches_and_its_downgrade_refuses_collisions(
+        database_factory):
+    """0005 gives stored touches their keys: API rows by their key's name (a revoked key's too;
+    the empty name when the key is not recorded), webhook rows by integration and the tool's
+    id after the prefix. The downgrade restores one touch per external id, and refuses,
+    changing nothing, while two sources share one."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from leadstream.registry import DATABASES, aupgrade
+    from shared.migrate import alembic_config
+
+    url = await database_factory("outreach")
+    config = alembic_config(DATABASES["outreach"].migrations, url)
+    await asyncio.to_thread(command.downgrade, config, "0004")
+    now = datetime.now(timezone.utc)
+    rows = [  # event id, external id, integration, api key id
+        ("e1", "123", None, "k-live"), ("e2", "sl-9", None, "k-revoked"), ("e3", "old-1", None, "k-gone"),
+        ("e4", "old-2", None, None), ("e5", "salesloft:evt_1", "salesloft", None),
+        ("e6", "a:b:c", "a", None), ("e7", None, None, "k-live"), ("e8", "odd", "hubspot", None),
+    ]
+    db = Database(url, pool_size=1)
+    try:
+        async with db.unit_of_work() as s:
+            for key_id, name, revoked in (("k-live", "tool a", None), ("k-revoked", "tool b", now)):
+                await s.execute(text(
+                    "INSERT INTO outreach_api_keys (id, name, scopes, key_hash, prefix, created_at, revoked_at) "
+                    "VALUES (:id, :name, 'outreach', :hash, 'ls_x', :at, :revoked)"),
+                    {"id": key_id, "name": name, "hash": hash_key(key_id), "at": now, "revoked": revoked})
+            for event_id, external_id, integration, api_key_id in rows:
+                await s.execute(text(
+                    "INSERT INTO outreach_touches (event_id, email, contact_key, channel, outcome, external_id, "
+                    "integration, api_key_id, payload, occurred_at, received_at) VALUES (:e, 'a@b.co', 'a@b.co', "
+                    "'cold_email', 'opened', :x, :i, :k, '{}', :at, :at)"),
+                    {"e": event_id, "x": external_id, "i": integration, "k": api_key_id, "at": now})
+    finally:
+        await db.dispose()
+
+    await aupgrade("outreach", url)
+    db = Database(url, pool_size=1)
+    try:
+        async with db.reader() as s:
+            keys = dict((await s.execute(select(OutreachTouch.event_id, OutreachTouch.external_key))).all())
+            ids = dict((await s.execute(select(OutreachTouch.event_id, OutreachTouch.external_id))).all())
+    finally:
+        await db.dispose()
+    assert keys == {
+        "e1": api_key_of("tool a", "123"), "e2": api_key_of("tool b", "sl-9"), "e3": api_key_of("", "old-1"),
+        "e4": api_key_of("", "old-2"), "e5": webhook_key_of("salesloft", "evt_1"), "e6": webhook_key_of("a", "b:c"),
+        "e7": None, "e8": webhook_key_of("hubspot", "odd"),
+    }
+    assert ids == {event_id: external_id for event_id, external_id, _, _ in rows}  # kept as the tools gave them
+
+    # a second source's "123" (as the service now accepts): going back would lose it, so it refuses
+    db = Database(url, pool_size=1)
+    try:
+        async with db.unit_of_work() as s:
+            await s.execute(text(
+                "INSERT INTO outreach_touches (event_id, email, contact_key, channel, outcome, external_id, "
+                "external_key, api_key_id, payload, occurred_at, received_at) VALUES ('e9', 'a@b.co', 'a@b.co', "
+                "'cold_email', 'opened', '123', :key, 'k-revoked', '{}', :at, :at)"),
+                {"key": api_key_of("tool b", "123"), "at": now})
+    finally:
+        await db.dispose()
+    with pytest.raises(RuntimeError, match=r"cannot downgrade outreach below 0005.*'123' \(2 touches\)"):
+        await asyncio.to_thread(command.downgrade, config, "0004")
+    db = Database(url, pool_size=1)
+    try:
+        async with db.unit_of_work() as s:
+            assert (await s.execute(text("SELECT version_num FROM alembic_version_outreach"))).scalar_one() == "0005"
+            with_keys = select(func.count()).where(OutreachTouch.external_key.is_not(None))
+            assert (await s.execute(with_keys)).scalar_one() == 8
+            await s.execute(text("DELETE FROM outreach_touches WHERE event_id = 'e9'"))
+    finally:
+        await db.dispose()
+    await asyncio.to_thread(command.downgrade, config, "0004")
+    db = Database(url, pool_size=1)
+    try:
+        with pytest.raises(IntegrityError):  # one touch per external id again
+            async with db.unit_of_work() as s:
+                await s.execute(text(
+                    "INSERT INTO outreach_touches (event_id, email, contact_key, channel, outcome, external_id, "
+                    "payload, occurred_at, received_at) VALUES ('e9', 'a@b.co', 'a@b.co', 'cold_email', 'opened', "
+                    "'123', '{}', :at, :at)"), {"at": now})
+    finally:
+        await db.dispose()
+    await aupgrade("outreach", url)
