@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import DateTime, String, delete, make_url, select
+from sqlalchemy import DateTime, String, delete, make_url, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -99,6 +99,20 @@ class SuppressionMixin:
     erasure_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+async def lock_subjects(session: AsyncSession, subjects: Iterable[str]) -> None:
+    """On PostgreSQL, hold each subject's transaction-level advisory lock (in order, so two
+    transactions never wait on each other), until the transaction ends. An erasure takes its
+    subject's before it looks for the person, and a batch that creates people takes theirs
+    before it checks that none was erased since it read: whichever commits first, the other
+    sees it. SQLite needs none: its writers take turns on the whole database."""
+    connection = await session.connection()
+    if connection.dialect.name != "postgresql":
+        return
+    for subject in sorted(set(subjects)):
+        # a subject is a hex digest: its first 15 digits are a key that fits a bigint
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int(subject[:15], 16)})
 
 
 async def suppressed(session: AsyncSession, model: type[SuppressionMixin], subjects: Iterable[str]) -> set[str]:

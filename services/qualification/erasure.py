@@ -27,7 +27,7 @@ from services.qualification.events import CHANGED_BY
 from shared.db import transaction_time
 from shared.events import CONTACT_ERASED, ContactErased, ErasureRequested, make_event
 from shared.outbox import erase_rows, stage_event
-from shared.privacy import PrivacyKey, scrub
+from shared.privacy import PrivacyKey, lock_subjects, scrub
 
 STORE = "pipeline"  # its name in erasure reports
 SOURCE = "/leadstream/qualification"
@@ -42,7 +42,10 @@ def pseudonym(erasure_id: str, old_id: str) -> str:
 
 
 async def erase(privacy: PrivacyKey, session: AsyncSession, subject: str, request: ErasureRequested) -> int:
-    """Erase every contact whose keyed hash is ``subject``; how many records were erased."""
+    """Erase every contact whose keyed hash is ``subject``; how many records were erased.
+    The subject's lock first (``lock_subjects``): a batch creating the person either
+    committed before (and is found here) or finds the subject erased when it writes."""
+    await lock_subjects(session, [subject])
     emails = (await session.execute(select(_CONTACTS.c.id, _CONTACTS.c.email))).all()
     found = [(contact_id, email) for contact_id, email in emails if privacy.subject_of(email) == subject]
     records = 0

@@ -17,7 +17,8 @@ from pipeline_store.models import Account, ConsentEntry, Contact, ErasedSubject,
 from services.qualification import records, rollups
 from services.qualification.domain import attribution
 from services.qualification.records import AccountRecord, ContactRecord, hold
-from shared.db import before_inserts, in_chunks, prefetch_rows, prefetched, stage_insert, staging_of
+from shared.db import WriteConflict, before_inserts, in_chunks, prefetch_rows, prefetched, stage_insert, staging_of
+from shared.privacy import lock_subjects
 from shared.times import as_utc
 
 # A batch of events is applied in one transaction; its contacts and accounts are records
@@ -232,6 +233,33 @@ async def erased(session: AsyncSession, subject: str) -> datetime | None | bool:
     if row is None:
         return None
     return row["requested_at"] or True
+
+
+@dataclass(slots=True)
+class _Created:
+    """The subjects of the people this unit of work creates, checked at commit."""
+
+    subjects: set[str] = field(default_factory=set)
+
+
+def check_not_erased(session: AsyncSession, subject: str) -> None:
+    """At commit, before anything is written: raise ``WriteConflict`` if the person of
+    ``subject``, whom this unit of work creates, was erased after it read that they were not
+    (an erasure committed while the batch computed). The batch runs again and drops the fact,
+    instead of bringing back a person whose erasure was reported complete. The check takes
+    each subject's lock first (``lock_subjects``), as the erasure does."""
+    created = staging_of(session).state(_Created)
+    if not created.subjects:
+        before_inserts(session, "qualification.not-erased", _check_not_erased)
+    created.subjects.add(subject)
+
+
+async def _check_not_erased(writer: AsyncSession) -> None:
+    subjects = sorted(staging_of(writer).state(_Created).subjects)
+    await lock_subjects(writer, subjects)
+    for chunk in in_chunks(subjects):
+        if (await writer.execute(select(_ERASED.c.subject).where(_ERASED.c.subject.in_(chunk)).limit(1))).first():
+            raise WriteConflict("a person the batch creates was erased since it read")
 
 
 def lift_erasure(session: AsyncSession, subject: str) -> None:

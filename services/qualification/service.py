@@ -188,7 +188,9 @@ async def _resolve(session: AsyncSession, q: Qualifier, event: CloudEvent, data:
     if q.privacy is not None:
         subject = q.privacy.subject_of(email)
         erased = await repository.erased(session, subject)
-        if erased is not None:
+        if erased is None:
+            repository.check_not_erased(session, subject)
+        else:
             if not _lifts_erasure(event, data, None if erased is True else erased):
                 return None
             repository.lift_erasure(session, subject)

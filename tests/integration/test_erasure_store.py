@@ -150,3 +150,29 @@ async def test_an_erasure_keeps_every_sources_answer_and_the_credits(pipeline_st
                 async with db.reader() as session:
                     report = await pipeline_service.source_analytics(session, query, thresholds)
                 _check_report(report, *reference(rows, model, group_by, start, end, None))
+
+
+async def test_a_repeated_request_answers_the_erasure_unless_the_store_holds_the_person_again(pipeline_store):
+    """The same request twice erases once; but if the store holds the person again without a
+    new opt-in (a fact that slipped past the suppression), a repeated request is a new erasure
+    rather than an answer that says completed while they are there."""
+    from pipeline_store.models import ErasedSubject, ErasureRequest
+    from services.pipeline.privacy.erasures import request_erasure
+    from shared.privacy import remember
+    from tests.integration.test_qualification_batch import T0, apply, lead
+
+    email = "again@acme-robotics.io"
+    async with pipeline_store.unit_of_work() as session:
+        first = await request_erasure(session, KEY, email, "test")
+    async with pipeline_store.unit_of_work() as session:
+        assert (await request_erasure(session, KEY, email, "test")).erasure_id == first.erasure_id  # pending
+        asked = select(ErasureRequest).where(ErasureRequest.id == first.erasure_id)
+        (await session.execute(asked)).scalar_one().status = "completed"
+        await remember(session, ErasedSubject, KEY.subject_of_email(email))
+    async with pipeline_store.unit_of_work() as session:
+        repeated = await request_erasure(session, KEY, email, "test")
+    assert (repeated.erasure_id, repeated.new) == (first.erasure_id, False)
+    await apply(pipeline_store, [lead(email, T0)])  # without the suppression check: held again
+    async with pipeline_store.unit_of_work() as session:
+        again = await request_erasure(session, KEY, email, "test")
+    assert again.new and again.erasure_id != first.erasure_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import namedtuple
 from datetime import timedelta
 
@@ -17,13 +18,15 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, update
 
-from pipeline_store.models import Account, Contact, ProcessedEvent, Score, Touch
-from services.qualification import handlers
+from pipeline_store.models import Account, Contact, ErasedSubject, ProcessedEvent, Score, Touch
+from services.qualification import erasure, handlers
 from services.qualification.service import load_qualifier
 from shared.consumer import Delivery, InboxConsumer, is_transient
+from shared.privacy import PrivacyKey, remember
 from shared.db import Database, WriteConflict, check_before_write, is_unique_violation, stage_insert
 from shared.events import (
-    LEAD_CAPTURED, LEADS_CAPTURED, OUTREACH_TOUCHES, TOUCH_RECORDED, LeadCaptured, TouchRecorded, make_event, utcnow,
+    LEAD_CAPTURED, LEADS_CAPTURED, OUTREACH_TOUCHES, TOUCH_RECORDED, ErasureRequested, LeadCaptured, TouchRecorded,
+    make_event, new_event_id, utcnow,
 )
 from tests.integration.test_inbox_consumer import harness  # noqa: F401 - the fixture: a broker, a store, a gateway
 from tests.integration.test_qualification_batch import T0, apply, lead, snapshot, stored_account
@@ -46,13 +49,13 @@ def touch(email: str, at, outcome: str = "replied") -> Delivery:  # noqa: ANN001
 
 
 async def apply_in_snapshot(db: Database, deliveries: list[Delivery], *, opened: asyncio.Event | None = None,
-                            hold: asyncio.Event | None = None) -> None:
+                            hold: asyncio.Event | None = None, table: dict = TABLE) -> None:
     """What the qualification worker does with a batch, in a snapshot unit of work;
     ``opened`` is set once the batch has read and applied, and the write waits for ``hold``."""
     async with db.snapshot_unit_of_work() as session:
         await handlers.prefetch(session, deliveries)
         for d in deliveries:
-            await TABLE[d.event.type](session, d)
+            await table[d.event.type](session, d)
         if opened is not None:
             opened.set()
         if hold is not None:
@@ -74,7 +77,7 @@ async def until_written(db: Database, deliveries: list[Delivery], **kw) -> int: 
             return conflicts
         except WriteConflict:
             conflicts += 1
-            kw = {}
+            kw = {k: v for k, v in kw.items() if k == "table"}
 
 
 async def count(db: Database, model) -> int:  # noqa: ANN001
@@ -206,6 +209,30 @@ async def test_a_contact_created_since_the_snapshot_makes_the_batch_run_again(db
         contacts = (await session.execute(select(Contact.id))).scalars().all()
         touches = (await session.execute(select(Touch.contact_id))).scalars().all()
     assert len(contacts) == 1 and touches == contacts * 2
+
+
+async def test_a_person_erased_since_the_snapshot_is_not_created(db):
+    """A lead about a new person, read before an erasure of that person committed and written
+    after it (the erasure found nobody and was reported complete): the batch runs again and
+    drops the fact, instead of bringing the person back unerased. On PostgreSQL both sides
+    take the subject's advisory lock (``shared.privacy.lock_subjects``)."""
+    key = PrivacyKey("test-snapshot-erasure")
+    table = handlers.bind(dataclasses.replace(load_qualifier(ROOT / "deploy/config/scoring.yaml"), privacy=key))
+    email = "gone@acme-robotics.io"
+    opened, erased = asyncio.Event(), asyncio.Event()
+
+    async def erase_meanwhile() -> None:
+        await opened.wait()
+        request = ErasureRequested(erasure_id=new_event_id(), subject=key.subject_of(email), requested_at=utcnow())
+        async with db.unit_of_work() as session:
+            assert await erasure.erase(key, session, request.subject, request) == 0
+            await remember(session, ErasedSubject, request.subject, request)
+        erased.set()
+
+    conflicts, _ = await asyncio.gather(
+        until_written(db, [lead(email, T0)], opened=opened, hold=erased, table=table), erase_meanwhile())
+    assert conflicts == 1
+    assert await count(db, Contact) == 0 and await count(db, Touch) == 0
 
 
 async def test_a_stage_moved_by_sales_since_the_snapshot_is_not_overwritten(db):

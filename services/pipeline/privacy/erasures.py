@@ -6,7 +6,8 @@ personal data consumes it, erases, and reports ``erasure.completed`` on the same
 ``record_report`` (the pipeline service's consumer of that topic) marks the store done and
 the request completed when every store is (audited as ``completed``). A request for a person
 with an erasure under way, or erased and not opted in since, answers that erasure: the same
-request twice erases once.
+request twice erases once (unless the pipeline store holds the person again: then it is a
+new erasure).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from services.pipeline.privacy.schemas import ErasureOut, StoreProgress
 from shared.consumer import Delivery
 from shared.db import transaction_time
 from shared.errors import ProblemError
+from shared.identity import normalise_email
 from shared.events import ERASURE_REQUESTED, ErasureCompleted, ErasureRequested, make_event, new_event_id
 from shared.outbox import stage_event
 from shared.privacy import PrivacyKey
@@ -43,7 +45,11 @@ async def request_erasure(session: AsyncSession, privacy: PrivacyKey, email: str
     subject = privacy.subject_of_email(email)
     now = transaction_time(session)
     existing = await repository.latest_for(session, subject)
-    if existing is not None and (existing.status == "pending" or await repository.still_erased(session, subject)):
+    if existing is not None and (existing.status == "pending" or (
+            await repository.still_erased(session, subject)
+            # a person the store holds again, though never opted in since, is erased again:
+            # a repeated request must not answer "completed" while they are still there
+            and await repository.contact_id_by_email(session, normalise_email(email)) is None)):
         asked = ",".join(s.store for s in await repository.stores(session, existing.id))
         repository.add(session, ErasureAudit(erasure_id=existing.id, actor=actor, outcome="repeated", at=now,
                                              stores=asked))
