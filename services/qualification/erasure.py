@@ -7,8 +7,8 @@ Its touches, scores, stage changes, opportunity and attribution credits follow i
 motion, channel, campaign, stages, scores, amounts and dates, so every analytics figure stays
 the same; their payloads keep only what ``shared.privacy.scrub`` keeps, and sales' free text
 (reasons) goes. The transitions' idempotency records, the person's webhook deliveries and outbox rows are
-erased, and ``contact.erased`` (keyed and identified by the old contact id) tells downstream
-systems to erase their copies. See docs/privacy.md.
+erased, and ``contact.erased`` (keyed by the old contact id and naming it alone; its event id of the
+contact and this erasure) tells downstream systems to erase their copies. See docs/privacy.md.
 """
 
 from __future__ import annotations
@@ -105,11 +105,12 @@ async def erase_contact(session: AsyncSession, contact_id: str, email: str, subj
     await session.execute(delete(_CONTACTS).where(_CONTACTS.c.id == contact_id))
     await session.execute(delete(WebhookDelivery).where(WebhookDelivery.key == email))
     await erase_rows(session, PipelineOutbox, PipelineOutbox.__table__.c.key == email, key=subject)
-    stage_event(session, PipelineOutbox, contact_erased(contact_id, at), key=contact_id)
+    stage_event(session, PipelineOutbox, contact_erased(contact_id, erasure_id, at), key=contact_id)
     return records
 
 
-def contact_erased(contact_id: str, at: datetime):  # noqa: ANN201
-    """``contact.erased``: the old id alone, so downstream systems find their copies."""
+def contact_erased(contact_id: str, erasure_id: str, at: datetime):  # noqa: ANN201
+    """``contact.erased``: the old id alone, so downstream systems find their copies; its event
+    id is of this erasure (the same contact id erased again, after a new opt-in, is a new event)."""
     return make_event(CONTACT_ERASED, ContactErased(contact_id=contact_id, erased_at=at), source=SOURCE,
-                      subject=contact_id, time=at, event_id=ids.derived_id("contact.erased", contact_id))
+                      subject=contact_id, time=at, event_id=ids.contact_erased_id(contact_id, erasure_id))

@@ -414,10 +414,11 @@ async def _qualify(session: AsyncSession, contact: ContactRecord, result: Evalua
         if was is not None:
             attribution_credits.note_reopened(session, contact, was)
         return existing
-    opportunity_id = ids.opportunity_id(contact.id)
-    event_id = ids.opportunity_qualified_id(contact.id)
+    opportunity_id = ids.opportunity_id(contact.id)  # the same after an erasure: the erased one moved away
     fit_, engagement_ = result.fit, result.engagement
     causes = evaluation.caused_by(facts, ids.event_cause(cause), at)
+    # the fact that tipped it: the event, or for a re-score the latest fact up to the moment reached
+    event_id = ids.opportunity_qualified_id(contact.id, ids.event_cause(cause) or (causes[-1] if causes else cause))
     repository.add_opportunity(session, dict(
         id=opportunity_id, contact_id=contact.id, account_domain=contact.account_domain, stage="sql",
         **_opportunity_touches(result.motion, result.first, result.last), owner=contact.owner,

@@ -509,3 +509,62 @@ async def test_a_request_delivered_twice_erases_once_and_reports_once(shared_sta
                                                       ("completed", "capture,outreach,pipeline")]
     assert all(a.actor.startswith("key ") and a.actor.endswith("(privacy-officer)") for a in audit)
     assert not any("twice" in f"{a.actor} {a.erasure_id} {a.stores}".lower() for a in audit)
+
+
+async def test_erased_back_and_qualified_again_is_a_new_qualification_and_a_new_erasure(shared_stack: FullStack):
+    """A person qualifies, is erased, opts in again (the same email: the same contact id) and
+    qualifies again: a second ``opportunity.qualified`` is delivered with an id of its own
+    (consumers deduplicate by id, and qualification's outbox keeps the first id). Erased again,
+    the second erasure completes too, with a second ``contact.erased`` of its own id."""
+    from shared.events import OPPORTUNITIES_QUALIFIED
+    from shared.identity import normalise_email
+
+    stack = shared_stack
+    officer = await _api_key(stack, "privacy")
+    person = {**PERSON, "email": "twice.qualified@again-example.com", "first_name": "Twiceq",
+              "last_name": "Againer", "phone": "+44 20 7946 0555"}
+    email = normalise_email(person["email"])
+    async with httpx.AsyncClient(timeout=30) as client:
+        await _person_history(stack, client, person, "twice-first")
+        contact_id = await _contact(stack, client, email)
+        first = await _erase(stack, client, officer, email)
+        await _completed(stack, client, officer, first)
+        assert await _contact(stack, client, email) is None
+
+        # a new opt-in lifts the suppression everywhere; the same touches as the first time qualify again
+        lead = {"email": person["email"], "form_type": "demo_request", "consent": {"marketing": True}}
+        r = await client.post(f"{stack.capture.url}/v1/leads", json=lead)
+        assert r.status_code == 202
+
+        async def prospect_accepted() -> bool:
+            r = await client.post(f"{stack.outreach.url}/v1/prospects", headers=stack.auth, json={
+                k: person[k] for k in ("email", "company", "title", "employees")})
+            return r.status_code == 202
+
+        assert await _until(prospect_accepted), "outreach kept refusing after the opt-in"
+        touches = [{"email": person["email"], "channel": "cold_email", "outcome": outcome, "sequence": "again",
+                    "step": i + 1, "external_id": f"twice-second-{i}"}
+                   for i, outcome in enumerate(["sent", "opened", "meeting_booked"])]
+        r = await client.post(f"{stack.outreach.url}/v1/touches:batch", json={"touches": touches},
+                              headers=stack.auth)
+        assert [x["status"] for x in r.json()["results"]] == ["accepted"] * 3, r.text
+
+        async def qualified_twice() -> list[str]:
+            records = await read_until_idle(stack.broker.bootstrap, OPPORTUNITIES_QUALIFIED, idle=1.0)
+            ids = [orjson.loads(r.value)["id"] for r in records if r.key.decode() == email]
+            return ids if len(set(ids)) >= 2 else []
+
+        qualified = await _until(qualified_twice, 120)
+        assert len(set(qualified)) == 2, "the second qualification was not delivered as an event of its own"
+        assert await _contact(stack, client, email) == contact_id  # the id its email derives, again
+
+        second = await _erase(stack, client, officer, email)
+        assert second != first
+        status = await _completed(stack, client, officer, second)
+        assert {s["store"]: s["records"] > 0 for s in status["stores"]} == dict.fromkeys(
+            ("capture", "outreach", "pipeline"), True), status
+
+        changes = await read_until_idle(stack.broker.bootstrap, PIPELINE_CHANGES, idle=1.5)
+        erased = [orjson.loads(r.value) for r in changes
+                  if orjson.loads(r.value)["type"] == CONTACT_ERASED and r.key.decode() == contact_id]
+        assert len({e["id"] for e in erased}) == 2 and all(e["data"]["contact_id"] == contact_id for e in erased)

@@ -18,6 +18,7 @@ import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import orjson
 import pytest
 from sqlalchemy import delete, or_, select
 
@@ -29,10 +30,10 @@ from services.pipeline.analytics import Thresholds
 from services.pipeline.schemas import SourcesQuery, TransitionIn
 from services.qualification import erasure
 from services.qualification.domain import ids
-from shared.events import ErasureRequested
+from shared.events import CONTACT_ERASED, OPPORTUNITY_QUALIFIED, ErasureRequested
 from shared.privacy import PrivacyKey
 from tests.integration.test_source_rollups import (
-    EXPECTED, RANGES, SALES, TABLES, _apply, _check_report, raw_rows, reference,
+    _APPLY, EXPECTED, QUALIFIER, RANGES, SALES, TABLES, _apply, _check_report, _event, raw_rows, reference,
 )
 
 pytestmark = pytest.mark.timeout(600)
@@ -176,3 +177,45 @@ async def test_a_repeated_request_answers_the_erasure_unless_the_store_holds_the
     async with pipeline_store.unit_of_work() as session:
         again = await request_erasure(session, KEY, email, "test")
     assert again.new and again.erasure_id != first.erasure_id
+
+
+async def _outbox(db, event_type: str) -> list[str]:  # noqa: ANN001
+    """The ids of the pipeline store's outbox rows of ``event_type`` not erased, oldest first."""
+    async with db.reader() as session:
+        rows = (await session.execute(select(store.PipelineOutbox.event_id, store.PipelineOutbox.value)
+                                      .order_by(store.PipelineOutbox.id))).all()
+    return [event_id for event_id, value in rows if value and orjson.loads(value)["type"] == event_type]
+
+
+async def _qualify_once(db, email: str, start: int) -> None:  # noqa: ANN001
+    """A demo request and a meeting booked (qualified), as qualification applies them."""
+    for n, (kind, minute) in enumerate([(("lead", "demo_request", 1, True), start),
+                                        (("touch", "meeting_booked", "cold_email", "s1"), start + 60)]):
+        event, data = _event(email, kind, minute, start + n)
+        async with db.snapshot_unit_of_work() as session:
+            await _APPLY[event.type](session, QUALIFIER, event, data)
+
+
+async def test_a_person_erased_qualified_again_and_erased_again_gets_new_events(pipeline_store):
+    """Erased, back (a new opt-in recreates the contact under the id its email derives) and
+    qualified again: a second ``opportunity.qualified`` with an id of its own (the first id is
+    still in the outbox, and downstream consumers deduplicate by it); erased again: a second
+    ``contact.erased`` with an id of its own, and the erasure completes."""
+    db, email = pipeline_store, "again@co1.com"
+    contact_id = ids.contact_id(email)
+    qualified, erasure_ids = [], []
+    for start in (100, 5000):
+        await _qualify_once(db, email, start)
+        qualified += await _outbox(db, OPPORTUNITY_QUALIFIED)  # the person's rows: erased below
+        erasure_ids.append(str(uuid.uuid4()))
+        request = ErasureRequested(erasure_id=erasure_ids[-1], subject=KEY.subject_of(email),
+                                   requested_at=datetime.now(timezone.utc))
+        async with db.unit_of_work() as session:
+            assert await erasure.erase(KEY, session, request.subject, request) > 0
+    assert len(set(qualified)) == 2, "the second qualification has no opportunity.qualified of its own"
+    assert await _outbox(db, CONTACT_ERASED) == [ids.contact_erased_id(contact_id, e) for e in erasure_ids]
+    # both opportunities are kept, each under its own erasure's pseudonym
+    async with db.reader() as session:
+        kept = (await session.execute(select(store.Opportunity.id, store.Opportunity.qualified_event_id))).all()
+    assert sorted(kept) == sorted((erasure.pseudonym(e, ids.opportunity_id(contact_id)), erasure.pseudonym(e, q))
+                                  for e, q in zip(erasure_ids, qualified))

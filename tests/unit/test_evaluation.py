@@ -132,8 +132,17 @@ def test_ids_are_derived_from_their_cause():
     assert ids.contact_id("jo@acme.com") == str(uuid.uuid5(ids.NAMESPACE, "contact|jo@acme.com"))
     assert ids.stage_changed_id("c1", "e1", None, "lead") == ids.derived_id("stage.changed", "c1", "e1", "", "lead")
     assert ids.stage_changed_id("c1", "e1", "lead", "mql") != ids.stage_changed_id("c1", "e2", "lead", "mql")
-    assert ids.opportunity_id("c1") != ids.opportunity_qualified_id("c1")
+    assert ids.opportunity_id("c1") != ids.opportunity_qualified_id("c1", "e1")
     assert ids.opportunity_id("c1") == ids.derived_id("opportunity", "c1")
+
+
+def test_a_qualification_and_an_erasure_are_identified_by_their_cause_too():
+    """The same contact id qualified or erased again (erased, then back through a new opt-in)
+    is a new event; the same cause derives the same id (replay, redelivery)."""
+    assert ids.opportunity_qualified_id("c1", "e1") == ids.derived_id("opportunity.qualified", "c1", "e1")
+    assert ids.opportunity_qualified_id("c1", "e1") != ids.opportunity_qualified_id("c1", "e2")
+    assert ids.contact_erased_id("c1", "x1") == ids.derived_id("contact.erased", "c1", "x1")
+    assert ids.contact_erased_id("c1", "x1") != ids.contact_erased_id("c1", "x2")
 
 
 def test_a_rescore_is_no_events_cause():

@@ -38,9 +38,18 @@ def opportunity_id(contact_id: str) -> str:
     return derived_id("opportunity", contact_id)
 
 
-def opportunity_qualified_id(contact_id: str) -> str:
-    """The one ``opportunity.qualified`` event of a contact."""
-    return derived_id("opportunity.qualified", contact_id)
+def opportunity_qualified_id(contact_id: str, tipping_fact: str) -> str:
+    """The ``opportunity.qualified`` event of one qualification: the contact and the fact that
+    tipped it into qualification. A person erased, back through a new opt-in and qualified
+    again is qualified by another fact, so downstream deduplication does not drop it; a replay
+    or redelivery of the same fact derives the same id."""
+    return derived_id("opportunity.qualified", contact_id, tipping_fact)
+
+
+def contact_erased_id(contact_id: str, erasure_id: str) -> str:
+    """The ``contact.erased`` event of one erasure of a contact: the same contact id erased
+    again (the person opted in again) is a new event; a redelivered request derives the same."""
+    return derived_id("contact.erased", contact_id, erasure_id)
 
 
 def rescore_cause(policy_version: str) -> str:
