@@ -39,8 +39,9 @@ def _limit_key(address: str | None) -> str:
 
 
 async def _record_spam(runtime, form: Form, payload: dict, reason: str, address: str | None) -> service.Capture:
+    subject = service.spam_subject(runtime.privacy, payload)
     async with runtime.db.unit_of_work() as session:
-        return await service.record_spam(session, form, payload, reason, address)
+        return await service.record_spam(session, form, payload, reason, address, subject)
 
 
 async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: Request) -> service.Capture:
@@ -51,7 +52,7 @@ async def _capture(runtime, lead: LeadIn, idempotency_key: str | None, request: 
     async def work(session):  # noqa: ANN001, ANN202
         return await service.capture_lead(
             session, lead, idempotency_key=idempotency_key, client_address=address, traceparent=traceparent,
-            subject=hint[1],
+            subject=hint[1], privacy=runtime.privacy,
         )
 
     return await write_and_wake(runtime.relay, lambda: runtime.writer.submit(work, hint=hint),

@@ -26,7 +26,7 @@ class CapturedLead(Base):
     contact_key: Mapped[str] = mapped_column(String(320), index=True)
     form_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     form_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    status: Mapped[str] = mapped_column(String(20))  # accepted | spam
+    status: Mapped[str] = mapped_column(String(20))  # accepted | spam | dropped (an erased person's, not published)
     spam_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     client_address: Mapped[str | None] = mapped_column(String(64), nullable=True)
     payload: Mapped[dict] = mapped_column(JSON)

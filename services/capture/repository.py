@@ -70,9 +70,14 @@ async def contact_keys(session: AsyncSession) -> list[str]:
 
 async def erase_leads(session: AsyncSession, contact_keys: list[str], subject: str) -> int:
     """Remove the personal fields of every lead of these identities, and of their outbox
-    rows; the lead's form, type, status and times stay, filed under ``subject``."""
+    rows; the lead's form, type, status and times stay, filed under ``subject``. Leads
+    dropped while ``subject`` was suppressed (already filed under it) lose their
+    idempotency records."""
+    dropped = (await session.execute(update(LEADS).where(
+        LEADS.c.contact_key == subject, LEADS.c.idempotency_key.is_not(None)
+    ).values(idempotency_key=None, request_fingerprint=None))).rowcount or 0
     if not contact_keys:
-        return 0
+        return dropped
     rows = (await session.execute(
         select(LEADS.c.event_id, LEADS.c.payload).where(LEADS.c.contact_key.in_(contact_keys))
     )).all()
@@ -83,7 +88,7 @@ async def erase_leads(session: AsyncSession, contact_keys: list[str], subject: s
         ))
     outbox = CaptureOutbox.__table__
     await erase_rows(session, CaptureOutbox, outbox.c.key.in_(contact_keys), key=subject)
-    return len(rows)
+    return dropped + len(rows)
 
 
 def add_lead(session: AsyncSession, **row) -> None:  # noqa: ANN003

@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 import pytest
 from sqlalchemy import func, select
 
+from services.capture import service
 from services.capture.app import create_app
-from services.capture.models import CapturedLead, CaptureOutbox
+from services.capture.models import CapturedLead, CaptureOutbox, CaptureSuppression
+from shared.privacy import remember
 from shared.events import LEAD_CAPTURED, LEADS_CAPTURED
 from tests.support import eventually, make_settings, read_topic, selects_on, serve_app
 
@@ -282,3 +284,95 @@ async def test_readiness_can_require_only_the_database(broker, database_factory,
         database_only = await client.get("/readyz", params={"require": "database"})
         assert database_only.status_code == 200
         assert (await client.post("/v1/leads", json={"email": "down@acme.example"})).status_code == 202
+
+
+# ---- an erased (suppressed) address -------------------------------------------------------------
+
+ERASED = {"email": "Gone.Person@Erased-Example.com", "first_name": "Gonefirst", "last_name": "Gonelast",
+          "phone": "+1 555 0142", "company": "Erased Example", "form_type": "newsletter"}
+
+
+async def _suppress(client, email: str) -> str:  # noqa: ANN001
+    """Put ``email``'s subject on capture's suppression list, as its erasure consumer does."""
+    subject = client.runtime.privacy.subject_of_email(email)
+    async with client.runtime.db.unit_of_work() as session:
+        await remember(session, CaptureSuppression, subject)
+    return subject
+
+
+async def _rows(client) -> tuple[list[CapturedLead], int]:  # noqa: ANN001
+    async with client.runtime.db.reader() as s:
+        rows = (await s.execute(select(CapturedLead).order_by(CapturedLead.received_at))).scalars().all()
+        outbox = (await s.execute(select(func.count()).select_from(CaptureOutbox))).scalar_one()
+    return list(rows), outbox
+
+
+def _holds_the_person(row: CapturedLead) -> bool:
+    text = f"{row.email} {row.contact_key} {row.payload} {row.client_address}".lower()
+    return any(t in text for t in ("gone.person", "gonefirst", "gonelast", "0142", "erased example"))
+
+
+async def test_a_dropped_lead_keeps_its_idempotency_key_and_not_the_address(capture):
+    """A lead of an erased person (no new opt-in) is answered and dropped; a retry with its
+    Idempotency-Key gets the same event id (and another body under the key is 409), from a
+    ``dropped`` row that holds neither the address nor the person's fields. A later erasure
+    of the person (back through an opt-in) removes the idempotency record too."""
+    subject = await _suppress(capture, ERASED["email"])
+    headers = {"Idempotency-Key": "erased-retry-1"}
+    first = await capture.post("/v1/leads", json=ERASED, headers=headers)
+    again = await asyncio.gather(*(capture.post("/v1/leads", json=ERASED, headers=headers) for _ in range(3)))
+    assert {r.status_code for r in [first, *again]} == {202}
+    assert {r.json()["event_id"] for r in [first, *again]} == {first.json()["event_id"]}
+    reused = await capture.post("/v1/leads", json=ERASED | {"first_name": "Other"}, headers=headers)
+    assert reused.status_code == 409
+    form = await capture.post("/v1/forms/whitepaper-pipeline-2026/submissions", data={"email": ERASED["email"]},
+                              headers={"accept": "application/json", "Idempotency-Key": "erased-form-1"})
+    assert form.status_code == 202
+    form_again = await capture.post("/v1/forms/whitepaper-pipeline-2026/submissions",
+                                    data={"email": ERASED["email"]},
+                                    headers={"accept": "application/json", "Idempotency-Key": "erased-form-1"})
+    assert form_again.json()["event_id"] == form.json()["event_id"]
+    rows, outbox = await _rows(capture)
+    assert outbox == 0, "a dropped lead was published"
+    assert [(r.event_id, r.status, r.idempotency_key) for r in rows] == [
+        (first.json()["event_id"], "dropped", "erased-retry-1"), (form.json()["event_id"], "dropped", "erased-form-1")]
+    assert all(r.contact_key == subject and r.email == "" and r.client_address is None for r in rows)
+    assert not any(_holds_the_person(r) for r in rows)
+    # the fingerprint is keyed: no plain hash of a body that names the address
+    assert rows[0].request_fingerprint == capture.runtime.privacy.subject_of(
+        service.fingerprint(service.LeadIn.model_validate(ERASED)))
+
+    # the person comes back (a new opt-in) and is erased again: the dropped rows' keys go too
+    back = await capture.post("/v1/leads", json=ERASED | {"consent": {"marketing": True}})
+    assert back.status_code == 202
+    async with capture.runtime.db.unit_of_work() as session:
+        assert await service.erase(capture.runtime.privacy, session, subject, None) == 3
+    rows, _ = await _rows(capture)
+    assert [(r.status, r.idempotency_key, r.request_fingerprint) for r in rows] == [
+        ("dropped", None, None), ("dropped", None, None), ("accepted", None, None)]
+    assert not any(_holds_the_person(r) for r in rows)
+
+
+async def test_spam_naming_an_erased_address_keeps_no_address(capture):
+    """Spam is kept for review, but spam naming an erased person is kept as a dropped lead is:
+    without the address, the person's fields or the client address; spam naming anyone else
+    is kept as sent."""
+    subject = await _suppress(capture, ERASED["email"])
+    honeypot = await capture.post("/v1/forms/demo-request/submissions", data={
+        "email": ERASED["email"], "first_name": ERASED["first_name"], "phone": ERASED["phone"],
+        "website_url": "http://buy.example"})
+    assert honeypot.status_code == 303
+    origin = await capture.post("/v1/leads", json=ERASED | {"form_id": "demo-request"},
+                                headers={"origin": "https://evil.example"})
+    assert origin.status_code == 202
+    other = await capture.post("/v1/forms/demo-request/submissions",
+                               data={"email": "bot@spam.example", "website_url": "http://buy.example"})
+    assert other.status_code == 303
+    rows, outbox = await _rows(capture)
+    assert outbox == 0
+    assert [r.status for r in rows] == ["spam"] * 3 and all(r.spam_reason for r in rows)
+    erased, kept = rows[:2], rows[2]
+    assert all(r.contact_key == subject and r.email == "" and r.client_address is None for r in erased)
+    assert not any(_holds_the_person(r) for r in erased)
+    assert erased[1].payload.get("form_id") == "demo-request"  # what an erasure keeps stays
+    assert (kept.email, kept.contact_key) == ("bot@spam.example", "bot@spam.example")
