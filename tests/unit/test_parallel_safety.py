@@ -30,9 +30,25 @@ def test_each_worker_has_ports_of_its_own_below_the_ephemeral_range():
     assert low <= free_port() <= high
 
 
+def _bound_below_two_free() -> socket.socket:
+    """A socket bound to a port of this worker's own range whose next two ports are free: in
+    the kernel's ephemeral range (``bind(0)``) another process's connection may take them."""
+    low, high = (int(p) for p in os.environ[PORT_RANGE_VARIABLE].split("-"))
+    for port in range(high - 2, low - 1, -1):
+        taken = socket.socket()
+        try:
+            taken.bind(("127.0.0.1", port))
+            for other in (port + 1, port + 2):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", other))
+            return taken
+        except OSError:
+            taken.close()
+    raise AssertionError("no three free ports in this worker's range")
+
+
 def test_ports_come_in_turn_from_the_range_and_skip_one_in_use(port_range):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+    with _bound_below_two_free() as taken:
         busy = taken.getsockname()[1]
         port_range(busy, busy + 2)
         ports = [free_port() for _ in range(4)]
