@@ -101,6 +101,9 @@ class SuppressionMixin:
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+_LOCK_KEYS = text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+
+
 async def lock_subjects(session: AsyncSession, subjects: Iterable[str]) -> None:
     """On PostgreSQL, hold each subject's transaction-level advisory lock (in order, so two
     transactions never wait on each other), until the transaction ends. An erasure takes its
@@ -110,9 +113,11 @@ async def lock_subjects(session: AsyncSession, subjects: Iterable[str]) -> None:
     connection = await session.connection()
     if connection.dialect.name != "postgresql":
         return
-    for subject in sorted(set(subjects)):
-        # a subject is a hex digest: its first 15 digits are a key that fits a bigint
-        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int(subject[:15], 16)})
+    # a subject is a hex digest: its first 15 digits are a key that fits a bigint; one
+    # statement takes them all, in key order (unnest keeps the array's order)
+    keys = sorted({int(subject[:15], 16) for subject in subjects})
+    if keys:
+        await session.execute(_LOCK_KEYS, {"keys": keys})
 
 
 async def suppressed(session: AsyncSession, model: type[SuppressionMixin], subjects: Iterable[str]) -> set[str]:
